@@ -1,0 +1,153 @@
+#include "core/fs.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "flatquant/error.h"
+
+namespace fq {
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("{}: cannot open: {}", path, std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("{}: not a regular file", path);
+  }
+  size_ = (size_t)st.st_size;
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      fail("{}: mmap failed: {}", path, std::strerror(errno));
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("{}: cannot open: {}", path, std::strerror(errno));
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+bool file_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string path_join(const std::string& a, const std::string& b) {
+  if (a.empty()) return b;
+  if (a.back() == '/') return a + b;
+  return a + "/" + b;
+}
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  tmp_ = path_ + ".tmp." + std::to_string(::getpid());
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("{}: cannot create: {}", path_, std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+void AtomicFile::write(const void* data, size_t n) {
+  FQ_ASSERT(fd_ >= 0);
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd_, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail("{}: write failed: {}", path_, std::strerror(errno));
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+void AtomicFile::commit() {
+  FQ_ASSERT(fd_ >= 0);
+  if (::fsync(fd_) != 0) fail("{}: fsync failed: {}", path_, std::strerror(errno));
+  ::close(fd_);
+  fd_ = -1;
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const int e = errno;
+    ::unlink(tmp_.c_str());
+    fail("{}: rename failed: {}", path_, std::strerror(e));
+  }
+}
+
+void write_file_atomic(const std::string& path, std::string_view content) {
+  AtomicFile f(path);
+  f.write(content);
+  f.commit();
+}
+
+void remove_tree(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+}
+
+AtomicDir::AtomicDir(std::string path, bool replace_existing) : path_(std::move(path)), replace_(replace_existing) {
+  while (path_.size() > 1 && path_.back() == '/') path_.pop_back();
+  if (!replace_ && std::filesystem::exists(path_) && !std::filesystem::is_empty(path_))
+    fail("{}: output directory exists and is not empty (pass --force to replace it)", path_);
+  tmp_ = path_ + ".tmp." + std::to_string(::getpid());
+  remove_tree(tmp_);
+  std::error_code ec;
+  std::filesystem::create_directories(tmp_, ec);
+  if (ec) fail("{}: cannot create directory: {}", tmp_, ec.message());
+}
+
+AtomicDir::~AtomicDir() {
+  if (!committed_) remove_tree(tmp_);
+}
+
+void AtomicDir::commit() {
+  std::error_code ec;
+  std::string old;
+  if (std::filesystem::exists(path_)) {
+    old = path_ + ".old." + std::to_string(::getpid());
+    remove_tree(old);
+    std::filesystem::rename(path_, old, ec);
+    if (ec) fail("{}: cannot move the existing directory aside: {}", path_, ec.message());
+  }
+  std::filesystem::rename(tmp_, path_, ec);
+  if (ec) fail("{}: cannot rename {} into place: {}", path_, tmp_, ec.message());
+  committed_ = true;
+  if (!old.empty()) remove_tree(old);
+}
+
+std::string data_dir() {
+  const char* e = std::getenv("FLATQUANT_DATA");
+  if (e && *e) return e;
+  return "../shared/data";
+}
+
+}  // namespace fq
