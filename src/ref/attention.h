@@ -3,10 +3,12 @@
 // Query head h reads kv head h / (n_head / n_head_kv) (HF repeat_kv). Query i of the batch sits at position
 // p0 + i and sees keys 0..p0+i.
 //
-// Numerics: each score is accumulated in fp32 over head_dim in order d = 0, 1, ...; the softmax sum in fp32
-// in key order, normalised by multiplying with the fp32 reciprocal (as torch's CPU softmax does); the
-// output accumulated in fp32 in key order. Every output element depends only on its own (head, query), so
-// results are identical for any thread count.
+// Numerics (all fp32): each score is accumulated over head_dim in order d = 0, 1, ... and then scaled (HF
+// scales the q.k product, not q); exp(s - max) by a 1-2 ulp polynomial (simd.h); the softmax sum in 8
+// interleaved partial sums (key j in partial j mod 8) reduced pairwise; probabilities normalised by the
+// fp32 reciprocal of the sum (as torch's CPU softmax does); the output sum_j p_j v_j as a dot product over
+// keys in linear()'s order. Every output element depends only on its own (head, query) and its key count,
+// never on the batch split or thread count, so incremental decoding reproduces a full pass bit for bit.
 #pragma once
 #include <cstdint>
 
