@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
@@ -173,6 +175,14 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
   if (present(j, "rope_scaling")) c.rope_scaling = parse_rope(j.at("rope_scaling"), path, "rope_scaling");
   if (!(c.rope_theta > 0)) fail("{}: field 'rope_theta': must be positive (found {})", path, c.rope_theta);
 
+  // Mistral's sliding-window attention equals full attention for sequences no longer than the window, and
+  // the decoder only does full attention, so the usable context is capped at the window.
+  if (c.model_type == "mistral" && present(j, "sliding_window")) {
+    const int64_t sw = get_int(j, "sliding_window", path);
+    positive(sw, "sliding_window");
+    c.n_ctx = std::min(c.n_ctx, sw);
+  }
+
   c.tie_embeddings = get_bool_or(j, "tie_word_embeddings", path, false);
   if (c.model_type == "qwen2") {
     c.attn_bias = true;  // Qwen2 always has q/k/v biases (and none on o_proj)
@@ -259,6 +269,7 @@ json ModelConfig::to_json() const {
     j["mlp_bias"] = false;
   }
   if (model_type == "qwen2") j["use_sliding_window"] = false;
+  if (model_type == "mistral") j["sliding_window"] = nullptr;  // transformers' default would be 4096
   j["hidden_act"] = hidden_act;
   // 4.x reads torch_dtype, 5.x reads dtype (and still accepts torch_dtype).
   j["torch_dtype"] = torch_dtype;

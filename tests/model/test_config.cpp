@@ -88,9 +88,18 @@ TEST(ModelConfig, Qwen2AlwaysHasQkvBiasAndTies) {
 }
 
 TEST(ModelConfig, Mistral) {
-  const auto c = ModelConfig::from_json(test::tiny_config_json("mistral"), "config.json");
+  auto j = test::tiny_config_json("mistral");
+  auto c = ModelConfig::from_json(j, "config.json");
   EXPECT_EQ(c.model_type, "mistral");
   EXPECT_FALSE(c.attn_bias);
+  EXPECT_EQ(c.n_ctx, 64);
+  EXPECT_TRUE(c.to_json()["sliding_window"].is_null());
+  // A sliding window shorter than the context caps the context (full attention is exact up to the window).
+  j["sliding_window"] = 32;
+  c = ModelConfig::from_json(j, "config.json");
+  EXPECT_EQ(c.n_ctx, 32);
+  j["sliding_window"] = nullptr;
+  EXPECT_EQ(ModelConfig::from_json(j, "config.json").n_ctx, 64);
 }
 
 TEST(ModelConfig, Llama3RopeScaling) {
