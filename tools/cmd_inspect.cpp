@@ -1,6 +1,6 @@
 // `flatquant inspect PATH [--json]`: what is in an HF model directory (config summary + tensor table) or a
-// single .safetensors file (tensors + metadata). Everything is validated on the way (the reader is strict), so
-// inspect doubles as a checker: a corrupt file gives one error line and exit code 1.
+// single .safetensors file (tensors + metadata). Everything is validated on the way (the reader is strict),
+// so inspect doubles as a checker: a corrupt file gives one error line and exit code 1.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -53,15 +53,18 @@ std::string human_bytes(uint64_t b) {
 }
 
 void add_rows(std::vector<Row>& rows, const SafeTensors& f, const TensorInfo& t) {
-  rows.push_back({base_name(f.path()), t.name, dtype_name(t.dtype), shape_str(t.shape), t.numel(), t.nbytes(), t.shape});
+  rows.push_back(
+      {base_name(f.path()), t.name, dtype_name(t.dtype), shape_str(t.shape), t.numel(), t.nbytes(), t.shape});
 }
 
 int run(const Options& o) {
   const std::string& p = o.path;
   if (ends_with(p, ".gguf") || ends_with(p, ".bin"))
-    fail("{}: GGUF and llama2.c files are not inspected yet; import it first with `flatquant convert` and inspect "
-         "the resulting directory",
-         p);
+    fail(
+        "{}: GGUF and llama2.c files are not inspected yet; import it first with `flatquant convert` and "
+        "inspect "
+        "the resulting directory",
+        p);
 
   std::unique_ptr<ModelConfig> cfg;
   std::map<std::string, std::string> metadata;
@@ -100,7 +103,8 @@ int run(const Options& o) {
     j["metadata"] = metadata;
     nlohmann::ordered_json ts = nlohmann::ordered_json::array();
     for (const auto& r : rows)
-      ts.push_back({{"name", r.name}, {"dtype", r.dtype}, {"shape", r.dims}, {"bytes", r.bytes}, {"file", r.file}});
+      ts.push_back(
+          {{"name", r.name}, {"dtype", r.dtype}, {"shape", r.dims}, {"bytes", r.bytes}, {"file", r.file}});
     j["tensors"] = ts;
     j["totals"] = {{"tensors", rows.size()}, {"parameters", params}, {"bytes", bytes}};
     fmt::print("{}\n", j.dump(2));
@@ -125,7 +129,8 @@ int run(const Options& o) {
     if (multi_file) fmt::print("{:<{}}  ", r.file, wf);
     fmt::print("{:<{}}  {:<5}  {:<{}}  {:>12}\n", r.name, wn, r.dtype, r.shape, ws, r.bytes);
   }
-  fmt::print("\ntotal: {} tensors, {} parameters, {} bytes ({})\n", rows.size(), params, bytes, human_bytes(bytes));
+  fmt::print("\ntotal: {} tensors, {} parameters, {} bytes ({})\n", rows.size(), params, bytes,
+             human_bytes(bytes));
   return 0;
 }
 
@@ -133,7 +138,8 @@ int run(const Options& o) {
 
 Runner register_inspect(CLI::App& app) {
   auto o = std::make_shared<Options>();
-  auto* sub = app.add_subcommand("inspect", "Show the config and tensors of an HF model directory or a .safetensors file");
+  auto* sub = app.add_subcommand(
+      "inspect", "Show the config and tensors of an HF model directory or a .safetensors file");
   sub->add_option("path", o->path, "HF model directory or .safetensors file")->required();
   sub->add_flag("--json", o->json, "Print the same information as JSON");
   return [o]() -> int { return run(*o); };

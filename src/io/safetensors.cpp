@@ -83,7 +83,8 @@ TensorInfo parse_tensor_entry(const std::string& path, const std::string& name, 
   if (off == e.end()) throw bad("missing 'data_offsets'");
   if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
       !(*off)[1].is_number_unsigned())
-    throw bad(fmt::format("'data_offsets' must be two non-negative integers [begin, end] (found {})", off->dump()));
+    throw bad(
+        fmt::format("'data_offsets' must be two non-negative integers [begin, end] (found {})", off->dump()));
   t.begin = (*off)[0].get<uint64_t>();
   t.end = (*off)[1].get<uint64_t>();
   if (t.begin > t.end) throw bad(fmt::format("data_offsets [{}, {}]: begin is after end", t.begin, t.end));
@@ -154,7 +155,8 @@ SafeTensors::SafeTensors(const std::string& path) : file_(path) {
 
   for (const auto& [name, e] : j.items()) {
     if (name == "__metadata__") {
-      if (!e.is_object()) fail("{}: __metadata__ must be an object of strings (found {})", path, e.type_name());
+      if (!e.is_object())
+        fail("{}: __metadata__ must be an object of strings (found {})", path, e.type_name());
       for (const auto& [k, v] : e.items()) {
         if (!v.is_string())
           fail("{}: __metadata__ '{}': value must be a string (found {})", path, k, v.type_name());
@@ -176,8 +178,8 @@ SafeTensors::SafeTensors(const std::string& path) : file_(path) {
     const TensorInfo& a = *order[i - 1];
     const TensorInfo& b = *order[i];
     if (b.begin < a.end)
-      fail("{}: tensor '{}': data_offsets [{}, {}] overlap tensor '{}' [{}, {}]", path, b.name, b.begin, b.end,
-           a.name, a.begin, a.end);
+      fail("{}: tensor '{}': data_offsets [{}, {}] overlap tensor '{}' [{}, {}]", path, b.name, b.begin,
+           b.end, a.name, a.begin, a.end);
   }
 
   // Keep header order sorted by offset so that iteration follows the file layout.
@@ -211,13 +213,27 @@ std::vector<float> SafeTensors::to_f32(const TensorInfo& t) const {
     }
   };
   switch (t.dtype) {
-    case DType::F64: conv(double{}); break;
-    case DType::F32: conv(float{}); break;
-    case DType::I64: conv(int64_t{}); break;
-    case DType::I32: conv(int32_t{}); break;
-    case DType::I16: conv(int16_t{}); break;
-    case DType::I8: conv(int8_t{}); break;
-    case DType::U8: conv(uint8_t{}); break;
+    case DType::F64:
+      conv(double{});
+      break;
+    case DType::F32:
+      conv(float{});
+      break;
+    case DType::I64:
+      conv(int64_t{});
+      break;
+    case DType::I32:
+      conv(int32_t{});
+      break;
+    case DType::I16:
+      conv(int16_t{});
+      break;
+    case DType::I8:
+      conv(int8_t{});
+      break;
+    case DType::U8:
+      conv(uint8_t{});
+      break;
     case DType::BOOL:
       for (int64_t i = 0; i < n; ++i) out[(size_t)i] = p[i] ? 1.0f : 0.0f;
       break;
@@ -268,9 +284,11 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
       fail("{}: missing 'weight_map' object", index);
     std::set<std::string> shards;
     for (const auto& [name, f] : j["weight_map"].items()) {
-      if (!f.is_string()) fail("{}: weight_map '{}': value must be a file name (found {})", index, name, f.type_name());
+      if (!f.is_string())
+        fail("{}: weight_map '{}': value must be a file name (found {})", index, name, f.type_name());
       const std::string fn = f.get<std::string>();
-      if (!safe_relative_name(fn)) fail("{}: weight_map '{}': file name '{}' is not inside the directory", index, name, fn);
+      if (!safe_relative_name(fn))
+        fail("{}: weight_map '{}': file name '{}' is not inside the directory", index, name, fn);
       const std::string full = path_join(dir, fn);
       if (!file_exists(full)) fail("{}: weight_map '{}': shard '{}' does not exist", index, name, fn);
       shards.insert(fn);
@@ -316,13 +334,14 @@ const TensorInfo* TensorStore::find(const std::string& name, const SafeTensors**
   return &f.tensors()[it->second.second];
 }
 
-std::vector<float> TensorStore::read_f32(const std::string& name, const std::vector<int64_t>& expected_shape) const {
+std::vector<float> TensorStore::read_f32(const std::string& name,
+                                         const std::vector<int64_t>& expected_shape) const {
   const SafeTensors* f = nullptr;
   const TensorInfo* t = find(name, &f);
   if (!t) fail("{}: missing tensor '{}'", dir_, name);
   if (t->shape != expected_shape)
-    fail("{}: tensor '{}': shape {} does not match the expected shape {}", f->path(), name, shape_str(t->shape),
-         shape_str(expected_shape));
+    fail("{}: tensor '{}': shape {} does not match the expected shape {}", f->path(), name,
+         shape_str(t->shape), shape_str(expected_shape));
   return f->to_f32(*t);
 }
 
@@ -335,15 +354,15 @@ std::vector<std::pair<const SafeTensors*, const TensorInfo*>> TensorStore::all()
 
 // ---------------------------------------------------------------------------------------------- writer
 
-void SafeTensorsWriter::add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
-                            size_t nbytes) {
+void SafeTensorsWriter::add(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                            const void* data, size_t nbytes) {
   if (name.empty() || name == "__metadata__") fail("safetensors writer: invalid tensor name '{}'", name);
   for (const auto& e : entries_)
     if (e.name == name) fail("safetensors writer: tensor '{}' added twice", name);
   int64_t n = 0;
   if (!checked_numel(shape, &n) || (uint64_t)n * dtype_size(dtype) != nbytes)
-    fail("safetensors writer: tensor '{}': shape {} x {} does not match {} bytes of data", name, shape_str(shape),
-         dtype_name(dtype), nbytes);
+    fail("safetensors writer: tensor '{}': shape {} x {} does not match {} bytes of data", name,
+         shape_str(shape), dtype_name(dtype), nbytes);
   Entry e{name, dtype, std::move(shape), {}};
   const auto* p = static_cast<const uint8_t*>(data);
   if (nbytes) e.bytes.assign(p, p + nbytes);
@@ -352,7 +371,8 @@ void SafeTensorsWriter::add(const std::string& name, DType dtype, std::vector<in
 
 void SafeTensorsWriter::add_f32(const std::string& name, std::vector<int64_t> shape, const float* data) {
   int64_t n = 0;
-  if (!checked_numel(shape, &n)) fail("safetensors writer: tensor '{}': invalid shape {}", name, shape_str(shape));
+  if (!checked_numel(shape, &n))
+    fail("safetensors writer: tensor '{}': invalid shape {}", name, shape_str(shape));
   add(name, DType::F32, std::move(shape), data, (size_t)n * 4);
 }
 
@@ -362,9 +382,11 @@ void SafeTensorsWriter::add_from_f32(const std::string& name, DType dtype, std::
   if (dtype != DType::F16 && dtype != DType::BF16)
     fail("safetensors writer: tensor '{}': cannot convert fp32 to {}", name, dtype_name(dtype));
   int64_t n = 0;
-  if (!checked_numel(shape, &n)) fail("safetensors writer: tensor '{}': invalid shape {}", name, shape_str(shape));
+  if (!checked_numel(shape, &n))
+    fail("safetensors writer: tensor '{}': invalid shape {}", name, shape_str(shape));
   std::vector<uint16_t> h((size_t)n);
-  for (int64_t i = 0; i < n; ++i) h[(size_t)i] = dtype == DType::F16 ? f32_to_f16(data[i]) : f32_to_bf16(data[i]);
+  for (int64_t i = 0; i < n; ++i)
+    h[(size_t)i] = dtype == DType::F16 ? f32_to_f16(data[i]) : f32_to_bf16(data[i]);
   add(name, dtype, std::move(shape), h.data(), h.size() * 2);
 }
 
@@ -377,7 +399,8 @@ void SafeTensorsWriter::write(const std::string& path) const {
   hdr["__metadata__"] = meta;
   uint64_t off = 0;
   for (const auto& e : entries_) {
-    hdr[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + e.bytes.size()}}};
+    hdr[e.name] = {
+        {"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + e.bytes.size()}}};
     off += e.bytes.size();
   }
   std::string h = hdr.dump();

@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
@@ -34,8 +33,11 @@ std::string supported_list() {
   return s;
 }
 
-// Field readers. `present` is false for an absent key or JSON null; transformers treats both as "use default".
-bool present(const json& j, const char* key) { return j.contains(key) && !j.at(key).is_null(); }
+// Field readers. `present` is false for an absent key or JSON null; transformers treats both as "use
+// default".
+bool present(const json& j, const char* key) {
+  return j.contains(key) && !j.at(key).is_null();
+}
 
 int64_t get_int(const json& j, const char* key, const std::string& path) {
   if (!present(j, key)) fail("{}: missing field '{}'", path, key);
@@ -85,7 +87,8 @@ RopeScaling parse_rope(const json& r, const std::string& path, const char* field
   const std::string where = std::string(field) + ".";
   if (type == "default") return rs;
   if (type != "linear" && type != "llama3")
-    fail("{}: field '{}': unsupported rope_type '{}' (supported: default, linear, llama3)", path, field, type);
+    fail("{}: field '{}': unsupported rope_type '{}' (supported: default, linear, llama3)", path, field,
+         type);
   rs.type = type;
   rs.factor = get_num(r, "factor", path, where.c_str());
   if (!(rs.factor > 0)) fail("{}: field '{}factor': must be positive (found {})", path, where, rs.factor);
@@ -96,13 +99,13 @@ RopeScaling parse_rope(const json& r, const std::string& path, const char* field
       fail("{}: missing field '{}original_max_position_embeddings'", path, where);
     const json& o = r.at("original_max_position_embeddings");
     if (!o.is_number_integer() || o.get<int64_t>() <= 0)
-      fail("{}: field '{}original_max_position_embeddings': expected a positive integer (found {})", path, where,
-           o.dump());
+      fail("{}: field '{}original_max_position_embeddings': expected a positive integer (found {})", path,
+           where, o.dump());
     rs.original_max_position_embeddings = o.get<int64_t>();
     // The llama3 ramp divides by (high - low); equal factors would divide by zero.
     if (!(rs.high_freq_factor > rs.low_freq_factor) || !(rs.low_freq_factor > 0))
-      fail("{}: field '{}': llama3 needs 0 < low_freq_factor < high_freq_factor (found {} and {})", path, field,
-           rs.low_freq_factor, rs.high_freq_factor);
+      fail("{}: field '{}': llama3 needs 0 < low_freq_factor < high_freq_factor (found {} and {})", path,
+           field, rs.low_freq_factor, rs.high_freq_factor);
   }
   return rs;
 }
@@ -147,14 +150,15 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
   c.n_head_kv = get_int_or(j, "num_key_value_heads", path, c.n_head);
   positive(c.n_head_kv, "num_key_value_heads");
   if (c.n_head % c.n_head_kv != 0)
-    fail("{}: field 'num_key_value_heads': {} does not divide num_attention_heads {}", path, c.n_head_kv, c.n_head);
+    fail("{}: field 'num_key_value_heads': {} does not divide num_attention_heads {}", path, c.n_head_kv,
+         c.n_head);
   if (present(j, "head_dim")) {
     c.head_dim = get_int(j, "head_dim", path);
     positive(c.head_dim, "head_dim");
   } else {
     if (c.n_embd % c.n_head != 0)
-      fail("{}: field 'num_attention_heads': {} does not divide hidden_size {} (and no head_dim is given)", path,
-           c.n_head, c.n_embd);
+      fail("{}: field 'num_attention_heads': {} does not divide hidden_size {} (and no head_dim is given)",
+           path, c.n_head, c.n_embd);
     c.head_dim = c.n_embd / c.n_head;
   }
   // RoPE rotates pairs of channels.
@@ -189,7 +193,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
     if (get_bool_or(j, "use_sliding_window", path, false))
       fail("{}: field 'use_sliding_window': true is not supported", path);
   } else if (c.model_type == "llama") {
-    // Llama's attention_bias also adds an o_proj bias and mlp_bias biases on the MLP, which the decoder lacks.
+    // Llama's attention_bias also adds an o_proj bias and mlp_bias biases on the MLP, which the decoder
+    // lacks.
     if (get_bool_or(j, "attention_bias", path, false))
       fail("{}: field 'attention_bias': true is not supported (o_proj bias)", path);
     if (get_bool_or(j, "mlp_bias", path, false)) fail("{}: field 'mlp_bias': true is not supported", path);
@@ -199,7 +204,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
     fail("{}: field 'hidden_act': unsupported '{}' (supported: silu)", path, c.hidden_act);
   c.torch_dtype = get_str_or(j, "torch_dtype", path, get_str_or(j, "dtype", path, "float32"));
   if (c.torch_dtype != "float32" && c.torch_dtype != "float16" && c.torch_dtype != "bfloat16")
-    fail("{}: field 'torch_dtype': unsupported '{}' (supported: float32, float16, bfloat16)", path, c.torch_dtype);
+    fail("{}: field 'torch_dtype': unsupported '{}' (supported: float32, float16, bfloat16)", path,
+         c.torch_dtype);
 
   c.bos_id = get_int_or(j, "bos_token_id", path, -1);
   if (present(j, "eos_token_id")) {
@@ -209,7 +215,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
     } else if (e.is_array()) {
       for (const auto& x : e) {
         if (!x.is_number_integer())
-          fail("{}: field 'eos_token_id': expected an integer or a list of integers (found {})", path, e.dump());
+          fail("{}: field 'eos_token_id': expected an integer or a list of integers (found {})", path,
+               e.dump());
         c.eos_ids.push_back(x.get<int64_t>());
       }
     } else {
@@ -217,7 +224,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
     }
   }
   auto check_id = [&](int64_t id, const char* key) {
-    if (id < -1 || id >= c.n_vocab) fail("{}: field '{}': {} is outside the vocabulary [0, {})", path, key, id, c.n_vocab);
+    if (id < -1 || id >= c.n_vocab)
+      fail("{}: field '{}': {} is outside the vocabulary [0, {})", path, key, id, c.n_vocab);
   };
   check_id(c.bos_id, "bos_token_id");
   for (int64_t id : c.eos_ids) check_id(id, "eos_token_id");
@@ -289,8 +297,8 @@ json ModelConfig::to_json() const {
 
 std::string ModelConfig::summary() const {
   std::string s = fmt::format(
-      "{} ({}): {} layers, n_embd {}, n_head {} (kv {}, head_dim {}), n_ff {}, n_vocab {}, n_ctx {}\n", architecture,
-      model_type, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx);
+      "{} ({}): {} layers, n_embd {}, n_head {} (kv {}, head_dim {}), n_ff {}, n_vocab {}, n_ctx {}\n",
+      architecture, model_type, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx);
   s += fmt::format("rope_theta {}, rope_scaling {}", rope_theta, rope_scaling.type);
   if (rope_scaling.type == "linear") s += fmt::format(" (factor {})", rope_scaling.factor);
   if (rope_scaling.type == "llama3")
@@ -298,8 +306,8 @@ std::string ModelConfig::summary() const {
                      rope_scaling.low_freq_factor, rope_scaling.high_freq_factor,
                      rope_scaling.original_max_position_embeddings);
   s += fmt::format(", rms_eps {}, {}, {}, act {}, dtype {}", rms_eps,
-                   tie_embeddings ? "tied embeddings" : "separate lm_head", attn_bias ? "q/k/v bias" : "no bias",
-                   hidden_act, torch_dtype);
+                   tie_embeddings ? "tied embeddings" : "separate lm_head",
+                   attn_bias ? "q/k/v bias" : "no bias", hidden_act, torch_dtype);
   std::string eos;
   for (int64_t e : eos_ids) eos += (eos.empty() ? "" : ",") + std::to_string(e);
   s += fmt::format(", bos {}, eos [{}]\n", bos_id, eos);

@@ -1,5 +1,5 @@
-// Loads a Llama-family HF directory into fp32 ModelWeights. Every tensor's shape comes from config.json and is
-// checked before conversion; weights must be finite floats; tensors the decoder would not use are rejected
+// Loads a Llama-family HF directory into fp32 ModelWeights. Every tensor's shape comes from config.json and
+// is checked before conversion; weights must be finite floats; tensors the decoder would not use are rejected
 // (an ignored o_proj bias, say, would silently change the numerics).
 #include "model/weights.h"
 
@@ -13,7 +13,9 @@
 
 namespace fq {
 
-std::string TensorNames::layer(int i, const char* suffix) { return fmt::format("model.layers.{}.{}", i, suffix); }
+std::string TensorNames::layer(int i, const char* suffix) {
+  return fmt::format("model.layers.{}.{}", i, suffix);
+}
 
 namespace {
 
@@ -27,14 +29,15 @@ class Loader {
     if (!t) fail("{}: missing tensor '{}'", dir_, name);
     used_.insert(name);
     if (t->shape != expected)
-      fail("{}: tensor '{}': shape {} does not match config.json (expected {})", f->path(), name, shape_str(t->shape),
-           shape_str(expected));
+      fail("{}: tensor '{}': shape {} does not match config.json (expected {})", f->path(), name,
+           shape_str(t->shape), shape_str(expected));
     if (t->dtype != DType::F32 && t->dtype != DType::F16 && t->dtype != DType::BF16 && t->dtype != DType::F64)
       fail("{}: tensor '{}': dtype {} is not a float type (expected F32, F16, BF16 or F64)", f->path(), name,
            dtype_name(t->dtype));
     std::vector<float> v = f->to_f32(*t);
     for (size_t k = 0; k < v.size(); ++k)
-      if (!std::isfinite(v[k])) fail("{}: tensor '{}': element {} is not finite ({})", f->path(), name, k, v[k]);
+      if (!std::isfinite(v[k]))
+        fail("{}: tensor '{}': element {} is not finite ({})", f->path(), name, k, v[k]);
     return v;
   }
 

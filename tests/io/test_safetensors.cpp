@@ -1,12 +1,12 @@
 // safetensors reader/writer: round trips for every dtype, and one test per malformed-input case, each
 // checking that the one-line error names the file and the problem.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include "flatquant/error.h"
 #include "io/safetensors.h"
@@ -18,7 +18,8 @@ namespace {
 using test::TempDir;
 
 // Writes a raw safetensors file: u64 header length, the header text as given, then `data_bytes` bytes.
-std::string write_raw(const TempDir& d, const std::string& name, const std::string& header, size_t data_bytes) {
+std::string write_raw(const TempDir& d, const std::string& name, const std::string& header,
+                      size_t data_bytes) {
   std::string s(8, '\0');
   const uint64_t n = header.size();
   for (int i = 0; i < 8; ++i) s[(size_t)i] = (char)(n >> (8 * i));
@@ -177,7 +178,8 @@ TEST(SafeTensors, HeaderNotAnObject) {
 
 TEST(SafeTensors, UnknownDtype) {
   TempDir d;
-  const auto p = write_raw(d, "dt.safetensors", R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", 2);
+  const auto p =
+      write_raw(d, "dt.safetensors", R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", 2);
   const auto m = open_error(p);
   EXPECT_HAS(m, p);
   EXPECT_HAS(m, "tensor 'w'");
@@ -186,7 +188,8 @@ TEST(SafeTensors, UnknownDtype) {
 
 TEST(SafeTensors, NegativeShape) {
   TempDir d;
-  const auto p = write_raw(d, "neg.safetensors", R"({"w":{"dtype":"U8","shape":[-2],"data_offsets":[0,2]}})", 2);
+  const auto p =
+      write_raw(d, "neg.safetensors", R"({"w":{"dtype":"U8","shape":[-2],"data_offsets":[0,2]}})", 2);
   const auto m = open_error(p);
   EXPECT_HAS(m, p);
   EXPECT_HAS(m, "tensor 'w': shape[0] = -2 is negative");
@@ -194,7 +197,8 @@ TEST(SafeTensors, NegativeShape) {
 
 TEST(SafeTensors, NonIntegerShape) {
   TempDir d;
-  const auto p = write_raw(d, "fl.safetensors", R"({"w":{"dtype":"U8","shape":[2.5],"data_offsets":[0,2]}})", 2);
+  const auto p =
+      write_raw(d, "fl.safetensors", R"({"w":{"dtype":"U8","shape":[2.5],"data_offsets":[0,2]}})", 2);
   const auto m = open_error(p);
   EXPECT_HAS(m, p);
   EXPECT_HAS(m, "shape[0] must be a non-negative integer");
@@ -202,7 +206,8 @@ TEST(SafeTensors, NonIntegerShape) {
 
 TEST(SafeTensors, DataOffsetsNotTwoInts) {
   TempDir d;
-  const auto p = write_raw(d, "off3.safetensors", R"({"w":{"dtype":"U8","shape":[2],"data_offsets":[0,1,2]}})", 2);
+  const auto p =
+      write_raw(d, "off3.safetensors", R"({"w":{"dtype":"U8","shape":[2],"data_offsets":[0,1,2]}})", 2);
   const auto m = open_error(p);
   EXPECT_HAS(m, p);
   EXPECT_HAS(m, "'data_offsets' must be two non-negative integers");
@@ -210,7 +215,8 @@ TEST(SafeTensors, DataOffsetsNotTwoInts) {
 
 TEST(SafeTensors, OffsetsOutOfRange) {
   TempDir d;
-  const auto p = write_raw(d, "oob.safetensors", R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8);
+  const auto p =
+      write_raw(d, "oob.safetensors", R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8);
   const auto m = open_error(p);
   EXPECT_HAS(m, p);
   EXPECT_HAS(m, "tensor 'w': data_offsets [0, 16] lie outside the data section (8 bytes)");
@@ -218,7 +224,8 @@ TEST(SafeTensors, OffsetsOutOfRange) {
 
 TEST(SafeTensors, OffsetsBeginAfterEnd) {
   TempDir d;
-  const auto p = write_raw(d, "rev.safetensors", R"({"w":{"dtype":"U8","shape":[0],"data_offsets":[4,2]}})", 8);
+  const auto p =
+      write_raw(d, "rev.safetensors", R"({"w":{"dtype":"U8","shape":[0],"data_offsets":[4,2]}})", 8);
   EXPECT_HAS(open_error(p), "begin is after end");
 }
 
@@ -235,7 +242,8 @@ TEST(SafeTensors, OverlappingOffsets) {
 
 TEST(SafeTensors, ShapeDtypeSizeMismatch) {
   TempDir d;
-  const auto p = write_raw(d, "mm.safetensors", R"({"w":{"dtype":"F32","shape":[3,4],"data_offsets":[0,40]}})", 48);
+  const auto p =
+      write_raw(d, "mm.safetensors", R"({"w":{"dtype":"F32","shape":[3,4],"data_offsets":[0,40]}})", 48);
   const auto m = open_error(p);
   EXPECT_HAS(m, p);
   EXPECT_HAS(m, "tensor 'w': shape [3,4] x F32 (48 bytes) does not match data_offsets [0, 40] (40 bytes)");
@@ -243,9 +251,9 @@ TEST(SafeTensors, ShapeDtypeSizeMismatch) {
 
 TEST(SafeTensors, ShapeProductOverflow) {
   TempDir d;
-  const auto p = write_raw(
-      d, "ovf.safetensors",
-      R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}})", 0);
+  const auto p =
+      write_raw(d, "ovf.safetensors",
+                R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}})", 0);
   EXPECT_HAS(open_error(p), "is too large");
 }
 
@@ -291,7 +299,8 @@ TEST(SafeTensors, GetMissingTensorNamesFile) {
 TEST(SafeTensorsWriter, RejectsSizeMismatchAndDuplicates) {
   SafeTensorsWriter w;
   const float x[2] = {1.f, 2.f};
-  EXPECT_HAS(error_of([&] { w.add("a", DType::F32, {3}, x, 8); }), "tensor 'a': shape [3] x F32 does not match 8 bytes");
+  EXPECT_HAS(error_of([&] { w.add("a", DType::F32, {3}, x, 8); }),
+             "tensor 'a': shape [3] x F32 does not match 8 bytes");
   w.add_f32("a", {2}, x);
   EXPECT_HAS(error_of([&] { w.add_f32("a", {2}, x); }), "tensor 'a' added twice");
   EXPECT_HAS(error_of([&] { w.add_from_f32("b", DType::I8, {2}, x); }), "cannot convert fp32 to I8");
@@ -353,7 +362,8 @@ TEST(TensorStore, IndexNamesMissingShard) {
 TEST(TensorStore, IndexNamesTensorAbsentFromShard) {
   TempDir d;
   write_one(d.file("s1.safetensors"), "a", {2}, 1.f);
-  write_file_atomic(d.file("model.safetensors.index.json"), R"({"weight_map":{"a":"s1.safetensors","c":"s1.safetensors"}})");
+  write_file_atomic(d.file("model.safetensors.index.json"),
+                    R"({"weight_map":{"a":"s1.safetensors","c":"s1.safetensors"}})");
   const auto m = error_of([&] { TensorStore::open_dir(d.path()); });
   EXPECT_HAS(m, "model.safetensors.index.json");
   EXPECT_HAS(m, "weight_map 'c': tensor is not in");

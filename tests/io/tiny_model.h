@@ -15,7 +15,10 @@ namespace fq::test {
 
 inline nlohmann::json tiny_config_json(const std::string& model_type = "llama") {
   nlohmann::json j = {
-      {"architectures", {model_type == "qwen2" ? "Qwen2ForCausalLM" : model_type == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM"}},
+      {"architectures",
+       {model_type == "qwen2"     ? "Qwen2ForCausalLM"
+        : model_type == "mistral" ? "MistralForCausalLM"
+                                  : "LlamaForCausalLM"}},
       {"model_type", model_type},
       {"vocab_size", 32},
       {"hidden_size", 16},
@@ -43,8 +46,9 @@ using DataHook = std::function<void(const std::string& name, std::vector<float>&
 
 // Writes config.json and model.safetensors for `cfg_json` into `dir` (which must exist). Returns the number
 // of tensors written.
-inline size_t write_tiny_model(const std::string& dir, const nlohmann::json& cfg_json, DType dtype = DType::F32,
-                               const TensorHook& hook = nullptr, const DataHook& data_hook = nullptr) {
+inline size_t write_tiny_model(const std::string& dir, const nlohmann::json& cfg_json,
+                               DType dtype = DType::F32, const TensorHook& hook = nullptr,
+                               const DataHook& data_hook = nullptr) {
   const ModelConfig c = ModelConfig::from_json(cfg_json, "config.json");
   write_file_atomic(path_join(dir, "config.json"), cfg_json.dump(2));
   std::vector<std::pair<std::string, std::vector<int64_t>>> ts;

@@ -52,8 +52,8 @@ TEST(ModelConfig, ParsesLlama) {
 
 TEST(ModelConfig, DefaultsForOptionalFields) {
   json j = test::tiny_config_json();
-  for (const char* k : {"num_key_value_heads", "rms_norm_eps", "rope_theta", "hidden_act", "tie_word_embeddings",
-                        "torch_dtype", "bos_token_id", "eos_token_id", "model_type"})
+  for (const char* k : {"num_key_value_heads", "rms_norm_eps", "rope_theta", "hidden_act",
+                        "tie_word_embeddings", "torch_dtype", "bos_token_id", "eos_token_id", "model_type"})
     j.erase(k);
   j["head_dim"] = nullptr;
   const auto c = ModelConfig::from_json(j, "config.json");
@@ -143,8 +143,9 @@ TEST(ModelConfig, UnsupportedArchitecture) {
   json j = test::tiny_config_json();
   j["architectures"] = {"GPT2LMHeadModel"};
   const auto m = config_error(j);
-  EXPECT_HAS(m, "architectures: unsupported 'GPT2LMHeadModel' (supported: LlamaForCausalLM, MistralForCausalLM, "
-                "Qwen2ForCausalLM)");
+  EXPECT_HAS(m,
+             "architectures: unsupported 'GPT2LMHeadModel' (supported: LlamaForCausalLM, MistralForCausalLM, "
+             "Qwen2ForCausalLM)");
 }
 
 TEST(ModelConfig, MissingField) {
@@ -212,7 +213,8 @@ TEST(ModelConfig, UnsupportedRopeScaling) {
 
 TEST(ModelConfig, Llama3RopeNeedsAllFactors) {
   json j = test::tiny_config_json();
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0}};
+  j["rope_scaling"] = {
+      {"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0}};
   EXPECT_HAS(config_error(j), "missing field 'rope_scaling.original_max_position_embeddings'");
 }
 

@@ -69,8 +69,9 @@ TEST(Weights, LoadsQwen2TiedWithBiasesFromBf16) {
 
 TEST(Weights, MissingTensor) {
   TempDir d;
-  test::write_tiny_model(d.path(), test::tiny_config_json(), DType::F32,
-                         [](std::string& n, std::vector<int64_t>&) { return n != "model.layers.1.mlp.up_proj.weight"; });
+  test::write_tiny_model(
+      d.path(), test::tiny_config_json(), DType::F32,
+      [](std::string& n, std::vector<int64_t>&) { return n != "model.layers.1.mlp.up_proj.weight"; });
   const auto m = load_error(d.path());
   EXPECT_HAS(m, d.path());
   EXPECT_HAS(m, "missing tensor 'model.layers.1.mlp.up_proj.weight'");
@@ -78,21 +79,24 @@ TEST(Weights, MissingTensor) {
 
 TEST(Weights, MissingQwenBias) {
   TempDir d;
-  test::write_tiny_model(d.path(), test::tiny_config_json("qwen2"), DType::F32,
-                         [](std::string& n, std::vector<int64_t>&) { return n != "model.layers.0.self_attn.k_proj.bias"; });
+  test::write_tiny_model(
+      d.path(), test::tiny_config_json("qwen2"), DType::F32,
+      [](std::string& n, std::vector<int64_t>&) { return n != "model.layers.0.self_attn.k_proj.bias"; });
   EXPECT_HAS(load_error(d.path()), "missing tensor 'model.layers.0.self_attn.k_proj.bias'");
 }
 
 TEST(Weights, ShapeDoesNotMatchConfig) {
   TempDir d;
-  test::write_tiny_model(d.path(), test::tiny_config_json(), DType::F32, [](std::string& n, std::vector<int64_t>& s) {
-    if (n == "model.layers.0.self_attn.q_proj.weight") s = {16, 8};
-    return true;
-  });
+  test::write_tiny_model(d.path(), test::tiny_config_json(), DType::F32,
+                         [](std::string& n, std::vector<int64_t>& s) {
+                           if (n == "model.layers.0.self_attn.q_proj.weight") s = {16, 8};
+                           return true;
+                         });
   const auto m = load_error(d.path());
-  EXPECT_HAS(m, d.file("model.safetensors") +
-                    ": tensor 'model.layers.0.self_attn.q_proj.weight': shape [16,8] does not match config.json "
-                    "(expected [16,16])");
+  EXPECT_HAS(m,
+             d.file("model.safetensors") +
+                 ": tensor 'model.layers.0.self_attn.q_proj.weight': shape [16,8] does not match config.json "
+                 "(expected [16,16])");
 }
 
 TEST(Weights, UntiedButNoLmHead) {
@@ -108,7 +112,8 @@ TEST(Weights, NonFiniteWeight) {
   TempDir d;
   test::write_tiny_model(d.path(), test::tiny_config_json(), DType::F32, nullptr,
                          [](const std::string& n, std::vector<float>& v) {
-                           if (n == "model.layers.1.self_attn.v_proj.weight") v[7] = std::numeric_limits<float>::infinity();
+                           if (n == "model.layers.1.self_attn.v_proj.weight")
+                             v[7] = std::numeric_limits<float>::infinity();
                          });
   const auto m = load_error(d.path());
   EXPECT_HAS(m, "tensor 'model.layers.1.self_attn.v_proj.weight': element 7 is not finite (inf)");
@@ -155,7 +160,9 @@ TEST(Weights, UnsupportedArchitectureInDirectory) {
   EXPECT_HAS(m, d.file("config.json") + ": architectures: unsupported 'GemmaForCausalLM'");
 }
 
-TEST(Weights, TensorNamesLayer) { EXPECT_EQ(TensorNames::layer(3, "mlp.up_proj.weight"), "model.layers.3.mlp.up_proj.weight"); }
+TEST(Weights, TensorNamesLayer) {
+  EXPECT_EQ(TensorNames::layer(3, "mlp.up_proj.weight"), "model.layers.3.mlp.up_proj.weight");
+}
 
 }  // namespace
 }  // namespace fq
