@@ -198,9 +198,7 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
   const uint64_t n_kv = c.read<uint64_t>("the metadata count");
   // A key-value pair takes >= 8 (key length) + 4 (type) + 1 bytes; a tensor info >= 8 + 4 + 8 + 4 + 8.
   if (n_kv > c.remaining() / 13)
-    fail("{}: metadata count {} is absurd for a file of {} bytes", p, n_kv, file_.size());
-  if (n_tensors > c.remaining() / 32)
-    fail("{}: tensor count {} is absurd for a file of {} bytes", p, n_tensors, file_.size());
+    fail("{}: metadata count {} is absurd for a file of {} bytes (corrupt or truncated)", p, n_kv, file_.size());
 
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key = c.str(fmt::format("metadata key #{}", k));
@@ -221,6 +219,8 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
     alignment_ = (uint64_t)a->i;
   }
 
+  if (n_tensors > c.remaining() / 32)
+    fail("{}: tensor count {} is absurd for a file of {} bytes (corrupt or truncated)", p, n_tensors, file_.size());
   tensors_.reserve(n_tensors);
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GgufTensor t;
