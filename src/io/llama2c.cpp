@@ -1,5 +1,6 @@
 #include "io/llama2c.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -111,8 +112,9 @@ Llama2cTokenizer read_llama2c_tokenizer(const std::string& path, int64_t vocab_s
   p = 4;
   if (t.max_token_length <= 0)
     fail("{}: llama2.c tokenizer max_token_length is {} (expected > 0)", path, t.max_token_length);
-  t.pieces.reserve((size_t)vocab_size);
-  t.scores.reserve((size_t)vocab_size);
+  const size_t cap = std::min<size_t>((size_t)vocab_size, f.size() / 8);  // each token takes >= 8 bytes
+  t.pieces.reserve(cap);
+  t.scores.reserve(cap);
   for (int64_t i = 0; i < vocab_size; ++i) {
     const std::string what = fmt::format("token {}", i);
     need(8, what);
