@@ -10,7 +10,9 @@
 
 namespace fq {
 
-std::string hf_layer_name(int64_t layer, const char* suffix) { return fmt::format("model.layers.{}.{}", layer, suffix); }
+std::string hf_layer_name(int64_t layer, const char* suffix) {
+  return fmt::format("model.layers.{}.{}", layer, suffix);
+}
 
 double shortest_float_decimal(float f) {
   char buf[64];
@@ -25,9 +27,12 @@ namespace {
 
 const char* torch_dtype_name(DType t) {
   switch (t) {
-    case DType::F16: return "float16";
-    case DType::BF16: return "bfloat16";
-    default: return "float32";
+    case DType::F16:
+      return "float16";
+    case DType::BF16:
+      return "bfloat16";
+    default:
+      return "float32";
   }
 }
 

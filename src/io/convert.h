@@ -4,11 +4,10 @@
 // dequantized with ggml's formulas and stored as fp32 (unless another dtype is asked for).
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
 #include "io/convert_tokenizer.h"
@@ -17,8 +16,8 @@
 namespace fq {
 
 struct HfTensor {
-  std::string name;             // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
-  std::vector<int64_t> shape;   // HF order, row-major [out, in]
+  std::string name;            // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  std::vector<int64_t> shape;  // HF order, row-major [out, in]
   std::vector<float> data;
 };
 

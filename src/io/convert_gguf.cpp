@@ -30,8 +30,9 @@ std::vector<int32_t> token_types(const GgufFile& g, size_t n) {
   std::vector<int32_t> types(n, kTokNormal);
   if (!v) return types;
   if (v->type != GgufType::ARRAY || v->arr_i.size() != n || v->arr_type == GgufType::BOOL)
-    fail("{}: metadata 'tokenizer.ggml.token_type': expected {} integers (one per token), found {} {}", g.path(), n,
-         v->type == GgufType::ARRAY ? v->arr_len : 1, gguf_type_name(v->type == GgufType::ARRAY ? v->arr_type : v->type));
+    fail("{}: metadata 'tokenizer.ggml.token_type': expected {} integers (one per token), found {} {}",
+         g.path(), n, v->type == GgufType::ARRAY ? v->arr_len : 1,
+         gguf_type_name(v->type == GgufType::ARRAY ? v->arr_type : v->type));
   for (size_t i = 0; i < n; ++i) types[i] = (int32_t)v->arr_i[i];
   return types;
 }
@@ -73,7 +74,8 @@ TokenizerFiles gguf_tokenizer(const GgufFile& g, int64_t n_ctx, int64_t n_vocab,
     v.types = token_types(g, tokens.size());
     const GgufValue* sc = g.find("tokenizer.ggml.scores");
     if (!sc || sc->type != GgufType::ARRAY || sc->arr_f.size() != tokens.size())
-      fail("{}: metadata 'tokenizer.ggml.scores': expected {} floats (one per token)", g.path(), tokens.size());
+      fail("{}: metadata 'tokenizer.ggml.scores': expected {} floats (one per token)", g.path(),
+           tokens.size());
     v.scores.assign(sc->arr_f.begin(), sc->arr_f.end());
     v.bos_id = bos, v.eos_id = eos, v.unk_id = unk, v.pad_id = pad;
     v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token", true);
@@ -82,7 +84,8 @@ TokenizerFiles gguf_tokenizer(const GgufFile& g, int64_t n_ctx, int64_t n_vocab,
     files = spm_tokenizer_files(v, n_ctx, g.path());
     if (!chat_template.empty()) files.config["chat_template"] = chat_template;
   } else {
-    fail("{}: metadata 'tokenizer.ggml.model': tokenizer type '{}' is not supported (gpt2 or llama)", g.path(), model);
+    fail("{}: metadata 'tokenizer.ggml.model': tokenizer type '{}' is not supported (gpt2 or llama)",
+         g.path(), model);
   }
   return files;
 }
@@ -114,27 +117,28 @@ HfModel import_gguf(const std::string& path) {
   cfg.n_head = g.get_int(a + "attention.head_count");
   cfg.n_head_kv = g.get_int(a + "attention.head_count_kv", cfg.n_head);
   cfg.n_ctx = g.get_int(a + "context_length");
-  const std::pair<const char*, int64_t> dims[] = {{"embedding_length", cfg.n_embd}, {"block_count", cfg.n_layer},
-                                                  {"feed_forward_length", cfg.n_ff},
-                                                  {"attention.head_count", cfg.n_head},
-                                                  {"attention.head_count_kv", cfg.n_head_kv},
-                                                  {"context_length", cfg.n_ctx}};
+  const std::pair<const char*, int64_t> dims[] = {
+      {"embedding_length", cfg.n_embd},           {"block_count", cfg.n_layer},
+      {"feed_forward_length", cfg.n_ff},          {"attention.head_count", cfg.n_head},
+      {"attention.head_count_kv", cfg.n_head_kv}, {"context_length", cfg.n_ctx}};
   for (const auto& [k, v] : dims)
     if (v <= 0 || v > (int64_t)1 << 32) fail("{}: metadata '{}{}': {} is out of range", path, a, k, v);
   if (cfg.n_head % cfg.n_head_kv != 0)
-    fail("{}: metadata '{}attention.head_count' {} is not a multiple of head_count_kv {}", path, a, cfg.n_head,
-         cfg.n_head_kv);
+    fail("{}: metadata '{}attention.head_count' {} is not a multiple of head_count_kv {}", path, a,
+         cfg.n_head, cfg.n_head_kv);
   if (cfg.n_embd % cfg.n_head != 0 && !g.find(a + "attention.key_length"))
-    fail("{}: metadata '{}embedding_length' {} is not a multiple of head_count {}", path, a, cfg.n_embd, cfg.n_head);
+    fail("{}: metadata '{}embedding_length' {} is not a multiple of head_count {}", path, a, cfg.n_embd,
+         cfg.n_head);
   cfg.head_dim = g.get_int(a + "attention.key_length", cfg.n_embd / cfg.n_head);
   const int64_t v_len = g.get_int(a + "attention.value_length", cfg.head_dim);
   if (v_len != cfg.head_dim || cfg.head_dim <= 0 || cfg.head_dim % 2 != 0)
-    fail("{}: metadata '{}attention.key_length' {} / value_length {}: expected equal, even head sizes", path, a,
-         cfg.head_dim, v_len);
+    fail("{}: metadata '{}attention.key_length' {} / value_length {}: expected equal, even head sizes", path,
+         a, cfg.head_dim, v_len);
   const int64_t rot = g.get_int(a + "rope.dimension_count", cfg.head_dim);
   if (rot != cfg.head_dim)
-    fail("{}: metadata '{}rope.dimension_count' is {} but the head size is {} (partial RoPE is not supported)", path,
-         a, rot, cfg.head_dim);
+    fail(
+        "{}: metadata '{}rope.dimension_count' is {} but the head size is {} (partial RoPE is not supported)",
+        path, a, rot, cfg.head_dim);
   cfg.rms_eps = gguf_float_decimal(g, a + "attention.layer_norm_rms_epsilon", 1e-5);
   cfg.rope_theta = gguf_float_decimal(g, a + "rope.freq_base", 10000.0);
   const std::string scaling = g.get_string(a + "rope.scaling.type", "none");
@@ -161,15 +165,20 @@ HfModel import_gguf(const std::string& path) {
     std::vector<int64_t> shape;
     int64_t permute_heads;
   };
-  const int64_t E = cfg.n_embd, F = cfg.n_ff, Q = cfg.n_head * cfg.head_dim, KV = cfg.n_head_kv * cfg.head_dim;
+  const int64_t E = cfg.n_embd, F = cfg.n_ff, Q = cfg.n_head * cfg.head_dim,
+                KV = cfg.n_head_kv * cfg.head_dim;
   std::vector<Item> items;
   items.push_back({"token_embd.weight", "model.embed_tokens.weight", {cfg.n_vocab, E}, 0});
   for (int64_t i = 0; i < cfg.n_layer; ++i) {
     const std::string b = fmt::format("blk.{}.", i);
     items.push_back({b + "attn_norm.weight", hf_layer_name(i, "input_layernorm.weight"), {E}, 0});
-    items.push_back({b + "attn_q.weight", hf_layer_name(i, "self_attn.q_proj.weight"), {Q, E},
+    items.push_back({b + "attn_q.weight",
+                     hf_layer_name(i, "self_attn.q_proj.weight"),
+                     {Q, E},
                      permute_qk ? cfg.n_head : 0});
-    items.push_back({b + "attn_k.weight", hf_layer_name(i, "self_attn.k_proj.weight"), {KV, E},
+    items.push_back({b + "attn_k.weight",
+                     hf_layer_name(i, "self_attn.k_proj.weight"),
+                     {KV, E},
                      permute_qk ? cfg.n_head_kv : 0});
     items.push_back({b + "attn_v.weight", hf_layer_name(i, "self_attn.v_proj.weight"), {KV, E}, 0});
     if (cfg.attn_bias) {
@@ -192,7 +201,8 @@ HfModel import_gguf(const std::string& path) {
   for (const Item& it : items) used.insert(it.gguf);
   for (const GgufTensor& t : g.tensors())
     if (!used.count(t.name))
-      fail("{}: tensor '{}' ({}) is not part of the {} layout this converter knows", path, t.name, t.type_name(), arch);
+      fail("{}: tensor '{}' ({}) is not part of the {} layout this converter knows", path, t.name,
+           t.type_name(), arch);
 
   // Check every shape and type before the (slow) dequantization starts.
   for (const Item& it : items) {
@@ -201,8 +211,8 @@ HfModel import_gguf(const std::string& path) {
       fail("{}: tensor '{}': shape {} (ne {}) does not match the metadata (expected {})", path, it.gguf,
            shape_str(t.hf_shape()), shape_str(t.ne), shape_str(it.shape));
     if (!ggml_type_dequantizable(t.type))
-      fail("{}: tensor '{}': ggml type {} cannot be converted (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)", path,
-           it.gguf, t.type_name());
+      fail("{}: tensor '{}': ggml type {} cannot be converted (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+           path, it.gguf, t.type_name());
   }
 
   m.tokenizer = gguf_tokenizer(g, cfg.n_ctx, cfg.n_vocab, cfg, m.generation_config);

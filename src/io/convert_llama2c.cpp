@@ -46,8 +46,10 @@ SpmVocab spm_vocab_from_llama2c(const Llama2cTokenizer& t, const std::string& so
     } else {
       std::string q;
       for (char c : p) {
-        if (c == ' ') q += "\xe2\x96\x81";
-        else q += c;
+        if (c == ' ')
+          q += "\xe2\x96\x81";
+        else
+          q += c;
       }
       p = std::move(q);
     }
@@ -74,8 +76,8 @@ HfModel import_llama2c(const std::string& model_path, const std::string& tokeniz
   std::string tok_path = tokenizer_path;
   if (tok_path.empty()) {
     const std::string dir = dirname_of(model_path);
-    for (const std::string& cand : {path_join(dir, fmt::format("tok{}.bin", c.vocab_size)),
-                                    path_join(dir, "tokenizer.bin")})
+    for (const std::string& cand :
+         {path_join(dir, fmt::format("tok{}.bin", c.vocab_size)), path_join(dir, "tokenizer.bin")})
       if (file_exists(cand)) {
         tok_path = cand;
         break;
@@ -116,7 +118,8 @@ HfModel import_llama2c(const std::string& model_path, const std::string& tokeniz
   for (int64_t i = 0; i < c.n_layers; ++i) {
     Llama2cModel::Layer& L = ck.layers[(size_t)i];
     add(hf_layer_name(i, "input_layernorm.weight"), {dim}, std::move(L.rms_att));
-    add(hf_layer_name(i, "self_attn.q_proj.weight"), {dim, dim}, rope_interleaved_to_halves(L.wq, c.n_heads, hd, dim));
+    add(hf_layer_name(i, "self_attn.q_proj.weight"), {dim, dim},
+        rope_interleaved_to_halves(L.wq, c.n_heads, hd, dim));
     add(hf_layer_name(i, "self_attn.k_proj.weight"), {kv, dim},
         rope_interleaved_to_halves(L.wk, c.n_kv_heads, hd, dim));
     add(hf_layer_name(i, "self_attn.v_proj.weight"), {kv, dim}, std::move(L.wv));

@@ -22,8 +22,8 @@ std::vector<size_t> code_point_offsets(const std::string& s) {
 }
 
 ojson added_token(int64_t id, const std::string& content, bool special) {
-  return ojson{{"id", id},           {"content", content}, {"single_word", false}, {"lstrip", false},
-               {"rstrip", false},    {"normalized", false}, {"special", special}};
+  return ojson{{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+               {"rstrip", false}, {"normalized", false}, {"special", special}};
 }
 
 // Tokens HF lists in added_tokens: control / unknown (special) and user-defined (not special).
@@ -47,8 +47,10 @@ ojson merges_json(const std::vector<std::pair<std::string, std::string>>& merges
   });
   ojson out = ojson::array();
   for (const auto& m : merges) {
-    if (pairs) out.push_back(ojson::array({m.first, m.second}));
-    else out.push_back(m.first + " " + m.second);
+    if (pairs)
+      out.push_back(ojson::array({m.first, m.second}));
+    else
+      out.push_back(m.first + " " + m.second);
   }
   return out;
 }
@@ -60,8 +62,8 @@ ojson vocab_json(const std::vector<std::string>& toks, const std::string& source
     if (!valid_utf8(toks[i])) fail("{}: token {} is not valid UTF-8", source, i);
     auto [it, fresh] = seen.emplace(toks[i], i);
     if (!fresh)
-      fail("{}: token {} '{}' duplicates token {} (a tokenizer.json vocabulary needs unique pieces)", source, i,
-           toks[i], it->second);
+      fail("{}: token {} '{}' duplicates token {} (a tokenizer.json vocabulary needs unique pieces)", source,
+           i, toks[i], it->second);
     vocab[toks[i]] = (int64_t)i;
   }
   return vocab;
@@ -72,7 +74,9 @@ ojson template_processing(const std::vector<std::string>& toks, int64_t bos, int
   auto special = [](const std::string& s, int type_id) {
     return ojson{{"SpecialToken", {{"id", s}, {"type_id", type_id}}}};
   };
-  auto seq = [](const char* id, int type_id) { return ojson{{"Sequence", {{"id", id}, {"type_id", type_id}}}}; };
+  auto seq = [](const char* id, int type_id) {
+    return ojson{{"Sequence", {{"id", id}, {"type_id", type_id}}}};
+  };
   ojson single = ojson::array(), pair = ojson::array(), specials = ojson::object();
   for (int part = 0; part < 2; ++part) {
     if (add_bos) (part == 0 ? single : pair).push_back(special(toks[(size_t)bos], 0));
@@ -82,9 +86,14 @@ ojson template_processing(const std::vector<std::string>& toks, int64_t bos, int
   if (add_bos) pair.push_back(special(toks[(size_t)bos], 1));
   pair.push_back(seq("B", 1));
   if (add_eos) pair.push_back(special(toks[(size_t)eos], 1));
-  if (add_bos) specials[toks[(size_t)bos]] = {{"id", toks[(size_t)bos]}, {"ids", {bos}}, {"tokens", {toks[(size_t)bos]}}};
-  if (add_eos) specials[toks[(size_t)eos]] = {{"id", toks[(size_t)eos]}, {"ids", {eos}}, {"tokens", {toks[(size_t)eos]}}};
-  return ojson{{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair}, {"special_tokens", specials}};
+  if (add_bos)
+    specials[toks[(size_t)bos]] = {
+        {"id", toks[(size_t)bos]}, {"ids", {bos}}, {"tokens", {toks[(size_t)bos]}}};
+  if (add_eos)
+    specials[toks[(size_t)eos]] = {
+        {"id", toks[(size_t)eos]}, {"ids", {eos}}, {"tokens", {toks[(size_t)eos]}}};
+  return ojson{
+      {"type", "TemplateProcessing"}, {"single", single}, {"pair", pair}, {"special_tokens", specials}};
 }
 
 ojson token_or_null(const std::vector<std::string>& toks, int64_t id) {
@@ -99,8 +108,9 @@ void check_ids(const std::vector<std::string>& toks, int64_t bos, int64_t eos, i
       fail("{}: {} token id {} is outside the vocabulary of {} tokens", source, name, id, toks.size());
 }
 
-ojson tokenizer_config(const std::vector<std::string>& toks, int64_t bos, int64_t eos, int64_t unk, int64_t pad,
-                       bool add_bos, bool add_eos, int64_t model_max_length, const ojson& added_decoder) {
+ojson tokenizer_config(const std::vector<std::string>& toks, int64_t bos, int64_t eos, int64_t unk,
+                       int64_t pad, bool add_bos, bool add_eos, int64_t model_max_length,
+                       const ojson& added_decoder) {
   // PreTrainedTokenizerFast loads tokenizer.json verbatim (normalizer, pre-tokenizer and post-processor
   // included) in transformers 4.x and 5.x; model-specific classes may rebuild parts of the pipeline.
   ojson c{{"add_bos_token", add_bos},
@@ -125,11 +135,21 @@ bool valid_utf8(const std::string& s) {
     const unsigned char c = (unsigned char)s[i];
     size_t len;
     uint32_t cp;
-    if (c < 0x80) { ++i; continue; }
-    if ((c & 0xe0) == 0xc0) { len = 2; cp = c & 0x1f; }
-    else if ((c & 0xf0) == 0xe0) { len = 3; cp = c & 0x0f; }
-    else if ((c & 0xf8) == 0xf0) { len = 4; cp = c & 0x07; }
-    else return false;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    if ((c & 0xe0) == 0xc0) {
+      len = 2;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      len = 3;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      len = 4;
+      cp = c & 0x07;
+    } else
+      return false;
     if (i + len > n) return false;
     for (size_t k = 1; k < len; ++k) {
       const unsigned char cc = (unsigned char)s[i + k];
@@ -143,8 +163,8 @@ bool valid_utf8(const std::string& s) {
   return true;
 }
 
-std::vector<std::pair<std::string, std::string>> spm_merges_from_scores(const std::vector<std::string>& pieces,
-                                                                        const std::vector<float>& scores) {
+std::vector<std::pair<std::string, std::string>> spm_merges_from_scores(
+    const std::vector<std::string>& pieces, const std::vector<float>& scores) {
   FQ_ASSERT(pieces.size() == scores.size());
   std::unordered_map<std::string, int64_t> id;
   id.reserve(pieces.size() * 2);
@@ -163,7 +183,8 @@ std::vector<std::pair<std::string, std::string>> spm_merges_from_scores(const st
     std::vector<Merge> local;
     for (size_t k = 1; k < cps.size(); ++k) {
       std::string l = s.substr(0, cps[k]), r = s.substr(cps[k]);
-      if (id.count(l) && id.count(r)) local.push_back({std::move(l), std::move(r), scores[p], k, cps.size() - k});
+      if (id.count(l) && id.count(r))
+        local.push_back({std::move(l), std::move(r), scores[p], k, cps.size() - k});
     }
     std::stable_sort(local.begin(), local.end(), [&](const Merge& a, const Merge& b) {
       const int64_t al = id[a.l], bl = id[b.l];
@@ -220,15 +241,12 @@ TokenizerFiles spm_tokenizer_files(const SpmVocab& v, int64_t model_max_length, 
               {"ignore_merges", false},
               {"vocab", vocab_json(v.pieces, source)},
               {"merges", merges_json(spm_merges_from_scores(v.pieces, v.scores))}};
-  out.tokenizer = ojson{{"version", "1.0"},
-                        {"truncation", nullptr},
-                        {"padding", nullptr},
-                        {"added_tokens", added},
-                        {"normalizer", normalizer},
-                        {"pre_tokenizer", nullptr},
-                        {"post_processor", post},
-                        {"decoder", {{"type", "Sequence"}, {"decoders", decoders}}},
-                        {"model", std::move(model)}};
+  out.tokenizer =
+      ojson{{"version", "1.0"},         {"truncation", nullptr},
+            {"padding", nullptr},       {"added_tokens", added},
+            {"normalizer", normalizer}, {"pre_tokenizer", nullptr},
+            {"post_processor", post},   {"decoder", {{"type", "Sequence"}, {"decoders", decoders}}},
+            {"model", std::move(model)}};
   out.config = tokenizer_config(v.pieces, v.bos_id, v.eos_id, v.unk_id, v.pad_id, v.add_bos, v.add_eos,
                                 model_max_length, decoder_map);
   out.config["legacy"] = true;  // the Prepend-normalizer (legacy) SentencePiece behaviour
@@ -237,15 +255,18 @@ TokenizerFiles spm_tokenizer_files(const SpmVocab& v, int64_t model_max_length, 
 
 std::pair<ojson, ojson> byte_level_pre_tokenizer(const std::string& pre, const std::string& source) {
   auto byte_level = [](bool use_regex) {
-    return ojson{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", use_regex}};
+    return ojson{
+        {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", use_regex}};
   };
   auto split = [](const char* regex) {
-    return ojson{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}};
+    return ojson{
+        {"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}};
   };
   if (pre == "smollm" || pre == "starcoder")
-    return {nullptr, {{"type", "Sequence"},
-                      {"pretokenizers", ojson::array({{{"type", "Digits"}, {"individual_digits", true}},
-                                                      byte_level(true)})}}};
+    return {nullptr,
+            {{"type", "Sequence"},
+             {"pretokenizers",
+              ojson::array({{{"type", "Digits"}, {"individual_digits", true}}, byte_level(true)})}}};
   if (pre == "gpt2") return {nullptr, byte_level(true)};
   if (pre == "llama-bpe" || pre == "llama3")
     return {nullptr,
@@ -264,9 +285,10 @@ std::pair<ojson, ojson> byte_level_pre_tokenizer(const std::string& pre, const s
                                   "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"),
                             bl})}}};
   }
-  fail("{}: metadata 'tokenizer.ggml.pre': pre-tokenizer '{}' is not supported (supported: smollm, starcoder, "
-       "gpt2, llama-bpe, qwen2)",
-       source, pre);
+  fail(
+      "{}: metadata 'tokenizer.ggml.pre': pre-tokenizer '{}' is not supported (supported: smollm, starcoder, "
+      "gpt2, llama-bpe, qwen2)",
+      source, pre);
 }
 
 TokenizerFiles byte_bpe_tokenizer_files(const ByteBpeVocab& v, int64_t model_max_length,
@@ -285,8 +307,8 @@ TokenizerFiles byte_bpe_tokenizer_files(const ByteBpeVocab& v, int64_t model_max
     const std::string& m = v.merges[i];
     const size_t sp = m.find(' ');
     if (sp == std::string::npos || sp == 0 || sp + 1 >= m.size() || m.find(' ', sp + 1) != std::string::npos)
-      fail("{}: metadata 'tokenizer.ggml.merges': merge {} '{}' is not two tokens separated by one space", source, i,
-           m);
+      fail("{}: metadata 'tokenizer.ggml.merges': merge {} '{}' is not two tokens separated by one space",
+           source, i, m);
     merges.emplace_back(m.substr(0, sp), m.substr(sp + 1));
   }
 
@@ -294,13 +316,16 @@ TokenizerFiles byte_bpe_tokenizer_files(const ByteBpeVocab& v, int64_t model_max
   ojson added = ojson::array(), decoder_map = ojson::object();
   collect_added(v.tokens, v.types, added, decoder_map);
   const bool qwen = v.pre == "qwen2";
-  ojson bl_post{{"type", "ByteLevel"}, {"add_prefix_space", !qwen}, {"trim_offsets", false}, {"use_regex", !qwen}};
+  ojson bl_post{
+      {"type", "ByteLevel"}, {"add_prefix_space", !qwen}, {"trim_offsets", false}, {"use_regex", !qwen}};
   ojson post = bl_post;
   if (v.add_bos || v.add_eos)
-    post = {{"type", "Sequence"},
-            {"processors", ojson::array({bl_post, template_processing(v.tokens, v.bos_id, v.eos_id, v.add_bos,
-                                                                      v.add_eos)})}};
-  ojson decoder{{"type", "ByteLevel"}, {"add_prefix_space", !qwen}, {"trim_offsets", !qwen}, {"use_regex", !qwen}};
+    post = {
+        {"type", "Sequence"},
+        {"processors",
+         ojson::array({bl_post, template_processing(v.tokens, v.bos_id, v.eos_id, v.add_bos, v.add_eos)})}};
+  ojson decoder{
+      {"type", "ByteLevel"}, {"add_prefix_space", !qwen}, {"trim_offsets", !qwen}, {"use_regex", !qwen}};
   ojson model{{"type", "BPE"},
               {"dropout", nullptr},
               {"unk_token", nullptr},
@@ -312,15 +337,9 @@ TokenizerFiles byte_bpe_tokenizer_files(const ByteBpeVocab& v, int64_t model_max
               {"ignore_merges", v.pre == "llama-bpe" || v.pre == "llama3"},
               {"vocab", vocab_json(v.tokens, source)},
               {"merges", merges_json(merges)}};
-  out.tokenizer = ojson{{"version", "1.0"},
-                        {"truncation", nullptr},
-                        {"padding", nullptr},
-                        {"added_tokens", added},
-                        {"normalizer", normalizer},
-                        {"pre_tokenizer", pre_tok},
-                        {"post_processor", post},
-                        {"decoder", decoder},
-                        {"model", std::move(model)}};
+  out.tokenizer = ojson{{"version", "1.0"},       {"truncation", nullptr},    {"padding", nullptr},
+                        {"added_tokens", added},  {"normalizer", normalizer}, {"pre_tokenizer", pre_tok},
+                        {"post_processor", post}, {"decoder", decoder},       {"model", std::move(model)}};
   out.config = tokenizer_config(v.tokens, v.bos_id, v.eos_id, v.unk_id, v.pad_id, v.add_bos, v.add_eos,
                                 model_max_length, decoder_map);
   if (!chat_template.empty()) out.config["chat_template"] = chat_template;

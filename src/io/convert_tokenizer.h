@@ -11,24 +11,28 @@
 //    tokenizer.ggml.pre to reproduce the original tokenizer.json (see byte_level_pre_tokenizer()).
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace fq {
 
 // GGUF token types (llama_token_type); llama2.c vocabularies are classified into the same.
 enum TokenType : int32_t {
-  kTokUndefined = 0, kTokNormal = 1, kTokUnknown = 2, kTokControl = 3, kTokUserDefined = 4, kTokUnused = 5,
+  kTokUndefined = 0,
+  kTokNormal = 1,
+  kTokUnknown = 2,
+  kTokControl = 3,
+  kTokUserDefined = 4,
+  kTokUnused = 5,
   kTokByte = 6,
 };
 
 struct SpmVocab {
   std::vector<std::string> pieces;  // UTF-8, spaces already U+2581
   std::vector<float> scores;
-  std::vector<int32_t> types;       // TokenType
+  std::vector<int32_t> types;  // TokenType
   int64_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
   bool add_bos = true, add_eos = false;
   bool add_space_prefix = true;  // SentencePiece add_dummy_prefix
@@ -51,8 +55,8 @@ struct TokenizerFiles {
 // HF's generate_merges(vocab, vocab_scores): for every piece p (in id order) every split p = l + r at a
 // code point boundary with l and r in the vocabulary is a merge, ordered within p by (id(l), id(r)); all
 // merges are then stably sorted by (score(p), len(l), len(r)) descending (lengths in code points).
-std::vector<std::pair<std::string, std::string>> spm_merges_from_scores(const std::vector<std::string>& pieces,
-                                                                        const std::vector<float>& scores);
+std::vector<std::pair<std::string, std::string>> spm_merges_from_scores(
+    const std::vector<std::string>& pieces, const std::vector<float>& scores);
 
 // `source` names the input file for error messages; `model_max_length` is the context length.
 TokenizerFiles spm_tokenizer_files(const SpmVocab& v, int64_t model_max_length, const std::string& source);
@@ -65,7 +69,7 @@ TokenizerFiles byte_bpe_tokenizer_files(const ByteBpeVocab& v, int64_t model_max
 // ByteLevel(use_regex=false)]; "qwen2": NFC + Sequence[Split(qwen2 regex), ByteLevel(use_regex=false)].
 // Throws naming `source` for other names.
 std::pair<nlohmann::ordered_json, nlohmann::ordered_json> byte_level_pre_tokenizer(const std::string& pre,
-                                                                                    const std::string& source);
+                                                                                   const std::string& source);
 
 // Whether `s` is valid UTF-8 (JSON needs it).
 bool valid_utf8(const std::string& s);

@@ -18,16 +18,14 @@ constexpr uint64_t kMaxDims = 4;  // GGML_MAX_DIMS
 
 // ggml_type id -> {name, block, type_size}; ids 4, 5, 31..33, 36..38 were removed from ggml.
 const GgmlTypeInfo kTypes[] = {
-    {"F32", 1, 4},        {"F16", 1, 2},       {"Q4_0", 32, 18},    {"Q4_1", 32, 20},
-    {nullptr, 0, 0},      {nullptr, 0, 0},     {"Q5_0", 32, 22},    {"Q5_1", 32, 24},
-    {"Q8_0", 32, 34},     {"Q8_1", 32, 36},    {"Q2_K", 256, 84},   {"Q3_K", 256, 110},
-    {"Q4_K", 256, 144},   {"Q5_K", 256, 176},  {"Q6_K", 256, 210},  {"Q8_K", 256, 292},
-    {"IQ2_XXS", 256, 66}, {"IQ2_XS", 256, 74}, {"IQ3_XXS", 256, 98}, {"IQ1_S", 256, 50},
-    {"IQ4_NL", 32, 18},   {"IQ3_S", 256, 110}, {"IQ2_S", 256, 82},  {"IQ4_XS", 256, 136},
-    {"I8", 1, 1},         {"I16", 1, 2},       {"I32", 1, 4},       {"I64", 1, 8},
-    {"F64", 1, 8},        {"IQ1_M", 256, 56},  {"BF16", 1, 2},      {nullptr, 0, 0},
-    {nullptr, 0, 0},      {nullptr, 0, 0},     {"TQ1_0", 256, 54},  {"TQ2_0", 256, 66},
-    {nullptr, 0, 0},      {nullptr, 0, 0},     {nullptr, 0, 0},     {"MXFP4", 32, 17},
+    {"F32", 1, 4},      {"F16", 1, 2},        {"Q4_0", 32, 18},    {"Q4_1", 32, 20},     {nullptr, 0, 0},
+    {nullptr, 0, 0},    {"Q5_0", 32, 22},     {"Q5_1", 32, 24},    {"Q8_0", 32, 34},     {"Q8_1", 32, 36},
+    {"Q2_K", 256, 84},  {"Q3_K", 256, 110},   {"Q4_K", 256, 144},  {"Q5_K", 256, 176},   {"Q6_K", 256, 210},
+    {"Q8_K", 256, 292}, {"IQ2_XXS", 256, 66}, {"IQ2_XS", 256, 74}, {"IQ3_XXS", 256, 98}, {"IQ1_S", 256, 50},
+    {"IQ4_NL", 32, 18}, {"IQ3_S", 256, 110},  {"IQ2_S", 256, 82},  {"IQ4_XS", 256, 136}, {"I8", 1, 1},
+    {"I16", 1, 2},      {"I32", 1, 4},        {"I64", 1, 8},       {"F64", 1, 8},        {"IQ1_M", 256, 56},
+    {"BF16", 1, 2},     {nullptr, 0, 0},      {nullptr, 0, 0},     {nullptr, 0, 0},      {"TQ1_0", 256, 54},
+    {"TQ2_0", 256, 66}, {nullptr, 0, 0},      {nullptr, 0, 0},     {nullptr, 0, 0},      {"MXFP4", 32, 17},
 };
 constexpr uint32_t kTypeF32 = 0, kTypeF16 = 1, kTypeQ4_0 = 2, kTypeQ4_1 = 3, kTypeQ8_0 = 8, kTypeBF16 = 30;
 
@@ -40,8 +38,8 @@ class Cursor {
   size_t remaining() const { return n_ - p_; }
   void need(uint64_t k, const std::string& what) const {
     if (k > remaining())
-      fail("{}: truncated GGUF file while reading {} (need {} bytes at offset {}, file has {})", path_, what, k,
-           p_, n_);
+      fail("{}: truncated GGUF file while reading {} (need {} bytes at offset {}, file has {})", path_, what,
+           k, p_, n_);
   }
   template <typename T>
   T read(const std::string& what) {
@@ -68,8 +66,15 @@ class Cursor {
 
 bool is_int_type(GgufType t) {
   switch (t) {
-    case GgufType::U8: case GgufType::I8: case GgufType::U16: case GgufType::I16: case GgufType::U32:
-    case GgufType::I32: case GgufType::U64: case GgufType::I64: case GgufType::BOOL:
+    case GgufType::U8:
+    case GgufType::I8:
+    case GgufType::U16:
+    case GgufType::I16:
+    case GgufType::U32:
+    case GgufType::I32:
+    case GgufType::U64:
+    case GgufType::I64:
+    case GgufType::BOOL:
       return true;
     default:
       return false;
@@ -79,27 +84,56 @@ bool is_int_type(GgufType t) {
 // Minimum bytes one element of type t occupies in the file (for "count absurd vs file size" checks).
 uint64_t min_elem_size(GgufType t) {
   switch (t) {
-    case GgufType::U8: case GgufType::I8: case GgufType::BOOL: return 1;
-    case GgufType::U16: case GgufType::I16: return 2;
-    case GgufType::U32: case GgufType::I32: case GgufType::F32: return 4;
-    case GgufType::U64: case GgufType::I64: case GgufType::F64: case GgufType::STRING: return 8;
-    case GgufType::ARRAY: return 12;
+    case GgufType::U8:
+    case GgufType::I8:
+    case GgufType::BOOL:
+      return 1;
+    case GgufType::U16:
+    case GgufType::I16:
+      return 2;
+    case GgufType::U32:
+    case GgufType::I32:
+    case GgufType::F32:
+      return 4;
+    case GgufType::U64:
+    case GgufType::I64:
+    case GgufType::F64:
+    case GgufType::STRING:
+      return 8;
+    case GgufType::ARRAY:
+      return 12;
   }
   return 1;
 }
 
-bool valid_type(uint32_t t) { return t <= (uint32_t)GgufType::F64; }
+bool valid_type(uint32_t t) {
+  return t <= (uint32_t)GgufType::F64;
+}
 
 // Reads one scalar of type t; integers go to *i, floats to *f, strings to *s.
 void read_scalar(Cursor& c, GgufType t, const std::string& what, int64_t* i, double* f, std::string* s) {
   switch (t) {
-    case GgufType::U8: *i = c.read<uint8_t>(what); return;
-    case GgufType::I8: *i = c.read<int8_t>(what); return;
-    case GgufType::U16: *i = c.read<uint16_t>(what); return;
-    case GgufType::I16: *i = c.read<int16_t>(what); return;
-    case GgufType::U32: *i = c.read<uint32_t>(what); return;
-    case GgufType::I32: *i = c.read<int32_t>(what); return;
-    case GgufType::I64: *i = c.read<int64_t>(what); return;
+    case GgufType::U8:
+      *i = c.read<uint8_t>(what);
+      return;
+    case GgufType::I8:
+      *i = c.read<int8_t>(what);
+      return;
+    case GgufType::U16:
+      *i = c.read<uint16_t>(what);
+      return;
+    case GgufType::I16:
+      *i = c.read<int16_t>(what);
+      return;
+    case GgufType::U32:
+      *i = c.read<uint32_t>(what);
+      return;
+    case GgufType::I32:
+      *i = c.read<int32_t>(what);
+      return;
+    case GgufType::I64:
+      *i = c.read<int64_t>(what);
+      return;
     case GgufType::U64: {
       const uint64_t u = c.read<uint64_t>(what);
       if (u > (uint64_t)std::numeric_limits<int64_t>::max())
@@ -113,10 +147,17 @@ void read_scalar(Cursor& c, GgufType t, const std::string& what, int64_t* i, dou
       *i = b;
       return;
     }
-    case GgufType::F32: *f = c.read<float>(what); return;
-    case GgufType::F64: *f = c.read<double>(what); return;
-    case GgufType::STRING: *s = c.str(what); return;
-    case GgufType::ARRAY: break;
+    case GgufType::F32:
+      *f = c.read<float>(what);
+      return;
+    case GgufType::F64:
+      *f = c.read<double>(what);
+      return;
+    case GgufType::STRING:
+      *s = c.str(what);
+      return;
+    case GgufType::ARRAY:
+      break;
   }
   FQ_ASSERT(false);
 }
@@ -141,27 +182,37 @@ void read_array(Cursor& c, GgufValue& v, const std::string& what, int depth) {
   int64_t iv = 0;
   double fv = 0;
   std::string sv;
-  if (v.arr_type == GgufType::STRING) v.arr_s.reserve(v.arr_len);
-  else if (is_int_type(v.arr_type)) v.arr_i.reserve(v.arr_len);
-  else v.arr_f.reserve(v.arr_len);
+  if (v.arr_type == GgufType::STRING)
+    v.arr_s.reserve(v.arr_len);
+  else if (is_int_type(v.arr_type))
+    v.arr_i.reserve(v.arr_len);
+  else
+    v.arr_f.reserve(v.arr_len);
   for (uint64_t k = 0; k < v.arr_len; ++k) {
     read_scalar(c, v.arr_type, what, &iv, &fv, &sv);
-    if (v.arr_type == GgufType::STRING) v.arr_s.push_back(std::move(sv));
-    else if (is_int_type(v.arr_type)) v.arr_i.push_back(iv);
-    else v.arr_f.push_back(fv);
+    if (v.arr_type == GgufType::STRING)
+      v.arr_s.push_back(std::move(sv));
+    else if (is_int_type(v.arr_type))
+      v.arr_i.push_back(iv);
+    else
+      v.arr_f.push_back(fv);
   }
 }
 
 }  // namespace
 
 const char* gguf_type_name(GgufType t) {
-  static const char* names[] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32",
+  static const char* names[] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
                                 "bool", "string", "array", "u64", "i64", "f64"};
   return valid_type((uint32_t)t) ? names[(uint32_t)t] : "?";
 }
 
-bool GgufValue::is_int() const { return is_int_type(type); }
-bool GgufValue::is_float() const { return type == GgufType::F32 || type == GgufType::F64; }
+bool GgufValue::is_int() const {
+  return is_int_type(type);
+}
+bool GgufValue::is_float() const {
+  return type == GgufType::F32 || type == GgufType::F64;
+}
 
 const GgmlTypeInfo* ggml_type_info(uint32_t type) {
   if (type >= sizeof(kTypes) / sizeof(kTypes[0])) return nullptr;
@@ -169,7 +220,8 @@ const GgmlTypeInfo* ggml_type_info(uint32_t type) {
 }
 
 bool ggml_type_dequantizable(uint32_t t) {
-  return t == kTypeF32 || t == kTypeF16 || t == kTypeBF16 || t == kTypeQ8_0 || t == kTypeQ4_0 || t == kTypeQ4_1;
+  return t == kTypeF32 || t == kTypeF16 || t == kTypeBF16 || t == kTypeQ8_0 || t == kTypeQ4_0 ||
+         t == kTypeQ4_1;
 }
 
 int64_t GgufTensor::numel() const {
@@ -178,7 +230,9 @@ int64_t GgufTensor::numel() const {
   return n;
 }
 
-std::vector<int64_t> GgufTensor::hf_shape() const { return std::vector<int64_t>(ne.rbegin(), ne.rend()); }
+std::vector<int64_t> GgufTensor::hf_shape() const {
+  return std::vector<int64_t>(ne.rbegin(), ne.rend());
+}
 
 std::string GgufTensor::type_name() const {
   const GgmlTypeInfo* ti = ggml_type_info(type);
@@ -192,13 +246,13 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
   if (magic != 0x46554747u)  // "GGUF"
     fail("{}: not a GGUF file (bad magic 0x{:08x}, expected 0x46554747 \"GGUF\")", p, magic);
   version_ = c.read<uint32_t>("the version");
-  if (version_ != 2 && version_ != 3)
-    fail("{}: unsupported GGUF version {} (expected 2 or 3)", p, version_);
+  if (version_ != 2 && version_ != 3) fail("{}: unsupported GGUF version {} (expected 2 or 3)", p, version_);
   const uint64_t n_tensors = c.read<uint64_t>("the tensor count");
   const uint64_t n_kv = c.read<uint64_t>("the metadata count");
   // A key-value pair takes >= 8 (key length) + 4 (type) + 1 bytes; a tensor info >= 8 + 4 + 8 + 4 + 8.
   if (n_kv > c.remaining() / 13)
-    fail("{}: metadata count {} is absurd for a file of {} bytes (corrupt or truncated)", p, n_kv, file_.size());
+    fail("{}: metadata count {} is absurd for a file of {} bytes (corrupt or truncated)", p, n_kv,
+         file_.size());
 
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key = c.str(fmt::format("metadata key #{}", k));
@@ -207,8 +261,10 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
     if (!valid_type(t)) fail("{}: {}: unknown value type {}", p, what, t);
     GgufValue v;
     v.type = (GgufType)t;
-    if (v.type == GgufType::ARRAY) read_array(c, v, what, 0);
-    else read_scalar(c, v.type, what, &v.i, &v.f, &v.s);
+    if (v.type == GgufType::ARRAY)
+      read_array(c, v, what, 0);
+    else
+      read_scalar(c, v.type, what, &v.i, &v.f, &v.s);
     if (kv_.count(key)) fail("{}: {}: duplicate key", p, what);
     kv_.emplace(std::move(key), std::move(v));
   }
@@ -220,14 +276,16 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
   }
 
   if (n_tensors > c.remaining() / 32)
-    fail("{}: tensor count {} is absurd for a file of {} bytes (corrupt or truncated)", p, n_tensors, file_.size());
+    fail("{}: tensor count {} is absurd for a file of {} bytes (corrupt or truncated)", p, n_tensors,
+         file_.size());
   tensors_.reserve(n_tensors);
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GgufTensor t;
     t.name = c.str(fmt::format("tensor info #{}", k));
     const std::string what = fmt::format("tensor '{}'", t.name);
     const uint32_t n_dims = c.read<uint32_t>(what);
-    if (n_dims == 0 || n_dims > kMaxDims) fail("{}: {}: {} dimensions (expected 1..{})", p, what, n_dims, kMaxDims);
+    if (n_dims == 0 || n_dims > kMaxDims)
+      fail("{}: {}: {} dimensions (expected 1..{})", p, what, n_dims, kMaxDims);
     uint64_t numel = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
       const uint64_t ne = c.read<uint64_t>(what);
@@ -243,7 +301,8 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
     if (!ti) fail("{}: {}: unknown ggml type {}", p, what, t.type);
     t.offset = c.read<uint64_t>(what);
     if ((uint64_t)t.ne[0] % ti->block != 0)
-      fail("{}: {}: row length {} is not a multiple of the {} block size {}", p, what, t.ne[0], ti->name, ti->block);
+      fail("{}: {}: row length {} is not a multiple of the {} block size {}", p, what, t.ne[0], ti->name,
+           ti->block);
     const uint64_t blocks = numel / ti->block;
     if (blocks > std::numeric_limits<uint64_t>::max() / ti->type_size)
       fail("{}: {}: byte size overflows", p, what);
@@ -263,8 +322,8 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
          file_.size());
   for (const GgufTensor& t : tensors_) {
     if (t.offset > data_size || t.nbytes > data_size - t.offset)
-      fail("{}: tensor '{}': data [{}, {}) lies beyond the end of the file (data section has {} bytes)", p, t.name,
-           t.offset, t.offset + t.nbytes, data_size);
+      fail("{}: tensor '{}': data [{}, {}) lies beyond the end of the file (data section has {} bytes)", p,
+           t.name, t.offset, t.offset + t.nbytes, data_size);
   }
 }
 
@@ -276,11 +335,14 @@ const GgufValue* GgufFile::find(const std::string& key) const {
 int64_t GgufFile::get_int(const std::string& key) const {
   const GgufValue* v = find(key);
   if (!v) fail("{}: metadata '{}': missing", path(), key);
-  if (!v->is_int()) fail("{}: metadata '{}': expected an integer, found {}", path(), key, gguf_type_name(v->type));
+  if (!v->is_int())
+    fail("{}: metadata '{}': expected an integer, found {}", path(), key, gguf_type_name(v->type));
   return v->i;
 }
 
-int64_t GgufFile::get_int(const std::string& key, int64_t def) const { return find(key) ? get_int(key) : def; }
+int64_t GgufFile::get_int(const std::string& key, int64_t def) const {
+  return find(key) ? get_int(key) : def;
+}
 
 double GgufFile::get_float(const std::string& key) const {
   const GgufValue* v = find(key);
@@ -290,7 +352,9 @@ double GgufFile::get_float(const std::string& key) const {
   fail("{}: metadata '{}': expected a number, found {}", path(), key, gguf_type_name(v->type));
 }
 
-double GgufFile::get_float(const std::string& key, double def) const { return find(key) ? get_float(key) : def; }
+double GgufFile::get_float(const std::string& key, double def) const {
+  return find(key) ? get_float(key) : def;
+}
 
 std::string GgufFile::get_string(const std::string& key) const {
   const GgufValue* v = find(key);
@@ -307,7 +371,8 @@ std::string GgufFile::get_string(const std::string& key, const std::string& def)
 bool GgufFile::get_bool(const std::string& key, bool def) const {
   const GgufValue* v = find(key);
   if (!v) return def;
-  if (v->type != GgufType::BOOL) fail("{}: metadata '{}': expected a bool, found {}", path(), key, gguf_type_name(v->type));
+  if (v->type != GgufType::BOOL)
+    fail("{}: metadata '{}': expected a bool, found {}", path(), key, gguf_type_name(v->type));
   return v->i != 0;
 }
 
@@ -333,8 +398,8 @@ const GgufTensor& GgufFile::get_tensor(const std::string& name) const {
 
 std::vector<float> GgufFile::read_f32(const GgufTensor& t) const {
   if (!ggml_type_dequantizable(t.type))
-    fail("{}: tensor '{}': ggml type {} cannot be converted (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)", path(),
-         t.name, t.type_name());
+    fail("{}: tensor '{}': ggml type {} cannot be converted (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+         path(), t.name, t.type_name());
   std::vector<float> out((size_t)t.numel());
   const bool ok = ggml_dequantize(t.type, tensor_data(t), t.numel(), out.data());
   FQ_ASSERT(ok);

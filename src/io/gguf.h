@@ -7,7 +7,8 @@
 // (the row length), so an HF matrix [out, in] is stored with ne = [in, out].
 //
 // Every count and offset is checked against the file size before use; errors are one line naming the
-// file and the key or tensor ("m.gguf: tensor 'blk.0.attn_q.weight': data [a, b) beyond the end of the file").
+// file and the key or tensor ("m.gguf: tensor 'blk.0.attn_q.weight': data [a, b) beyond the end of the
+// file").
 #pragma once
 #include <cstdint>
 #include <map>
@@ -20,8 +21,19 @@ namespace fq {
 
 // Metadata value types (gguf_type).
 enum class GgufType : uint32_t {
-  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9,
-  U64 = 10, I64 = 11, F64 = 12,
+  U8 = 0,
+  I8 = 1,
+  U16 = 2,
+  I16 = 3,
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  U64 = 10,
+  I64 = 11,
+  F64 = 12,
 };
 const char* gguf_type_name(GgufType t);
 
@@ -46,8 +58,8 @@ struct GgufValue {
 // ggml_type_dequantizable).
 struct GgmlTypeInfo {
   const char* name;
-  uint32_t block;       // elements per block
-  uint32_t type_size;   // bytes per block
+  uint32_t block;      // elements per block
+  uint32_t type_size;  // bytes per block
 };
 // nullptr for ids that are not ggml types (or were removed from ggml).
 const GgmlTypeInfo* ggml_type_info(uint32_t type);

@@ -60,19 +60,23 @@ Llama2cModel read_llama2c_checkpoint(const std::string& path) {
     fail("{}: llama2.c header: dim {} is not a multiple of n_heads {}", path, c.dim, c.n_heads);
   if (c.n_kv_heads > c.n_heads || c.n_heads % c.n_kv_heads != 0)
     fail("{}: llama2.c header: n_heads {} is not a multiple of n_kv_heads {}", path, c.n_heads, c.n_kv_heads);
-  if (c.head_dim() % 2 != 0) fail("{}: llama2.c header: head_dim {} is odd (RoPE needs pairs)", path, c.head_dim());
+  if (c.head_dim() % 2 != 0)
+    fail("{}: llama2.c header: head_dim {} is odd (RoPE needs pairs)", path, c.head_dim());
 
   // Header fields are < 2^31, so products like L*D*D can reach 2^93: compute the expected size in long
   // double (64-bit mantissa: exact for any size a real file can have; larger values cannot compare equal).
   const long double L = (long double)c.n_layers, D = (long double)c.dim, H = (long double)c.hidden_dim;
   const long double KV = (long double)c.kv_dim(), V = (long double)c.vocab_size, S = (long double)c.seq_len;
-  const long double n_floats_ld = V * D + L * D + L * D * D + 2 * L * KV * D + L * D * D + L * D + 3 * L * H * D +
-                                  D + S * (long double)c.head_dim() + (c.shared_classifier ? 0 : V * D);
+  const long double n_floats_ld = V * D + L * D + L * D * D + 2 * L * KV * D + L * D * D + L * D +
+                                  3 * L * H * D + D + S * (long double)c.head_dim() +
+                                  (c.shared_classifier ? 0 : V * D);
   const long double expected_ld = 28 + 4 * n_floats_ld;
   if (expected_ld != (long double)f.size())
-    fail("{}: llama2.c checkpoint size {} bytes does not match its header (dim {}, hidden_dim {}, n_layers {}, "
-         "n_heads {}, n_kv_heads {}, vocab_size {}, seq_len {}: expected {:.0f} bytes)",
-         path, f.size(), h[0], h[1], h[2], h[3], h[4], h[5], h[6], (double)expected_ld);
+    fail(
+        "{}: llama2.c checkpoint size {} bytes does not match its header (dim {}, hidden_dim {}, n_layers "
+        "{}, "
+        "n_heads {}, n_kv_heads {}, vocab_size {}, seq_len {}: expected {:.0f} bytes)",
+        path, f.size(), h[0], h[1], h[2], h[3], h[4], h[5], h[6], (double)expected_ld);
 
   FloatReader r(f.data() + 28, (f.size() - 28) / 4);
   const int64_t dim = c.dim, kv = c.kv_dim(), hid = c.hidden_dim, nl = c.n_layers;
@@ -132,8 +136,10 @@ Llama2cTokenizer read_llama2c_tokenizer(const std::string& path, int64_t vocab_s
     p += (size_t)len;
   }
   if (p != f.size())
-    fail("{}: llama2.c tokenizer has {} trailing bytes after {} tokens (vocab_size of the model); wrong tokenizer?",
-         path, f.size() - p, vocab_size);
+    fail(
+        "{}: llama2.c tokenizer has {} trailing bytes after {} tokens (vocab_size of the model); wrong "
+        "tokenizer?",
+        path, f.size() - p, vocab_size);
   return t;
 }
 

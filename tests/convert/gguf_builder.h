@@ -16,11 +16,31 @@ class GgufBuilder {
   // Overrides for corrupt files.
   int64_t n_kv_override = -1, n_tensors_override = -1;
 
-  void kv_u32(const std::string& k, uint32_t v) { key(k, 4); put(v); ++n_kv_; }
-  void kv_i32(const std::string& k, int32_t v) { key(k, 5); put(v); ++n_kv_; }
-  void kv_f32(const std::string& k, float v) { key(k, 6); put(v); ++n_kv_; }
-  void kv_bool(const std::string& k, bool v) { key(k, 7); put((uint8_t)v); ++n_kv_; }
-  void kv_str(const std::string& k, const std::string& v) { key(k, 8); str(kv_, v); ++n_kv_; }
+  void kv_u32(const std::string& k, uint32_t v) {
+    key(k, 4);
+    put(v);
+    ++n_kv_;
+  }
+  void kv_i32(const std::string& k, int32_t v) {
+    key(k, 5);
+    put(v);
+    ++n_kv_;
+  }
+  void kv_f32(const std::string& k, float v) {
+    key(k, 6);
+    put(v);
+    ++n_kv_;
+  }
+  void kv_bool(const std::string& k, bool v) {
+    key(k, 7);
+    put((uint8_t)v);
+    ++n_kv_;
+  }
+  void kv_str(const std::string& k, const std::string& v) {
+    key(k, 8);
+    str(kv_, v);
+    ++n_kv_;
+  }
   void kv_strs(const std::string& k, const std::vector<std::string>& v) {
     key(k, 9);
     put((uint32_t)8);
@@ -44,9 +64,10 @@ class GgufBuilder {
   }
 
   // Adds a tensor; its data goes at the next aligned offset unless `offset` is given.
-  void tensor(const std::string& name, const std::vector<uint64_t>& ne, uint32_t type, const std::string& bytes,
-              int64_t offset = -1) {
-    const uint64_t off = offset >= 0 ? (uint64_t)offset : (data_.size() + alignment - 1) / alignment * alignment;
+  void tensor(const std::string& name, const std::vector<uint64_t>& ne, uint32_t type,
+              const std::string& bytes, int64_t offset = -1) {
+    const uint64_t off =
+        offset >= 0 ? (uint64_t)offset : (data_.size() + alignment - 1) / alignment * alignment;
     if (offset < 0) {
       data_.resize(off, '\0');
       data_ += bytes;
@@ -83,7 +104,9 @@ class GgufBuilder {
     s.append(b, sizeof(T));
   }
   template <typename T>
-  void put(T v) { append(kv_, v); }
+  void put(T v) {
+    append(kv_, v);
+  }
   static void str(std::string& s, const std::string& v) {
     append(s, (uint64_t)v.size());
     s += v;

@@ -22,7 +22,8 @@ TEST(ConvertCli, Stories260KRoundTrip) {
   FQ_REQUIRE_FILE(tok);
   test::TempDir dir;
   const std::string out = dir.file("st");
-  const auto r = test::run_cli("convert --from llama2c --model " + model + " --tokenizer " + tok + " --out " + out);
+  const auto r =
+      test::run_cli("convert --from llama2c --model " + model + " --tokenizer " + tok + " --out " + out);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("converted"), std::string::npos) << r.out;
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",

@@ -28,13 +28,16 @@ TEST(SpmMerges, OrderFollowsHfGenerateMerges) {
   const std::vector<std::string> pieces = {"<unk>", "<s>", "</s>", "a", "b", "ab", "abb", "bb"};
   const std::vector<float> scores = {0, 0, 0, -1, -2, -3, -4, -5};
   const auto m = spm_merges_from_scores(pieces, scores);
-  const std::vector<std::pair<std::string, std::string>> want = {{"a", "b"}, {"ab", "b"}, {"a", "bb"}, {"b", "b"}};
+  const std::vector<std::pair<std::string, std::string>> want = {
+      {"a", "b"}, {"ab", "b"}, {"a", "bb"}, {"b", "b"}};
   EXPECT_EQ(m, want);
 }
 
 TEST(SpmMerges, SplitsAtCodePoints) {
   const std::string sp = "\xe2\x96\x81";  // U+2581, three bytes
-  const std::vector<std::string> pieces = {sp, "a", sp + "a", "\xe2\x96", "\x81" "a"};
+  const std::vector<std::string> pieces = {sp, "a", sp + "a", "\xe2\x96",
+                                           "\x81"
+                                           "a"};
   const auto m = spm_merges_from_scores(pieces, {0, -1, -2, -3, -4});
   ASSERT_EQ(m.size(), 1u);  // the byte split "\xe2\x96" + "\x81a" is not a code point boundary
   EXPECT_EQ(m[0], std::make_pair(sp, std::string("a")));
@@ -73,7 +76,9 @@ GgufBuilder tiny_llama(bool with_output) {
   b.kv_f32("llama.rope.freq_base", 100000.f);
   b.kv_str("tokenizer.ggml.model", "gpt2");
   b.kv_str("tokenizer.ggml.pre", "smollm");
-  b.kv_strs("tokenizer.ggml.tokens", {"<|endoftext|>", "<|im_start|>", "a", "b", "ab", "\xc4\xa0", "\xc4\xa0" "a"});
+  b.kv_strs("tokenizer.ggml.tokens", {"<|endoftext|>", "<|im_start|>", "a", "b", "ab", "\xc4\xa0",
+                                      "\xc4\xa0"
+                                      "a"});
   b.kv_i32s("tokenizer.ggml.token_type", {3, 3, 1, 1, 1, 1, 1});
   b.kv_strs("tokenizer.ggml.merges", {"a b", "\xc4\xa0 a"});
   b.kv_u32("tokenizer.ggml.bos_token_id", 1);

@@ -1,8 +1,8 @@
 // GGUF reader: metadata, dequantization against hand-computed values, and one error per malformed input.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -28,7 +28,8 @@ void expect_error(F&& f, const std::vector<std::string>& needles) {
   } catch (const Error& e) {
     const std::string msg = e.what();
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+    for (const auto& n : needles)
+      EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
   }
 }
 
@@ -45,7 +46,7 @@ GgufBuilder dequant_file() {
   // 1.0, -2.0, 0.333251953125 (0x3555), smallest subnormal 2^-24, -inf
   b.tensor("f16", {5}, 1, u16_bytes({0x3c00, 0xc000, 0x3555, 0x0001, 0xfc00}));
   b.tensor("bf16", {2}, 30, u16_bytes({0x3f80, 0xc0a0}));  // 1.0, -5.0
-  {  // Q8_0: d = 0.5 (0x3800), qs[j] = j - 16
+  {                                                        // Q8_0: d = 0.5 (0x3800), qs[j] = j - 16
     std::string blk = u16_bytes({0x3800});
     for (int j = 0; j < 32; ++j) blk += (char)(int8_t)(j - 16);
     b.tensor("q8_0", {32}, 8, blk);
@@ -81,7 +82,8 @@ TEST(Gguf, MetadataAndTensorInfos) {
   EXPECT_EQ(g.find("tokenizer.ggml.token_type")->arr_i, (std::vector<int64_t>{1, 3, 4}));
   EXPECT_EQ(g.find("tokenizer.ggml.scores")->arr_f, (std::vector<double>{0.5, -1.0, -2.0}));
   EXPECT_EQ(g.get_int("missing", 42), 42);
-  expect_error([&] { g.get_int("general.architecture"); }, {p, "general.architecture", "expected an integer"});
+  expect_error([&] { g.get_int("general.architecture"); },
+               {p, "general.architecture", "expected an integer"});
   expect_error([&] { g.get_string("nope"); }, {p, "'nope'", "missing"});
 
   const GgufTensor& q4 = g.get_tensor("q4_0");
@@ -110,21 +112,21 @@ TEST(Gguf, DequantizeExact) {
 
   const auto q8 = g.read_f32(g.get_tensor("q8_0"));
   ASSERT_EQ(q8.size(), 32u);
-  EXPECT_EQ(q8[0], -8.0f);   // 0.5 * -16
+  EXPECT_EQ(q8[0], -8.0f);  // 0.5 * -16
   EXPECT_EQ(q8[16], 0.0f);
-  EXPECT_EQ(q8[31], 7.5f);   // 0.5 * 15
+  EXPECT_EQ(q8[31], 7.5f);  // 0.5 * 15
 
   // Q4_0: low nibbles are elements 0..15, high nibbles 16..31; x = d * (q - 8).
   const auto q4 = g.read_f32(g.get_tensor("q4_0"));
   ASSERT_EQ(q4.size(), 64u);
-  EXPECT_EQ(q4[0], -16.0f);  // 2 * (0 - 8)
-  EXPECT_EQ(q4[1], -14.0f);  // 2 * (1 - 8)
-  EXPECT_EQ(q4[15], 14.0f);  // 2 * (15 - 8)
-  EXPECT_EQ(q4[16], 14.0f);  // 2 * (15 - 8), high nibble of byte 0
-  EXPECT_EQ(q4[17], 12.0f);  // 2 * (14 - 8)
-  EXPECT_EQ(q4[31], -16.0f); // 2 * (0 - 8)
-  EXPECT_EQ(q4[32], -4.0f);  // second block, d = 0.5: 0.5 * (0 - 8)
-  EXPECT_EQ(q4[48], 3.5f);   // 0.5 * (15 - 8)
+  EXPECT_EQ(q4[0], -16.0f);   // 2 * (0 - 8)
+  EXPECT_EQ(q4[1], -14.0f);   // 2 * (1 - 8)
+  EXPECT_EQ(q4[15], 14.0f);   // 2 * (15 - 8)
+  EXPECT_EQ(q4[16], 14.0f);   // 2 * (15 - 8), high nibble of byte 0
+  EXPECT_EQ(q4[17], 12.0f);   // 2 * (14 - 8)
+  EXPECT_EQ(q4[31], -16.0f);  // 2 * (0 - 8)
+  EXPECT_EQ(q4[32], -4.0f);   // second block, d = 0.5: 0.5 * (0 - 8)
+  EXPECT_EQ(q4[48], 3.5f);    // 0.5 * (15 - 8)
   for (int j = 0; j < 16; ++j) {
     EXPECT_EQ(q4[32 + j], 0.5f * (float)(j - 8)) << j;
     EXPECT_EQ(q4[48 + j], 0.5f * (float)(7 - j)) << j;
@@ -133,10 +135,10 @@ TEST(Gguf, DequantizeExact) {
   // Q4_1: x = d * q + m.
   const auto q41 = g.read_f32(g.get_tensor("q4_1"));
   ASSERT_EQ(q41.size(), 32u);
-  EXPECT_EQ(q41[0], -1.0f);    // 0.25 * 0 - 1
-  EXPECT_EQ(q41[5], 0.25f);    // 0.25 * 5 - 1
-  EXPECT_EQ(q41[15], 2.75f);   // 0.25 * 15 - 1
-  EXPECT_EQ(q41[16], 2.75f);   // high nibble of byte 0 is 15
+  EXPECT_EQ(q41[0], -1.0f);   // 0.25 * 0 - 1
+  EXPECT_EQ(q41[5], 0.25f);   // 0.25 * 5 - 1
+  EXPECT_EQ(q41[15], 2.75f);  // 0.25 * 15 - 1
+  EXPECT_EQ(q41[16], 2.75f);  // high nibble of byte 0 is 15
   EXPECT_EQ(q41[31], -1.0f);
 
   expect_error([&] { g.read_f32(g.get_tensor("q4_k")); }, {p, "'q4_k'", "Q4_K"});

@@ -16,7 +16,9 @@
 namespace fq {
 namespace {
 
-std::string bytes_of(const void* p, size_t n) { return std::string(static_cast<const char*>(p), n); }
+std::string bytes_of(const void* p, size_t n) {
+  return std::string(static_cast<const char*>(p), n);
+}
 
 // llama2.c run.c RoPE on one vector of n_head heads: adjacent pairs (2i, 2i+1), freq theta^(-2i/hd).
 void rope_adjacent(std::vector<float>& v, int64_t n_head, int64_t hd, int pos) {
@@ -25,7 +27,8 @@ void rope_adjacent(std::vector<float>& v, int64_t n_head, int64_t hd, int pos) {
       const double f = 1.0 / std::pow(10000.0, (double)i / (double)hd), a = pos * f;
       float& x0 = v[(size_t)(h * hd + i)];
       float& x1 = v[(size_t)(h * hd + i + 1)];
-      const float y0 = (float)(x0 * std::cos(a) - x1 * std::sin(a)), y1 = (float)(x0 * std::sin(a) + x1 * std::cos(a));
+      const float y0 = (float)(x0 * std::cos(a) - x1 * std::sin(a)),
+                  y1 = (float)(x0 * std::sin(a) + x1 * std::cos(a));
       x0 = y0, x1 = y1;
     }
 }
@@ -37,7 +40,8 @@ void rope_halves(std::vector<float>& v, int64_t n_head, int64_t hd, int pos) {
       const double f = 1.0 / std::pow(10000.0, (double)(2 * j) / (double)hd), a = pos * f;
       float& x0 = v[(size_t)(h * hd + j)];
       float& x1 = v[(size_t)(h * hd + j + hd / 2)];
-      const float y0 = (float)(x0 * std::cos(a) - x1 * std::sin(a)), y1 = (float)(x1 * std::cos(a) + x0 * std::sin(a));
+      const float y0 = (float)(x0 * std::cos(a) - x1 * std::sin(a)),
+                  y1 = (float)(x1 * std::cos(a) + x0 * std::sin(a));
       x0 = y0, x1 = y1;
     }
 }
@@ -138,8 +142,11 @@ TEST(Llama2c, TinyUntiedCheckpoint) {
   const auto& vocab = m.tokenizer.tokenizer["model"]["vocab"];
   EXPECT_EQ(vocab.size(), 5u);
   EXPECT_EQ(vocab["<s>"], 1);
-  EXPECT_EQ(vocab["\xe2\x96\x81" "a"], 3);
-  EXPECT_EQ(m.tokenizer.tokenizer["model"]["merges"], nlohmann::ordered_json::array());  // "▁a" = "▁" + "a": no "▁"
+  EXPECT_EQ(vocab["\xe2\x96\x81"
+                  "a"],
+            3);
+  EXPECT_EQ(m.tokenizer.tokenizer["model"]["merges"],
+            nlohmann::ordered_json::array());  // "▁a" = "▁" + "a": no "▁"
 }
 
 TEST(Llama2c, TruncatedCheckpoint) {
@@ -153,7 +160,8 @@ TEST(Llama2c, TruncatedCheckpoint) {
       ADD_FAILURE() << "expected an error for " << cut << " bytes";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find(cut == 10 ? "truncated" : "does not match its header"), std::string::npos)
+      EXPECT_NE(std::string(e.what()).find(cut == 10 ? "truncated" : "does not match its header"),
+                std::string::npos)
           << e.what();
     }
   }
@@ -229,8 +237,8 @@ TEST(Llama2c, Stories260K) {
   EXPECT_EQ(tj["post_processor"]["single"][0]["SpecialToken"]["id"], "<s>");
   // 253 non-byte pieces, of which the ~88 single characters have no split: 165 merges, best score first.
   EXPECT_EQ(tj["model"]["merges"].size(), 165u);
-  EXPECT_EQ(tj["model"]["merges"][0], "\xe2\x96\x81 t");   // " t" (id 259, score -0)
-  EXPECT_EQ(tj["model"]["merges"][1], "h e");                 // "he" (score -1)
+  EXPECT_EQ(tj["model"]["merges"][0], "\xe2\x96\x81 t");  // " t" (id 259, score -0)
+  EXPECT_EQ(tj["model"]["merges"][1], "h e");             // "he" (score -1)
   EXPECT_TRUE(m.tokenizer.config["add_bos_token"].get<bool>());
   ASSERT_EQ(m.copy_files.size(), 1u);
   EXPECT_EQ(m.copy_files[0].first, "tokenizer.bin");
