@@ -37,10 +37,13 @@ void Progress::update(int64_t done, const std::string& extra) {
 void Progress::finish(const std::string& extra) {
   if (finished_) return;
   finished_ = true;
+  // A log (not a terminal) already has the last state when update() drew it at the total.
+  if (!tty_ && drawn_done_ == done_ && extra.empty()) return;
   if (enabled_) draw(true, extra);
 }
 
 void Progress::draw(bool final_line, const std::string& extra) {
+  drawn_done_ = done_;
   const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double frac = total_ > 0 ? (double)done_ / (double)total_ : 1.0;
   const int width = 30;
