@@ -47,10 +47,14 @@ json read_json(const std::string& path) {
   }
 }
 
-// "<s>" or {"content": "<s>", ...} -> id via the vocabulary; -2 when absent/null, -1 when not in the vocabulary.
+constexpr int32_t kAbsent = -3, kNull = -2, kUnknown = -1;
+
+// "<s>" or {"content": "<s>", ...} -> its id; kAbsent / kNull for a missing / null key, kUnknown when the
+// token is not in the vocabulary.
 int32_t special_from_config(const json& cfg, const char* key, const Tokenizer& tok, const std::string& path) {
-  if (!cfg.contains(key) || cfg[key].is_null()) return -2;
+  if (!cfg.contains(key)) return kAbsent;
   const json& v = cfg[key];
+  if (v.is_null()) return kNull;
   std::string s;
   if (v.is_string())
     s = v.get<std::string>();
@@ -58,7 +62,8 @@ int32_t special_from_config(const json& cfg, const char* key, const Tokenizer& t
     s = v["content"].get<std::string>();
   else
     fail("{}: {}: expected a string or {{\"content\": ...}}, found {}", path, key, v.dump().substr(0, 80));
-  return tok.token_to_id(s);
+  const int32_t id = tok.token_to_id(s);
+  return id >= 0 ? id : kUnknown;
 }
 
 int32_t id_from_config(const json& cfg, const char* key, const std::string& path) {
@@ -70,15 +75,17 @@ int32_t id_from_config(const json& cfg, const char* key, const std::string& path
   return v.get<int32_t>();
 }
 
+// BOS/EOS: tokenizer_config.json's tokens, else config.json's ids, else what the tokenizer file says.
+// add_bos: tokenizer_config.json's add_bos_token, else false when it sets bos_token to null, else the file's.
 void apply_configs(Tokenizer& tok, const std::string& dir) {
   const std::string tc = path_join(dir, "tokenizer_config.json"), mc = path_join(dir, "config.json");
-  int32_t bos = -1, eos = -1;
+  int32_t bos = kAbsent, eos = kAbsent;
   if (file_exists(tc)) {
     const json cfg = read_json(tc);
     FQ_CHECK(cfg.is_object(), "{}: expected a JSON object", tc);
     bos = special_from_config(cfg, "bos_token", tok, tc);
     eos = special_from_config(cfg, "eos_token", tok, tc);
-    if (bos == -2) tok.bos_id_ = -1, tok.add_bos_ = false;  // explicitly no BOS (e.g. Qwen2)
+    if (bos == kNull) tok.add_bos_ = false;
     if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) tok.add_bos_ = cfg["add_bos_token"].get<bool>();
   }
   if (file_exists(mc)) {

@@ -103,7 +103,7 @@ void split_piece(const Piece& p, const std::vector<std::pair<size_t, size_t>>& m
     case Behavior::kIsolated: res = segs; break;
     case Behavior::kContiguous:
       for (const Seg& s : segs) {
-        if (!res.empty() && s.match && prev_match)
+        if (!res.empty() && s.match == prev_match)  // runs of either kind fuse (the crate's rule)
           res.back().end = s.end;
         else
           res.push_back(s);
