@@ -1,13 +1,17 @@
+// Normalizers and pre-tokenizers of tokenizer.json, the PCRE2 Regex wrapper and the shared helpers (decoders are
+// in tokenizer_hf_decoders.cpp).
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "io/tokenizer_hf_pipeline.h"
 
 #include <pcre2.h>
 
 #include <algorithm>
+#include <memory>
 
 #include <nlohmann/json.hpp>
 
 #include "flatquant/error.h"
+#include "io/tokenizer_hf_common.h"
 #include "io/tokenizer_unicode.h"
 
 namespace fq::tok {
@@ -34,18 +38,16 @@ Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
 
 void Regex::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>& out) const {
   auto* code = static_cast<pcre2_code*>(code_);
-  pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);
+  std::unique_ptr<pcre2_match_data, void (*)(pcre2_match_data*)> md(pcre2_match_data_create_from_pattern(code, nullptr),
+                                                                    pcre2_match_data_free);
   FQ_CHECK(md, "{}: out of memory for regex match data", what_);
   const auto* subj = reinterpret_cast<PCRE2_SPTR>(s.data());
   size_t pos = 0;
   while (pos <= s.size()) {
-    const int rc = pcre2_match(code, subj, s.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
+    const int rc = pcre2_match(code, subj, s.size(), pos, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0) {
-      pcre2_match_data_free(md);
-      fail("{}: regex match failed (PCRE2 error {})", what_, rc);
-    }
-    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    FQ_CHECK(rc >= 0, "{}: regex match failed (PCRE2 error {})", what_, rc);
+    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
     if (ov[1] > ov[0]) {
       out.emplace_back(ov[0], ov[1]);
       pos = ov[1];
@@ -54,7 +56,77 @@ void Regex::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>&
       pos = ov[0] + utf8_len(s, ov[0]);  // empty match: step one character
     }
   }
-  pcre2_match_data_free(md);
+}
+
+// --------------------------------------------------------------------------------- shared helpers
+
+void find_literal(std::string_view s, std::string_view lit, std::vector<std::pair<size_t, size_t>>& out) {
+  if (lit.empty()) return;
+  for (size_t pos = s.find(lit); pos != std::string_view::npos; pos = s.find(lit, pos + lit.size()))
+    out.emplace_back(pos, pos + lit.size());
+}
+
+std::string replace_all(std::string_view s, const Pattern& pat, std::string_view content) {
+  std::vector<std::pair<size_t, size_t>> m;
+  pat.find_all(s, m);
+  if (m.empty()) return std::string(s);
+  std::string out;
+  size_t pos = 0;
+  for (const auto& [b, e] : m) {
+    out.append(s.substr(pos, b - pos));
+    out.append(content);
+    pos = e;
+  }
+  out.append(s.substr(pos));
+  return out;
+}
+
+const json& field(const json& j, const char* key, const std::string& what) {
+  FQ_CHECK(j.is_object() && j.contains(key), "{}: missing field '{}'", what, key);
+  return j[key];
+}
+std::string str_field(const json& j, const char* key, const std::string& what) {
+  const json& v = field(j, key, what);
+  FQ_CHECK(v.is_string(), "{}.{}: expected a string, found {}", what, key, v.dump().substr(0, 80));
+  return v.get<std::string>();
+}
+bool bool_field(const json& j, const char* key, bool def, const std::string& what) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  FQ_CHECK(j[key].is_boolean(), "{}.{}: expected a boolean, found {}", what, key, j[key].dump().substr(0, 80));
+  return j[key].get<bool>();
+}
+std::string type_of(const json& j, const std::string& what) {
+  FQ_CHECK(j.is_object(), "{}: expected an object, found {}", what, j.dump().substr(0, 80));
+  return str_field(j, "type", what);
+}
+
+Pattern::Pattern(const json& j, const std::string& what) {
+  if (j.is_object() && j.contains("Regex") && j["Regex"].is_string()) {
+    re_ = std::make_unique<Regex>(j["Regex"].get<std::string>(), what + ".Regex");
+  } else if (j.is_object() && j.contains("String") && j["String"].is_string()) {
+    lit_ = j["String"].get<std::string>();
+  } else {
+    fail("{}: expected {{\"String\": ...}} or {{\"Regex\": ...}}, found {}", what, j.dump().substr(0, 80));
+  }
+}
+
+void Pattern::find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>& out) const {
+  if (re_)
+    re_->find_all(s, out);
+  else
+    find_literal(s, lit_, out);
+}
+
+Prepend parse_prepend(const json& j, const std::string& what) {
+  if (j.contains("prepend_scheme") && j["prepend_scheme"].is_string()) {
+    const std::string s = j["prepend_scheme"].get<std::string>();
+    if (s == "always") return Prepend::kAlways;
+    if (s == "first") return Prepend::kFirst;
+    if (s == "never") return Prepend::kNever;
+    fail("{}.prepend_scheme: unsupported '{}' (expected always, first or never)", what, s);
+  }
+  // Files from tokenizers < 0.14 say add_prefix_space instead.
+  return bool_field(j, "add_prefix_space", true, what) ? Prepend::kAlways : Prepend::kNever;
 }
 
 namespace {
@@ -133,70 +205,6 @@ void split_piece(const Piece& p, const std::vector<std::pair<size_t, size_t>>& m
   }
   for (const Seg& s : res)
     if (s.end > s.begin) out.push_back({p.text.substr(s.begin, s.end - s.begin), p.at_start && s.begin == 0});
-}
-
-void find_literal(std::string_view s, std::string_view lit, std::vector<std::pair<size_t, size_t>>& out) {
-  if (lit.empty()) return;
-  for (size_t pos = s.find(lit); pos != std::string_view::npos; pos = s.find(lit, pos + lit.size()))
-    out.emplace_back(pos, pos + lit.size());
-}
-
-// A pattern of Split / Replace: {"String": "..."} or {"Regex": "..."}.
-class Pattern {
- public:
-  Pattern(const json& j, const std::string& what) {
-    if (j.is_object() && j.contains("Regex") && j["Regex"].is_string()) {
-      re_ = std::make_unique<Regex>(j["Regex"].get<std::string>(), what + ".Regex");
-    } else if (j.is_object() && j.contains("String") && j["String"].is_string()) {
-      lit_ = j["String"].get<std::string>();
-    } else {
-      fail("{}: expected {{\"String\": ...}} or {{\"Regex\": ...}}, found {}", what, j.dump().substr(0, 80));
-    }
-  }
-  void find_all(std::string_view s, std::vector<std::pair<size_t, size_t>>& out) const {
-    if (re_)
-      re_->find_all(s, out);
-    else
-      find_literal(s, lit_, out);
-  }
-
- private:
-  std::unique_ptr<Regex> re_;
-  std::string lit_;
-};
-
-std::string replace_all(std::string_view s, const Pattern& pat, std::string_view content) {
-  std::vector<std::pair<size_t, size_t>> m;
-  pat.find_all(s, m);
-  if (m.empty()) return std::string(s);
-  std::string out;
-  size_t pos = 0;
-  for (const auto& [b, e] : m) {
-    out.append(s.substr(pos, b - pos));
-    out.append(content);
-    pos = e;
-  }
-  out.append(s.substr(pos));
-  return out;
-}
-
-const json& field(const json& j, const char* key, const std::string& what) {
-  FQ_CHECK(j.is_object() && j.contains(key), "{}: missing field '{}'", what, key);
-  return j[key];
-}
-std::string str_field(const json& j, const char* key, const std::string& what) {
-  const json& v = field(j, key, what);
-  FQ_CHECK(v.is_string(), "{}.{}: expected a string, found {}", what, key, v.dump().substr(0, 80));
-  return v.get<std::string>();
-}
-bool bool_field(const json& j, const char* key, bool def, const std::string& what) {
-  if (!j.contains(key) || j[key].is_null()) return def;
-  FQ_CHECK(j[key].is_boolean(), "{}.{}: expected a boolean, found {}", what, key, j[key].dump().substr(0, 80));
-  return j[key].get<bool>();
-}
-std::string type_of(const json& j, const std::string& what) {
-  FQ_CHECK(j.is_object(), "{}: expected an object, found {}", what, j.dump().substr(0, 80));
-  return str_field(j, "type", what);
 }
 
 // -------------------------------------------------------------------------------------------- normalizers
@@ -315,20 +323,6 @@ class ByteLevelPreTokenizer : public PreTokenizer {
   std::unique_ptr<Regex> re_;
 };
 
-enum class Prepend { kAlways, kFirst, kNever };
-
-Prepend parse_prepend(const json& j, const std::string& what) {
-  if (j.contains("prepend_scheme") && j["prepend_scheme"].is_string()) {
-    const std::string s = j["prepend_scheme"].get<std::string>();
-    if (s == "always") return Prepend::kAlways;
-    if (s == "first") return Prepend::kFirst;
-    if (s == "never") return Prepend::kNever;
-    fail("{}.prepend_scheme: unsupported '{}' (expected always, first or never)", what, s);
-  }
-  // Files from tokenizers < 0.14 say add_prefix_space instead.
-  return bool_field(j, "add_prefix_space", true, what) ? Prepend::kAlways : Prepend::kNever;
-}
-
 class MetaspacePreTokenizer : public PreTokenizer {
  public:
   MetaspacePreTokenizer(const json& j, const std::string& what)
@@ -388,145 +382,6 @@ class RegexPreTokenizer : public PreTokenizer {
   bool invert_;
 };
 
-// ------------------------------------------------------------------------------------------------ decoders
-
-class SequenceDecoder : public Decoder {
- public:
-  std::vector<std::unique_ptr<Decoder>> items;
-  void apply(std::vector<std::string>& t) const override {
-    for (const auto& d : items) d->apply(t);
-  }
-};
-
-class ByteLevelDecoder : public Decoder {
- public:
-  explicit ByteLevelDecoder(const ByteUnicode& bu) : bu_(bu) {}
-  void apply(std::vector<std::string>& tokens) const override {
-    std::string bytes;
-    for (const std::string& t : tokens) {
-      // A token any of whose characters is outside the byte map (e.g. an added token) passes as its UTF-8.
-      std::string b;
-      bool ok = true;
-      for (size_t i = 0; i < t.size() && ok;) {
-        size_t n;
-        const int v = bu_.decode(utf8_decode(t, i, &n));
-        ok = v >= 0;
-        b += static_cast<char>(v);
-        i += n;
-      }
-      bytes += ok ? b : t;
-    }
-    tokens.assign(1, utf8_lossy(bytes));
-  }
-
- private:
-  ByteUnicode bu_;
-};
-
-class MetaspaceDecoder : public Decoder {
- public:
-  MetaspaceDecoder(const json& j, const std::string& what)
-      : repl_(str_field(j, "replacement", what)), prepend_(parse_prepend(j, what)) {}
-  void apply(std::vector<std::string>& tokens) const override {
-    for (size_t i = 0; i < tokens.size(); ++i) {
-      std::string t;
-      std::string_view s = tokens[i];
-      if (i == 0 && prepend_ != Prepend::kNever && s.substr(0, repl_.size()) == repl_) s.remove_prefix(repl_.size());
-      for (size_t k = 0; k < s.size();) {
-        if (s.compare(k, repl_.size(), repl_) == 0) {
-          t += ' ';
-          k += repl_.size();
-        } else {
-          t += s[k++];
-        }
-      }
-      tokens[i] = std::move(t);
-    }
-  }
-
- private:
-  std::string repl_;
-  Prepend prepend_;
-};
-
-class ReplaceDecoder : public Decoder {
- public:
-  ReplaceDecoder(const json& j, const std::string& what)
-      : pat_(field(j, "pattern", what), what + ".pattern"), content_(str_field(j, "content", what)) {}
-  void apply(std::vector<std::string>& tokens) const override {
-    for (std::string& t : tokens) t = replace_all(t, pat_, content_);
-  }
-
- private:
-  Pattern pat_;
-  std::string content_;
-};
-
-class ByteFallbackDecoder : public Decoder {
- public:
-  // Runs of <0xXX> tokens become their bytes when those form valid UTF-8, else one U+FFFD per token.
-  void apply(std::vector<std::string>& tokens) const override {
-    std::vector<std::string> out;
-    std::string bytes;
-    size_t n_bytes = 0;
-    auto flush = [&] {
-      if (!n_bytes) return;
-      if (utf8_valid(bytes)) {
-        out.push_back(bytes);
-      } else {
-        for (size_t k = 0; k < n_bytes; ++k) out.emplace_back("\xEF\xBF\xBD");
-      }
-      bytes.clear();
-      n_bytes = 0;
-    };
-    for (std::string& t : tokens) {
-      const int b = parse_byte_piece(t);
-      if (b >= 0) {
-        bytes += static_cast<char>(b);
-        ++n_bytes;
-      } else {
-        flush();
-        out.push_back(std::move(t));
-      }
-    }
-    flush();
-    tokens = std::move(out);
-  }
-};
-
-class FuseDecoder : public Decoder {
- public:
-  void apply(std::vector<std::string>& tokens) const override {
-    std::string all;
-    for (const std::string& t : tokens) all += t;
-    tokens.assign(1, std::move(all));
-  }
-};
-
-class StripDecoder : public Decoder {
- public:
-  StripDecoder(const json& j, const std::string& what) : content_(str_field(j, "content", what)) {
-    const json& s = field(j, "start", what);
-    const json& e = field(j, "stop", what);
-    FQ_CHECK(s.is_number_unsigned() && e.is_number_unsigned(), "{}: start/stop must be non-negative integers", what);
-    start_ = s.get<size_t>(), stop_ = e.get<size_t>();
-    FQ_CHECK(!content_.empty(), "{}.content: empty", what);
-  }
-  void apply(std::vector<std::string>& tokens) const override {
-    for (std::string& t : tokens) {
-      size_t b = 0, e = t.size();
-      for (size_t k = 0; k < start_ && t.compare(b, content_.size(), content_) == 0 && b < e; ++k) b += content_.size();
-      for (size_t k = 0; k < stop_ && e >= b + content_.size() && t.compare(e - content_.size(), content_.size(), content_) == 0; ++k)
-        e -= content_.size();
-      t = t.substr(b, e - b);
-    }
-  }
-
- private:
-  std::string content_;
-  size_t start_ = 0, stop_ = 0;
-};
-
 }  // namespace
 
 // --------------------------------------------------------------------------------------------- parsing
@@ -583,28 +438,6 @@ std::unique_ptr<PreTokenizer> parse_pre_tokenizer(const json& j, const std::stri
     return std::make_unique<RegexPreTokenizer>(R"(\w+|[^\w\s]+)", Behavior::kRemoved, true, what);
   fail("{}.type: unsupported pre-tokenizer '{}' (expected ByteLevel, Split, Metaspace, Digits, Whitespace, "
        "WhitespaceSplit or Sequence)",
-       what, type);
-}
-
-std::unique_ptr<Decoder> parse_decoder(const json& j, const std::string& what, const ByteUnicode& bu) {
-  if (j.is_null()) return nullptr;
-  const std::string type = type_of(j, what);
-  if (type == "Sequence") {
-    auto seq = std::make_unique<SequenceDecoder>();
-    const json& items = field(j, "decoders", what);
-    FQ_CHECK(items.is_array(), "{}.decoders: expected an array", what);
-    for (size_t i = 0; i < items.size(); ++i)
-      if (auto d = parse_decoder(items[i], fmt::format("{}.decoders[{}]", what, i), bu)) seq->items.push_back(std::move(d));
-    return seq;
-  }
-  if (type == "ByteLevel") return std::make_unique<ByteLevelDecoder>(bu);
-  if (type == "Metaspace") return std::make_unique<MetaspaceDecoder>(j, what);
-  if (type == "Replace") return std::make_unique<ReplaceDecoder>(j, what);
-  if (type == "ByteFallback") return std::make_unique<ByteFallbackDecoder>();
-  if (type == "Fuse") return std::make_unique<FuseDecoder>();
-  if (type == "Strip") return std::make_unique<StripDecoder>(j, what);
-  fail("{}.type: unsupported decoder '{}' (expected ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip or "
-       "Sequence)",
        what, type);
 }
 
