@@ -120,6 +120,28 @@ TEST(TokSentencePiece, MalformedFilesThrow) {
   EXPECT_THROW(load_tokenizer(dir.file("empty.model")), Error);
 }
 
+TEST(TokLlama2c, MalformedFilesThrow) {
+  const std::string p = test::data_path("stories260K/tok512.bin");
+  FQ_REQUIRE_FILE(p);
+  const std::string good = read_file(p);
+  test::TempDir dir;
+  const std::string f = dir.file("tok.bin");
+  for (size_t cut : {size_t{0}, size_t{3}, size_t{4}, size_t{9}, good.size() / 2, good.size() - 1}) {
+    write_file_atomic(f, good.substr(0, cut));
+    EXPECT_THROW(load_tokenizer(f), Error) << cut;  // every cut leaves a partial record or too few tokens
+  }
+  std::string bad_len = good;
+  bad_len[4 + 4] = '\x7f';  // token 0's length field: 127 > max_token_length 7
+  write_file_atomic(f, bad_len);
+  try {
+    load_tokenizer(f);
+    FAIL() << "expected fq::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tok.bin: not a llama2.c tokenizer: token 0: length 127 invalid"), std::string::npos)
+        << e.what();
+  }
+}
+
 // A hand-built ModelProto: protobuf bytes for a 3-piece Unigram model must be refused with the documented text.
 TEST(TokSentencePiece, UnigramIsRefused) {
   auto piece = [](const std::string& s, uint8_t type) {
