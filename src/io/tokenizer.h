@@ -23,6 +23,9 @@ class Tokenizer {
   // The raw piece of one token as stored in the vocabulary (for inspect / debugging).
   virtual std::string piece(int32_t id) const = 0;
   virtual int32_t n_vocab() const = 0;
+  // The id of a vocabulary piece or added token written exactly as stored (e.g. "<|im_end|>", "▁the"),
+  // or -1 when there is none.
+  virtual int32_t token_to_id(std::string_view piece) const { return -1; }
   int32_t bos_id() const { return bos_id_; }
   int32_t eos_id() const { return eos_id_; }
   // Whether the model expects BOS at the start of a stream (tokenizer_config add_bos_token / post-processor).
