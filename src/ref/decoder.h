@@ -18,8 +18,10 @@ namespace fq::ref {
 
 class RefDecoder {
  public:
-  // `w` must outlive the decoder (it is referenced, not copied). max_ctx <= 0 means cfg.n_ctx. n_threads <= 0
-  // means std::thread::hardware_concurrency(); results are bit-identical for any value.
+  // `w` must outlive the decoder (it is referenced, not copied). max_ctx <= 0 means cfg.n_ctx; the whole KV
+  // cache (2 * n_layer * max_ctx * n_head_kv * head_dim floats) is allocated here, so pass the context you
+  // need for models with long n_ctx. n_threads <= 0 means std::thread::hardware_concurrency(); results are
+  // bit-identical for any value.
   explicit RefDecoder(const ModelWeights& w, int64_t max_ctx = 0, int n_threads = 0);
 
   // Runs n tokens at positions pos() .. pos()+n-1, appending their keys/values to the cache.
