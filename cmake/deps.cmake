@@ -3,8 +3,19 @@ find_package(Threads REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
 find_package(fmt REQUIRED)
 find_package(CLI11 REQUIRED)
-find_package(PkgConfig REQUIRED)
-pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+# PCRE2 through pkg-config (Debian), else by hand under CMAKE_PREFIX_PATH (the vendored prefix that device
+# calls carry, scripts/device/vendor_deps.sh).
+find_package(PkgConfig QUIET)
+if(PkgConfig_FOUND)
+  pkg_check_modules(PCRE2 QUIET IMPORTED_TARGET libpcre2-8)
+endif()
+if(NOT TARGET PkgConfig::PCRE2)
+  find_path(FQ_PCRE2_INCLUDE pcre2.h REQUIRED)
+  find_library(FQ_PCRE2_LIB NAMES pcre2-8 libpcre2-8.so.0 REQUIRED)
+  add_library(PkgConfig::PCRE2 UNKNOWN IMPORTED)
+  set_target_properties(PkgConfig::PCRE2 PROPERTIES IMPORTED_LOCATION "${FQ_PCRE2_LIB}"
+    INTERFACE_INCLUDE_DIRECTORIES "${FQ_PCRE2_INCLUDE}")
+endif()
 
 # CUDA: AUTO builds the kernels whenever nvcc is found (no GPU is needed to compile them).
 set(FQ_HAVE_CUDA OFF)

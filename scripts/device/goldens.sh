@@ -12,7 +12,7 @@ if [ -f /root/fq/gguf.part00 ]; then
   cat /root/fq/gguf.part00 .carry/p2/gguf.part01 > $M/SmolLM2-135M-Instruct.Q4_1.gguf
   sha256sum $M/SmolLM2-135M-Instruct.Q4_1.gguf
 fi
-cmake -S . -B build-dev -G Ninja -DFLATQUANT_CUDA=OFF -DFLATQUANT_TORCH=OFF -DFLATQUANT_TESTS=OFF >/dev/null && ninja -C build-dev flatquant >/dev/null || exit 1
+cmake -S . -B build-dev -G Ninja -DCMAKE_PREFIX_PATH=$PWD/.carry/deps -DFLATQUANT_CUDA=OFF -DFLATQUANT_TORCH=OFF -DFLATQUANT_TESTS=OFF >/dev/null && ninja -C build-dev flatquant >/dev/null || exit 1
 D=.carry/p2/data
 ./build-dev/flatquant convert --from llama2c --model $D/stories260K/stories260K.bin --tokenizer $D/stories260K/tok512.bin --out /root/fq/stories260K --force
 [ -f $M/SmolLM2-135M-Instruct.Q4_1.gguf ] && ./build-dev/flatquant convert --from gguf --model $M/SmolLM2-135M-Instruct.Q4_1.gguf --out /root/fq/SmolLM2-135M-Instruct --force
