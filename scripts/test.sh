@@ -6,5 +6,18 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/get_models.sh || echo "test: SmolLM2 download failed; its tests will skip" >&2
 scripts/build.sh "$@"
-cd "${BUILD_DIR:-build}"
+B=${BUILD_DIR:-build}
+# Converted copies of the test models for the tokenizer goldens (tests/data/tokenizer/golden_*.json name them
+# as models:<dir>/tokenizer.json). Re-converted every run so they always come from the current converter.
+M=${FLATQUANT_MODELS:-.cache/models}
+DATA=${FLATQUANT_DATA:-../shared/data}
+if [ -f "$DATA/stories260K/stories260K.bin" ]; then
+  "$B/flatquant" convert --from llama2c --model "$DATA/stories260K/stories260K.bin" \
+    --tokenizer "$DATA/stories260K/tok512.bin" --out "$M/stories260K" --force >/dev/null 2>&1
+fi
+if [ -f "$M/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  "$B/flatquant" convert --from gguf --model "$M/SmolLM2-135M-Instruct.Q4_1.gguf" \
+    --out "$M/SmolLM2-135M-Instruct" --force >/dev/null 2>&1
+fi
+cd "$B"
 ctest --output-on-failure -j "$(nproc)" --timeout 900
