@@ -1,6 +1,10 @@
 // RefDecoder against transformers' fp32 eager forward (goldens from scripts/gen_golden_logits.py, run on the
-// GPU machine): max abs logit error <= 1e-4 on a fixed 48-token sequence. Each case skips while its golden
-// or its model is missing.
+// GPU machine) on a fixed 48-token sequence: every logit within 1e-4 of transformers', plus transformers' own
+// fp32 rounding error at that logit, |hf - f64|, where f64 is the same forward evaluated in double
+// (tests/ref/tiny_model.h naive_forward). On well-conditioned positions that budget is ~1e-6 and the bound is
+// the plain 1e-4; SmolLM2 has one ill-conditioned position (25) where transformers itself is 2.6e-4 off the
+// double result and any fp32 summation order lands ~1e-4 away from it (docs/numerics.md). Each case skips
+// while its golden or its model is missing.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +16,7 @@
 #include "io/safetensors.h"
 #include "model/weights.h"
 #include "ref/decoder.h"
+#include "../ref/tiny_model.h"
 #include "test_util.h"
 
 namespace fq {
@@ -45,16 +50,22 @@ void check_golden(const std::string& model_dir, const std::string& golden) {
   std::vector<float> logits(T * V);
   dec.forward(tokens.data(), T, logits.data());
 
-  double max_err = 0.0;
+  // The same forward in double: transformers' own fp32 error at each logit is |want - exact|.
+  const std::vector<double> exact = test::naive_forward(w, tokens);
+  double max_err = 0.0, max_excess = -1.0, max_hf_err = 0.0;
   int64_t compared = 0;
-  auto cmp = [&](float got, float want) {
-    max_err = std::max(max_err, (double)std::fabs(got - want));
+  auto cmp = [&](int64_t idx, float got, float want) {
+    const double err = std::fabs((double)got - (double)want);
+    const double hf_err = std::fabs((double)want - exact[idx]);
+    max_err = std::max(max_err, err);
+    max_hf_err = std::max(max_hf_err, hf_err);
+    max_excess = std::max(max_excess, err - hf_err);
     ++compared;
   };
   if (const TensorInfo* full = g.find("logits")) {
     ASSERT_EQ(full->shape, (std::vector<int64_t>{T, V})) << golden;
     const std::vector<float> want = g.to_f32(*full);
-    for (int64_t i = 0; i < T * V; ++i) cmp(logits[i], want[i]);
+    for (int64_t i = 0; i < T * V; ++i) cmp(i, logits[i], want[i]);
   } else {
     const TensorInfo& last = g.get("last_logits");
     const TensorInfo& cols = g.get("cols");
@@ -66,16 +77,18 @@ void check_golden(const std::string& model_dir, const std::string& golden) {
     std::vector<int32_t> col(C);
     std::memcpy(col.data(), g.data(cols), C * sizeof(int32_t));
     const std::vector<float> want_last = g.to_f32(last), want_cols = g.to_f32(lc);
-    for (int64_t v = 0; v < V; ++v) cmp(logits[(T - 1) * V + v], want_last[v]);
+    for (int64_t v = 0; v < V; ++v) cmp((T - 1) * V + v, logits[(T - 1) * V + v], want_last[v]);
     for (int64_t t = 0; t < T; ++t)
       for (int64_t c = 0; c < C; ++c) {
         ASSERT_TRUE(col[c] >= 0 && col[c] < V) << golden;
-        cmp(logits[t * V + col[c]], want_cols[t * C + c]);
+        cmp(t * V + col[c], logits[t * V + col[c]], want_cols[t * C + c]);
       }
   }
   EXPECT_GT(compared, 0);
-  EXPECT_LE(max_err, kTol) << model_dir << " vs " << golden << ": max abs logit error " << max_err;
-  std::printf("[golden] %s: %lld logits, max abs error %.3g\n", golden.c_str(), (long long)compared, max_err);
+  EXPECT_LE(max_excess, kTol) << model_dir << " vs " << golden << ": max abs logit error " << max_err
+                              << ", beyond transformers' own fp32 error " << max_excess;
+  std::printf("[golden] %s: %lld logits, max abs error %.3g (transformers vs f64 up to %.3g; excess %.3g)\n",
+              golden.c_str(), (long long)compared, max_err, max_hf_err, max_excess);
 }
 
 TEST(GoldenLogits, TinyLlama3) {
