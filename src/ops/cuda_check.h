@@ -6,10 +6,10 @@
 
 #include "flatquant/error.h"
 
-#define FQ_CUDA_CHECK(expr, context)                                                                    \
-  do {                                                                                                  \
-    cudaError_t fq_err_ = (expr);                                                                       \
-    if (fq_err_ != cudaSuccess)                                                                         \
-      ::fq::fail("{}: {} failed: {} ({})", (context), #expr, cudaGetErrorString(fq_err_),               \
-                 cudaGetErrorName(fq_err_));                                                            \
+#define FQ_CUDA_CHECK(expr, context)                                                      \
+  do {                                                                                    \
+    cudaError_t fq_err_ = (expr);                                                         \
+    if (fq_err_ != cudaSuccess)                                                           \
+      ::fq::fail("{}: {} failed: {} ({})", (context), #expr, cudaGetErrorString(fq_err_), \
+                 cudaGetErrorName(fq_err_));                                              \
   } while (0)

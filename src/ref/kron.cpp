@@ -21,7 +21,8 @@ int64_t isqrt(int64_t v) {
 
 KronDims decompose_dim(int64_t n) {
   FQ_CHECK(n >= 1, "decompose_dim: dimension {} must be positive", n);
-  FQ_CHECK(n % 4 != 2, "decompose_dim: dimension {} is 2 mod 4, which has no Fermat factor pair (a^2 - b^2)", n);
+  FQ_CHECK(n % 4 != 2, "decompose_dim: dimension {} is 2 mod 4, which has no Fermat factor pair (a^2 - b^2)",
+           n);
   int64_t a = isqrt(n);
   if (a * a < n) ++a;  // ceil(sqrt(n))
   for (;; ++a) {
@@ -31,8 +32,8 @@ KronDims decompose_dim(int64_t n) {
   }
 }
 
-void kron_transform(const float* x, int64_t n_tokens, int64_t x_stride, const float* s, const float* A, int64_t L,
-                    const float* B, int64_t R, float* y) {
+void kron_transform(const float* x, int64_t n_tokens, int64_t x_stride, const float* s, const float* A,
+                    int64_t L, const float* B, int64_t R, float* y) {
   FQ_CHECK(L >= 1 && R >= 1, "kron_transform: factor sizes ({}, {}) must be positive", L, R);
   const int64_t n = L * R;
   std::vector<float> X(static_cast<size_t>(n)), T(static_cast<size_t>(n));
@@ -63,8 +64,9 @@ void kron_transform(const float* x, int64_t n_tokens, int64_t x_stride, const fl
   }
 }
 
-void kron_quant_int4(const float* x, int64_t n_tokens, int64_t x_stride, const float* s, const float* A, int64_t L,
-                     const float* B, int64_t R, float clip_max, float clip_min, uint8_t* packed, float* scales) {
+void kron_quant_int4(const float* x, int64_t n_tokens, int64_t x_stride, const float* s, const float* A,
+                     int64_t L, const float* B, int64_t R, float clip_max, float clip_min, uint8_t* packed,
+                     float* scales) {
   const int64_t n = L * R;
   FQ_CHECK(n % 2 == 0, "kron_quant_int4: L*R = {}*{} = {} must be even to pack int4 pairs", L, R, n);
   std::vector<float> y(static_cast<size_t>(n));
@@ -80,10 +82,10 @@ void head_mix(const float* attn, int64_t n_tokens, int64_t n_head, int64_t head_
 }
 
 void head_mix_quant_int4(const float* attn, int64_t n_tokens, int64_t n_head, int64_t head_dim,
-                         int64_t attn_stride, const float* Po, float clip_max, float clip_min, uint8_t* packed,
-                         float* scales) {
-  kron_quant_int4(attn, n_tokens, attn_stride, nullptr, Po, n_head, nullptr, head_dim, clip_max, clip_min, packed,
-                  scales);
+                         int64_t attn_stride, const float* Po, float clip_max, float clip_min,
+                         uint8_t* packed, float* scales) {
+  kron_quant_int4(attn, n_tokens, attn_stride, nullptr, Po, n_head, nullptr, head_dim, clip_max, clip_min,
+                  packed, scales);
 }
 
 }  // namespace fq::ref

@@ -11,13 +11,15 @@ namespace {
 
 void check_even(int64_t rows, int64_t cols, const char* what) {
   FQ_CHECK(rows >= 0 && cols >= 0, "{}: negative shape [{}, {}]", what, rows, cols);
-  FQ_CHECK(cols % 2 == 0, "{}: row length {} must be even to pack two 4-bit codes per byte (shape [{}, {}])", what,
-           cols, rows, cols);
+  FQ_CHECK(cols % 2 == 0, "{}: row length {} must be even to pack two 4-bit codes per byte (shape [{}, {}])",
+           what, cols, rows, cols);
 }
 
 // Half-to-even: std::nearbyint honours the current rounding mode, which is round-to-nearest-even by default
 // and is never changed in this program.
-float round_even(float v) { return std::nearbyint(v); }
+float round_even(float v) {
+  return std::nearbyint(v);
+}
 
 }  // namespace
 
@@ -110,8 +112,9 @@ void dequantize_sym_int4(const uint8_t* packed, const float* scales, int64_t row
   }
 }
 
-void quantize_kv_asym_int4(const float* x, int64_t n_tokens, int64_t n_head, int64_t head_dim, int64_t x_stride,
-                           float clip_max, float clip_min, uint8_t* packed, float* scale, float* zero) {
+void quantize_kv_asym_int4(const float* x, int64_t n_tokens, int64_t n_head, int64_t head_dim,
+                           int64_t x_stride, float clip_max, float clip_min, uint8_t* packed, float* scale,
+                           float* zero) {
   check_even(n_tokens * n_head, head_dim, "quantize_kv_asym_int4");
   std::vector<uint8_t> q(static_cast<size_t>(head_dim));
   for (int64_t t = 0; t < n_tokens; ++t) {

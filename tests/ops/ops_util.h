@@ -27,8 +27,8 @@ inline std::vector<float> random_activations(size_t n, uint32_t seed, float outl
   return v;
 }
 
-// A random orthogonal-ish well-conditioned matrix is not needed for these tests: any dense matrix exercises the
-// transform. Entries Normal(0, 1/sqrt(n)) keep the output magnitude comparable to the input.
+// A random orthogonal-ish well-conditioned matrix is not needed for these tests: any dense matrix exercises
+// the transform. Entries Normal(0, 1/sqrt(n)) keep the output magnitude comparable to the input.
 inline std::vector<float> random_matrix(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f / std::sqrt(static_cast<float>(n)));
@@ -39,14 +39,14 @@ inline std::vector<float> random_matrix(int64_t n, uint32_t seed) {
 
 #ifdef FLATQUANT_WITH_CUDA
 // GTEST_SKIP when there is no usable CUDA device (the dev machine compiles CUDA but has no GPU).
-#define FQ_REQUIRE_CUDA()                                                                   \
-  do {                                                                                      \
-    int fq_n_dev_ = 0;                                                                      \
-    cudaError_t fq_e_ = cudaGetDeviceCount(&fq_n_dev_);                                     \
-    if (fq_e_ != cudaSuccess || fq_n_dev_ == 0) {                                           \
-      (void)cudaGetLastError();                                                             \
-      GTEST_SKIP() << "no CUDA device (" << cudaGetErrorString(fq_e_) << ")";               \
-    }                                                                                       \
+#define FQ_REQUIRE_CUDA()                                                     \
+  do {                                                                        \
+    int fq_n_dev_ = 0;                                                        \
+    cudaError_t fq_e_ = cudaGetDeviceCount(&fq_n_dev_);                       \
+    if (fq_e_ != cudaSuccess || fq_n_dev_ == 0) {                             \
+      (void)cudaGetLastError();                                               \
+      GTEST_SKIP() << "no CUDA device (" << cudaGetErrorString(fq_e_) << ")"; \
+    }                                                                         \
   } while (0)
 
 template <typename T>

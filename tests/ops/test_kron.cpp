@@ -1,5 +1,6 @@
 // CPU reference tests for the Kronecker factor sizes, the per-token Kronecker transform and the heads x heads
-// o_proj input transform: exact factor pairs, and the transform against an explicit (A ⊗ B) product in double.
+// o_proj input transform: exact factor pairs, and the transform against an explicit (A ⊗ B) product in
+// double.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,8 +23,8 @@ TEST(DecomposeDim, MatchesTheOriginalFermatRule) {
   // a^2 - b^2 needs factors of equal parity, so the closest such pair is 2*86 (the original returns (2, 86)).
   for (Case c : {Case{4096, 64, 64}, Case{3584, 56, 64}, Case{11008, 86, 128}, Case{14336, 112, 128},
                  Case{18944, 128, 148}, Case{576, 24, 24}, Case{5120, 64, 80}, Case{8192, 64, 128},
-                 Case{13824, 108, 128}, Case{28672, 128, 224}, Case{172, 2, 86}, Case{43, 1, 43}, Case{1, 1, 1},
-                 Case{32, 4, 8}}) {
+                 Case{13824, 108, 128}, Case{28672, 128, 224}, Case{172, 2, 86}, Case{43, 1, 43},
+                 Case{1, 1, 1}, Case{32, 4, 8}}) {
     ref::KronDims d = ref::decompose_dim(c.n);
     EXPECT_EQ(d.left, c.l) << "n = " << c.n;
     EXPECT_EQ(d.right, c.r) << "n = " << c.n;
@@ -37,8 +38,8 @@ TEST(DecomposeDim, RejectsDimsWithoutAFactorPair) {
 }
 
 // y[i*R + j] = sum_{k,l} (x ⊙ s)[k*R + l] A[k][i] B[l][j]  ==  (x ⊙ s) (A ⊗ B), in double.
-std::vector<double> explicit_kron(const std::vector<float>& x, const float* s, const std::vector<float>& A, int64_t L,
-                                  const std::vector<float>* B, int64_t R) {
+std::vector<double> explicit_kron(const std::vector<float>& x, const float* s, const std::vector<float>& A,
+                                  int64_t L, const std::vector<float>* B, int64_t R) {
   std::vector<double> y(static_cast<size_t>(L * R), 0.0);
   for (int64_t i = 0; i < L; ++i)
     for (int64_t j = 0; j < R; ++j) {
@@ -107,7 +108,8 @@ TEST(KronQuantInt4, QuantizesTheTransformedToken) {
   std::vector<float> y(static_cast<size_t>(n_tokens * n)), deq(static_cast<size_t>(n_tokens * n));
   std::vector<uint8_t> p(static_cast<size_t>(n_tokens * n / 2));
   std::vector<float> s(n_tokens);
-  ref::kron_quant_int4(x.data(), n_tokens, n, nullptr, A.data(), L, B.data(), R, 0.9f, 0.8f, p.data(), s.data());
+  ref::kron_quant_int4(x.data(), n_tokens, n, nullptr, A.data(), L, B.data(), R, 0.9f, 0.8f, p.data(),
+                       s.data());
   ref::kron_transform(x.data(), n_tokens, n, nullptr, A.data(), L, B.data(), R, y.data());
   ref::dequantize_sym_int4(p.data(), s.data(), n_tokens, n, deq.data());
   for (int64_t t = 0; t < n_tokens; ++t) {

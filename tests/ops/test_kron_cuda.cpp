@@ -24,7 +24,8 @@ namespace {
 
 using test::DeviceBuffer;
 
-// y_ref: the reference transformed tokens [n_tokens, n] (before quantization). Returns "" when within tolerance.
+// y_ref: the reference transformed tokens [n_tokens, n] (before quantization). Returns "" when within
+// tolerance.
 std::string compare_quantized(const std::vector<uint8_t>& p_gpu, const std::vector<float>& s_gpu,
                               const std::vector<uint8_t>& p_cpu, const std::vector<float>& s_cpu,
                               const std::vector<float>& y_ref, int64_t n_tokens, int64_t n) {
@@ -68,7 +69,8 @@ TEST(KronQuantInt4Cuda, MatchesReferenceForAnyFactorSizes) {
   struct Shape {
     int64_t L, R;
   };
-  for (Shape sh : {Shape{4, 43}, Shape{24, 24}, Shape{56, 64}, Shape{86, 128}, Shape{112, 128}, Shape{128, 148}}) {
+  for (Shape sh : {Shape{4, 43}, Shape{24, 24}, Shape{56, 64}, Shape{86, 128}, Shape{112, 128},
+                   Shape{128, 148}, Shape{128, 224}}) {
     for (bool with_s : {false, true}) {
       const int64_t L = sh.L, R = sh.R, n = L * R, n_tokens = 5, stride = n + 8;
       const uint32_t seed = static_cast<uint32_t>(n + with_s);
@@ -80,21 +82,22 @@ TEST(KronQuantInt4Cuda, MatchesReferenceForAnyFactorSizes) {
       const float cmax = 0.9820138f, cmin = 0.93f;
       std::vector<uint8_t> p_cpu(static_cast<size_t>(n_tokens * n / 2));
       std::vector<float> s_cpu(n_tokens), y_ref(static_cast<size_t>(n_tokens * n));
-      ref::kron_quant_int4(x.data(), n_tokens, stride, s_host, A.data(), L, B.data(), R, cmax, cmin, p_cpu.data(),
-                           s_cpu.data());
+      ref::kron_quant_int4(x.data(), n_tokens, stride, s_host, A.data(), L, B.data(), R, cmax, cmin,
+                           p_cpu.data(), s_cpu.data());
       ref::kron_transform(x.data(), n_tokens, stride, s_host, A.data(), L, B.data(), R, y_ref.data());
 
       DeviceBuffer<float> dx(x), dA(A), dB(B), ds_vec(s);
       DeviceBuffer<uint8_t> dp(p_cpu.size());
       DeviceBuffer<float> dscale(static_cast<size_t>(n_tokens));
-      const cudaError_t e = fq::cuda::kron_quant_int4(dx.get(), n_tokens, stride, with_s ? ds_vec.get() : nullptr,
-                                                      dA.get(), L, dB.get(), R, cmax, cmin, dp.get(), dscale.get(),
-                                                      nullptr);
+      const cudaError_t e =
+          fq::cuda::kron_quant_int4(dx.get(), n_tokens, stride, with_s ? ds_vec.get() : nullptr, dA.get(), L,
+                                    dB.get(), R, cmax, cmin, dp.get(), dscale.get(), nullptr);
       const std::string ctx = std::to_string(L) + "x" + std::to_string(R) + (with_s ? " with s" : " no s");
       ASSERT_EQ(e, cudaSuccess) << ctx << ": launch failed: " << cudaGetErrorString(e)
                                 << " (cudaErrorInvalidValue here = the token does not fit in shared memory)";
       FQ_CUDA_CHECK(cudaDeviceSynchronize(), "kron_quant_int4 kernel " + ctx);
-      EXPECT_EQ(compare_quantized(dp.download(), dscale.download(), p_cpu, s_cpu, y_ref, n_tokens, n), "") << ctx;
+      EXPECT_EQ(compare_quantized(dp.download(), dscale.download(), p_cpu, s_cpu, y_ref, n_tokens, n), "")
+          << ctx;
     }
   }
 }
@@ -117,21 +120,22 @@ TEST(HeadMixQuantInt4Cuda, MatchesReferenceForAnyHeadCount) {
       DeviceBuffer<uint8_t> dp(p_cpu.size());
       DeviceBuffer<float> dscale(static_cast<size_t>(n_tokens));
       const std::string ctx = "H " + std::to_string(H) + " d " + std::to_string(d);
-      const cudaError_t e = fq::cuda::head_mix_quant_int4(dattn.get(), n_tokens, H, d, stride, dPo.get(), 1.0f,
-                                                          1.0f, dp.get(), dscale.get(), nullptr);
+      const cudaError_t e = fq::cuda::head_mix_quant_int4(dattn.get(), n_tokens, H, d, stride, dPo.get(),
+                                                          1.0f, 1.0f, dp.get(), dscale.get(), nullptr);
       ASSERT_EQ(e, cudaSuccess) << ctx << ": launch failed: " << cudaGetErrorString(e);
       FQ_CUDA_CHECK(cudaDeviceSynchronize(), "head_mix_quant_int4 kernel " + ctx);
-      EXPECT_EQ(compare_quantized(dp.download(), dscale.download(), p_cpu, s_cpu, y_ref, n_tokens, n), "") << ctx;
+      EXPECT_EQ(compare_quantized(dp.download(), dscale.download(), p_cpu, s_cpu, y_ref, n_tokens, n), "")
+          << ctx;
     }
   }
 }
 
 TEST(KronQuantInt4Cuda, RejectsBadSizesWithoutLaunching) {
-  EXPECT_EQ(fq::cuda::kron_quant_int4(nullptr, 1, 15, nullptr, nullptr, 3, nullptr, 5, 1.0f, 1.0f, nullptr, nullptr,
-                                      nullptr),
+  EXPECT_EQ(fq::cuda::kron_quant_int4(nullptr, 1, 15, nullptr, nullptr, 3, nullptr, 5, 1.0f, 1.0f, nullptr,
+                                      nullptr, nullptr),
             cudaErrorInvalidValue);  // 3*5 odd
-  EXPECT_EQ(fq::cuda::kron_quant_int4(nullptr, 1, 10, nullptr, nullptr, 4, nullptr, 4, 1.0f, 1.0f, nullptr, nullptr,
-                                      nullptr),
+  EXPECT_EQ(fq::cuda::kron_quant_int4(nullptr, 1, 10, nullptr, nullptr, 4, nullptr, 4, 1.0f, 1.0f, nullptr,
+                                      nullptr, nullptr),
             cudaErrorInvalidValue);  // stride < L*R
 }
 

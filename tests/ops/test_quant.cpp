@@ -149,8 +149,10 @@ TEST(QuantKvAsymInt4, RandomHeadsDequantizeWithinHalfAStep) {
       auto x = test::random_activations(static_cast<size_t>(n_tokens * stride),
                                         static_cast<uint32_t>(n_head * 1000 + head_dim));
       std::vector<uint8_t> p(static_cast<size_t>(n_tokens * n_head * head_dim / 2));
-      std::vector<float> s(n_tokens * n_head), z(n_tokens * n_head), y(static_cast<size_t>(n_tokens * n_head * head_dim));
-      ref::quantize_kv_asym_int4(x.data(), n_tokens, n_head, head_dim, stride, 1.0f, 1.0f, p.data(), s.data(), z.data());
+      std::vector<float> s(n_tokens * n_head), z(n_tokens * n_head),
+          y(static_cast<size_t>(n_tokens * n_head * head_dim));
+      ref::quantize_kv_asym_int4(x.data(), n_tokens, n_head, head_dim, stride, 1.0f, 1.0f, p.data(), s.data(),
+                                 z.data());
       ref::dequantize_kv_asym_int4(p.data(), s.data(), z.data(), n_tokens, n_head, head_dim, y.data());
       for (int64_t t = 0; t < n_tokens; ++t)
         for (int64_t h = 0; h < n_head; ++h) {

@@ -3,9 +3,9 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#define FQ_CUDA_RETURN_IF_ERROR(expr)        \
-  do {                                       \
-    cudaError_t fq_err_ = (expr);            \
+#define FQ_CUDA_RETURN_IF_ERROR(expr)           \
+  do {                                          \
+    cudaError_t fq_err_ = (expr);               \
     if (fq_err_ != cudaSuccess) return fq_err_; \
   } while (0)
 

@@ -10,14 +10,14 @@ constexpr int kWarpsPerBlock = 4;
 
 // ============================================================================================================
 // quantize_kv_asym_int4_kernel — reference: fq::ref::quantize_kv_asym_int4 (src/ref/quant.cpp)
-// Layout: x [n_tokens, n_head, head_dim] fp32 (token stride x_stride, heads contiguous); packed [n_tokens, n_head,
-// head_dim/2] uint8 (plain nibbles 0..15, low = even element); scale, zero [n_tokens, n_head] fp32.
+// Layout: x [n_tokens, n_head, head_dim] fp32 (token stride x_stride, heads contiguous); packed [n_tokens,
+// n_head, head_dim/2] uint8 (plain nibbles 0..15, low = even element); scale, zero [n_tokens, n_head] fp32.
 // One warp per (token, head) row; kWarpsPerBlock rows per block.
 // ============================================================================================================
 __global__ void quantize_kv_asym_int4_kernel(const float* __restrict__ x, int64_t n_rows, int64_t n_head,
-                                             int64_t head_dim, int64_t x_stride, float clip_max, float clip_min,
-                                             uint8_t* __restrict__ packed, float* __restrict__ scale,
-                                             float* __restrict__ zero) {
+                                             int64_t head_dim, int64_t x_stride, float clip_max,
+                                             float clip_min, uint8_t* __restrict__ packed,
+                                             float* __restrict__ scale, float* __restrict__ zero) {
   const int lane = threadIdx.x % detail::kWarp;
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / detail::kWarp;
   if (k >= n_rows) return;  // whole warps leave together, so the shuffles below stay full-warp
@@ -51,8 +51,8 @@ __global__ void quantize_kv_asym_int4_kernel(const float* __restrict__ x, int64_
 }  // namespace
 
 cudaError_t quantize_kv_asym_int4(const float* x, int64_t n_tokens, int64_t n_head, int64_t head_dim,
-                                  int64_t x_stride, float clip_max, float clip_min, uint8_t* packed, float* scale,
-                                  float* zero, cudaStream_t stream) {
+                                  int64_t x_stride, float clip_max, float clip_min, uint8_t* packed,
+                                  float* scale, float* zero, cudaStream_t stream) {
   if (n_tokens < 0 || n_head < 1 || head_dim < 2 || head_dim % 2 != 0 || x_stride < n_head * head_dim)
     return cudaErrorInvalidValue;
   const int64_t n_rows = n_tokens * n_head;

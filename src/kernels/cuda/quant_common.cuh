@@ -1,6 +1,7 @@
 // Device helpers shared by the 4-bit quantization kernels. Each mirrors a function of src/ref/quant.cpp and
-// must round exactly like it: IEEE fp32 operations written with explicit-rounding intrinsics so that nvcc cannot
-// contract them into FMAs or replace the division by a reciprocal; round-half-to-even via __float2int_rn.
+// must round exactly like it: IEEE fp32 operations written with explicit-rounding intrinsics so that nvcc
+// cannot contract them into FMAs or replace the division by a reciprocal; round-half-to-even via
+// __float2int_rn.
 #pragma once
 #include <cuda_runtime.h>
 
