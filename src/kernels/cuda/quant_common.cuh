@@ -1,0 +1,63 @@
+// Device helpers shared by the 4-bit quantization kernels. Each mirrors a function of src/ref/quant.cpp and
+// must round exactly like it: IEEE fp32 operations written with explicit-rounding intrinsics so that nvcc
+// cannot contract them into FMAs or replace the division by a reciprocal; round-half-to-even via
+// __float2int_rn.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace fq::cuda::detail {
+
+constexpr int kWarp = 32;
+
+// Mirrors ref::sym_int4_scale.
+__device__ __forceinline__ float sym_int4_scale(float rowmax, float rowmin, float clip_max, float clip_min) {
+  float xmax = __fmul_rn(fmaxf(rowmax, 0.0f), clip_max);
+  float xmin = __fmul_rn(fminf(rowmin, 0.0f), clip_min);
+  float amax = fmaxf(fabsf(xmin), xmax);
+  float scale = __fdiv_rn(amax, 7.0f);
+  return scale == 0.0f ? 1.0f : scale;
+}
+
+// Mirrors ref::sym_int4_code: clamp(round_half_even(x / scale), -8, 7).
+__device__ __forceinline__ int sym_int4_code(float x, float scale) {
+  int q = __float2int_rn(__fdiv_rn(x, scale));
+  return min(max(q, -8), 7);
+}
+
+__device__ __forceinline__ uint8_t pack2(int lo, int hi) {
+  return static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+}
+
+__device__ __forceinline__ void warp_minmax(float& vmax, float& vmin) {
+  for (int off = kWarp / 2; off > 0; off /= 2) {
+    vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
+    vmin = fminf(vmin, __shfl_xor_sync(0xffffffffu, vmin, off));
+  }
+}
+
+// Block-wide max and min (max/min are exact, so the reduction order does not matter). red: 2*32 floats of
+// shared memory. Every thread of the block must call it; all get the result.
+__device__ __forceinline__ void block_minmax(float& vmax, float& vmin, float* red) {
+  warp_minmax(vmax, vmin);
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int n_warps = (blockDim.x + kWarp - 1) / kWarp;
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) {
+    red[warp] = vmax;
+    red[kWarp + warp] = vmin;
+  }
+  __syncthreads();
+  vmax = lane < n_warps ? red[lane] : 0.0f;  // 0 is neutral: the definition takes max(., 0) / min(., 0)
+  vmin = lane < n_warps ? red[kWarp + lane] : 0.0f;
+  warp_minmax(vmax, vmin);
+}
+
+// The block quantizes the row y[0..n) (any memory space) with `scale` and writes n/2 packed bytes to out.
+__device__ __forceinline__ void store_sym_int4_row(const float* y, int64_t n, float scale, uint8_t* out) {
+  for (int64_t j = threadIdx.x; j < n / 2; j += blockDim.x)
+    out[j] = pack2(sym_int4_code(y[2 * j], scale), sym_int4_code(y[2 * j + 1], scale));
+}
+
+}  // namespace fq::cuda::detail
