@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -56,7 +57,8 @@ TEST(QaLoglik, EncodePairMovesTrailingSpaces) {
 }
 
 TEST(QaLoglik, EncodePairRealTokenizer) {
-  const std::string dir = test::source_path(".cache/models/stories260K");
+  const char* env = std::getenv("FLATQUANT_MODELS");
+  const std::string dir = path_join(env && *env ? std::string(env) : test::source_path(".cache/models"), "stories260K");
   FQ_REQUIRE_FILE(dir + "/tokenizer.json");
   const auto tok = load_tokenizer(dir);
   const TokenRequest r = encode_pair(*tok, "Question: Is it red?\nAnswer: ", "yes", false);
