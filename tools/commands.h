@@ -10,5 +10,6 @@ using Runner = std::function<int()>;
 Runner register_convert(CLI::App& app);
 Runner register_inspect(CLI::App& app);
 Runner register_ppl(CLI::App& app);
+Runner register_eval(CLI::App& app);
 
 }  // namespace fq::cli

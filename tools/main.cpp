@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   add(fq::cli::register_convert);
   add(fq::cli::register_inspect);
   add(fq::cli::register_ppl);
+  add(fq::cli::register_eval);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -29,6 +29,9 @@ class RefDecoder {
   // out of range or pos()+n exceeds max_ctx() (nothing is changed then).
   void forward(const int32_t* tokens, int64_t n, float* logits_out);
   void reset() { pos_ = 0; }
+  // Forgets the cache beyond position p (0 <= p <= pos()), so that a shared prefix is computed once and each
+  // continuation runs from it (zero-shot scoring). Later forwards overwrite the dropped entries.
+  void rewind(int64_t p) { pos_ = p < 0 ? 0 : (p < pos_ ? p : pos_); }
   int64_t pos() const { return pos_; }
   int64_t max_ctx() const { return max_ctx_; }
   const ModelConfig& config() const { return w_.cfg; }
