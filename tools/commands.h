@@ -10,5 +10,7 @@ using Runner = std::function<int()>;
 Runner register_convert(CLI::App& app);
 Runner register_inspect(CLI::App& app);
 Runner register_ppl(CLI::App& app);
+Runner register_generate(CLI::App& app);
+Runner register_chat(CLI::App& app);
 
 }  // namespace fq::cli
