@@ -26,9 +26,10 @@ TEST(ChatTemplate, Llama2) {
   EXPECT_EQ(t.render(kSysUser), "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST]");
   EXPECT_EQ(t.render(kMultiTurn),
             "<s>[INST] Hi [/INST] Hello! How can I help? </s><s>[INST] What is 2+2? [/INST]");
-  // Contents are stripped, and the system block joins the first user turn only.
-  EXPECT_EQ(t.render({{"system", "S"}, {"user", "  a \n"}, {"assistant", " b "}, {"user", "c"}}),
-            "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\na [/INST] b </s><s>[INST] c [/INST]");
+  // The system block joins the first user turn only, and the template strips the joined content (so the
+  // user text's own leading spaces stay after the block, its trailing ones go).
+  EXPECT_EQ(t.render({{"system", "S"}, {"user", "  a \n"}, {"assistant", " b "}, {"user", " c "}}),
+            "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\n  a [/INST] b </s><s>[INST] c [/INST]");
   EXPECT_THROW(t.render({{"user", "a"}, {"user", "b"}}), Error);
   EXPECT_THROW(t.render({{"assistant", "a"}}), Error);
   EXPECT_TRUE(t.renders_bos());
