@@ -11,5 +11,7 @@ Runner register_convert(CLI::App& app);
 Runner register_inspect(CLI::App& app);
 Runner register_ppl(CLI::App& app);
 Runner register_eval(CLI::App& app);
+Runner register_generate(CLI::App& app);
+Runner register_chat(CLI::App& app);
 
 }  // namespace fq::cli

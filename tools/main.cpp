@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   add(fq::cli::register_inspect);
   add(fq::cli::register_ppl);
   add(fq::cli::register_eval);
+  add(fq::cli::register_generate);
+  add(fq::cli::register_chat);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
