@@ -99,8 +99,9 @@ torch::Tensor FlatLayerImpl::rope(const torch::Tensor& x, int64_t n_tokens) cons
       s[t * d_ + i] = s[t * d_ + i + half] = std::sin(a);
     }
   auto opt = torch::TensorOptions().dtype(torch::kFloat32);
-  auto cos = torch::from_blob(c.data(), {n_tokens, d_}, opt).to(x.device(), x.scalar_type());
-  auto sin = torch::from_blob(s.data(), {n_tokens, d_}, opt).to(x.device(), x.scalar_type());
+  // clone(): from_blob aliases the local vectors, and autograd keeps cos/sin for the backward pass.
+  auto cos = torch::from_blob(c.data(), {n_tokens, d_}, opt).clone().to(x.device(), x.scalar_type());
+  auto sin = torch::from_blob(s.data(), {n_tokens, d_}, opt).clone().to(x.device(), x.scalar_type());
   auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
   return x * cos + torch::cat({-x2, x1}, -1) * sin;
 }

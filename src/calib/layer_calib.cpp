@@ -89,7 +89,9 @@ LayerCalibResult calibrate_layer(FlatLayer& layer, const torch::Tensor& inputs, 
         static_cast<torch::optim::AdamWOptions&>(adam.param_groups()[gi].options()).lr(eta_min + (base_lr[gi] - eta_min) * c);
       auto out = layer->forward(inputs.narrow(0, j * opt.batch, opt.batch));
       auto mse = torch::mse_loss(out, fp_out.narrow(0, j * opt.batch, opt.batch));
-      sum += mse.item<double>();
+      const double v = mse.item<double>();
+      sum += v;
+      if (!(v > 0)) continue;  // exact (or NaN) output: no gradient step; loss / loss.detach() would be 0/0
       auto loss = mse / mse.detach();
       adam.zero_grad();
       loss.backward();

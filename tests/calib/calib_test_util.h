@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 
+#include "flatquant/error.h"
 #include "test_util.h"
 
 namespace fq::test {
