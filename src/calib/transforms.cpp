@@ -4,7 +4,7 @@
 #include <random>
 #include <vector>
 
-#include "calib/decompose_dim.h"
+#include "ref/kron.h"
 
 namespace fq::calib {
 
@@ -73,7 +73,7 @@ torch::Tensor FactorImpl::inv_t() const {
 }
 
 KronTransformImpl::KronTransformImpl(int64_t n, TransParam param, bool diag, uint64_t seed) : n_(n) {
-  const KronDims d = decompose_dim(n);
+  const ref::KronDims d = ref::decompose_dim(n);
   left = register_module("left", Factor(d.left, param, mix_seed(seed, 10)));
   right = register_module("right", Factor(d.right, param, mix_seed(seed, 11)));
   if (diag) diag_scale = register_parameter("diag_scale", torch::ones({n}, torch::kFloat32));

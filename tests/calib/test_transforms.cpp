@@ -1,5 +1,5 @@
 // Transforms: factor sizes, Cayley orthogonality, Kronecker == explicit kron, inverses cancel, gradients.
-#include "calib/decompose_dim.h"
+#include "ref/kron.h"
 #include "calib/transforms.h"
 #include "calib_test_util.h"
 
@@ -16,12 +16,12 @@ TEST(CalibDecomposeDim, MatchesTheOriginalRule) {
   for (Case c : {Case{4096, 64, 64}, Case{3584, 56, 64}, Case{11008, 86, 128}, Case{14336, 112, 128},
                  Case{18944, 128, 148}, Case{172, 2, 86}, Case{576, 24, 24}, Case{5120, 64, 80}, Case{8192, 64, 128},
                  Case{28672, 128, 224}, Case{64, 8, 8}, Case{43, 1, 43}, Case{1, 1, 1}}) {
-    const KronDims d = decompose_dim(c.n);
+    const ref::KronDims d = ref::decompose_dim(c.n);
     EXPECT_EQ(d.left, c.l) << c.n;
     EXPECT_EQ(d.right, c.r) << c.n;
   }
-  EXPECT_THROW(decompose_dim(0), Error);
-  EXPECT_THROW(decompose_dim(6), Error);  // 2 mod 4: the original loops forever
+  EXPECT_THROW(ref::decompose_dim(0), Error);
+  EXPECT_THROW(ref::decompose_dim(6), Error);  // 2 mod 4: the original loops forever
 }
 
 TEST(CalibTransforms, RandomOrthogonalIsSeededAndOrthogonal) {
