@@ -25,6 +25,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--limit-windows", type=int, default=0, help="only the first N windows (0: all)")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -35,6 +36,8 @@ def main():
     model.to(a.device).eval()
     seq = min(a.seq_len, model.config.max_position_embeddings)
     n = len(ids) // seq
+    if a.limit_windows > 0:
+        n = min(n, a.limit_windows)
     data = torch.tensor(ids[: n * seq], dtype=torch.long).view(n, seq)
     t0 = time.time()
     nll = 0.0
