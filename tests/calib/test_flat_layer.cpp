@@ -163,7 +163,14 @@ TEST_P(CalibFlatLayer, TransformsActuallyChangeTheQuantizedPath) {
 
 INSTANTIATE_TEST_SUITE_P(Configs, CalibFlatLayer,
                          ::testing::Values(Case{false, false, 4, 2}, Case{true, true, 4, 2}, Case{false, true, 4, 4},
-                                           Case{true, false, 4, 1}));
+                                           Case{true, false, 4, 1}),
+                         // Stable names (the default prints the struct's bytes, padding included, which
+                         // can differ between test discovery and the run).
+                         [](const ::testing::TestParamInfo<Case>& i) {
+                           const Case& k = i.param;
+                           return std::string(k.bias ? "bias" : "nobias") + (k.llama3 ? "_llama3" : "_rope") +
+                                  "_h" + std::to_string(k.n_head) + "_kv" + std::to_string(k.n_head_kv);
+                         });
 
 TEST(CalibFlatLayerChecks, ParameterGroupsAndBadWeights) {
   const ModelConfig c = config_for({false, false, 4, 2});

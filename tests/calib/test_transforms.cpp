@@ -127,7 +127,10 @@ TEST_P(CalibTransformParam, InitialFactorsAreRandomOrthogonal) {
   EXPECT_FALSE(torch::equal(f->matrix(), g->matrix()));
 }
 
-INSTANTIATE_TEST_SUITE_P(Params, CalibTransformParam, ::testing::Values(TransParam::Svd, TransParam::Direct));
+INSTANTIATE_TEST_SUITE_P(Params, CalibTransformParam, ::testing::Values(TransParam::Svd, TransParam::Direct),
+                         [](const ::testing::TestParamInfo<TransParam>& i) {
+                           return std::string(i.param == TransParam::Svd ? "svd" : "direct");
+                         });
 
 TEST(CalibTransforms, SvdFactorGradcheck) {
   // M = Cayley(Wu) diag(sigma) Cayley(Wv)^T and its analytic inverse transpose, through the module.
