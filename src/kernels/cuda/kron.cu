@@ -56,15 +56,7 @@ __global__ void kron_quant_int4_kernel(const float* __restrict__ x, int64_t x_st
     __syncthreads();
     Y = X;
   }
-  float vmax = 0.0f, vmin = 0.0f;
-  for (int c = threadIdx.x; c < n; c += blockDim.x) {
-    vmax = fmaxf(vmax, Y[c]);
-    vmin = fminf(vmin, Y[c]);
-  }
-  detail::block_minmax(vmax, vmin, red);
-  const float scale = detail::sym_int4_scale(vmax, vmin, clip_max, clip_min);
-  detail::store_sym_int4_row(Y, n, scale, packed + t * (n / 2));
-  if (threadIdx.x == 0) scales[t] = scale;
+  detail::quantize_row_sym_int4(Y, n, clip_max, clip_min, red, packed + t * (n / 2), scales + t);
 }
 
 }  // namespace

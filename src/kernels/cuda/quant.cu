@@ -20,15 +20,7 @@ __global__ void quantize_sym_int4_kernel(const float* __restrict__ x, int64_t co
   __shared__ float red[2 * detail::kWarp];
   const int64_t r = blockIdx.x;
   const float* row = x + r * x_stride;
-  float vmax = 0.0f, vmin = 0.0f;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    vmax = fmaxf(vmax, row[i]);
-    vmin = fminf(vmin, row[i]);
-  }
-  detail::block_minmax(vmax, vmin, red);
-  const float scale = detail::sym_int4_scale(vmax, vmin, clip_max, clip_min);
-  detail::store_sym_int4_row(row, cols, scale, packed + r * (cols / 2));
-  if (threadIdx.x == 0) scales[r] = scale;
+  detail::quantize_row_sym_int4(row, cols, clip_max, clip_min, red, packed + r * (cols / 2), scales + r);
 }
 
 }  // namespace
