@@ -13,11 +13,10 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "flatquant/error.h"
 #include "kernels/cuda/qgemv.h"
@@ -40,7 +39,8 @@ DevPtr dev_alloc(size_t bytes) {
 template <typename T>
 DevPtr dev_upload(const std::vector<T>& v) {
   DevPtr p = dev_alloc(v.size() * sizeof(T));
-  FQ_CUDA_CHECK(cudaMemcpy(p.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "bench_qgemv upload");
+  FQ_CUDA_CHECK(cudaMemcpy(p.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice),
+                "bench_qgemv upload");
   return p;
 }
 
@@ -70,10 +70,11 @@ nlohmann::json run_shape(const Shape& s, int64_t M, size_t l2_bytes, cudaStream_
   DevPtr dy = dev_alloc(static_cast<size_t>(M * N) * sizeof(float));
   auto* y = static_cast<float*>(dy.get());
   auto launch = [&](size_t i) {
-    FQ_CUDA_CHECK(fq::cuda::qgemv_w4a4(static_cast<const uint8_t*>(dx.get()), static_cast<const float*>(dsx.get()),
-                                       static_cast<const uint8_t*>(dw[i % nbuf].get()),
-                                       static_cast<const float*>(dsw.get()), nullptr, y, nullptr, M, N, K, stream),
-                  "qgemv_w4a4 launch");
+    FQ_CUDA_CHECK(
+        fq::cuda::qgemv_w4a4(static_cast<const uint8_t*>(dx.get()), static_cast<const float*>(dsx.get()),
+                             static_cast<const uint8_t*>(dw[i % nbuf].get()),
+                             static_cast<const float*>(dsw.get()), nullptr, y, nullptr, M, N, K, stream),
+        "qgemv_w4a4 launch");
   };
 
   // Check (poisoned output first).
@@ -150,7 +151,8 @@ int main() {
     bool ok = true;
     nlohmann::json results = nlohmann::json::array();
     for (int64_t M : {1, 16})
-      for (const auto& s : shapes) results.push_back(run_shape(s, M, static_cast<size_t>(prop.l2CacheSize), stream, ok));
+      for (const auto& s : shapes)
+        results.push_back(run_shape(s, M, static_cast<size_t>(prop.l2CacheSize), stream, ok));
     cudaStreamDestroy(stream);
     char date[32];
     const std::time_t t = std::time(nullptr);
@@ -162,7 +164,8 @@ int main() {
         {"l2_bytes", prop.l2CacheSize},
         {"date_utc", date},
         {"peak_ref_TBps", kPeakTBps},
-        {"method", "CUDA graph of L launches over rotating weight copies (>= 3x L2); median of 60 replays / L"},
+        {"method",
+         "CUDA graph of L launches over rotating weight copies (>= 3x L2); median of 60 replays / L"},
         {"all_exact", ok},
         {"results", results}};
     std::printf("%s\n", out.dump(1).c_str());

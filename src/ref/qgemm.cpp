@@ -14,8 +14,12 @@ void check_shape(int64_t M, int64_t N, int64_t K) {
 }
 
 // Sign-extends the two nibbles of a packed byte (two's complement, low nibble = even element).
-inline int lo_nibble(uint8_t b) { return static_cast<int>(static_cast<unsigned>(b & 0xF) ^ 8u) - 8; }
-inline int hi_nibble(uint8_t b) { return static_cast<int>(static_cast<unsigned>(b >> 4) ^ 8u) - 8; }
+inline int lo_nibble(uint8_t b) {
+  return static_cast<int>(static_cast<unsigned>(b & 0xF) ^ 8u) - 8;
+}
+inline int hi_nibble(uint8_t b) {
+  return static_cast<int>(static_cast<unsigned>(b >> 4) ^ 8u) - 8;
+}
 
 }  // namespace
 
@@ -28,7 +32,8 @@ void qgemm_w4a4_acc(const uint8_t* qx, const uint8_t* qw, int64_t M, int64_t N, 
       const uint8_t* w = qw + n * kb;
       // |products| <= 64, K <= 65536: the sum stays far inside int32.
       int32_t s = 0;
-      for (int64_t j = 0; j < kb; ++j) s += lo_nibble(x[j]) * lo_nibble(w[j]) + hi_nibble(x[j]) * hi_nibble(w[j]);
+      for (int64_t j = 0; j < kb; ++j)
+        s += lo_nibble(x[j]) * lo_nibble(w[j]) + hi_nibble(x[j]) * hi_nibble(w[j]);
       acc[m * N + n] = s;
     }
   }

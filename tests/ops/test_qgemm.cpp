@@ -60,12 +60,14 @@ TEST(QgemmRef, MatchesDequantizedFloat64Product) {
       for (int64_t n = 0; n < N; ++n) {
         double s = 0.0, mag = 0.0;
         for (int64_t k = 0; k < K; ++k) {
-          const double p = static_cast<double>(x[static_cast<size_t>(m * K + k)]) * w[static_cast<size_t>(n * K + k)];
+          const double p =
+              static_cast<double>(x[static_cast<size_t>(m * K + k)]) * w[static_cast<size_t>(n * K + k)];
           s += p;
           mag += std::fabs(p);
         }
         // Dequantized values carry one fp32 rounding each; the reference's epilogue two more.
-        EXPECT_NEAR(y[static_cast<size_t>(m * N + n)], s, 1e-6 * mag + 1e-12) << "m " << m << " n " << n << " K " << K;
+        EXPECT_NEAR(y[static_cast<size_t>(m * N + n)], s, 1e-6 * mag + 1e-12)
+            << "m " << m << " n " << n << " K " << K;
       }
   }
 }
@@ -80,7 +82,8 @@ TEST(QgemmRef, ExtremeCodesDoNotOverflowAtMaxK) {
 
 TEST(QgemmRef, ResidualAddsAndMayAliasOutput) {
   const int64_t M = 2, N = 5, K = 32;
-  const auto qx = random_packed(static_cast<size_t>(M * K / 2), 1), qw = random_packed(static_cast<size_t>(N * K / 2), 2);
+  const auto qx = random_packed(static_cast<size_t>(M * K / 2), 1),
+             qw = random_packed(static_cast<size_t>(N * K / 2), 2);
   const auto sx = random_scales(M, 3), sw = random_scales(N, 4);
   std::vector<float> plain(static_cast<size_t>(M * N)), res(static_cast<size_t>(M * N));
   for (size_t i = 0; i < res.size(); ++i) res[i] = 0.37f * static_cast<float>(i) - 1.0f;
@@ -94,8 +97,9 @@ TEST(QgemmRef, RejectsBadShapes) {
   std::vector<uint8_t> b(64);
   std::vector<float> f(64);
   EXPECT_THROW(ref::qgemm_w4a4(b.data(), f.data(), b.data(), f.data(), nullptr, 1, 1, 3, f.data()), Error);
-  EXPECT_THROW(ref::qgemm_w4a4(b.data(), f.data(), b.data(), f.data(), nullptr, 1, 1, ref::kQgemmMaxK + 2, f.data()),
-               Error);
+  EXPECT_THROW(
+      ref::qgemm_w4a4(b.data(), f.data(), b.data(), f.data(), nullptr, 1, 1, ref::kQgemmMaxK + 2, f.data()),
+      Error);
   EXPECT_THROW(ref::qgemm_w4a4(b.data(), f.data(), b.data(), f.data(), nullptr, -1, 1, 4, f.data()), Error);
 }
 

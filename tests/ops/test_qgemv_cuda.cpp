@@ -1,5 +1,5 @@
-// CUDA W4A4 decode GEMV (src/kernels/cuda/qgemv.cu) vs the CPU reference ref::qgemm_w4a4: the integer sums are
-// exact and the epilogue is the same sequence of IEEE fp32 operations, so outputs must match BIT FOR BIT.
+// CUDA W4A4 decode GEMV (src/kernels/cuda/qgemv.cu) vs the CPU reference ref::qgemm_w4a4: the integer sums
+// are exact and the epilogue is the same sequence of IEEE fp32 operations, so outputs must match BIT FOR BIT.
 // Outputs are poisoned with 0xFF first (NaN as fp32 and fp16): an element the kernel does not write fails.
 #ifdef FLATQUANT_WITH_CUDA
 #include <gtest/gtest.h>
@@ -43,8 +43,8 @@ std::string first_mismatch(const std::vector<float>& gpu, const std::vector<floa
     if (std::memcmp(&gpu[i], &cpu[i], sizeof(float)) != 0 && bad++ == 0) first = i;
   if (bad == 0) return "";
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%zu of %zu differ; first m=%lld n=%lld: gpu=%.9g cpu=%.9g%s", bad, cpu.size(),
-                static_cast<long long>(static_cast<int64_t>(first) / N),
+  std::snprintf(buf, sizeof buf, "%zu of %zu differ; first m=%lld n=%lld: gpu=%.9g cpu=%.9g%s", bad,
+                cpu.size(), static_cast<long long>(static_cast<int64_t>(first) / N),
                 static_cast<long long>(static_cast<int64_t>(first) % N), gpu[first], cpu[first],
                 std::isnan(gpu[first]) ? " (NaN = poison: not written)" : "");
   return buf;
@@ -59,13 +59,15 @@ void check_case(const Case& c, uint32_t seed) {
   const auto [M, N, K] = c;
   auto qx = random_packed(static_cast<size_t>(M * K / 2), seed);
   auto qw = random_packed(static_cast<size_t>(N * K / 2), seed + 1);
-  // Extreme codes: token 0 and row 0 all -8 (largest |product|), row N-1 all 7.
+  // Extreme codes: row 0 all -8 and (when M > 1, so that M = 1 keeps a random token) the last token all -8:
+  // the largest |product|; row N-1 all 7.
   for (int64_t j = 0; j < K / 2; ++j) {
-    qx[static_cast<size_t>(j)] = 0x88;
+    if (M > 1) qx[static_cast<size_t>((M - 1) * K / 2 + j)] = 0x88;
     qw[static_cast<size_t>(j)] = 0x88;
     qw[static_cast<size_t>((N - 1) * K / 2 + j)] = 0x77;
   }
-  const auto sx = random_scales(static_cast<size_t>(M), seed + 2), sw = random_scales(static_cast<size_t>(N), seed + 3);
+  const auto sx = random_scales(static_cast<size_t>(M), seed + 2),
+             sw = random_scales(static_cast<size_t>(N), seed + 3);
   std::vector<float> res(static_cast<size_t>(M * N));
   for (size_t i = 0; i < res.size(); ++i) res[i] = std::sin(static_cast<float>(i)) * 3.0f;
 
@@ -77,7 +79,8 @@ void check_case(const Case& c, uint32_t seed) {
     for (int64_t n = 0; n < N; ++n) {
       const size_t i = static_cast<size_t>(m * N + n);
       want[i] = ref::qgemm_epilogue(acc[i], sx[static_cast<size_t>(m)], sw[static_cast<size_t>(n)], nullptr);
-      want_res[i] = ref::qgemm_epilogue(acc[i], sx[static_cast<size_t>(m)], sw[static_cast<size_t>(n)], &res[i]);
+      want_res[i] =
+          ref::qgemm_epilogue(acc[i], sx[static_cast<size_t>(m)], sw[static_cast<size_t>(n)], &res[i]);
     }
 
   DeviceBuffer<uint8_t> dx(qx), dw(qw);
@@ -85,14 +88,16 @@ void check_case(const Case& c, uint32_t seed) {
   DeviceBuffer<uint16_t> dh(res.size());
   const std::string ctx = "M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K);
 
-  ASSERT_EQ(cuda::qgemv_w4a4(dx.get(), dsx.get(), dw.get(), dsw.get(), nullptr, dy.get(), nullptr, M, N, K, nullptr),
+  ASSERT_EQ(cuda::qgemv_w4a4(dx.get(), dsx.get(), dw.get(), dsw.get(), nullptr, dy.get(), nullptr, M, N, K,
+                             nullptr),
             cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemv_w4a4 kernel");
   EXPECT_EQ(first_mismatch(dy.download(), want, N), "") << ctx;
 
   dy.upload(res);  // residual in place: y = y + x w^T
-  ASSERT_EQ(cuda::qgemv_w4a4(dx.get(), dsx.get(), dw.get(), dsw.get(), dy.get(), dy.get(), dh.get(), M, N, K, nullptr),
+  ASSERT_EQ(cuda::qgemv_w4a4(dx.get(), dsx.get(), dw.get(), dsw.get(), dy.get(), dy.get(), dh.get(), M, N, K,
+                             nullptr),
             cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemv_w4a4 kernel (residual)");
@@ -105,7 +110,7 @@ void check_case(const Case& c, uint32_t seed) {
 
 TEST(QgemvCuda, MatchesReferenceExactlyOnModelShapes) {
   FQ_REQUIRE_CUDA();
-  const std::vector<std::array<int64_t, 2>> nk = {{576, 64},   {14336, 64},  {576, 576},  {1536, 576},
+  const std::vector<std::array<int64_t, 2>> nk = {{576, 64},    {14336, 64},  {576, 576},   {1536, 576},
                                                   {4096, 4096}, {1536, 4096}, {576, 14336}, {1536, 14336}};
   uint32_t seed = 1;
   for (int64_t M : {1, 3, 16})
@@ -133,7 +138,8 @@ TEST(QgemvCuda, RejectsBadArgumentsWithoutLaunching) {
   EXPECT_EQ(cuda::qgemv_w4a4(b, f, b, f, nullptr, f, nullptr, 1, 1, 48, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(cuda::qgemv_w4a4(b, f, b, f, nullptr, f, nullptr, 1, 1, cuda::kQgemvMaxK + 32, nullptr),
             cudaErrorInvalidValue);
-  EXPECT_EQ(cuda::qgemv_w4a4(b, f, b, f, nullptr, nullptr, nullptr, 1, 1, 32, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::qgemv_w4a4(b, f, b, f, nullptr, nullptr, nullptr, 1, 1, 32, nullptr),
+            cudaErrorInvalidValue);
   EXPECT_EQ(cuda::qgemv_w4a4(b + 1, f, b, f, nullptr, f, nullptr, 1, 1, 32, nullptr), cudaErrorInvalidValue);
 }
 

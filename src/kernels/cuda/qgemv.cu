@@ -3,8 +3,8 @@
 // Work split: a warp owns R consecutive output rows n; its lanes stride along K in 16-byte chunks (uint4 =
 // 32 int4 values), so each load instruction of a warp reads 512 contiguous bytes of one weight row. U chunks
 // per row (U * R 16-byte loads per lane) are issued before the first use. Activations (M * K / 2 bytes, at
-// most 512 KB; 115 KB for M = 16, K = 14336) are read through L1 with the same chunk indexing: every warp of an
-// SM reads the same bytes, so they stay L1/L2-resident while the weights bypass L1 (ld.global.nc.L1::
+// most 512 KB; 115 KB for M = 16, K = 14336) are read through L1 with the same chunk indexing: every warp of
+// an SM reads the same bytes, so they stay L1/L2-resident while the weights bypass L1 (ld.global.nc.L1::
 // no_allocate).
 //
 // Integer math: a 32-bit word holds 8 nibbles e0..e7 (e0 = low nibble of byte 0). (w << 4) & 0xF0F0F0F0 puts
@@ -67,8 +67,8 @@ __device__ __forceinline__ int dot_chunk(const Split& w, const Split& x, int acc
 
 // One step over U chunks (c, c + 32, ..., c + 32 (U - 1)) of R rows for all M tokens.
 template <int M, int R, int U>
-__device__ __forceinline__ void step(const uint4* __restrict__ qx, const uint4* const (&wrow)[R], int64_t chunks,
-                                     int64_t c, int (&acc)[R][M]) {
+__device__ __forceinline__ void step(const uint4* __restrict__ qx, const uint4* const (&wrow)[R],
+                                     int64_t chunks, int64_t c, int (&acc)[R][M]) {
   uint4 w[U][R];
 #pragma unroll
   for (int u = 0; u < U; ++u)
@@ -89,10 +89,10 @@ __device__ __forceinline__ void step(const uint4* __restrict__ qx, const uint4* 
 }
 
 template <int M, int R, int U>
-__global__ void __launch_bounds__(kWarps * 32) qgemv_kernel(const uint4* __restrict__ qx, const float* __restrict__ sx,
-                                                            const uint4* __restrict__ qw, const float* __restrict__ sw,
-                                                            const float* residual, float* y, __half* y_f16,
-                                                            int64_t N, int64_t chunks) {
+__global__ void __launch_bounds__(kWarps * 32)
+    qgemv_kernel(const uint4* __restrict__ qx, const float* __restrict__ sx, const uint4* __restrict__ qw,
+                 const float* __restrict__ sw, const float* residual, float* y, __half* y_f16, int64_t N,
+                 int64_t chunks) {
   const int lane = static_cast<int>(threadIdx.x & 31);
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * R;
   if (n0 >= N) return;  // the whole warp leaves together: the shuffles below see full warps only
@@ -146,8 +146,8 @@ cudaError_t launch(const uint4* qx, const float* sx, const uint4* qw, const floa
   const int64_t rows_per_block = static_cast<int64_t>(kWarps) * R;
   const int64_t blocks = (N + rows_per_block - 1) / rows_per_block;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  qgemv_kernel<M, R, U><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(qx, sx, qw, sw, residual, y,
-                                                                                  y_f16, N, chunks);
+  qgemv_kernel<M, R, U><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(qx, sx, qw, sw, residual,
+                                                                                   y, y_f16, N, chunks);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -157,7 +157,8 @@ cudaError_t launch(const uint4* qx, const float* sx, const uint4* qw, const floa
 cudaError_t qgemv_w4a4(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                        const float* residual, float* y, uint16_t* y_f16, int64_t M, int64_t N, int64_t K,
                        cudaStream_t stream) {
-  if (M < 1 || M > kQgemvMaxM || N < 1 || K < 32 || K % 32 != 0 || K > kQgemvMaxK) return cudaErrorInvalidValue;
+  if (M < 1 || M > kQgemvMaxM || N < 1 || K < 32 || K % 32 != 0 || K > kQgemvMaxK)
+    return cudaErrorInvalidValue;
   if (!qx || !sx || !qw || !sw || (!y && !y_f16)) return cudaErrorInvalidValue;
   if (reinterpret_cast<uintptr_t>(qx) % 16 != 0 || reinterpret_cast<uintptr_t>(qw) % 16 != 0)
     return cudaErrorInvalidValue;

@@ -15,8 +15,9 @@ constexpr int64_t kQgemvMaxK = 65536;
 // qx: packed int4 activations [M, K/2] (low nibble = even element), sx [M] fp32 per-token scales;
 // qw: packed int4 weights [N, K/2], sw [N] fp32 per-channel scales; residual [M, N] fp32 or nullptr (may
 // alias y). Outputs (either may be nullptr, not both): y [M, N] fp32, y_f16 [M, N] IEEE half bits of the same
-// fp32 value rounded to nearest even. Requires 1 <= M <= 16, N >= 1, K a multiple of 32 in [32, 65536], qx and
-// qw 16-byte aligned; otherwise returns cudaErrorInvalidValue without launching. Asynchronous on `stream`.
+// fp32 value rounded to nearest even. Requires 1 <= M <= 16, N >= 1, K a multiple of 32 in [32, 65536], qx
+// and qw 16-byte aligned; otherwise returns cudaErrorInvalidValue without launching. Asynchronous on
+// `stream`.
 cudaError_t qgemv_w4a4(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                        const float* residual, float* y, uint16_t* y_f16, int64_t M, int64_t N, int64_t K,
                        cudaStream_t stream);
