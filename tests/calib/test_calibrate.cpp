@@ -100,7 +100,7 @@ CalibrateOptions tiny(const Paths& p, const std::string& out) {
 }
 
 TEST(CalibCalibrate, ResumeIsBitIdenticalAndOptionsMustMatch) {
-  torch::set_num_threads(2);
+  torch::set_num_threads(1);  // tiny matmuls: 2 threads only spin (7 s vs 2 s per run on a busy 2-core box)
   Paths p;
   if (!paths(p)) GTEST_SKIP() << "stories260K or WikiText-2 missing";
   TmpDir tmp;
