@@ -13,5 +13,6 @@ Runner register_ppl(CLI::App& app);
 Runner register_eval(CLI::App& app);
 Runner register_generate(CLI::App& app);
 Runner register_chat(CLI::App& app);
+Runner register_calibrate(CLI::App& app);
 
 }  // namespace fq::cli

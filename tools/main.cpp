@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   add(fq::cli::register_eval);
   add(fq::cli::register_generate);
   add(fq::cli::register_chat);
+  add(fq::cli::register_calibrate);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

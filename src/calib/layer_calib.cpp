@@ -91,6 +91,7 @@ LayerCalibResult calibrate_layer(FlatLayer& layer, const torch::Tensor& inputs, 
       auto mse = torch::mse_loss(out, fp_out.narrow(0, j * opt.batch, opt.batch));
       const double v = mse.item<double>();
       sum += v;
+      if (opt.on_step) opt.on_step(step, v);
       if (!(v > 0)) continue;  // exact (or NaN) output: no gradient step; loss / loss.detach() would be 0/0
       auto loss = mse / mse.detach();
       adam.zero_grad();

@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "calib/flat_layer.h"
@@ -27,6 +28,8 @@ struct LayerCalibOptions {
   double weight_decay = 0.01;
   double diag_alpha = 0.3;
   bool train_transforms = true;  // --cali_trans
+  // Called after every training batch with the 0-based step and that batch's MSE (before the update).
+  std::function<void(int64_t step, double mse)> on_step;
 };
 
 struct LayerCalibResult {
