@@ -8,7 +8,7 @@
 #include "ref/rmsnorm.h"
 #include "ref/rope.h"
 #include "ref/swiglu.h"
-#include "ref/tiny_model.h"
+#include "ref/random_model.h"
 
 namespace fq::calib {
 namespace {

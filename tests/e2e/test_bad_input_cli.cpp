@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "../io/tiny_model.h"
+#include "io/tiny_model_dir.h"
 #include "test_util.h"
 
 namespace fq {

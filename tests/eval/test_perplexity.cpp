@@ -6,7 +6,7 @@
 #include "eval/perplexity.h"
 #include "eval/ref_lm.h"
 #include "flatquant/error.h"
-#include "ref/tiny_model.h"
+#include "ref/random_model.h"
 
 namespace fq {
 namespace {

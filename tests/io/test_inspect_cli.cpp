@@ -4,7 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "io/tiny_model.h"
+#include "io/tiny_model_dir.h"
 #include "test_util.h"
 
 namespace fq {

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "flatquant/error.h"
-#include "io/tiny_model.h"
+#include "io/tiny_model_dir.h"
 #include "model/config.h"
 #include "test_util.h"
 

@@ -1,7 +1,7 @@
 // RefDecoder against transformers' fp32 eager forward (goldens from scripts/gen_golden_logits.py, run on the
 // GPU machine) on a fixed 48-token sequence: every logit within 1e-4 of transformers', plus transformers' own
 // fp32 rounding error at that logit, |hf - f64|, where f64 is the same forward evaluated in double
-// (tests/ref/tiny_model.h naive_forward). On well-conditioned positions that budget is ~1e-6 and the bound is
+// (tests/ref/random_model.h naive_forward). On well-conditioned positions that budget is ~1e-6 and the bound is
 // the plain 1e-4; SmolLM2 has one ill-conditioned position (25) where transformers itself is 2.6e-4 off the
 // double result and any fp32 summation order lands ~1e-4 away from it (docs/numerics.md). Each case skips
 // while its golden or its model is missing.
@@ -16,7 +16,7 @@
 #include "io/safetensors.h"
 #include "model/weights.h"
 #include "ref/decoder.h"
-#include "../ref/tiny_model.h"
+#include "ref/random_model.h"
 #include "test_util.h"
 
 namespace fq {

@@ -6,7 +6,7 @@
 #include <limits>
 
 #include "flatquant/error.h"
-#include "io/tiny_model.h"
+#include "io/tiny_model_dir.h"
 #include "model/weights.h"
 #include "test_util.h"
 

@@ -5,7 +5,7 @@
 
 #include "ref/attention.h"
 #include "ref/parallel.h"
-#include "ref/tiny_model.h"
+#include "ref/random_model.h"
 
 namespace fq {
 namespace {

@@ -5,7 +5,7 @@
 
 #include "flatquant/error.h"
 #include "ref/decoder.h"
-#include "ref/tiny_model.h"
+#include "ref/random_model.h"
 
 namespace fq {
 namespace {

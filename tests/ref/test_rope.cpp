@@ -6,7 +6,7 @@
 
 #include "flatquant/error.h"
 #include "ref/rope.h"
-#include "ref/tiny_model.h"
+#include "ref/random_model.h"
 
 namespace fq {
 namespace {
