@@ -18,6 +18,22 @@
 namespace fq::test {
 
 // Normal(0,1) values with ~1% outliers scaled by 20 (activation-like: a few channels dominate the max).
+// Random packed int4 bytes (every nibble value) and positive per-row scales, seeded.
+inline std::vector<uint8_t> random_packed(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = static_cast<uint8_t>(rng() & 0xFF);
+  return v;
+}
+
+inline std::vector<float> random_scales(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(0.001f, 0.2f);
+  std::vector<float> v(n);
+  for (auto& s : v) s = u(rng);
+  return v;
+}
+
 inline std::vector<float> random_activations(size_t n, uint32_t seed, float outlier_scale = 20.0f) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);

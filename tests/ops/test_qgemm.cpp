@@ -9,26 +9,15 @@
 #include <vector>
 
 #include "flatquant/error.h"
+#include "ops/ops_util.h"
 #include "ref/qgemm.h"
 #include "ref/quant.h"
 
 namespace fq {
 namespace {
 
-std::vector<uint8_t> random_packed(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint8_t> v(n);
-  for (auto& b : v) b = static_cast<uint8_t>(rng() & 0xFF);
-  return v;
-}
-
-std::vector<float> random_scales(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(0.001f, 0.2f);
-  std::vector<float> v(n);
-  for (auto& s : v) s = u(rng);
-  return v;
-}
+using test::random_packed;
+using test::random_scales;
 
 TEST(QgemmRef, HandComputedDotAndEpilogue) {
   // x = [-8, 7, -1, 0], w = [-8, -8, 3, 5]: dot = 64 - 56 - 3 + 0 = 5.

@@ -22,20 +22,8 @@ namespace {
 
 using test::DeviceBuffer;
 
-std::vector<uint8_t> random_packed(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint8_t> v(n);
-  for (auto& b : v) b = static_cast<uint8_t>(rng() & 0xFF);
-  return v;
-}
-
-std::vector<float> random_scales(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(0.001f, 0.2f);
-  std::vector<float> v(n);
-  for (auto& s : v) s = u(rng);
-  return v;
-}
+using test::random_packed;
+using test::random_scales;
 
 std::string first_mismatch(const std::vector<float>& gpu, const std::vector<float>& cpu, int64_t N) {
   size_t bad = 0, first = 0;
