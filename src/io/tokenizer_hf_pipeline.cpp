@@ -271,6 +271,9 @@ class SplitPreTokenizer : public PreTokenizer {
       : pat_(field(j, "pattern", what), what + ".pattern"),
         behavior_(parse_behavior(field(j, "behavior", what), what)),
         invert_(bool_field(j, "invert", false, what)) {}
+  // The built-in splitters (Digits, WhitespaceSplit, Whitespace) are Splits with a fixed regex.
+  SplitPreTokenizer(const char* regex, Behavior b, bool invert, const std::string& what)
+      : pat_(json{{"Regex", regex}}, what), behavior_(b), invert_(invert) {}
   void apply(Pieces& pieces) const override {
     Pieces out;
     std::vector<std::pair<size_t, size_t>> m;
@@ -361,27 +364,6 @@ class MetaspacePreTokenizer : public PreTokenizer {
 };
 
 // Digits / Whitespace / WhitespaceSplit / Punctuation-free helpers built on a fixed regex.
-class RegexPreTokenizer : public PreTokenizer {
- public:
-  RegexPreTokenizer(const char* pattern, Behavior b, bool invert, const std::string& what)
-      : re_(pattern, what), b_(b), invert_(invert) {}
-  void apply(Pieces& pieces) const override {
-    Pieces out;
-    std::vector<std::pair<size_t, size_t>> m;
-    for (const Piece& p : pieces) {
-      m.clear();
-      re_.find_all(p.text, m);
-      split_piece(p, m, b_, invert_, out);
-    }
-    pieces = std::move(out);
-  }
-
- private:
-  Regex re_;
-  Behavior b_;
-  bool invert_;
-};
-
 }  // namespace
 
 // --------------------------------------------------------------------------------------------- parsing
@@ -430,12 +412,12 @@ std::unique_ptr<PreTokenizer> parse_pre_tokenizer(const json& j, const std::stri
   if (type == "Metaspace") return std::make_unique<MetaspacePreTokenizer>(j, what);
   if (type == "Digits") {
     const bool individual = bool_field(j, "individual_digits", false, what);
-    return std::make_unique<RegexPreTokenizer>(R"(\p{N})", individual ? Behavior::kIsolated : Behavior::kContiguous,
+    return std::make_unique<SplitPreTokenizer>(R"(\p{N})", individual ? Behavior::kIsolated : Behavior::kContiguous,
                                                false, what);
   }
-  if (type == "WhitespaceSplit") return std::make_unique<RegexPreTokenizer>(R"(\s+)", Behavior::kRemoved, false, what);
+  if (type == "WhitespaceSplit") return std::make_unique<SplitPreTokenizer>(R"(\s+)", Behavior::kRemoved, false, what);
   if (type == "Whitespace")
-    return std::make_unique<RegexPreTokenizer>(R"(\w+|[^\w\s]+)", Behavior::kRemoved, true, what);
+    return std::make_unique<SplitPreTokenizer>(R"(\w+|[^\w\s]+)", Behavior::kRemoved, true, what);
   fail("{}.type: unsupported pre-tokenizer '{}' (expected ByteLevel, Split, Metaspace, Digits, Whitespace, "
        "WhitespaceSplit or Sequence)",
        what, type);
