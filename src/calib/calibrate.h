@@ -4,7 +4,8 @@
 // Layer by layer (flatquant.md 1.6): the FP pass of layer i over all calibration samples gives the targets
 // and the diag-init statistics, the layer's transforms and clipping are trained, and the FP outputs become
 // layer i+1's inputs. Each finished layer is saved to <out>.partial/ (resume), and at the end
-// <out>/transforms.safetensors + <out>/manifest.json are written atomically. See docs/calibration.md.
+// the artifact (src/model/artifact.h: folded, quantized weights + online transforms + transforms.safetensors +
+// calib_log.csv) is written atomically. See docs/calibration.md.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -33,6 +34,11 @@ struct CalibrateOptions {
   std::string calib_data;  // any text file
   std::string out;         // artifact directory
   std::string device = "cpu";  // "cpu" | "cuda"
+  std::string recipe = "w4a4kv4";  // built-in name or JSON path
+  std::string method = "flatquant";  // flatquant | rtn | hadamard | smoothquant
+  std::string weight_quantizer;      // rtn | gptq; empty = the recipe's
+  std::string save_transforms;       // also write transforms.safetensors here
+  std::string load_transforms;       // skip training: transforms.safetensors or the original's flat_matrices.pth
   std::vector<std::string> sets;  // --set key=value
   int stop_after_layers = -1;     // hidden (tests): stop after this many layers finished in this run
   bool progress = true;           // per-layer lines and the progress bar on stderr

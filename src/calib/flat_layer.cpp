@@ -179,9 +179,15 @@ torch::Tensor FlatLayerImpl::quant_forward(const torch::Tensor& x) {
     Wup = merged_.w_up, Wgate = merged_.w_gate, Wdown = merged_.w_down;
   }
 
-  auto q = rope(linear(aq_q(hx), Wq, bq_).view({B, T, H_, d_}).transpose(1, 2), T);
-  auto k = rope(linear(aq_k(hx), Wk, bk_).view({B, T, KV_, d_}).transpose(1, 2), T);
-  auto v = linear(aq_v(hx), Wv, bv).view({B, T, KV_, d_}).transpose(1, 2);
+  // Each linear's input as it sees it; Eval mode reports them to `capture` (GPTQ's Hessians).
+  auto in = [&](const char* name, ActQuantizer aq, const torch::Tensor& t) {
+    auto xq = aq(t);
+    if (!train && capture) capture(name, xq);
+    return xq;
+  };
+  auto q = rope(linear(in("q", aq_q, hx), Wq, bq_).view({B, T, H_, d_}).transpose(1, 2), T);
+  auto k = rope(linear(in("k", aq_k, hx), Wk, bk_).view({B, T, KV_, d_}).transpose(1, 2), T);
+  auto v = linear(in("v", aq_v, hx), Wv, bv).view({B, T, KV_, d_}).transpose(1, 2);
   if (q_.kcache_transform) {
     q = kcache_trans->forward_inv_t(q);
     k = kcache_trans->forward(k);
@@ -190,16 +196,16 @@ torch::Tensor FlatLayerImpl::quant_forward(const torch::Tensor& x) {
   v = vq(v);
   auto att = attention(q, k, v).transpose(1, 2).reshape({B, T, H_ * d_});
   if (tr) att = kron_matmul(att, o_trans->f->matrix(), torch::Tensor());  // per token Po^T attn[H, d]
-  auto x1 = x + torch::linear(aq_o(att), Wo);
+  auto x1 = x + torch::linear(in("o", aq_o, att), Wo);
 
   auto h2 = rmsnorm(x1, train ? ffn_norm_ : merged_.ffn_norm);
   auto hu = !tr ? h2 : train ? up_gate_trans->forward(h2) : up_gate_trans->forward_no_diag(h2);
-  auto m = torch::silu(torch::linear(aq_gate(hu), Wgate)) * torch::linear(aq_up(hu), Wup);
+  auto m = torch::silu(torch::linear(in("gate", aq_gate, hu), Wgate)) * torch::linear(in("up", aq_up, hu), Wup);
   auto md = !tr ? m : train ? down_trans->forward(m) : down_trans->forward_no_diag(m);
-  return x1 + torch::linear(aq_down(md), Wdown);
+  return x1 + torch::linear(in("down", aq_down, md), Wdown);
 }
 
-void FlatLayerImpl::merge() {
+void FlatLayerImpl::merge(bool quantize_weights) {
   torch::NoGradGuard ng;
   const auto dt = wq_.scalar_type();
   const auto D = torch::kFloat64;
@@ -212,12 +218,12 @@ void FlatLayerImpl::merge() {
     if (t->has_diag()) w64 = w64 / d64(t->diag_scale);
     return kron_matmul(w64, d64(t->left->inv_t()), d64(t->right->inv_t()));
   };
-  auto fin = [&](const torch::Tensor& w, const WeightQuantizer& wq) { return wq->quantize(w).to(dt); };
+  std::map<std::string, torch::Tensor> w64;
   Merged m;
   m.attn_norm = tr && ln_trans->has_diag() ? (d64(attn_norm_) * d64(ln_trans->diag_scale)).to(dt) : attn_norm_;
   m.ffn_norm = tr && up_gate_trans->has_diag() ? (d64(ffn_norm_) * d64(up_gate_trans->diag_scale)).to(dt) : ffn_norm_;
-  m.wq = fin(wq_q->clip(inv(wq_, ln_trans)), wq_q);
-  m.wk = fin(wq_k->clip(inv(wk_, ln_trans)), wq_k);
+  w64["q"] = wq_q->clip(inv(wq_, ln_trans));
+  w64["k"] = wq_k->clip(inv(wk_, ln_trans));
   auto v = wq_v->clip(inv(wv_, ln_trans));
   m.bv = bv_;
   if (tr) {
@@ -230,16 +236,50 @@ void FlatLayerImpl::merge() {
     v = per_head(v);
     if (bv_.defined()) m.bv = per_head(d64(bv_).unsqueeze(1)).squeeze(1).to(dt);
   }
-  m.wv = fin(v, wq_v);
+  w64["v"] = v;
   auto o = tr ? kron_matmul(d64(wo_), d64(o_trans->f->inv_t()), d64(vcache_trans->f->inv_t())) : d64(wo_);
-  m.wo = fin(wq_o->clip(o), wq_o);
+  w64["o"] = wq_o->clip(o);
   auto up = wq_up->clip(inv(w_up_, up_gate_trans));
   // down's diag goes into up's rows: act(g) * (u s) = (act(g) * u) s; per-row clip and scale commute with it.
   if (tr && down_trans->has_diag()) up = up * d64(down_trans->diag_scale).unsqueeze(1);
-  m.w_up = fin(up, wq_up);
-  m.w_gate = fin(wq_gate->clip(inv(w_gate_, up_gate_trans)), wq_gate);
-  m.w_down = fin(wq_down->clip(inv(w_down_, down_trans)), wq_down);
+  w64["up"] = up;
+  w64["gate"] = wq_gate->clip(inv(w_gate_, up_gate_trans));
+  w64["down"] = wq_down->clip(inv(w_down_, down_trans));
+  auto fin = [&](const char* name, const WeightQuantizer& wq) {
+    return (quantize_weights ? wq->quantize(w64.at(name)) : w64.at(name)).to(dt);
+  };
+  m.wq = fin("q", wq_q);
+  m.wk = fin("k", wq_k);
+  m.wv = fin("v", wq_v);
+  m.wo = fin("o", wq_o);
+  m.w_up = fin("up", wq_up);
+  m.w_gate = fin("gate", wq_gate);
+  m.w_down = fin("down", wq_down);
   merged_ = std::move(m);
+  merged64_ = std::move(w64);
+}
+
+const torch::Tensor& FlatLayerImpl::merged_weight64(const std::string& name) const {
+  const auto it = merged64_.find(name);
+  FQ_CHECK(it != merged64_.end(), "FlatLayer: no merged weight '{}' (call merge() first)", name);
+  return it->second;
+}
+
+torch::Tensor& FlatLayerImpl::eval_weight(const std::string& name) {
+  if (name == "q") return merged_.wq;
+  if (name == "k") return merged_.wk;
+  if (name == "v") return merged_.wv;
+  if (name == "o") return merged_.wo;
+  if (name == "up") return merged_.w_up;
+  if (name == "gate") return merged_.w_gate;
+  if (name == "down") return merged_.w_down;
+  fail("FlatLayer: unknown linear '{}'", name);
+}
+
+void FlatLayerImpl::set_eval_weight(const std::string& name, const torch::Tensor& w) {
+  torch::Tensor& dst = eval_weight(name);
+  FQ_CHECK(dst.defined() && dst.sizes() == w.sizes(), "FlatLayer: set_eval_weight('{}'): shape mismatch", name);
+  dst = w.detach().to(dst.device(), dst.scalar_type());
 }
 
 void FlatLayerImpl::init_diag_scales(const ActStats& st, double alpha) {

@@ -21,6 +21,9 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "calib/quantizer.h"
@@ -69,7 +72,25 @@ class FlatLayerImpl : public torch::nn::Module {
   void set_mode(LayerMode m) { mode_ = m; }
   LayerMode mode() const { return mode_; }
   // Computes the merged weights of Eval mode from the current parameters (fp64, cast to the layer dtype).
-  void merge();
+  // quantize_weights=false keeps them clipped but unquantized (the export quantizes them with RTN or GPTQ
+  // and installs the result with set_eval_weight).
+  void merge(bool quantize_weights = true);
+  // The merged, clipped, unquantized weight of a linear ("q", "k", "v", "o", "up", "gate", "down") in fp64,
+  // from the last merge().
+  const torch::Tensor& merged_weight64(const std::string& name) const;
+  // Replaces the Eval-mode weight of a linear (e.g. by its GPTQ-quantized values).
+  void set_eval_weight(const std::string& name, const torch::Tensor& w);
+  // Eval mode calls this with each linear's input as the linear sees it (transformed and fake-quantized);
+  // names as merged_weight64. GPTQ collects its Hessians here.
+  std::function<void(const std::string& name, const torch::Tensor& x)> capture;
+
+  struct Merged {
+    torch::Tensor attn_norm, ffn_norm, wq, wk, wv, bv, wo, w_up, w_gate, w_down;
+  };
+  const Merged& merged() const { return merged_; }
+  // The unmerged q/k biases (undefined without biases); v's bias after merge is merged().bv.
+  const torch::Tensor& bias_q() const { return bq_; }
+  const torch::Tensor& bias_k() const { return bk_; }
   // SmoothQuant-style diag init: s = clamp(wmax^(1-alpha) / xmax^alpha, min 1e-5), wmax = per-input-
   // channel max |W| over the consumers ([q;k;v], [up;gate], down). No-op without diag scales.
   void init_diag_scales(const ActStats& stats, double alpha);
@@ -89,9 +110,7 @@ class FlatLayerImpl : public torch::nn::Module {
       wq_down{nullptr};
 
  private:
-  struct Merged {
-    torch::Tensor attn_norm, ffn_norm, wq, wk, wv, bv, wo, w_up, w_gate, w_down;
-  };
+  torch::Tensor& eval_weight(const std::string& name);
   torch::Tensor rope(const torch::Tensor& x, int64_t n_tokens) const;  // x [B, heads, T, d]
   torch::Tensor rmsnorm(const torch::Tensor& x, const torch::Tensor& w) const;
   torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const;
@@ -107,6 +126,7 @@ class FlatLayerImpl : public torch::nn::Module {
   // Base weights (buffers).
   torch::Tensor attn_norm_, ffn_norm_, wq_, wk_, wv_, wo_, bq_, bk_, bv_, w_gate_, w_up_, w_down_;
   Merged merged_;
+  std::map<std::string, torch::Tensor> merged64_;
 };
 TORCH_MODULE(FlatLayer);
 
