@@ -54,12 +54,16 @@ void CalibSettings::apply(const std::vector<std::string>& sets) {
       if (!parse_double(val, v)) fail("--set {}={}: not a number", key, val);
       if (!(v > 0 && v < 1e3)) fail("--set {}={}: out of range (expected 0 < lr < 1000)", key, val);
       lr = v;
+    } else if (key == "calib.amp") {
+      if (val != "off" && val != "fp16" && val != "bf16")
+        fail("--set {}={}: expected off, fp16 or bf16", key, val);
+      amp = val;
     } else if (key == "seed") {
       long long v = 0;
       if (!parse_int(val, v) || v < 0) fail("--set {}={}: expected a non-negative integer", key, val);
       seed = static_cast<uint64_t>(v);
     } else {
-      fail("--set {}: unknown key (known: calib.epochs, calib.nsamples, calib.seqlen, calib.bsz, calib.lr, seed)",
+      fail("--set {}: unknown key (known: calib.epochs, calib.nsamples, calib.seqlen, calib.bsz, calib.lr, calib.amp, seed)",
            key);
     }
   }

@@ -140,6 +140,7 @@ json run_identity(const CalibrateOptions& o, const CalibSettings& s, const Recip
           {"calib.seqlen", seqlen},
           {"calib.bsz", s.bsz},
           {"calib.lr", s.lr},
+          {"calib.amp", s.amp},
           {"seed", s.seed},
           {"format_version", kFormatVersion}};
 }
@@ -370,6 +371,8 @@ int run_calibrate(const CalibrateOptions& o) {
       lo.lr = s.lr;
       lo.diag_alpha = method == Method::SmoothQuant ? 0.5 : recipe.diag_alpha;
       lo.train_transforms = recipe.train_transforms;
+      lo.amp = s.amp != "off";
+      lo.amp_dtype = s.amp == "fp16" ? torch::kHalf : torch::kBFloat16;
       Progress bar("calibrate", n_layer, o.progress);
       bar.update(done);
       int ran = 0;

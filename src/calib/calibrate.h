@@ -21,6 +21,8 @@ struct CalibSettings {
   int64_t bsz = 4;          // calib.bsz      >= 1
   double lr = 5e-3;         // calib.lr       > 0 (clipping parameters get 10x)
   uint64_t seed = 0;        // seed           (window sampling and transform init)
+  std::string amp = "off";  // calib.amp      off | fp16 | bf16: autocast of the training forward on CUDA
+                            //                (the original: fp16 for Llama); ignored on the CPU
 
   // Applies "key=value" strings in order. Throws fq::Error naming the key for unknown keys, unparsable or
   // out-of-range values.

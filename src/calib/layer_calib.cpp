@@ -1,5 +1,8 @@
 #include "calib/layer_calib.h"
 
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
 #include <cmath>
 #include <memory>
 
@@ -11,6 +14,40 @@ void disable_tf32() {
   at::globalContext().setAllowTF32CuBLAS(false);
   at::globalContext().setAllowTF32CuDNN(false);
 }
+
+namespace {
+
+// CUDA autocast for the training forward, as the original's torch.amp.autocast (fp16 for Llama, bf16
+// otherwise). The C++ API was renamed in PyTorch 2.4; both spellings are handled here.
+class AutocastScope {
+ public:
+  explicit AutocastScope(torch::ScalarType dtype, bool enabled) : enabled_(enabled) {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_dtype(at::kCUDA, dtype);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+#else
+    at::autocast::set_autocast_gpu_dtype(dtype);
+    at::autocast::set_enabled(true);
+#endif
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+#else
+    at::autocast::set_enabled(false);
+#endif
+    at::autocast::clear_cache();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool enabled_;
+};
+
+}  // namespace
 
 double layer_loss(FlatLayer& layer, const torch::Tensor& inputs, const torch::Tensor& target, int64_t batch) {
   torch::NoGradGuard ng;
@@ -87,8 +124,12 @@ LayerCalibResult calibrate_layer(FlatLayer& layer, const torch::Tensor& inputs, 
       const double c = 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(total)));
       for (size_t gi = 0; gi < adam.param_groups().size(); ++gi)
         static_cast<torch::optim::AdamWOptions&>(adam.param_groups()[gi].options()).lr(eta_min + (base_lr[gi] - eta_min) * c);
-      auto out = layer->forward(inputs.narrow(0, j * opt.batch, opt.batch));
-      auto mse = torch::mse_loss(out, fp_out.narrow(0, j * opt.batch, opt.batch));
+      torch::Tensor out;
+      {
+        AutocastScope amp(opt.amp_dtype, opt.amp && inputs.is_cuda());
+        out = layer->forward(inputs.narrow(0, j * opt.batch, opt.batch));
+      }
+      auto mse = torch::mse_loss(out.to(fp_out.scalar_type()), fp_out.narrow(0, j * opt.batch, opt.batch));
       const double v = mse.item<double>();
       sum += v;
       if (opt.on_step) opt.on_step(step, v);

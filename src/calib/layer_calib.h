@@ -28,6 +28,10 @@ struct LayerCalibOptions {
   double weight_decay = 0.01;
   double diag_alpha = 0.3;
   bool train_transforms = true;  // --cali_trans
+  // Mixed precision of the training forward on CUDA (the original's autocast: fp16 for Llama, bf16 for
+  // others); parameters, targets, the loss and the optimizer stay fp32. Ignored on the CPU.
+  bool amp = false;
+  torch::ScalarType amp_dtype = torch::kBFloat16;
   // Called after every training batch with the 0-based step and that batch's MSE (before the update).
   std::function<void(int64_t step, double mse)> on_step;
 };

@@ -22,7 +22,7 @@ TEST(CalibrateCli, RunsOrExplainsMissingLibTorch) {
                                 " --set calib.epoch=1");
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_EQ(bad.err, "flatquant: error: --set calib.epoch: unknown key (known: calib.epochs, calib.nsamples, "
-                     "calib.seqlen, calib.bsz, calib.lr, seed)\n");
+                     "calib.seqlen, calib.bsz, calib.lr, calib.amp, seed)\n");
   FQ_REQUIRE_FILE(model + "/config.json");
   FQ_REQUIRE_FILE(data);
   const CliResult r = run_cli("calibrate --threads 1 --model " + model + " --calib-data " + data + " --out " +
