@@ -91,7 +91,7 @@ void init_baseline(FlatLayerImpl& layer, Method m, uint64_t layer_seed) {
     if (m == Method::SmoothQuant) {
       t = torch::eye(n, torch::kFloat64);
     } else {
-      const ref::RandomizedHadamard h = ref::randomized_hadamard(n, mix_seed(layer_seed, 200 + k));
+      const ref::Rotation h = ref::randomized_hadamard(n, mix_seed(layer_seed, 200 + k));
       t = torch::from_blob(const_cast<double*>(h.matrix.data()), {n, n}, torch::kFloat64).clone();
     }
     ++k;
