@@ -3,10 +3,16 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <stdlib.h>
+
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
+#include <stdexcept>
 #include <string>
 
+#include "calib/calibrate.h"
+#include "core/fs.h"
 #include "flatquant/error.h"
 #include "test_util.h"
 
@@ -46,6 +52,52 @@ inline double gradcheck(const std::function<torch::Tensor(const torch::Tensor&)>
 inline std::string models_cache() {
   const char* env = std::getenv("FLATQUANT_MODELS");
   return env && *env ? std::string(env) : source_path(".cache/models");
+}
+
+// A fresh directory under the system temp dir, removed with its contents (test_util.cpp's TempDir is not
+// linked into this binary).
+struct TmpDir {
+  std::string path;
+  TmpDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "fq_calib_XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path = tmpl;
+  }
+  ~TmpDir() { remove_tree(path); }
+  TmpDir(const TmpDir&) = delete;
+  TmpDir& operator=(const TmpDir&) = delete;
+  std::string file(const std::string& n) const { return path_join(path, n); }
+};
+
+// The fq::Error message of f(), or "" when it does not throw.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// stories260K (converted by scripts/test.sh) and a WikiText-2 slice; false when either is missing.
+struct CalibPaths {
+  std::string model, data;
+};
+inline bool calib_paths(CalibPaths& p) {
+  p.model = models_cache() + "/stories260K";
+  p.data = data_path("wikitext2_raw/wiki.valid.nonempty.first100KB.txt");
+  return file_exists(p.model + "/config.json") && file_exists(p.data);
+}
+
+// A tiny calibration schedule (1 epoch, 4 samples x 64 tokens, batch 2: 2 steps per layer).
+inline calib::CalibrateOptions tiny_calibration(const CalibPaths& p, const std::string& out) {
+  calib::CalibrateOptions o;
+  o.model = p.model;
+  o.calib_data = p.data;
+  o.out = out;
+  o.sets = {"calib.epochs=1", "calib.nsamples=4", "calib.seqlen=64", "calib.bsz=2"};
+  o.progress = false;
+  return o;
 }
 
 }  // namespace fq::test

@@ -16,27 +16,8 @@
 namespace fq::calib {
 namespace {
 
-// A fresh directory under the system temp dir, removed with its contents (test_util.cpp's TempDir is not
-// linked into this binary).
-struct TmpDir {
-  std::string path;
-  TmpDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "fq_calib_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path = tmpl;
-  }
-  ~TmpDir() { remove_tree(path); }
-  std::string file(const std::string& n) const { return path_join(path, n); }
-};
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
+using test::TmpDir;
 
 TEST(CalibCalibrate, SettingsDefaultsAndErrors) {
   CalibSettings s;
@@ -80,24 +61,9 @@ TEST(CalibCalibrate, WindowsAreSeededContiguousSlices) {
   EXPECT_NE(error_of([&] { sample_windows(stream, 1, 101, 0, "f.txt"); }).find("f.txt: 100 tokens"), std::string::npos);
 }
 
-struct Paths {
-  std::string model, data;
-};
-bool paths(Paths& p) {
-  p.model = test::models_cache() + "/stories260K";
-  p.data = test::data_path("wikitext2_raw/wiki.valid.nonempty.first100KB.txt");
-  return file_exists(p.model + "/config.json") && file_exists(p.data);
-}
-
-CalibrateOptions tiny(const Paths& p, const std::string& out) {
-  CalibrateOptions o;
-  o.model = p.model;
-  o.calib_data = p.data;
-  o.out = out;
-  o.sets = {"calib.epochs=1", "calib.nsamples=4", "calib.seqlen=64", "calib.bsz=2"};
-  o.progress = false;
-  return o;
-}
+using Paths = test::CalibPaths;
+bool paths(Paths& p) { return test::calib_paths(p); }
+CalibrateOptions tiny(const Paths& p, const std::string& out) { return test::tiny_calibration(p, out); }
 
 TEST(CalibCalibrate, ResumeIsBitIdenticalAndOptionsMustMatch) {
   torch::set_num_threads(1);  // tiny matmuls: 2 threads only spin (7 s vs 2 s per run on a busy 2-core box)
