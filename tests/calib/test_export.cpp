@@ -90,8 +90,8 @@ TEST(CalibExport, EveryMethodWritesAValidArtifact) {
       EXPECT_EQ(l.k_clip_min, 1.0f);
     }
     // SmoothQuant folds its scales into the norms.
-    const auto fp_norm = SafeTensors(f.p.model + "/model.safetensors").to_f32(
-        SafeTensors(f.p.model + "/model.safetensors").get("model.layers.2.input_layernorm.weight"));
+    const SafeTensors fp(f.p.model + "/model.safetensors");
+    const auto fp_norm = fp.to_f32(fp.get("model.layers.2.input_layernorm.weight"));
     EXPECT_EQ(l.attn_norm == fp_norm, m == "rtn" || m == "hadamard") << m;
     // The manifest records the calibration.
     const auto man = nlohmann::json::parse(read_file(out + "/manifest.json"));
