@@ -1,7 +1,8 @@
-// Benchmark of the W4A4 GEMM entry point qgemm_w4a4_cuda (src/kernels/cuda/qgemm.cu) on Llama-3-8B and
-// Qwen2.5-7B linear shapes, M in {1, 4, 8, 16, 2048}; for M <= 16 also the older dp4a GEMV (qgemv_w4a4) on the
-// same data, and for M = 2048 cuBLASLt's INT8 GEMM (s8 x s8 -> s32, the same M, N, K on int8 operands: twice
-// our bytes, no epilogue) as a ceiling reference.
+// Benchmark of the W4A4 GEMM entry points (src/kernels/cuda/qgemm.cu) on Llama-3-8B and Qwen2.5-7B linear
+// shapes, M in {1, 4, 8, 16, 2048}: qgemm_w4a4_cuda (fp32 out) and qgemm_w4a4_cuda_f16 (fp16 out, which runs
+// the mma decode kernel at M <= 4 where the fp32 entry point runs qgemv); for M <= 16 also the dp4a GEMV
+// (qgemv_w4a4) alone, and for M = 2048 cuBLASLt's INT8 GEMM (s8 x s8 -> s32, the same M, N, K on int8 operands:
+// twice our bytes, no epilogue) as a ceiling reference.
 //
 // Each shape is first checked bit for bit against ref::qgemm_w4a4 (for M = 2048: 16 rows spread over M, the
 // first and the last included), then timed: a CUDA graph of L launches (decode runs as a graph), each reading
@@ -161,18 +162,19 @@ nlohmann::json run_shape(const Shape& s, int64_t M, size_t l2_bytes, cudaStream_
   DevPtr dx = dev_upload(qx), dsx = dev_upload(sx), dsw = dev_upload(sw);
   const size_t n_out = static_cast<size_t>(M * N);
   DevPtr dy = dev_alloc(n_out * sizeof(float));
-  const size_t ws_bytes = fq::cuda::qgemm_w4a4_workspace_bytes(N);
-  DevPtr dws = dev_alloc(ws_bytes);
-  FQ_CUDA_CHECK(cudaMemset(dws.get(), 0, ws_bytes), "workspace");
   auto* y = static_cast<float*>(dy.get());
-  auto* ws = static_cast<int32_t*>(dws.get());
   const auto* px = static_cast<const uint8_t*>(dx.get());
   const auto* psx = static_cast<const float*>(dsx.get());
   const auto* psw = static_cast<const float*>(dsw.get());
   auto launch = [&](size_t i) {
     FQ_CUDA_CHECK(fq::cuda::qgemm_w4a4_cuda(px, psx, static_cast<const uint8_t*>(dw[i % nbuf].get()), psw,
-                                            nullptr, y, M, N, K, stream, ws, ws_bytes),
+                                            nullptr, y, M, N, K, stream),
                   "qgemm_w4a4_cuda launch");
+  };
+  auto launch_f16 = [&](size_t i) {
+    FQ_CUDA_CHECK(fq::cuda::qgemm_w4a4_cuda_f16(px, psx, static_cast<const uint8_t*>(dw[i % nbuf].get()), psw,
+                                                nullptr, static_cast<uint16_t*>(dy.get()), M, N, K, stream),
+                  "qgemm_w4a4_cuda_f16 launch");
   };
 
   // Check (poisoned output first) on a subset of rows for large M.
@@ -213,7 +215,9 @@ nlohmann::json run_shape(const Shape& s, int64_t M, size_t l2_bytes, cudaStream_
                       {"M", M},
                       {"N", N},
                       {"K", K},
-                      {"kernel", fq::cuda::qgemm_w4a4_kernel_name(px, dw[0].get(), M, N, K)},
+                      {"kernel", fq::cuda::qgemm_w4a4_kernel_name(px, dw[0].get(), M, K, false)},
+                      {"kernel_f16", fq::cuda::qgemm_w4a4_kernel_name(px, dw[0].get(), M, K, true)},
+                      {"us_f16", time_graph(launch_f16, L, reps, stream)},
                       {"check", bad ? "MISMATCH" : "exact"},
                       {"checked_rows", rows.size()},
                       {"mismatches", bad},

@@ -27,14 +27,14 @@ python3 - "$OUT/bench_qgemm.json" <<'PY' || cat "$OUT/bench_qgemm.json"
 import json, sys
 d = json.load(open(sys.argv[1]))
 print(d["gpu"], d["date_utc"], "all_exact:", d["all_exact"])
-print(f'{"model":<11}{"shape":<18}{"M":>5}{"N":>7}{"K":>7} {"kernel":<16}{"us":>9}{"TB/s":>7}{"TOPS":>7}{"%ceil":>7}  other')
+print(f'{"model":<11}{"shape":<18}{"M":>5}{"N":>7}{"K":>7} {"kernel":<9}{"us":>9}{"TB/s":>7}{"TOPS":>7}{"%ceil":>7}  f16(kernel, us)  other')
 for r in d["results"]:
     pct = r.get("pct_of_3TBps", r.get("pct_of_s8_mma_peak", 0))
     other = ""
     if "qgemv_us" in r: other = f'qgemv {r["qgemv_us"]:.2f} us'
     if "cublaslt_s8_us" in r: other = f'cuBLASLt s8 {r["cublaslt_s8_us"]:.1f} us ({r["speedup_vs_cublaslt_s8"]:.2f}x)'
-    print(f'{r["model"]:<11}{r["name"]:<18}{r["M"]:>5}{r["N"]:>7}{r["K"]:>7} {r["kernel"]:<16}{r["us"]:>9.2f}'
-          f'{r["TBps"]:>7.2f}{r["TOPS"]:>7.0f}{pct:>7.1f}  {r["check"]} {other}')
+    print(f'{r["model"]:<11}{r["name"]:<18}{r["M"]:>5}{r["N"]:>7}{r["K"]:>7} {r["kernel"]:<9}{r["us"]:>9.2f}'
+          f'{r["TBps"]:>7.2f}{r["TOPS"]:>7.0f}{pct:>7.1f}  {r["kernel_f16"]:<9}{r["us_f16"]:>8.2f}  {r["check"]} {other}')
 PY
 echo "tests rc=$rc_tests bench rc=$rc_bench"
 [ $rc_tests -eq 0 ] && [ $rc_bench -eq 0 ]

@@ -2,7 +2,7 @@
 // ref::qgemm_w4a4: the integer sums are exact and the epilogue is the same sequence of IEEE fp32 operations, so
 // the outputs must match BIT FOR BIT (fp32; fp16 = the reference value rounded to nearest even). Outputs are
 // poisoned with 0xFF first (NaN in fp32 and fp16): an element the kernel does not write fails. Each case also
-// checks which kernel ran, so that every path (decode with and without split-K, both prefill tiles, the
+// checks which kernel ran, so that every path (qgemv at M <= 4, the mma decode kernel, the prefill kernel, the
 // fallback) is covered on purpose.
 #ifdef FLATQUANT_WITH_CUDA
 #include <gtest/gtest.h>
@@ -51,10 +51,12 @@ std::string first_mismatch(const std::vector<T>& gpu, const std::vector<T>& cpu,
 
 struct Case {
   int64_t M, N, K;
-  const char* kernel;    // expected qgemm_w4a4_kernel_name
-  bool workspace = true;  // pass a split-K workspace
-  int offset = 0;         // byte offset of qx and qw from an aligned allocation (misalignment -> fallback)
+  const char* kernel;  // expected qgemm_w4a4_kernel_name of the fp32 entry point (fp16: "qgemv" -> "decode")
+  int offset = 0;      // byte offset of qx and qw from an aligned allocation (misalignment -> fallback)
 };
+
+// The kernel expected for a token count on the tensor-core paths.
+const char* small_m_kernel(int64_t M) { return M <= 4 ? "qgemv" : "decode"; }
 
 // The reference integer sums, rows split over threads (each row is one independent ref call).
 std::vector<int32_t> ref_acc(const std::vector<uint8_t>& qx, const std::vector<uint8_t>& qw, int64_t M,
@@ -67,10 +69,9 @@ std::vector<int32_t> ref_acc(const std::vector<uint8_t>& qx, const std::vector<u
   return acc;
 }
 
-// One shape: fp32 without residual, fp32 with an in-place residual (called twice: the split-K workspace must
-// be clean again after each call), fp16 with an fp16 residual.
+// One shape: fp32 without residual, fp32 with an in-place residual, fp16 with an fp16 residual.
 void check_case(const Case& c, uint32_t seed) {
-  const auto [M, N, K, kernel, use_ws, offset] = c;
+  const auto [M, N, K, kernel, offset] = c;
   const int64_t kb = K / 2;
   auto qx = random_packed(static_cast<size_t>(M * kb), seed);
   auto qw = random_packed(static_cast<size_t>(N * kb), seed + 1);
@@ -113,61 +114,47 @@ void check_case(const Case& c, uint32_t seed) {
   const uint8_t* pw = dw.get() + offset;
   DeviceBuffer<float> dsx(sx), dsw(sw), dy(n_out);
   DeviceBuffer<uint16_t> dh(n_out);
-  const size_t ws_bytes = cuda::qgemm_w4a4_workspace_bytes(N);
-  DeviceBuffer<int32_t> ws(ws_bytes / sizeof(int32_t));
-  FQ_CUDA_CHECK(cudaMemset(ws.get(), 0, ws_bytes), "workspace zero");
-  int32_t* wsp = use_ws ? ws.get() : nullptr;
 
-  const std::string name = cuda::qgemm_w4a4_kernel_name(px, pw, M, N, K);
+  const std::string name = cuda::qgemm_w4a4_kernel_name(px, pw, M, K, false);
+  const std::string name16 = cuda::qgemm_w4a4_kernel_name(px, pw, M, K, true);
   const std::string ctx = "M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) +
-                          " kernel " + name + (use_ws ? " +ws" : "") + (offset ? " offset" : "");
+                          " kernel " + name + (offset ? " offset" : "");
   EXPECT_EQ(name, kernel) << ctx;
+  EXPECT_EQ(name16, name == "qgemv" ? "decode" : name) << ctx;
 
-  ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), nullptr, dy.get(), M, N, K, nullptr, wsp,
-                                  ws_bytes),
+  ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), nullptr, dy.get(), M, N, K, nullptr),
             cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda");
   EXPECT_EQ(first_mismatch(dy.download(), want, acc, N), "") << ctx;
 
-  for (int rep = 0; rep < 2; ++rep) {
-    dy.upload(res);  // residual in place: y = y + x w^T
-    ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), dy.get(), dy.get(), M, N, K, nullptr, wsp,
-                                    ws_bytes),
-              cudaSuccess)
-        << ctx;
-    FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda (residual)");
-    EXPECT_EQ(first_mismatch(dy.download(), want_res, acc, N), "") << ctx << " (residual, call " << rep << ")";
-  }
+  dy.upload(res);  // residual in place: y = y + x w^T
+  ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), dy.get(), dy.get(), M, N, K, nullptr),
+            cudaSuccess)
+      << ctx;
+  FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda (residual)");
+  EXPECT_EQ(first_mismatch(dy.download(), want_res, acc, N), "") << ctx << " (residual in place)";
 
   DeviceBuffer<uint16_t> dr16(res16);
-  ASSERT_EQ(cuda::qgemm_w4a4_cuda_f16(px, dsx.get(), pw, dsw.get(), dr16.get(), dh.get(), M, N, K, nullptr, wsp,
-                                      ws_bytes),
+  ASSERT_EQ(cuda::qgemm_w4a4_cuda_f16(px, dsx.get(), pw, dsw.get(), dr16.get(), dh.get(), M, N, K, nullptr),
             cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda_f16");
-  EXPECT_EQ(first_mismatch(dh.download(), want16, acc, N), "") << ctx << " (fp16 out, fp16 residual)";
-
-  if (use_ws) {  // every call must leave the workspace zero (the next call, or a graph replay, relies on it)
-    const auto w = ws.download();
-    size_t dirty = 0;
-    for (int32_t v : w) dirty += v != 0;
-    EXPECT_EQ(dirty, 0u) << ctx << " (workspace words left non-zero)";
-  }
+  EXPECT_EQ(first_mismatch(dh.download(), want16, acc, N), "") << ctx << " (fp16 out, fp16 residual, "
+                                                                     << name16 << ")";
 }
 
 TEST(QgemmCuda, DecodeEveryTokenCount) {
   FQ_REQUIRE_CUDA();
-  // M = 1..16 (both token-tile widths), ragged row groups (N % 16 != 0), K with partial 128-k steps
-  // (K % 128 != 0), split-K over blocks (small N with a workspace) and without.
+  // M = 1..16 (both token-tile widths of the mma kernel, and qgemv at M <= 4), ragged row groups
+  // (N % 16 != 0), K with partial 128-k steps (K % 128 != 0) and more steps than warps.
   uint32_t seed = 1;
   for (int64_t M = 1; M <= 16; ++M) {
-    check_case({M, 1, 32, "decode"}, seed += 10);
-    check_case({M, 43, 96, "decode"}, seed += 10);
-    check_case({M, 148, 1056, "decode"}, seed += 10);
-    check_case({M, 1024, 4096, "decode"}, seed += 10);                // split over blocks
-    check_case({M, 1024, 4096, "decode", false}, seed += 10);         // no workspace: one block per group
-    check_case({M, 200, 14336 + 32, "decode"}, seed += 10);           // many steps per warp, split
+    check_case({M, 1, 32, small_m_kernel(M)}, seed += 10);
+    check_case({M, 43, 96, small_m_kernel(M)}, seed += 10);
+    check_case({M, 148, 1056, small_m_kernel(M)}, seed += 10);
+    check_case({M, 1024, 4096, small_m_kernel(M)}, seed += 10);
+    check_case({M, 200, 14336 + 32, small_m_kernel(M)}, seed += 10);
   }
 }
 
@@ -178,48 +165,36 @@ TEST(QgemmCuda, DecodeModelShapes) {
                                                   {512, 3584},   {18944, 3584}, {3584, 18944}, {576, 576},
                                                   {1536, 576},   {576, 1536}};
   uint32_t seed = 1000;
-  for (int64_t M : {1, 4, 16})
-    for (const auto& [N, K] : nk) check_case({M, N, K, "decode"}, seed += 10);
+  for (int64_t M : {1, 5, 16})
+    for (const auto& [N, K] : nk) check_case({M, N, K, small_m_kernel(M)}, seed += 10);
 }
 
-TEST(QgemmCuda, PrefillSmallTile) {
+TEST(QgemmCuda, Prefill) {
   FQ_REQUIRE_CUDA();
-  // Few tiles: 128x128. M not a multiple of 128 (17, 77, 200), N not a multiple of 8 or 2 (43, 1001), K
-  // with a half k-tile tail (K % 64 == 32).
+  // M not a multiple of 128 (17, 77, 200, 1100), N not a multiple of 8 or 2 (43, 1001, 4090), K with a half
+  // k-tile tail (K % 64 == 32), model shapes with a few rows, and one full 2048-row GEMM.
   uint32_t seed = 2000;
-  check_case({17, 64, 64, "prefill_128x128"}, seed += 10);
-  check_case({77, 43, 96, "prefill_128x128"}, seed += 10);
-  check_case({77, 1001, 576, "prefill_128x128"}, seed += 10);
-  check_case({200, 1536, 576, "prefill_128x128"}, seed += 10);
-  check_case({128, 576, 1536, "prefill_128x128"}, seed += 10);
-  check_case({77, 4096, 4096, "prefill_128x128"}, seed += 10);
-  check_case({77, 512, 3584, "prefill_128x128"}, seed += 10);
-  check_case({33, 256, 14336, "prefill_128x128"}, seed += 10);
-  check_case({19, 136, 18944, "prefill_128x128"}, seed += 10);
-}
-
-TEST(QgemmCuda, PrefillLargeTile) {
-  FQ_REQUIRE_CUDA();
-  // Enough tiles for full waves: 128x256 (on a 132-SM H100: 9 x 16 = 144 tiles). The expectation is
-  // computed from the device's SM count so that the test says which kernel it covered on another GPU.
-  int dev = 0, sms = 0;
-  FQ_CUDA_CHECK(cudaGetDevice(&dev), "device");
-  FQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "sm count");
-  uint32_t seed = 3000;
-  const char* big = sms <= 144 ? "prefill_128x256" : "prefill_128x128";
-  check_case({1100, 4096, 256, big}, seed += 10);
-  check_case({1100, 4090, 160, big}, seed += 10);  // N % 256 != 0 and N % 8 != 0
-  if (sms == 132) check_case({2048, 4096, 1024, "prefill_128x256"}, seed += 10);
+  check_case({17, 64, 64, "prefill"}, seed += 10);
+  check_case({77, 43, 96, "prefill"}, seed += 10);
+  check_case({77, 1001, 576, "prefill"}, seed += 10);
+  check_case({200, 1536, 576, "prefill"}, seed += 10);
+  check_case({128, 576, 1536, "prefill"}, seed += 10);
+  check_case({77, 4096, 4096, "prefill"}, seed += 10);
+  check_case({77, 512, 3584, "prefill"}, seed += 10);
+  check_case({33, 256, 14336, "prefill"}, seed += 10);
+  check_case({19, 136, 18944, "prefill"}, seed += 10);
+  check_case({1100, 4090, 160, "prefill"}, seed += 10);
+  check_case({2048, 4096, 1024, "prefill"}, seed += 10);
 }
 
 TEST(QgemmCuda, FallbackForUnalignedShapes) {
   FQ_REQUIRE_CUDA();
   uint32_t seed = 4000;
   check_case({1, 16, 2, "fallback"}, seed += 10);
-  check_case({5, 64, 172, "fallback"}, seed += 10);   // stories260K's ff
-  check_case({300, 172, 64, "prefill_128x128"}, seed += 10);
+  check_case({5, 64, 172, "fallback"}, seed += 10);  // stories260K's ff
+  check_case({300, 172, 64, "prefill"}, seed += 10);
   check_case({300, 48, 172, "fallback"}, seed += 10);
-  check_case({3, 100, 4096, "fallback", true, 1}, seed += 10);  // operands not 16-byte aligned
+  check_case({3, 100, 4096, "fallback", 1}, seed += 10);  // operands not 16-byte aligned
 }
 
 TEST(QgemmCuda, RejectsBadArgumentsWithoutLaunching) {
@@ -235,8 +210,6 @@ TEST(QgemmCuda, RejectsBadArgumentsWithoutLaunching) {
   EXPECT_EQ(cuda::qgemm_w4a4_cuda(b, f, b, f, nullptr, nullptr, 1, 1, 32, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(cuda::qgemm_w4a4_cuda(nullptr, f, b, f, nullptr, f, 1, 1, 32, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(cuda::qgemm_w4a4_cuda_f16(b, f, b, f, nullptr, nullptr, 1, 1, 32, nullptr), cudaErrorInvalidValue);
-  EXPECT_EQ(cuda::qgemm_w4a4_workspace_bytes(0), 0u);
-  EXPECT_EQ(cuda::qgemm_w4a4_workspace_bytes(17), (2u + 16u * 17u) * sizeof(int32_t));
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/qgemm.h"
+#include "kernels/cuda/qgemv.h"
 
 namespace fq::cuda {
 namespace {
@@ -241,11 +242,12 @@ __global__ void __launch_bounds__(WM* WN * 32)
 // warp, so the weights go from HBM straight into registers (no shared memory), 16 bytes per lane per load:
 // lane (g, t) loads chunk 4s + t (32 k) of rows g and g + 8 for step s (128 k), and the same chunk of
 // tokens g (and g + 8) from the small, L1/L2-resident activations. Word i of the chunk feeds k-step i of the
-// step (4 mma per column tile). Steps are split over the 8 warps of a block and over gridDim.y blocks; the
-// warps' partial sums are added in shared memory, the blocks' with int32 atomics in the workspace (exact in
-// any order); the last block of a row group (a counter) runs the epilogue and zeroes what it used.
+// step (4 mma per column tile). Steps are split over the 8 warps of a block, whose partial sums are added in
+// shared memory (exact int32). Splitting K over blocks too (int32 atomics into a workspace, the last block
+// runs the epilogue) was measured slower on every shape, even k/v (1024 x 4096): the atomic tail costs more
+// than the extra blocks gain (qgemm_notes.md).
 
-constexpr int kDecodeWarps = 8;
+constexpr int kDecodeWarps = 8;   // warps per block (default configuration)
 constexpr int kDecodeUnroll = 4;  // steps per loop iteration: 2 * 4 16-byte weight loads in flight per lane
 
 // Weights are read exactly once: keep them out of L1 so that the activations stay there.
@@ -257,21 +259,31 @@ __device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
   return v;
 }
 
-template <int NT, typename T>
-__global__ void __launch_bounds__(kDecodeWarps * 32)
+// W warps per block (one row group, K split W ways), U steps per loop iteration, NT token tiles of 8.
+template <int W, int U, int NT, typename T>
+__global__ void __launch_bounds__(W * 32)
     qgemm_decode_kernel(const uint8_t* __restrict__ qx, const float* __restrict__ sx,
                         const uint8_t* __restrict__ qw, const float* __restrict__ sw, const T* residual, T* y,
-                        int M, int N, int64_t row_bytes, int32_t* ws_acc, int* ws_count) {
-  __shared__ int red[kDecodeWarps][16][16];  // [warp][weight row][token]
-  __shared__ bool is_last;
+                        int M, int N, int64_t row_bytes) {
+  constexpr int kThreads = W * 32;
+  constexpr int E = 256 / kThreads;  // (weight row, token) outputs of the group per thread in the epilogue
+  static_assert(256 % kThreads == 0, "at most 8 warps");
+  __shared__ int red[W][16][16];  // [warp][weight row][token]
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n_base = static_cast<int>(blockIdx.x) * 16;
   const int64_t chunks = row_bytes / 16;
   const int64_t steps = (chunks + 3) / 4;
-  const int64_t slices = static_cast<int64_t>(kDecodeWarps) * gridDim.y;
-  const int64_t slice = static_cast<int64_t>(blockIdx.y) * kDecodeWarps + warp;
-  const int64_t s_begin = slice * steps / slices, s_end = (slice + 1) * steps / slices;
+  const int64_t s_begin = warp * steps / W, s_end = (warp + 1) * steps / W;
+
+  // The epilogue's scales, fetched now so that their latency hides under the weight stream.
+  float sx_e[E], sw_e[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
+    sx_e[e] = m < M ? sx[m] : 0.0f;
+    sw_e[e] = n_base + r < N ? sw[n_base + r] : 0.0f;
+  }
 
   // Rows past N re-read row N-1 (no divergence in the loads); their results are never stored.
   const uint8_t* w0 = qw + static_cast<int64_t>(min(n_base + g, N - 1)) * row_bytes + 16 * t;
@@ -291,19 +303,20 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     for (int c = 0; c < 4; ++c) acc[j][c] = 0;
 
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  for (int64_t s = s_begin; s < s_end; s += kDecodeUnroll) {
-    uint4 wa[kDecodeUnroll], wb[kDecodeUnroll], xv[kDecodeUnroll][NT];
+  for (int64_t s = s_begin; s < s_end; s += U) {
+    uint4 wa[U], wb[U], xv[U][NT];
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int64_t c = (s + u) * 4 + t;  // this lane's chunk
       const bool ok = s + u < s_end && c < chunks;
       wa[u] = ok ? load_stream(w0 + (c - t) * 16) : zero;
       wb[u] = ok ? load_stream(w1 + (c - t) * 16) : zero;
 #pragma unroll
-      for (int j = 0; j < NT; ++j) xv[u][j] = ok && xok[j] ? __ldg(reinterpret_cast<const uint4*>(xr[j] + (c - t) * 16)) : zero;
+      for (int j = 0; j < NT; ++j)
+        xv[u][j] = ok && xok[j] ? __ldg(reinterpret_cast<const uint4*>(xr[j] + (c - t) * 16)) : zero;
     }
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u)
+    for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const uint32_t a0 = word(wa[u], i), a1 = word(wb[u], i);
@@ -325,30 +338,42 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     red[warp][g + 8][8 * j + 2 * t + 1] = acc[j][3];
   }
   __syncthreads();
-  const int r = tid >> 4, m = tid & 15;  // 256 threads: one (weight row, token) each
-  const int n = n_base + r;
-  const bool mine = m < M && n < N;
-  int v = 0;
-  if (mine) {
+  int v[E];
+  bool mine[E];
 #pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) v += red[w][r][m];
+  for (int e = 0; e < E; ++e) {
+    const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
+    mine[e] = m < M && n_base + r < N;
+    v[e] = 0;
+    if (mine[e]) {
+#pragma unroll
+      for (int w = 0; w < W; ++w) v[e] += red[w][r][m];
+    }
   }
-  if (gridDim.y > 1) {
-    int32_t* cell = ws_acc + static_cast<int64_t>(m) * N + n;
-    if (mine) atomicAdd(cell, v);
-    __threadfence();  // our partial sums are visible device-wide before the counter says so
-    __syncthreads();
-    if (tid == 0) is_last = atomicAdd(ws_count + blockIdx.x, 1) == static_cast<int>(gridDim.y) - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    if (mine) v = atomicExch(cell, 0);  // the total, and the workspace is zero again for the next call
-    if (tid == 0) ws_count[blockIdx.x] = 0;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
+    if (mine[e]) {
+      const int64_t i = static_cast<int64_t>(m) * N + n_base + r;
+      y[i] = from_f32<T>(epilogue(v[e] >> 8, sx_e[e], sw_e[e], residual, i));
+    }
   }
-  if (mine) {
-    const int64_t i = static_cast<int64_t>(m) * N + n;
-    y[i] = from_f32<T>(epilogue(v >> 8, sx[m], sw[n], residual, i));
-  }
+}
+
+template <int W, int U, typename T>
+cudaError_t launch_decode(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual,
+                          T* y, int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
+  const int64_t groups = (N + 15) / 16;
+  if (groups > 0x7fffffff) return cudaErrorInvalidValue;
+  const int m = static_cast<int>(M), n = static_cast<int>(N);
+  if (M <= 8)
+    qgemm_decode_kernel<W, U, 1, T>
+        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n, K / 2);
+  else
+    qgemm_decode_kernel<W, U, 2, T>
+        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n, K / 2);
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  return cudaSuccess;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -372,43 +397,36 @@ __global__ void qgemm_fallback_kernel(const uint8_t* __restrict__ qx, const floa
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Dispatch.
+// Dispatch. Measured on the H100 (bench/results/qgemm_notes.md): the dp4a GEMV streams weights faster at
+// M <= 4 (its loads cover 512 contiguous bytes of one row), the mma decode kernel wins from M = 5 on (2-3x at
+// M = 16); the 128x128 prefill tile (2 blocks per SM) beat 128x256, 256x128, 64x256 and 8-warp 128x128 on
+// every measured shape.
 
-enum class Kind { kDecode, kPrefill256, kPrefill128, kFallback };
+enum class Kind { kGemv, kDecode, kPrefill, kFallback };
 
-int sm_count() {
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 132;
-  }
-  return sms;
-}
+constexpr int64_t kGemvMaxM = 4;
 
-Kind choose(const void* qx, const void* qw, int64_t M, int64_t N, int64_t K) {
+Kind choose(const void* qx, const void* qw, int64_t M, int64_t K, bool f16) {
   const bool aligned = reinterpret_cast<uintptr_t>(qx) % 16 == 0 && reinterpret_cast<uintptr_t>(qw) % 16 == 0;
   if (K % 32 != 0 || !aligned) return Kind::kFallback;
+  // qgemv takes an fp32 residual only: the fp16 entry point uses the mma kernel at every small M.
+  if (M <= kGemvMaxM && !f16) return Kind::kGemv;
   if (M <= kQgemmDecodeMaxM) return Kind::kDecode;
-  // Wave quantization: a 128x256 tile (8 warps) runs one block per SM, a 128x128 tile (4 warps) two, in
-  // about the same time. Take the small tile when the big one leaves SMs idle (less than one full wave) or
-  // needs more waves; otherwise the big one (half the shared-memory fragment traffic per mma).
-  const int64_t sms = sm_count();
-  const int64_t mt = (M + 127) / 128;
-  const int64_t tiles256 = mt * ((N + 255) / 256), tiles128 = mt * ((N + 127) / 128);
-  const int64_t waves256 = (tiles256 + sms - 1) / sms, waves128 = (tiles128 + 2 * sms - 1) / (2 * sms);
-  return tiles256 < sms || waves128 < waves256 ? Kind::kPrefill128 : Kind::kPrefill256;
+  return Kind::kPrefill;
 }
 
 template <typename T>
 cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual, T* y,
-                int64_t M, int64_t N, int64_t K, cudaStream_t stream, int32_t* ws, size_t ws_bytes) {
+                int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
   if (M < 1 || N < 1 || K < 2 || K % 2 != 0 || K > kQgemmMaxK) return cudaErrorInvalidValue;
   if (M > 0x7fffffff || N > 0x7fffffff) return cudaErrorInvalidValue;
   if (!qx || !sx || !qw || !sw || !y) return cudaErrorInvalidValue;
   const int64_t row_bytes = K / 2;
-  const int m = static_cast<int>(M), n = static_cast<int>(N);
-  const Kind kind = choose(qx, qw, M, N, K);
-  switch (kind) {
+  constexpr bool kF16 = sizeof(T) == 2;
+  switch (choose(qx, qw, M, K, kF16)) {
+    case Kind::kGemv:
+      if constexpr (!kF16) return qgemv_w4a4(qx, sx, qw, sw, residual, y, nullptr, M, N, K, stream);
+      return cudaErrorInvalidValue;  // unreachable: choose() never picks it for fp16
     case Kind::kFallback: {
       const int64_t blocks = (M * N + 255) / 256;
       if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
@@ -416,41 +434,17 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
                                                                                   N, row_bytes);
       break;
     }
-    case Kind::kDecode: {
-      const int64_t groups = (N + 15) / 16;
-      const int64_t steps = (K / 32 + 3) / 4;
-      int64_t kb = 1;
-      const int64_t sms = sm_count();
-      if (ws && ws_bytes >= qgemm_w4a4_workspace_bytes(N) && groups < sms)
-        kb = std::max<int64_t>(1, std::min<int64_t>((2 * sms + groups - 1) / groups, steps / kDecodeWarps));
-      if (groups > 0x7fffffff) return cudaErrorInvalidValue;
-      int* count = reinterpret_cast<int*>(ws);
-      int32_t* acc = ws + groups;
-      const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>(kb));
-      if (M <= 8)
-        qgemm_decode_kernel<1, T><<<grid, kDecodeWarps * 32, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n,
-                                                                          row_bytes, acc, count);
-      else
-        qgemm_decode_kernel<2, T><<<grid, kDecodeWarps * 32, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n,
-                                                                          row_bytes, acc, count);
-      break;
-    }
-    case Kind::kPrefill256:
-    case Kind::kPrefill128: {
+    case Kind::kDecode:
+      return launch_decode<kDecodeWarps, kDecodeUnroll, T>(qx, sx, qw, sw, residual, y, M, N, K, stream);
+    case Kind::kPrefill: {
       // Paired accesses need an even N and 2-element alignment of y, residual and sw.
       const uintptr_t pair = 2 * sizeof(T);
       const bool vec = N % 2 == 0 && reinterpret_cast<uintptr_t>(y) % pair == 0 &&
                        reinterpret_cast<uintptr_t>(residual) % pair == 0 &&
                        reinterpret_cast<uintptr_t>(sw) % sizeof(float2) == 0;
-      if (kind == Kind::kPrefill256) {
-        const dim3 grid(static_cast<unsigned>((N + 255) / 256), static_cast<unsigned>((M + 127) / 128));
-        qgemm_prefill_kernel<128, 256, 2, 4, 4, T><<<grid, 256, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n,
-                                                                              row_bytes, vec);
-      } else {
-        const dim3 grid(static_cast<unsigned>((N + 127) / 128), static_cast<unsigned>((M + 127) / 128));
-        qgemm_prefill_kernel<128, 128, 2, 2, 4, T><<<grid, 128, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n,
-                                                                              row_bytes, vec);
-      }
+      const dim3 grid(static_cast<unsigned>((N + 127) / 128), static_cast<unsigned>((M + 127) / 128));
+      qgemm_prefill_kernel<128, 128, 2, 2, 4, T><<<grid, 128, 0, stream>>>(
+          qx, sx, qw, sw, residual, y, static_cast<int>(M), static_cast<int>(N), row_bytes, vec);
       break;
     }
   }
@@ -460,19 +454,14 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
 
 }  // namespace
 
-size_t qgemm_w4a4_workspace_bytes(int64_t N) {
-  if (N < 1) return 0;
-  return static_cast<size_t>((N + 15) / 16 + kQgemmDecodeMaxM * N) * sizeof(int32_t);
-}
-
-const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t N, int64_t K) {
-  switch (choose(qx, qw, M, N, K)) {
+const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t K, bool f16_out) {
+  switch (choose(qx, qw, M, K, f16_out)) {
+    case Kind::kGemv:
+      return "qgemv";
     case Kind::kDecode:
       return "decode";
-    case Kind::kPrefill256:
-      return "prefill_128x256";
-    case Kind::kPrefill128:
-      return "prefill_128x128";
+    case Kind::kPrefill:
+      return "prefill";
     default:
       return "fallback";
   }
@@ -480,15 +469,15 @@ const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, in
 
 cudaError_t qgemm_w4a4_cuda(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                             const float* residual, float* y, int64_t M, int64_t N, int64_t K,
-                            cudaStream_t stream, int32_t* workspace, size_t workspace_bytes) {
-  return run<float>(qx, sx, qw, sw, residual, y, M, N, K, stream, workspace, workspace_bytes);
+                            cudaStream_t stream) {
+  return run<float>(qx, sx, qw, sw, residual, y, M, N, K, stream);
 }
 
 cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                                 const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
-                                cudaStream_t stream, int32_t* workspace, size_t workspace_bytes) {
+                                cudaStream_t stream) {
   return run<__half>(qx, sx, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y), M,
-                     N, K, stream, workspace, workspace_bytes);
+                     N, K, stream);
 }
 
 }  // namespace fq::cuda
