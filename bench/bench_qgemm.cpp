@@ -1,6 +1,6 @@
 // Benchmark of the W4A4 GEMM entry points (src/kernels/cuda/qgemm.cu) on Llama-3-8B and Qwen2.5-7B linear
 // shapes, M in {1, 4, 8, 16, 2048}: qgemm_w4a4_cuda (fp32 out) and qgemm_w4a4_cuda_f16 (fp16 out, which runs
-// the mma decode kernel at M <= 4 where the fp32 entry point runs qgemv); for M <= 16 also the dp4a GEMV
+// the mma decode kernel at M <= 2 where the fp32 entry point runs qgemv); for M <= 16 also the dp4a GEMV
 // (qgemv_w4a4) alone, and for M = 2048 cuBLASLt's INT8 GEMM (s8 x s8 -> s32, the same M, N, K on int8 operands:
 // twice our bytes, no epilogue) as a ceiling reference.
 //

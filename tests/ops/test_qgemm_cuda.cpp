@@ -2,7 +2,7 @@
 // ref::qgemm_w4a4: the integer sums are exact and the epilogue is the same sequence of IEEE fp32 operations, so
 // the outputs must match BIT FOR BIT (fp32; fp16 = the reference value rounded to nearest even). Outputs are
 // poisoned with 0xFF first (NaN in fp32 and fp16): an element the kernel does not write fails. Each case also
-// checks which kernel ran, so that every path (qgemv at M <= 4, the mma decode kernel, the prefill kernel, the
+// checks which kernel ran, so that every path (qgemv at M <= 2, the mma decode kernel, the prefill kernel, the
 // fallback) is covered on purpose.
 #ifdef FLATQUANT_WITH_CUDA
 #include <gtest/gtest.h>
@@ -56,7 +56,7 @@ struct Case {
 };
 
 // The kernel expected for a token count on the tensor-core paths.
-const char* small_m_kernel(int64_t M) { return M <= 4 ? "qgemv" : "decode"; }
+const char* small_m_kernel(int64_t M) { return M <= 2 ? "qgemv" : "decode"; }
 
 // The reference integer sums, rows split over threads (each row is one independent ref call).
 std::vector<int32_t> ref_acc(const std::vector<uint8_t>& qx, const std::vector<uint8_t>& qw, int64_t M,
@@ -146,7 +146,7 @@ void check_case(const Case& c, uint32_t seed) {
 
 TEST(QgemmCuda, DecodeEveryTokenCount) {
   FQ_REQUIRE_CUDA();
-  // M = 1..16 (both token-tile widths of the mma kernel, and qgemv at M <= 4), ragged row groups
+  // M = 1..16 (both token-tile widths of the mma kernel, and qgemv at M <= 2), ragged row groups
   // (N % 16 != 0), K with partial 128-k steps (K % 128 != 0) and more steps than warps.
   uint32_t seed = 1;
   for (int64_t M = 1; M <= 16; ++M) {

@@ -398,13 +398,13 @@ __global__ void qgemm_fallback_kernel(const uint8_t* __restrict__ qx, const floa
 
 // ---------------------------------------------------------------------------------------------------------
 // Dispatch. Measured on the H100 (bench/results/qgemm_notes.md): the dp4a GEMV streams weights faster at
-// M <= 4 (its loads cover 512 contiguous bytes of one row), the mma decode kernel wins from M = 5 on (2-3x at
-// M = 16); the 128x128 prefill tile (2 blocks per SM) beat 128x256, 256x128, 64x256 and 8-warp 128x128 on
+// M = 1 (its loads cover 512 contiguous bytes of one row; at M <= 2 it runs that same configuration), the mma
+// decode kernel is faster on most shapes from M = 4 on (2-3x at M = 16); the 128x128 prefill tile (2 blocks per SM) beat 128x256, 256x128, 64x256 and 8-warp 128x128 on
 // every measured shape.
 
 enum class Kind { kGemv, kDecode, kPrefill, kFallback };
 
-constexpr int64_t kGemvMaxM = 4;
+constexpr int64_t kGemvMaxM = 2;
 
 Kind choose(const void* qx, const void* qw, int64_t M, int64_t K, bool f16) {
   const bool aligned = reinterpret_cast<uintptr_t>(qx) % 16 == 0 && reinterpret_cast<uintptr_t>(qw) % 16 == 0;

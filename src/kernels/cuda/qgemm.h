@@ -5,7 +5,7 @@
 // bench/results/qgemm_notes.md.
 //
 // One entry point chooses the kernel (qgemm_w4a4_kernel_name says which):
-// - M <= 4, fp32 output: "qgemv", the dp4a GEMV (qgemv.h), which streams weights fastest at tiny M.
+// - M <= 2, fp32 output: "qgemv", the dp4a GEMV (qgemv.h), which streams weights fastest at tiny M.
 // - M <= 16: "decode", weights streamed from HBM straight into registers, the tokens padded to 8 or 16
 //   columns of the mma, K split over the 8 warps of a block.
 // - M > 16: "prefill", 128x128 block tiles (4 warps, 2 blocks per SM), the packed int4 tiles copied with a
