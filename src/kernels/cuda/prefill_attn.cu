@@ -395,13 +395,17 @@ cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16
   const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * (head_dim + 8) * sizeof(__half);
   const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM), static_cast<unsigned>(n_head),
                   static_cast<unsigned>(batch));
+  // The shared-memory opt-in is set once per process (a function-local static): not again inside a CUDA-graph
+  // capture, where the runtime may refuse non-stream calls. (One device per process is assumed.)
   if (head_dim == 64) {
-    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(prefill_attn_mma_kernel<64>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    static const cudaError_t attr64 = cudaFuncSetAttribute(
+        prefill_attn_mma_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    FQ_CUDA_RETURN_IF_ERROR(attr64);
     prefill_attn_mma_kernel<64><<<grid, kThreads, smem, stream>>>(a);
   } else {
-    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(prefill_attn_mma_kernel<128>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    static const cudaError_t attr128 = cudaFuncSetAttribute(
+        prefill_attn_mma_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    FQ_CUDA_RETURN_IF_ERROR(attr128);
     prefill_attn_mma_kernel<128><<<grid, kThreads, smem, stream>>>(a);
   }
   FQ_CUDA_RETURN_LAUNCH_ERROR();
