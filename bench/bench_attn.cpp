@@ -1,13 +1,14 @@
 // Benchmark of the attention kernels on Llama-3-8B shapes (32 query / 8 kv heads, head_dim 128):
 //  - decode attention over the 4-bit KV cache (decode_attn.cu), batch 1 and 16, context 2048 and 8192: us per
-//    call and achieved TB/s of the cache read (codes + scales + zeros of K and V for every sequence's L tokens)
-//    against the measured ~3.0 TB/s. A CUDA graph of launches rotating over cache copies (together >= 3x L2, so
-//    the cache comes from HBM), 5 warm-up replays, median of 40 replays / launches.
+//    call and achieved TB/s of the cache read (codes + scales + zeros of K and V for every sequence's L
+//    tokens) against the measured ~3.0 TB/s. A CUDA graph of launches rotating over cache copies (together >=
+//    3x L2, so the cache comes from HBM), 5 warm-up replays, median of 40 replays / launches.
 //  - prefill attention, 2048 tokens, fp16 q/k/v (prefill_attn.cu): TFLOP/s counting 4 * d flops per causal
 //    (query, key) pair and head; median of 20 launches.
-// Each configuration is first checked against the CPU reference (a slice of the rows: ref::dequantize_kv_asym_int4
-// + ref::attention, resp. ref::attention on the last queries) and reports its max error relative to the row max.
-// Prints ONE JSON object on stdout; exit status 1 if a check fails.
+// Each configuration is first checked against the CPU reference (a slice of the rows:
+// ref::dequantize_kv_asym_int4
+// + ref::attention, resp. ref::attention on the last queries) and reports its max error relative to the row
+// max. Prints ONE JSON object on stdout; exit status 1 if a check fails.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -42,7 +43,8 @@ DevPtr dev_alloc(size_t bytes) {
 template <typename T>
 DevPtr dev_upload(const std::vector<T>& v) {
   DevPtr p = dev_alloc(v.size() * sizeof(T));
-  FQ_CUDA_CHECK(cudaMemcpy(p.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "bench_attn upload");
+  FQ_CUDA_CHECK(cudaMemcpy(p.get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice),
+                "bench_attn upload");
   return p;
 }
 template <typename T>
@@ -104,7 +106,8 @@ struct CacheCopy {
   fq::cuda::Kv4Layer layer;
 };
 
-nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop, cudaStream_t stream, bool& ok) {
+nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop, cudaStream_t stream,
+                            bool& ok) {
   const int64_t H = kKvHeads, d = kDim, cells = batch * L * H;
   std::mt19937 rng(static_cast<uint32_t>(batch * 7 + L));
   std::vector<uint8_t> k(static_cast<size_t>(cells * d / 2)), v(k.size());
@@ -129,24 +132,32 @@ nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop
     c.kz = dev_upload(kz);
     c.vs = dev_upload(vs);
     c.vz = dev_upload(vz);
-    c.layer = {static_cast<uint8_t*>(c.k.get()), static_cast<float*>(c.ks.get()), static_cast<float*>(c.kz.get()),
-               static_cast<uint8_t*>(c.v.get()), static_cast<float*>(c.vs.get()), static_cast<float*>(c.vz.get()),
-               batch, L, H, d};
+    c.layer = {static_cast<uint8_t*>(c.k.get()),
+               static_cast<float*>(c.ks.get()),
+               static_cast<float*>(c.kz.get()),
+               static_cast<uint8_t*>(c.v.get()),
+               static_cast<float*>(c.vs.get()),
+               static_cast<float*>(c.vz.get()),
+               batch,
+               L,
+               H,
+               d};
   }
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<float> q(static_cast<size_t>(batch * kHeads * d));
   for (auto& x : q) x = fq::f16_to_f32(fq::f32_to_f16(nd(rng)));
   std::vector<uint16_t> q16(q.size());
   for (size_t i = 0; i < q.size(); ++i) q16[i] = fq::f32_to_f16(q[i]);
-  DevPtr dq = dev_upload(q16), dlen = dev_upload(std::vector<int32_t>(static_cast<size_t>(batch), static_cast<int32_t>(L)));
+  DevPtr dq = dev_upload(q16),
+         dlen = dev_upload(std::vector<int32_t>(static_cast<size_t>(batch), static_cast<int32_t>(L)));
   DevPtr dout = dev_alloc(q.size() * sizeof(float)), dflag = dev_upload(std::vector<int32_t>{0});
   const auto plan = fq::cuda::decode_attention_plan(batch, kHeads, H, L, prop.multiProcessorCount);
   DevPtr ws = dev_alloc(fq::cuda::decode_attention_workspace_bytes(batch, kHeads, d, plan));
   auto launch = [&](size_t i) {
-    FQ_CUDA_CHECK(fq::cuda::decode_attention(copies[i % n_copies].layer, dq.get(), fq::DType::F16, kHeads * d, batch,
-                                             kHeads, static_cast<const int32_t*>(dlen.get()), dout.get(),
-                                             fq::DType::F32, plan, ws.get(), static_cast<int32_t*>(dflag.get()),
-                                             stream),
+    FQ_CUDA_CHECK(fq::cuda::decode_attention(copies[i % n_copies].layer, dq.get(), fq::DType::F16, kHeads * d,
+                                             batch, kHeads, static_cast<const int32_t*>(dlen.get()),
+                                             dout.get(), fq::DType::F32, plan, ws.get(),
+                                             static_cast<int32_t*>(dflag.get()), stream),
                   "decode_attention");
   };
   launch(0);
@@ -155,11 +166,15 @@ nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop
   // Reference for sequence 0 (and the last one when batch > 1).
   double err = 0;
   for (int64_t b : {int64_t{0}, batch - 1}) {
-    std::vector<float> kd(static_cast<size_t>(L * H * d)), vd(kd.size()), want(static_cast<size_t>(kHeads * d));
+    std::vector<float> kd(static_cast<size_t>(L * H * d)), vd(kd.size()),
+        want(static_cast<size_t>(kHeads * d));
     const int64_t c0 = b * L * H;
-    fq::ref::dequantize_kv_asym_int4(k.data() + c0 * d / 2, ks.data() + c0, kz.data() + c0, L, H, d, kd.data());
-    fq::ref::dequantize_kv_asym_int4(v.data() + c0 * d / 2, vs.data() + c0, vz.data() + c0, L, H, d, vd.data());
-    fq::ref::attention(q.data() + b * kHeads * d, 1, L - 1, kd.data(), vd.data(), {kHeads, H, d}, want.data());
+    fq::ref::dequantize_kv_asym_int4(k.data() + c0 * d / 2, ks.data() + c0, kz.data() + c0, L, H, d,
+                                     kd.data());
+    fq::ref::dequantize_kv_asym_int4(v.data() + c0 * d / 2, vs.data() + c0, vz.data() + c0, L, H, d,
+                                     vd.data());
+    fq::ref::attention(q.data() + b * kHeads * d, 1, L - 1, kd.data(), vd.data(), {kHeads, H, d},
+                       want.data());
     err = std::max(err, max_row_rel_err(std::vector<float>(got.begin() + b * kHeads * d,
                                                            got.begin() + (b + 1) * kHeads * d),
                                         want, d));
@@ -170,11 +185,23 @@ nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop
   const auto t = time_graph(stream, launches, 40, launch);
   const double med = t[t.size() / 2];
   const double tbps = cache_bytes / (med * 1e-6) / 1e12;
-  return {{"kernel", "decode_attention_kv4"}, {"batch", batch}, {"context", L}, {"n_head", kHeads},
-          {"n_head_kv", H}, {"head_dim", d}, {"n_split", plan.n_split}, {"heads_per_cta", plan.heads_per_cta},
-          {"check_max_rel_err", err}, {"check", pass ? "ok" : "FAIL"}, {"cache_copies", n_copies},
-          {"us_median", med}, {"us_min", t.front()}, {"us_max", t.back()}, {"cache_bytes", cache_bytes},
-          {"TBps", tbps}, {"pct_of_3TBps", 100.0 * tbps / kPeakTBps}};
+  return {{"kernel", "decode_attention_kv4"},
+          {"batch", batch},
+          {"context", L},
+          {"n_head", kHeads},
+          {"n_head_kv", H},
+          {"head_dim", d},
+          {"n_split", plan.n_split},
+          {"heads_per_cta", plan.heads_per_cta},
+          {"check_max_rel_err", err},
+          {"check", pass ? "ok" : "FAIL"},
+          {"cache_copies", n_copies},
+          {"us_median", med},
+          {"us_min", t.front()},
+          {"us_max", t.back()},
+          {"cache_bytes", cache_bytes},
+          {"TBps", tbps},
+          {"pct_of_3TBps", 100.0 * tbps / kPeakTBps}};
 }
 
 nlohmann::json bench_prefill(int64_t n, cudaStream_t stream, bool& ok) {
@@ -209,16 +236,26 @@ nlohmann::json bench_prefill(int64_t n, cudaStream_t stream, bool& ok) {
   const int64_t nq = std::min<int64_t>(16, n), i0 = n - nq;
   std::vector<float> want(static_cast<size_t>(nq * kHeads * d)), got(want.size());
   fq::ref::attention(q.data() + i0 * kHeads * d, nq, i0, k.data(), v.data(), {kHeads, H, d}, want.data());
-  for (size_t i = 0; i < got.size(); ++i) got[i] = fq::f16_to_f32(got16[static_cast<size_t>(i0 * kHeads * d) + i]);
+  for (size_t i = 0; i < got.size(); ++i)
+    got[i] = fq::f16_to_f32(got16[static_cast<size_t>(i0 * kHeads * d) + i]);
   const double err = max_row_rel_err(got, want, d);
   const bool pass = err < 4e-3;
   ok = ok && pass;
   const auto t = time_graph(stream, 20, 20, launch);
   const double med = t[t.size() / 2];
   const double flops = 4.0 * d * kHeads * (static_cast<double>(n) * (n + 1) / 2);
-  return {{"kernel", "prefill_attention_fp16_mma"}, {"tokens", n}, {"n_head", kHeads}, {"n_head_kv", H},
-          {"head_dim", d}, {"check_max_rel_err", err}, {"check", pass ? "ok" : "FAIL"}, {"us_median", med},
-          {"us_min", t.front()}, {"us_max", t.back()}, {"flops", flops}, {"TFLOPs", flops / (med * 1e-6) / 1e12}};
+  return {{"kernel", "prefill_attention_fp16_mma"},
+          {"tokens", n},
+          {"n_head", kHeads},
+          {"n_head_kv", H},
+          {"head_dim", d},
+          {"check_max_rel_err", err},
+          {"check", pass ? "ok" : "FAIL"},
+          {"us_median", med},
+          {"us_min", t.front()},
+          {"us_max", t.back()},
+          {"flops", flops},
+          {"TFLOPs", flops / (med * 1e-6) / 1e12}};
 }
 
 }  // namespace
@@ -248,7 +285,8 @@ int main() {
         {"date_utc", date},
         {"peak_ref_TBps", kPeakTBps},
         {"method",
-         "decode: CUDA graph of launches over rotating cache copies (>= 3x L2), median of 40 replays; prefill: "
+         "decode: CUDA graph of launches over rotating cache copies (>= 3x L2), median of 40 replays; "
+         "prefill: "
          "graph of 20 launches, median of 20 replays; TFLOPs = 4*d*heads*n(n+1)/2 / time"},
         {"all_checks_ok", ok},
         {"results", results}};

@@ -8,14 +8,21 @@
 namespace fq::ops {
 
 namespace {
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+size_t align256(size_t n) {
+  return (n + 255) / 256 * 256;
+}
 }  // namespace
 
 Kv4Cache::Kv4Cache(int64_t n_layers, int64_t n_slots, int64_t max_ctx, int64_t n_head_kv, int64_t head_dim)
-    : n_layers_(n_layers), n_slots_(n_slots), max_ctx_(max_ctx), n_head_kv_(n_head_kv), head_dim_(head_dim),
+    : n_layers_(n_layers),
+      n_slots_(n_slots),
+      max_ctx_(max_ctx),
+      n_head_kv_(n_head_kv),
+      head_dim_(head_dim),
       len_(static_cast<size_t>(n_slots > 0 ? n_slots : 0), 0) {
   FQ_CHECK(n_layers > 0 && n_slots > 0 && max_ctx > 0 && n_head_kv > 0 && head_dim > 0 && head_dim % 2 == 0,
-           "Kv4Cache: invalid shape (layers {}, slots {}, max_ctx {}, kv heads {}, head_dim {}; head_dim must be even)",
+           "Kv4Cache: invalid shape (layers {}, slots {}, max_ctx {}, kv heads {}, head_dim {}; head_dim "
+           "must be even)",
            n_layers, n_slots, max_ctx, n_head_kv, head_dim);
   cells_per_layer_ = static_cast<size_t>(n_slots * max_ctx * n_head_kv);
   codes_per_layer_ = cells_per_layer_ * static_cast<size_t>(head_dim / 2);
@@ -27,7 +34,9 @@ Kv4Cache::Kv4Cache(int64_t n_layers, int64_t n_slots, int64_t max_ctx, int64_t n
   FQ_CUDA_CHECK(cudaMemset(flag_, 0, sizeof(int32_t)), "Kv4Cache");
 }
 
-Kv4Cache::~Kv4Cache() { cudaFree(mem_); }
+Kv4Cache::~Kv4Cache() {
+  cudaFree(mem_);
+}
 
 cuda::Kv4Layer Kv4Cache::layer(int64_t i) const {
   FQ_CHECK(i >= 0 && i < n_layers_, "Kv4Cache: layer {} out of range (n_layers {})", i, n_layers_);
@@ -51,7 +60,8 @@ void Kv4Cache::check_room(int64_t layer, int64_t slot, int64_t n_tok) const {
   FQ_CHECK(slot >= 0 && slot < n_slots_, "Kv4Cache: slot {} out of range (n_slots {})", slot, n_slots_);
   const int64_t pos = len_[static_cast<size_t>(slot)];
   FQ_CHECK(n_tok >= 0 && pos + n_tok <= max_ctx_,
-           "KV cache overflow: layer {} slot {} would write positions {}..{} but max_ctx is {} (raise --max-ctx or "
+           "KV cache overflow: layer {} slot {} would write positions {}..{} but max_ctx is {} (raise "
+           "--max-ctx or "
            "shorten the prompt/generation)",
            layer, slot, pos, pos + n_tok - 1, max_ctx_);
 }
@@ -65,11 +75,13 @@ void Kv4Cache::append(int64_t layer_i, const void* k, const void* v, DType dtype
 }
 
 void Kv4Cache::append_decode(int64_t layer_i, const void* k, const void* v, DType dtype, int64_t n_seq,
-                             int64_t x_stride, const int32_t* d_pos, const cuda::Kv4Clip& clip, cudaStream_t stream) {
+                             int64_t x_stride, const int32_t* d_pos, const cuda::Kv4Clip& clip,
+                             cudaStream_t stream) {
   FQ_CHECK(n_seq >= 0 && n_seq <= n_slots_, "Kv4Cache: {} sequences but only {} slots", n_seq, n_slots_);
   for (int64_t s = 0; s < n_seq; ++s) check_room(layer_i, s, 1);
-  FQ_CUDA_CHECK(cuda::kv4_append(layer(layer_i), k, v, dtype, n_seq, 1, x_stride, 0, 0, d_pos, flag_, clip, stream),
-                "Kv4Cache::append_decode (layer " + std::to_string(layer_i) + ")");
+  FQ_CUDA_CHECK(
+      cuda::kv4_append(layer(layer_i), k, v, dtype, n_seq, 1, x_stride, 0, 0, d_pos, flag_, clip, stream),
+      "Kv4Cache::append_decode (layer " + std::to_string(layer_i) + ")");
 }
 
 void Kv4Cache::advance(int64_t slot, int64_t n) {
@@ -81,7 +93,8 @@ void Kv4Cache::check_device_flag(cudaStream_t stream) const {
   FQ_CUDA_CHECK(cudaStreamSynchronize(stream), "Kv4Cache::check_device_flag");
   int32_t f = 0;
   FQ_CUDA_CHECK(cudaMemcpy(&f, flag_, sizeof f, cudaMemcpyDeviceToHost), "Kv4Cache::check_device_flag");
-  FQ_CHECK(f == 0, "KV cache overflow detected on the device (a position or length beyond max_ctx {})", max_ctx_);
+  FQ_CHECK(f == 0, "KV cache overflow detected on the device (a position or length beyond max_ctx {})",
+           max_ctx_);
 }
 
 }  // namespace fq::ops

@@ -1,8 +1,9 @@
-// Owner of the static 4-bit KV cache on the device: [n_layers][n_slots][max_ctx][n_head_kv] cells (codes, scale,
-// zero for K and V; layout in src/kernels/cuda/attention.h, Kv4Layer), with a host mirror of each slot's length.
-// Every append is checked on the host BEFORE the launch: a context overflow is an fq::Error naming the layer,
-// slot, position and capacity, never a silent wrap or a clipped write. The device overflow flag catches what the
-// host cannot see (positions read from device memory inside a CUDA graph); check_device_flag() reports it.
+// Owner of the static 4-bit KV cache on the device: [n_layers][n_slots][max_ctx][n_head_kv] cells (codes,
+// scale, zero for K and V; layout in src/kernels/cuda/attention.h, Kv4Layer), with a host mirror of each
+// slot's length. Every append is checked on the host BEFORE the launch: a context overflow is an fq::Error
+// naming the layer, slot, position and capacity, never a silent wrap or a clipped write. The device overflow
+// flag catches what the host cannot see (positions read from device memory inside a CUDA graph);
+// check_device_flag() reports it.
 #pragma once
 #ifdef FLATQUANT_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -33,8 +34,8 @@ class Kv4Cache {
               int64_t x_stride, const cuda::Kv4Clip& clip, cudaStream_t stream);
   // Decode: one token for each of slots [0, n_seq) at the device positions d_pos[0..n_seq) (graph-safe). The
   // host mirror is checked: every slot must have room for one more token.
-  void append_decode(int64_t layer, const void* k, const void* v, DType dtype, int64_t n_seq, int64_t x_stride,
-                     const int32_t* d_pos, const cuda::Kv4Clip& clip, cudaStream_t stream);
+  void append_decode(int64_t layer, const void* k, const void* v, DType dtype, int64_t n_seq,
+                     int64_t x_stride, const int32_t* d_pos, const cuda::Kv4Clip& clip, cudaStream_t stream);
   // After every layer has appended: the slot's length grows by n (fq::Error past max_ctx).
   void advance(int64_t slot, int64_t n);
   void reset(int64_t slot) { len_.at(static_cast<size_t>(slot)) = 0; }

@@ -1,6 +1,6 @@
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011): a counter-based RNG,
-// so draw number (row, step) of a seed is one pure function call — the same on the CPU and in a CUDA kernel (this
-// header compiles for both), and no RNG state has to live on the device between decode steps.
+// so draw number (row, step) of a seed is one pure function call — the same on the CPU and in a CUDA kernel
+// (this header compiles for both), and no RNG state has to live on the device between decode steps.
 #pragma once
 #include <cstdint>
 
@@ -34,9 +34,10 @@ FQ_HOST_DEVICE Philox4 philox4x32_10(Philox4 c, uint32_t k0, uint32_t k1) {
 
 // 64 random bits for draw (row, step) of `seed`.
 FQ_HOST_DEVICE uint64_t philox_u64(uint64_t seed, uint64_t row, uint64_t step) {
-  const Philox4 r = philox4x32_10(Philox4{{static_cast<uint32_t>(row), static_cast<uint32_t>(step),
-                                           static_cast<uint32_t>(step >> 32), static_cast<uint32_t>(row >> 32)}},
-                                  static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  const Philox4 r =
+      philox4x32_10(Philox4{{static_cast<uint32_t>(row), static_cast<uint32_t>(step),
+                             static_cast<uint32_t>(step >> 32), static_cast<uint32_t>(row >> 32)}},
+                    static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   return (static_cast<uint64_t>(r.v[0]) << 32) | r.v[1];
 }
 

@@ -1,8 +1,8 @@
-// CUDA vs CPU reference for the KV4 cache: the append kernel (src/kernels/cuda/kv_cache.cu) must write exactly
-// the bytes/scales/zeros of ref::quantize_kv_asym_int4 at the right cells and nothing else; decode attention
-// over the 4-bit cache (decode_attn.cu) must equal ref::dequantize_kv_asym_int4 + ref::attention within fp32
-// rounding. Shapes: 9/3, 28/4, 32/8, 16/1 (a GQA group larger than one CTA's 8 heads) and 4/4 query/kv heads;
-// head_dim 8, 64, 128; several lengths, forced split counts, and an 8192-token context.
+// CUDA vs CPU reference for the KV4 cache: the append kernel (src/kernels/cuda/kv_cache.cu) must write
+// exactly the bytes/scales/zeros of ref::quantize_kv_asym_int4 at the right cells and nothing else; decode
+// attention over the 4-bit cache (decode_attn.cu) must equal ref::dequantize_kv_asym_int4 + ref::attention
+// within fp32 rounding. Shapes: 9/3, 28/4, 32/8, 16/1 (a GQA group larger than one CTA's 8 heads) and 4/4
+// query/kv heads; head_dim 8, 64, 128; several lengths, forced split counts, and an 8192-token context.
 #ifdef FLATQUANT_WITH_CUDA
 #include <gtest/gtest.h>
 
@@ -29,8 +29,7 @@ struct CacheImage {
   int64_t slots, ctx, H, d;
   std::vector<uint8_t> k, v;
   std::vector<float> ks, kz, vs, vz;
-  CacheImage(int64_t slots_, int64_t ctx_, int64_t H_, int64_t d_)
-      : slots(slots_), ctx(ctx_), H(H_), d(d_) {
+  CacheImage(int64_t slots_, int64_t ctx_, int64_t H_, int64_t d_) : slots(slots_), ctx(ctx_), H(H_), d(d_) {
     const size_t cells = static_cast<size_t>(slots * ctx * H);
     k.assign(cells * static_cast<size_t>(d / 2), 0xFF);
     v = k;
@@ -54,8 +53,8 @@ struct DeviceCache {
 };
 
 // Quantizes rows x [n_tok, H, d] (token stride `stride`) with the reference into img at (slot, pos..).
-void ref_append(CacheImage& img, const float* kx, const float* vx, int64_t n_tok, int64_t stride, int64_t slot,
-                int64_t pos, const cuda::Kv4Clip& clip) {
+void ref_append(CacheImage& img, const float* kx, const float* vx, int64_t n_tok, int64_t stride,
+                int64_t slot, int64_t pos, const cuda::Kv4Clip& clip) {
   for (int64_t t = 0; t < n_tok; ++t) {
     const int64_t c0 = img.cell(slot, pos + t, 0);
     ref::quantize_kv_asym_int4(kx + t * stride, 1, img.H, img.d, stride, clip.k_max, clip.k_min,
@@ -72,8 +71,9 @@ std::string compare_bytes(const std::vector<uint8_t>& gpu, const std::vector<uin
     if (gpu[i] != cpu[i] && bad++ == 0) first = i;
   if (bad == 0) return "";
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%s: %zu of %zu bytes differ; first in cell %lld byte %lld: gpu=0x%02x cpu=0x%02x%s",
-                what, bad, cpu.size(), static_cast<long long>(first / row_bytes),
+  std::snprintf(buf, sizeof buf,
+                "%s: %zu of %zu bytes differ; first in cell %lld byte %lld: gpu=0x%02x cpu=0x%02x%s", what,
+                bad, cpu.size(), static_cast<long long>(first / row_bytes),
                 static_cast<long long>(first % row_bytes), gpu[first], cpu[first],
                 cpu[first] == 0xFF ? " (cpu 0xff: this cell must stay untouched)" : "");
   return buf;
@@ -83,8 +83,8 @@ std::string compare_floats(const std::vector<float>& gpu, const std::vector<floa
   for (size_t i = 0; i < cpu.size(); ++i)
     if (std::memcmp(&gpu[i], &cpu[i], sizeof(float)) != 0) {
       char buf[256];
-      std::snprintf(buf, sizeof buf, "%s[cell %zu]: gpu=%.9g cpu=%.9g (bit-exact expected; NaN = poison)", what, i,
-                    gpu[i], cpu[i]);
+      std::snprintf(buf, sizeof buf, "%s[cell %zu]: gpu=%.9g cpu=%.9g (bit-exact expected; NaN = poison)",
+                    what, i, gpu[i], cpu[i]);
       return buf;
     }
   return "";
@@ -106,14 +106,15 @@ TEST(Kv4AppendCuda, WritesReferenceCodesAtTheirPositions) {
     for (int64_t d : {8, 64, 128}) {
       for (DType dt : {DType::F32, DType::F16}) {
         const int64_t slots = 3, ctx = 40, stride = H * d + 4;
-        const std::string ctx_s = "H " + std::to_string(H) + " d " + std::to_string(d) +
-                                  (dt == DType::F16 ? " fp16" : " fp32");
+        const std::string ctx_s =
+            "H " + std::to_string(H) + " d " + std::to_string(d) + (dt == DType::F16 ? " fp16" : " fp32");
         CacheImage img(slots, ctx, H, d);
         DeviceCache dc(img);
         // 1) a prompt of 13 tokens into slot 1 at host position 5.
         const int64_t n = 13;
         auto kx = test::random_activations(static_cast<size_t>(n * stride), static_cast<uint32_t>(H * 7 + d));
-        auto vx = test::random_activations(static_cast<size_t>(n * stride), static_cast<uint32_t>(H * 7 + d + 1));
+        auto vx =
+            test::random_activations(static_cast<size_t>(n * stride), static_cast<uint32_t>(H * 7 + d + 1));
         for (int64_t i = 0; i < d; ++i) kx[static_cast<size_t>(2 * stride + i)] = 0.0f;  // an all-zero head
         if (dt == DType::F16) {
           test::round_f16(kx);
@@ -125,27 +126,29 @@ TEST(Kv4AppendCuda, WritesReferenceCodesAtTheirPositions) {
           DeviceBuffer<uint16_t> dk16(test::to_f16(kx)), dv16(test::to_f16(vx));
           const void* kp = dt == DType::F16 ? static_cast<const void*>(dk16.get()) : dk32.get();
           const void* vp = dt == DType::F16 ? static_cast<const void*>(dv16.get()) : dv32.get();
-          ASSERT_EQ(cuda::kv4_append(dc.layer, kp, vp, dt, 1, n, stride, 1, 5, nullptr, nullptr, clip, nullptr),
-                    cudaSuccess);
+          ASSERT_EQ(
+              cuda::kv4_append(dc.layer, kp, vp, dt, 1, n, stride, 1, 5, nullptr, nullptr, clip, nullptr),
+              cudaSuccess);
         }
         // 2) one decode token per slot at device positions {0, 18, ctx-1}.
         auto k1 = test::random_activations(static_cast<size_t>(slots * stride), static_cast<uint32_t>(H + d));
-        auto v1 = test::random_activations(static_cast<size_t>(slots * stride), static_cast<uint32_t>(H + d + 9));
+        auto v1 =
+            test::random_activations(static_cast<size_t>(slots * stride), static_cast<uint32_t>(H + d + 9));
         if (dt == DType::F16) {
           test::round_f16(k1);
           test::round_f16(v1);
         }
         const std::vector<int32_t> pos = {0, 18, static_cast<int32_t>(ctx - 1)};
         for (int64_t s = 0; s < slots; ++s)
-          ref_append(img, k1.data() + s * stride, v1.data() + s * stride, 1, stride, s, pos[static_cast<size_t>(s)],
-                     clip);
+          ref_append(img, k1.data() + s * stride, v1.data() + s * stride, 1, stride, s,
+                     pos[static_cast<size_t>(s)], clip);
         DeviceBuffer<int32_t> dpos(pos), dflag(std::vector<int32_t>{0});
         DeviceBuffer<float> dk32(k1), dv32(v1);
         DeviceBuffer<uint16_t> dk16(test::to_f16(k1)), dv16(test::to_f16(v1));
         const void* kp = dt == DType::F16 ? static_cast<const void*>(dk16.get()) : dk32.get();
         const void* vp = dt == DType::F16 ? static_cast<const void*>(dv16.get()) : dv32.get();
-        ASSERT_EQ(cuda::kv4_append(dc.layer, kp, vp, dt, slots, 1, stride, 0, 0, dpos.get(), dflag.get(), clip,
-                                   nullptr),
+        ASSERT_EQ(cuda::kv4_append(dc.layer, kp, vp, dt, slots, 1, stride, 0, 0, dpos.get(), dflag.get(),
+                                   clip, nullptr),
                   cudaSuccess);
         FQ_CUDA_CHECK(cudaDeviceSynchronize(), "kv4_append");
         EXPECT_EQ(dflag.download()[0], 0) << ctx_s << ": overflow flag set for in-range positions";
@@ -162,9 +165,10 @@ TEST(Kv4AppendCuda, DevicePositionOverflowIsFlaggedAndWritesNothing) {
   DeviceCache dc(img);
   auto x = test::random_activations(static_cast<size_t>(2 * H * d), 5);
   DeviceBuffer<float> dx(x);
-  DeviceBuffer<int32_t> dpos(std::vector<int32_t>{static_cast<int32_t>(ctx), -1}), dflag(std::vector<int32_t>{0});
-  ASSERT_EQ(cuda::kv4_append(dc.layer, dx.get(), dx.get(), DType::F32, 2, 1, H * d, 0, 0, dpos.get(), dflag.get(),
-                             {}, nullptr),
+  DeviceBuffer<int32_t> dpos(std::vector<int32_t>{static_cast<int32_t>(ctx), -1}),
+      dflag(std::vector<int32_t>{0});
+  ASSERT_EQ(cuda::kv4_append(dc.layer, dx.get(), dx.get(), DType::F32, 2, 1, H * d, 0, 0, dpos.get(),
+                             dflag.get(), {}, nullptr),
             cudaSuccess);
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "kv4_append");
   EXPECT_EQ(dflag.download()[0], 1) << "positions ctx and -1 must set the overflow flag";
@@ -192,7 +196,8 @@ TEST(Kv4AppendCuda, RejectsHostOverflowWithoutLaunching) {
 
 // ---- decode attention -----------------------------------------------------------------------------------
 
-// A random cache: every nibble, zero points 0..15, scales wide enough that softmaxes range from flat to peaked.
+// A random cache: every nibble, zero points 0..15, scales wide enough that softmaxes range from flat to
+// peaked.
 CacheImage random_cache(int64_t slots, int64_t ctx, int64_t H, int64_t d, uint32_t seed) {
   CacheImage img(slots, ctx, H, d);
   img.k = test::random_packed(img.k.size(), seed);
@@ -208,7 +213,8 @@ CacheImage random_cache(int64_t slots, int64_t ctx, int64_t H, int64_t d, uint32
   return img;
 }
 
-// Reference for sequence b: dequantize its first len positions, then attention of one query at position len-1.
+// Reference for sequence b: dequantize its first len positions, then attention of one query at position
+// len-1.
 std::vector<float> ref_decode(const CacheImage& img, const std::vector<float>& q, int64_t n_head,
                               const std::vector<int32_t>& len) {
   const int64_t H = img.H, d = img.d, B = static_cast<int64_t>(len.size());
@@ -254,13 +260,13 @@ void run_decode_case(const DecodeCase& c, DType q_dt, DType out_dt, int forced_s
   DeviceBuffer<uint16_t> out16(want.size());
   const void* qp = q_dt == DType::F16 ? static_cast<const void*>(dq16.get()) : dq32.get();
   void* op = out_dt == DType::F16 ? static_cast<void*>(out16.get()) : out32.get();
-  const std::string ctx = "heads " + std::to_string(c.n_head) + "/" + std::to_string(c.H) + " d " +
-                          std::to_string(d) + " batch " + std::to_string(B) + " max_len " + std::to_string(max_len) +
-                          " n_split " + std::to_string(plan.n_split) + " heads/cta " +
-                          std::to_string(plan.heads_per_cta) + (q_dt == DType::F16 ? " q fp16" : " q fp32") +
-                          (out_dt == DType::F16 ? " out fp16" : " out fp32");
-  ASSERT_EQ(cuda::decode_attention(dc.layer, qp, q_dt, c.n_head * d, B, c.n_head, dlen.get(), op, out_dt, plan,
-                                   ws.get(), dflag.get(), nullptr),
+  const std::string ctx =
+      "heads " + std::to_string(c.n_head) + "/" + std::to_string(c.H) + " d " + std::to_string(d) +
+      " batch " + std::to_string(B) + " max_len " + std::to_string(max_len) + " n_split " +
+      std::to_string(plan.n_split) + " heads/cta " + std::to_string(plan.heads_per_cta) +
+      (q_dt == DType::F16 ? " q fp16" : " q fp32") + (out_dt == DType::F16 ? " out fp16" : " out fp32");
+  ASSERT_EQ(cuda::decode_attention(dc.layer, qp, q_dt, c.n_head * d, B, c.n_head, dlen.get(), op, out_dt,
+                                   plan, ws.get(), dflag.get(), nullptr),
             cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "decode_attention " + ctx);
@@ -288,7 +294,8 @@ TEST(DecodeAttnCuda, DtypesAndForcedSplits) {
   uint32_t seed = 300;
   for (int split : {1, 2, 3, 16, 200})
     for (DType qd : {DType::F32, DType::F16})
-      for (DType od : {DType::F32, DType::F16}) run_decode_case({32, 8, 128, len, 1024}, qd, od, split, seed++);
+      for (DType od : {DType::F32, DType::F16})
+        run_decode_case({32, 8, 128, len, 1024}, qd, od, split, seed++);
   run_decode_case({28, 4, 64, len, 1024}, DType::F16, DType::F16, 5, seed++);
 }
 
@@ -305,8 +312,8 @@ TEST(DecodeAttnCuda, LengthBeyondCacheIsFlagged) {
   DeviceBuffer<float> q(std::vector<float>(8, 0.5f)), out(8);
   DeviceBuffer<int32_t> dlen(std::vector<int32_t>{17}), dflag(std::vector<int32_t>{0});
   const cuda::DecodeAttnPlan plan;  // one split
-  ASSERT_EQ(cuda::decode_attention(dc.layer, q.get(), DType::F32, 8, 1, 1, dlen.get(), out.get(), DType::F32, plan,
-                                   nullptr, dflag.get(), nullptr),
+  ASSERT_EQ(cuda::decode_attention(dc.layer, q.get(), DType::F32, 8, 1, 1, dlen.get(), out.get(), DType::F32,
+                                   plan, nullptr, dflag.get(), nullptr),
             cudaSuccess);
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "decode_attention");
   EXPECT_EQ(dflag.download()[0], 1) << "length 17 > max_ctx 16 must set the overflow flag";
@@ -324,12 +331,12 @@ TEST(DecodeAttnCuda, PlanCoversLongContextsAndRejectsBadShapes) {
   l.max_ctx = 16;
   l.n_head_kv = 2;
   l.head_dim = 80;  // not a power of two
-  EXPECT_EQ(cuda::decode_attention(l, nullptr, DType::F32, 160, 1, 4, nullptr, nullptr, DType::F32, {}, nullptr,
-                                   nullptr, nullptr),
+  EXPECT_EQ(cuda::decode_attention(l, nullptr, DType::F32, 160, 1, 4, nullptr, nullptr, DType::F32, {},
+                                   nullptr, nullptr, nullptr),
             cudaErrorInvalidValue);
   l.head_dim = 64;
-  EXPECT_EQ(cuda::decode_attention(l, nullptr, DType::F32, 192, 1, 3, nullptr, nullptr, DType::F32, {}, nullptr,
-                                   nullptr, nullptr),
+  EXPECT_EQ(cuda::decode_attention(l, nullptr, DType::F32, 192, 1, 3, nullptr, nullptr, DType::F32, {},
+                                   nullptr, nullptr, nullptr),
             cudaErrorInvalidValue)
       << "3 query heads over 2 kv heads";
 }

@@ -1,9 +1,9 @@
-// CUDA vs CPU reference for the small layer kernels (src/kernels/cuda/layer_ops.cu): RMSNorm (ref::rmsnorm), RoPE
-// with default and llama3 scaling at arbitrary positions (ref::RopeTable + ref::rope_apply), SwiGLU (ref::swiglu),
-// embedding gather (exact), greedy argmax (runtime::argmax, exact, ties and NaN included); and the sampling kernel
-// (sampling.cu): top-k 1 and temperature 0 are argmax, every draw lies in the top-k / top-p set computed on the
-// CPU in double, the empirical distribution over many rows matches the filtered softmax, and draws are a pure
-// function of (seed, row, step).
+// CUDA vs CPU reference for the small layer kernels (src/kernels/cuda/layer_ops.cu): RMSNorm (ref::rmsnorm),
+// RoPE with default and llama3 scaling at arbitrary positions (ref::RopeTable + ref::rope_apply), SwiGLU
+// (ref::swiglu), embedding gather (exact), greedy argmax (runtime::argmax, exact, ties and NaN included); and
+// the sampling kernel (sampling.cu): top-k 1 and temperature 0 are argmax, every draw lies in the top-k /
+// top-p set computed on the CPU in double, the empirical distribution over many rows matches the filtered
+// softmax, and draws are a pure function of (seed, row, step).
 #ifdef FLATQUANT_WITH_CUDA
 #include <gtest/gtest.h>
 
@@ -34,15 +34,21 @@ struct ActBuffer {
   DeviceBuffer<float> f32;
   DeviceBuffer<uint16_t> f16;
   DType dt;
-  ActBuffer(const std::vector<float>& x, DType dt_) : f32(dt_ == DType::F32 ? x : std::vector<float>(1)),
-                                                      f16(dt_ == DType::F16 ? test::to_f16(x) : std::vector<uint16_t>(1)),
-                                                      dt(dt_) {}
-  explicit ActBuffer(size_t n, DType dt_) : f32(dt_ == DType::F32 ? n : 1), f16(dt_ == DType::F16 ? n : 1), dt(dt_) {}
+  ActBuffer(const std::vector<float>& x, DType dt_)
+      : f32(dt_ == DType::F32 ? x : std::vector<float>(1)),
+        f16(dt_ == DType::F16 ? test::to_f16(x) : std::vector<uint16_t>(1)),
+        dt(dt_) {}
+  explicit ActBuffer(size_t n, DType dt_)
+      : f32(dt_ == DType::F32 ? n : 1), f16(dt_ == DType::F16 ? n : 1), dt(dt_) {}
   void* get() { return dt == DType::F16 ? static_cast<void*>(f16.get()) : static_cast<void*>(f32.get()); }
-  std::vector<float> download() const { return dt == DType::F16 ? test::from_f16(f16.download()) : f32.download(); }
+  std::vector<float> download() const {
+    return dt == DType::F16 ? test::from_f16(f16.download()) : f32.download();
+  }
 };
 
-const char* name(DType t) { return t == DType::F16 ? "fp16" : "fp32"; }
+const char* name(DType t) {
+  return t == DType::F16 ? "fp16" : "fp32";
+}
 
 TEST(LayerOpsCuda, RmsNormMatchesReference) {
   FQ_REQUIRE_CUDA();
@@ -54,12 +60,12 @@ TEST(LayerOpsCuda, RmsNormMatchesReference) {
         if (xt == DType::F16) test::round_f16(x);
         auto w = test::random_activations(static_cast<size_t>(dim), static_cast<uint32_t>(dim + 1));
         std::vector<float> dense(static_cast<size_t>(n * dim)), want(dense.size());
-        for (int64_t r = 0; r < n; ++r)
-          std::copy_n(x.begin() + r * stride, dim, dense.begin() + r * dim);
+        for (int64_t r = 0; r < n; ++r) std::copy_n(x.begin() + r * stride, dim, dense.begin() + r * dim);
         ref::rmsnorm(dense.data(), w.data(), n, dim, 1e-5f, want.data());
         ActBuffer dx(x, xt), dy(static_cast<size_t>(n * dim), yt);
         DeviceBuffer<float> dw(w);
-        ASSERT_EQ(cuda::rmsnorm(dx.get(), xt, stride, dw.get(), n, dim, 1e-5f, dy.get(), yt, nullptr), cudaSuccess);
+        ASSERT_EQ(cuda::rmsnorm(dx.get(), xt, stride, dw.get(), n, dim, 1e-5f, dy.get(), yt, nullptr),
+                  cudaSuccess);
         FQ_CUDA_CHECK(cudaDeviceSynchronize(), "rmsnorm");
         const double rtol = yt == DType::F16 ? 1e-3 : 2e-6;
         EXPECT_EQ(test::check_rows(dy.download(), want, dim, rtol, 0.0, "rmsnorm"), "")
@@ -93,7 +99,8 @@ TEST(LayerOpsCuda, RopeMatchesReferenceAtArbitraryPositions) {
           for (int64_t t = 0; t < n; ++t) {  // RopeTable's angles, per position (no table up to 131071)
             std::vector<float> c(static_cast<size_t>(d / 2)), s(c.size());
             for (int64_t i = 0; i < d / 2; ++i) {
-              const float angle = inv[static_cast<size_t>(i)] * static_cast<float>(pos[static_cast<size_t>(t)]);
+              const float angle =
+                  inv[static_cast<size_t>(i)] * static_cast<float>(pos[static_cast<size_t>(t)]);
               c[static_cast<size_t>(i)] = std::cos(angle);
               s[static_cast<size_t>(i)] = std::sin(angle);
             }
@@ -107,16 +114,16 @@ TEST(LayerOpsCuda, RopeMatchesReferenceAtArbitraryPositions) {
                     cudaSuccess);
           FQ_CUDA_CHECK(cudaDeviceSynchronize(), "rope");
           const double rtol = dt == DType::F16 ? 1e-3 : 1e-5;
-          const std::string ctx = "rope " + sc.type + " heads " + std::to_string(hq) + "/" + std::to_string(hk) +
-                                  " d " + std::to_string(d) + " " + name(dt);
+          const std::string ctx = "rope " + sc.type + " heads " + std::to_string(hq) + "/" +
+                                  std::to_string(hk) + " d " + std::to_string(d) + " " + name(dt);
           EXPECT_EQ(test::check_rows(dq.download(), wq, qs, rtol, 1e-6, "q (rows = tokens)"), "") << ctx;
           EXPECT_EQ(test::check_rows(dk.download(), wk, ks, rtol, 1e-6, "k (rows = tokens)"), "") << ctx;
         }
 }
 
 TEST(LayerOpsCuda, RopeTableMatchesOurInlineAngles) {
-  // The test above recomputes cos/sin per position exactly as RopeTable does; check that equivalence here so that
-  // a change to RopeTable cannot silently leave the CUDA test behind.
+  // The test above recomputes cos/sin per position exactly as RopeTable does; check that equivalence here so
+  // that a change to RopeTable cannot silently leave the CUDA test behind.
   const auto inv = ref::rope_inv_freq(64, 10000.0, RopeScaling{});
   const ref::RopeTable t(inv, 40);
   for (int64_t p = 0; p < 40; ++p)
@@ -163,8 +170,8 @@ TEST(LayerOpsCuda, EmbeddingGathersRowsAndFlagsBadIds) {
     const std::vector<int32_t> ids = {0, 49, 7, 7, 23};
     ActBuffer dt(t, tt), dout(ids.size() * static_cast<size_t>(dim), DType::F32);
     DeviceBuffer<int32_t> did(ids), dflag(std::vector<int32_t>{0});
-    ASSERT_EQ(cuda::embedding(dt.get(), tt, vocab, dim, did.get(), static_cast<int64_t>(ids.size()), dout.get(),
-                              DType::F32, dflag.get(), nullptr),
+    ASSERT_EQ(cuda::embedding(dt.get(), tt, vocab, dim, did.get(), static_cast<int64_t>(ids.size()),
+                              dout.get(), DType::F32, dflag.get(), nullptr),
               cudaSuccess);
     FQ_CUDA_CHECK(cudaDeviceSynchronize(), "embedding");
     const auto got = dout.download();
@@ -173,8 +180,9 @@ TEST(LayerOpsCuda, EmbeddingGathersRowsAndFlagsBadIds) {
         ASSERT_EQ(got[r * dim + e], t[static_cast<size_t>(ids[r] * dim + e)]) << "row " << r << " elem " << e;
     EXPECT_EQ(dflag.download()[0], 0);
     DeviceBuffer<int32_t> bad(std::vector<int32_t>{3, 50, -1});
-    ASSERT_EQ(cuda::embedding(dt.get(), tt, vocab, dim, bad.get(), 3, dout.get(), DType::F32, dflag.get(), nullptr),
-              cudaSuccess);
+    ASSERT_EQ(
+        cuda::embedding(dt.get(), tt, vocab, dim, bad.get(), 3, dout.get(), DType::F32, dflag.get(), nullptr),
+        cudaSuccess);
     FQ_CUDA_CHECK(cudaDeviceSynchronize(), "embedding");
     EXPECT_EQ(dflag.download()[0], 1) << "ids 50 and -1 are out of range for vocab 50";
     EXPECT_EQ(dout.download()[static_cast<size_t>(dim)], 0.0f) << "an out-of-range id gives a zero row";
@@ -195,15 +203,17 @@ TEST(LayerOpsCuda, ArgmaxMatchesCpuIncludingTiesAndNaN) {
     auto x = logit_rows(rows, vocab, static_cast<uint32_t>(vocab));
     if (vocab > 2) {
       const int64_t m = std::max_element(x.begin() + vocab, x.begin() + 2 * vocab) - (x.begin() + vocab);
-      x[static_cast<size_t>(vocab + vocab - 1)] = x[static_cast<size_t>(vocab + m)];  // row 1: a tie, later index
-      x[static_cast<size_t>(2 * vocab)] = NAN;                                          // row 2: NaN first
+      x[static_cast<size_t>(vocab + vocab - 1)] =
+          x[static_cast<size_t>(vocab + m)];    // row 1: a tie, later index
+      x[static_cast<size_t>(2 * vocab)] = NAN;  // row 2: NaN first
       for (int64_t i = 0; i < vocab; ++i) x[static_cast<size_t>(3 * vocab + i)] = -INFINITY;  // row 3
       x[static_cast<size_t>(3 * vocab + vocab / 2)] = -1e30f;
       for (int64_t i = 0; i < vocab; ++i) x[static_cast<size_t>(4 * vocab + i)] = NAN;  // row 4: all NaN
     }
     for (DType dt : {DType::F32, DType::F16}) {
       auto xr = x;
-      if (dt == DType::F16) test::round_f16(xr);  // -1e30 becomes -inf: still the CPU's answer on the same data
+      if (dt == DType::F16)
+        test::round_f16(xr);  // -1e30 becomes -inf: still the CPU's answer on the same data
       ActBuffer dx(xr, dt);
       DeviceBuffer<int32_t> out(static_cast<size_t>(rows));
       ASSERT_EQ(cuda::argmax(dx.get(), dt, rows, vocab, vocab, out.get(), nullptr), cudaSuccess);
@@ -216,36 +226,41 @@ TEST(LayerOpsCuda, ArgmaxMatchesCpuIncludingTiesAndNaN) {
   }
 }
 
-std::vector<int32_t> run_sample(const std::vector<float>& x, int64_t rows, int64_t vocab, const cuda::SampleParams& p,
-                                uint64_t step) {
+std::vector<int32_t> run_sample(const std::vector<float>& x, int64_t rows, int64_t vocab,
+                                const cuda::SampleParams& p, uint64_t step) {
   DeviceBuffer<float> dx(x);
   DeviceBuffer<int32_t> out(static_cast<size_t>(rows));
   DeviceBuffer<uint64_t> dstep(std::vector<uint64_t>{step});
   // Alternate between the host step and the device step (the CUDA-graph form): both must mean the same.
   const bool dev = step % 2 == 1;
-  EXPECT_EQ(cuda::sample(dx.get(), DType::F32, rows, vocab, vocab, p, dev ? 0 : step, dev ? dstep.get() : nullptr,
-                         out.get(), nullptr),
+  EXPECT_EQ(cuda::sample(dx.get(), DType::F32, rows, vocab, vocab, p, dev ? 0 : step,
+                         dev ? dstep.get() : nullptr, out.get(), nullptr),
             cudaSuccess);
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "sample");
   return out.download();
 }
 
-// The kept set in double: top-k by logit, then the smallest most-likely-first prefix whose probability reaches
-// top_p. Returns per token: 0 = removed, 1 = kept, 2 = at the top-p boundary (kept or removed within 1e-6).
+// The kept set in double: top-k by logit, then the smallest most-likely-first prefix whose probability
+// reaches top_p. Returns per token: 0 = removed, 1 = kept, 2 = at the top-p boundary (kept or removed within
+// 1e-6).
 std::vector<int> kept_set(const float* x, int64_t vocab, const cuda::SampleParams& p) {
   std::vector<int64_t> idx(static_cast<size_t>(vocab));
   std::iota(idx.begin(), idx.end(), 0);
-  std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
+  std::sort(idx.begin(), idx.end(),
+            [&](int64_t a, int64_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
   const int64_t k = p.top_k > 0 && p.top_k < vocab ? p.top_k : vocab;
   std::vector<double> w(static_cast<size_t>(k));
   double z = 0;
-  for (int64_t i = 0; i < k; ++i) z += w[static_cast<size_t>(i)] = std::exp((double(x[idx[i]]) - x[idx[0]]) / p.temperature);
+  for (int64_t i = 0; i < k; ++i)
+    z += w[static_cast<size_t>(i)] = std::exp((double(x[idx[i]]) - x[idx[0]]) / p.temperature);
   std::vector<int> keep(static_cast<size_t>(vocab), 0);
   double before = 0;
   for (int64_t i = 0; i < k; ++i) {
     const double frac = before / z;
-    if (frac < double(p.top_p) - 1e-6) keep[static_cast<size_t>(idx[i])] = 1;
-    else if (frac < double(p.top_p) + 1e-6) keep[static_cast<size_t>(idx[i])] = 2;
+    if (frac < double(p.top_p) - 1e-6)
+      keep[static_cast<size_t>(idx[i])] = 1;
+    else if (frac < double(p.top_p) + 1e-6)
+      keep[static_cast<size_t>(idx[i])] = 2;
     before += w[static_cast<size_t>(i)];
   }
   return keep;
@@ -257,7 +272,8 @@ TEST(SampleCuda, TopK1AndZeroTemperatureAreArgmax) {
     const int64_t rows = 8;
     const auto x = logit_rows(rows, vocab, static_cast<uint32_t>(vocab + 5));
     std::vector<int32_t> want(static_cast<size_t>(rows));
-    for (int64_t r = 0; r < rows; ++r) want[static_cast<size_t>(r)] = runtime::argmax(x.data() + r * vocab, vocab);
+    for (int64_t r = 0; r < rows; ++r)
+      want[static_cast<size_t>(r)] = runtime::argmax(x.data() + r * vocab, vocab);
     cuda::SampleParams p;
     p.temperature = 0.8f;
     p.top_k = 1;
@@ -274,14 +290,16 @@ TEST(SampleCuda, DrawsStayInsideTopKTopPSet) {
   const int64_t rows = 64;
   for (int64_t vocab : {50, 5000, 128256}) {
     const auto x = logit_rows(rows, vocab, static_cast<uint32_t>(vocab * 3));
-    for (auto [k, top_p] : std::vector<std::pair<int32_t, float>>{{0, 0.9f}, {40, 1.0f}, {40, 0.5f}, {0, 0.2f}}) {
+    for (auto [k, top_p] :
+         std::vector<std::pair<int32_t, float>>{{0, 0.9f}, {40, 1.0f}, {40, 0.5f}, {0, 0.2f}}) {
       cuda::SampleParams p;
       p.temperature = 1.1f;
       p.top_k = k;
       p.top_p = top_p;
       p.seed = 7;
       std::vector<std::vector<int>> keep(static_cast<size_t>(rows));
-      for (int64_t r = 0; r < rows; ++r) keep[static_cast<size_t>(r)] = kept_set(x.data() + r * vocab, vocab, p);
+      for (int64_t r = 0; r < rows; ++r)
+        keep[static_cast<size_t>(r)] = kept_set(x.data() + r * vocab, vocab, p);
       for (uint64_t step = 0; step < 4; ++step) {
         const auto got = run_sample(x, rows, vocab, p, step);
         for (int64_t r = 0; r < rows; ++r) {
@@ -289,7 +307,8 @@ TEST(SampleCuda, DrawsStayInsideTopKTopPSet) {
           ASSERT_TRUE(tok >= 0 && tok < vocab) << "row " << r << " token " << tok;
           EXPECT_NE(keep[static_cast<size_t>(r)][static_cast<size_t>(tok)], 0)
               << "vocab " << vocab << " top_k " << k << " top_p " << top_p << " step " << step << " row " << r
-              << ": token " << tok << " (logit " << x[static_cast<size_t>(r * vocab + tok)] << ") is outside the set";
+              << ": token " << tok << " (logit " << x[static_cast<size_t>(r * vocab + tok)]
+              << ") is outside the set";
         }
       }
     }
@@ -299,8 +318,8 @@ TEST(SampleCuda, DrawsStayInsideTopKTopPSet) {
 TEST(SampleCuda, EmpiricalDistributionMatchesFilteredSoftmax) {
   FQ_REQUIRE_CUDA();
   const int64_t vocab = 16, rows = 40000;
-  std::vector<float> one = {1.0f, 2.5f, 0.3f, 2.0f, -1.0f, 1.7f, 0.0f, 2.2f,
-                            -3.0f, 0.9f, 1.2f, -0.5f, 2.4f, 0.1f, -2.0f, 1.9f};
+  std::vector<float> one = {1.0f,  2.5f, 0.3f, 2.0f,  -1.0f, 1.7f, 0.0f,  2.2f,
+                            -3.0f, 0.9f, 1.2f, -0.5f, 2.4f,  0.1f, -2.0f, 1.9f};
   std::vector<float> x;
   for (int64_t r = 0; r < rows; ++r) x.insert(x.end(), one.begin(), one.end());
   cuda::SampleParams p;
@@ -314,7 +333,8 @@ TEST(SampleCuda, EmpiricalDistributionMatchesFilteredSoftmax) {
   std::vector<double> prob(static_cast<size_t>(vocab), 0.0);
   double z = 0;
   for (int64_t i = 0; i < vocab; ++i)
-    if (keep[static_cast<size_t>(i)]) z += prob[static_cast<size_t>(i)] = std::exp(one[static_cast<size_t>(i)] / 1.3);
+    if (keep[static_cast<size_t>(i)])
+      z += prob[static_cast<size_t>(i)] = std::exp(one[static_cast<size_t>(i)] / 1.3);
   for (auto& v : prob) v /= z;
   std::vector<int64_t> count(static_cast<size_t>(vocab), 0);
   for (int32_t t : got) ++count[static_cast<size_t>(t)];
@@ -322,8 +342,8 @@ TEST(SampleCuda, EmpiricalDistributionMatchesFilteredSoftmax) {
     const double pi = prob[static_cast<size_t>(i)], f = double(count[static_cast<size_t>(i)]) / rows;
     const double sigma = std::sqrt(pi * (1 - pi) / rows);
     EXPECT_LE(std::fabs(f - pi), 5 * sigma + 1e-12)
-        << "token " << i << ": frequency " << f << " expected " << pi << " (" << count[static_cast<size_t>(i)] << " of "
-        << rows << ")";
+        << "token " << i << ": frequency " << f << " expected " << pi << " (" << count[static_cast<size_t>(i)]
+        << " of " << rows << ")";
   }
 }
 
@@ -343,9 +363,11 @@ TEST(SampleCuda, DrawsArePureFunctionsOfSeedRowAndStep) {
 TEST(SampleCuda, RejectsBadParametersWithoutLaunching) {
   cuda::SampleParams p;
   p.top_p = 0.0f;
-  EXPECT_EQ(cuda::sample(nullptr, DType::F32, 1, 10, 10, p, 0, nullptr, nullptr, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::sample(nullptr, DType::F32, 1, 10, 10, p, 0, nullptr, nullptr, nullptr),
+            cudaErrorInvalidValue);
   p.top_p = 1.0f;
-  EXPECT_EQ(cuda::sample(nullptr, DType::F32, 1, 10, 5, p, 0, nullptr, nullptr, nullptr), cudaErrorInvalidValue)
+  EXPECT_EQ(cuda::sample(nullptr, DType::F32, 1, 10, 5, p, 0, nullptr, nullptr, nullptr),
+            cudaErrorInvalidValue)
       << "stride < vocab";
 }
 

@@ -1,5 +1,5 @@
-// Philox4x32-10 (src/ref/philox.h) against the known-answer vectors of the Random123 distribution (kat_vectors),
-// and the 64x64 -> high-64 product used to map draws onto [0, total).
+// Philox4x32-10 (src/ref/philox.h) against the known-answer vectors of the Random123 distribution
+// (kat_vectors), and the 64x64 -> high-64 product used to map draws onto [0, total).
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -26,7 +26,8 @@ TEST(Philox, MatchesKnownAnswerVectors) {
     const ref::Philox4 r =
         ref::philox4x32_10(ref::Philox4{{k.ctr[0], k.ctr[1], k.ctr[2], k.ctr[3]}}, k.key[0], k.key[1]);
     for (int i = 0; i < 4; ++i)
-      EXPECT_EQ(r.v[i], k.out[i]) << "word " << i << " for counter 0x" << std::hex << k.ctr[0] << " key 0x" << k.key[0];
+      EXPECT_EQ(r.v[i], k.out[i]) << "word " << i << " for counter 0x" << std::hex << k.ctr[0] << " key 0x"
+                                  << k.key[0];
   }
 }
 

@@ -1,7 +1,7 @@
 // CUDA vs CPU reference for causal prefill attention on fp16 q/k/v (src/kernels/cuda/prefill_attn.cu): the
-// tensor-core kernel (head_dim 64, 128) and the fp32 fallback (any head_dim; run here on 8, 64 and 128) against
-// ref::attention in fp32 on the same fp16-rounded inputs. The tensor-core kernel rounds probabilities to fp16
-// for P.V, so its bound is fp16-sized; the fallback only differs by summation order.
+// tensor-core kernel (head_dim 64, 128) and the fp32 fallback (any head_dim; run here on 8, 64 and 128)
+// against ref::attention in fp32 on the same fp16-rounded inputs. The tensor-core kernel rounds probabilities
+// to fp16 for P.V, so its bound is fp16-sized; the fallback only differs by summation order.
 #ifdef FLATQUANT_WITH_CUDA
 #include <gtest/gtest.h>
 
@@ -57,11 +57,12 @@ void run_prefill(const PrefillCase& c, Kernel which, DType out_dt, uint32_t seed
   void* op = out_dt == DType::F16 ? static_cast<void*>(o16.get()) : o32.get();
   auto fn = which == Kernel::Simple ? cuda::prefill_attention_simple : cuda::prefill_attention;
   const std::string ctx = std::string(which == Kernel::Simple ? "fallback" : "auto") + " batch " +
-                          std::to_string(c.batch) + " n " + std::to_string(c.n) + " p0 " + std::to_string(c.p0) +
-                          " heads " + std::to_string(c.n_head) + "/" + std::to_string(c.H) + " d " +
-                          std::to_string(d) + (out_dt == DType::F16 ? " out fp16" : " out fp32");
-  ASSERT_EQ(fn(dq.get(), dk.get(), dv.get(), c.batch, c.n, c.p0, c.n_head, c.H, d, q_stride, q_bs, kv_stride, kv_bs,
-               op, out_dt, nullptr),
+                          std::to_string(c.batch) + " n " + std::to_string(c.n) + " p0 " +
+                          std::to_string(c.p0) + " heads " + std::to_string(c.n_head) + "/" +
+                          std::to_string(c.H) + " d " + std::to_string(d) +
+                          (out_dt == DType::F16 ? " out fp16" : " out fp32");
+  ASSERT_EQ(fn(dq.get(), dk.get(), dv.get(), c.batch, c.n, c.p0, c.n_head, c.H, d, q_stride, q_bs, kv_stride,
+               kv_bs, op, out_dt, nullptr),
             cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "prefill_attention " + ctx);
@@ -78,7 +79,8 @@ TEST(PrefillAttnCuda, TensorCoreKernelMatchesReference) {
   const std::vector<std::pair<int64_t, int64_t>> heads = {{9, 3}, {28, 4}, {32, 8}};
   for (auto [nh, H] : heads)
     for (int64_t d : {64, 128})
-      for (int64_t n : {1, 63, 64, 130, 257}) run_prefill({1, n, 0, nh, H, d}, Kernel::Auto, DType::F32, seed++);
+      for (int64_t n : {1, 63, 64, 130, 257})
+        run_prefill({1, n, 0, nh, H, d}, Kernel::Auto, DType::F32, seed++);
   // Batches, a cached prefix (p0 > 0), fp16 output.
   run_prefill({3, 100, 37, 32, 8, 128}, Kernel::Auto, DType::F32, seed++);
   run_prefill({2, 200, 0, 28, 4, 64}, Kernel::Auto, DType::F16, seed++);
@@ -101,8 +103,8 @@ TEST(PrefillAttnCuda, RejectsBadShapesWithoutLaunching) {
                                     DType::F32, nullptr),
             cudaErrorInvalidValue)
       << "6 query heads over 4 kv heads";
-  EXPECT_EQ(cuda::prefill_attention(nullptr, nullptr, nullptr, 1, 4, 0, 4, 4, 7, 28, 0, 28, 0, nullptr, DType::F32,
-                                    nullptr),
+  EXPECT_EQ(cuda::prefill_attention(nullptr, nullptr, nullptr, 1, 4, 0, 4, 4, 7, 28, 0, 28, 0, nullptr,
+                                    DType::F32, nullptr),
             cudaErrorInvalidValue)
       << "odd head_dim";
   EXPECT_EQ(cuda::prefill_attention(nullptr, nullptr, nullptr, 1, 4, 0, 4, 4, 64, 100, 0, 256, 0, nullptr,

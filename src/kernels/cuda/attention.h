@@ -14,9 +14,9 @@
 namespace fq::cuda {
 
 // One layer's 4-bit K/V cache (docs/kernels_attention.md). For slot s (one sequence of a batch), position p,
-// kv head h: packed codes at k + ((s * max_ctx + p) * n_head_kv + h) * head_dim / 2 (plain nibbles 0..15, low =
-// even element, as ref::quantize_kv_asym_int4), scale/zero at k_scale/k_zero + (s * max_ctx + p) * n_head_kv + h.
-// Same for V.
+// kv head h: packed codes at k + ((s * max_ctx + p) * n_head_kv + h) * head_dim / 2 (plain nibbles 0..15, low
+// = even element, as ref::quantize_kv_asym_int4), scale/zero at k_scale/k_zero + (s * max_ctx + p) *
+// n_head_kv + h. Same for V.
 struct Kv4Layer {
   uint8_t* k = nullptr;
   float* k_scale = nullptr;
@@ -43,20 +43,20 @@ cudaError_t kv4_append(const Kv4Layer& cache, const void* k, const void* v, DTyp
                        int64_t n_tok, int64_t x_stride, int64_t slot0, int64_t pos0, const int32_t* d_pos,
                        int32_t* d_overflow, const Kv4Clip& clip, cudaStream_t stream);
 
-// ---- decode attention over the 4-bit cache -----------------------------------------------------------------
-// q: [batch, n_head, head_dim] of q_dtype (row stride q_stride elements per sequence); sequence b attends to
-// positions [0, d_len[b]) of cache slot b (d_len: device int32 [batch]; the new token's K/V already
-// appended). out: [batch, n_head, head_dim] of out_dtype, contiguous. Query head h reads kv head
-// h / (n_head / n_head_kv). Softmax in fp32, scale 1/sqrt(head_dim).
-// Flash-decoding: the keys of a sequence are split into n_split ranges (chosen from max_len, batch and the
-// device's SM count by decode_attention_splits; the ranges adapt to each d_len[b] on the device, so any
-// length works and the launch is CUDA-graph safe); partial (max, sum, out) go to `workspace`, then a combine
-// kernel merges them. workspace: decode_attention_workspace_bytes(...) bytes (may be nullptr when that is 0).
-// head_dim a multiple of 8 in [8, 256]; n_head a multiple of n_head_kv; d_len[b] <= max_ctx (larger lengths
-// are clamped to max_ctx and *d_overflow set when given).
+// ---- decode attention over the 4-bit cache
+// ----------------------------------------------------------------- q: [batch, n_head, head_dim] of q_dtype
+// (row stride q_stride elements per sequence); sequence b attends to positions [0, d_len[b]) of cache slot b
+// (d_len: device int32 [batch]; the new token's K/V already appended). out: [batch, n_head, head_dim] of
+// out_dtype, contiguous. Query head h reads kv head h / (n_head / n_head_kv). Softmax in fp32, scale
+// 1/sqrt(head_dim). Flash-decoding: the keys of a sequence are split into n_split ranges (chosen from
+// max_len, batch and the device's SM count by decode_attention_splits; the ranges adapt to each d_len[b] on
+// the device, so any length works and the launch is CUDA-graph safe); partial (max, sum, out) go to
+// `workspace`, then a combine kernel merges them. workspace: decode_attention_workspace_bytes(...) bytes (may
+// be nullptr when that is 0). head_dim a multiple of 8 in [8, 256]; n_head a multiple of n_head_kv; d_len[b]
+// <= max_ctx (larger lengths are clamped to max_ctx and *d_overflow set when given).
 struct DecodeAttnPlan {
-  int n_split = 1;       // key ranges per sequence
-  int heads_per_cta = 1; // query heads of one kv group handled by one CTA (all of them when <= 8)
+  int n_split = 1;        // key ranges per sequence
+  int heads_per_cta = 1;  // query heads of one kv group handled by one CTA (all of them when <= 8)
 };
 DecodeAttnPlan decode_attention_plan(int64_t batch, int64_t n_head, int64_t n_head_kv, int64_t max_len,
                                      int n_sm);
@@ -67,20 +67,22 @@ cudaError_t decode_attention(const Kv4Layer& cache, const void* q, DType q_dtype
                              const DecodeAttnPlan& plan, void* workspace, int32_t* d_overflow,
                              cudaStream_t stream);
 
-// ---- prefill attention on fp16 q/k/v -----------------------------------------------------------------------
-// q: [batch, n, n_head, head_dim] fp16 (token stride q_stride, sequence stride q_batch_stride); k, v:
-// [batch, p0 + n, n_head_kv, head_dim] fp16 (token stride kv_stride, sequence stride kv_batch_stride). Query
-// i sits at position p0 + i and sees keys 0..p0+i (causal). out: [batch, n, n_head, head_dim] of out_dtype,
-// contiguous. head_dim 64 and 128 run on the tensor cores (mma.sync m16n8k16, fp32 accumulation, online
-// softmax, 64 queries per CTA); other even head_dims <= 256 on a simple fp32 fallback kernel.
-cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t batch, int64_t n,
-                              int64_t p0, int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t q_stride,
-                              int64_t q_batch_stride, int64_t kv_stride, int64_t kv_batch_stride, void* out,
-                              DType out_dtype, cudaStream_t stream);
+// ---- prefill attention on fp16 q/k/v
+// ----------------------------------------------------------------------- q: [batch, n, n_head, head_dim]
+// fp16 (token stride q_stride, sequence stride q_batch_stride); k, v: [batch, p0 + n, n_head_kv, head_dim]
+// fp16 (token stride kv_stride, sequence stride kv_batch_stride). Query i sits at position p0 + i and sees
+// keys 0..p0+i (causal). out: [batch, n, n_head, head_dim] of out_dtype, contiguous. head_dim 64 and 128 run
+// on the tensor cores (mma.sync m16n8k16, fp32 accumulation, online softmax, 64 queries per CTA); other even
+// head_dims <= 256 on a simple fp32 fallback kernel.
+cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t batch,
+                              int64_t n, int64_t p0, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                              int64_t q_stride, int64_t q_batch_stride, int64_t kv_stride,
+                              int64_t kv_batch_stride, void* out, DType out_dtype, cudaStream_t stream);
 // The fallback kernel for any head_dim (exposed so that tests can run it on 64 and 128 as well).
 cudaError_t prefill_attention_simple(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t batch,
-                                     int64_t n, int64_t p0, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
-                                     int64_t q_stride, int64_t q_batch_stride, int64_t kv_stride,
-                                     int64_t kv_batch_stride, void* out, DType out_dtype, cudaStream_t stream);
+                                     int64_t n, int64_t p0, int64_t n_head, int64_t n_head_kv,
+                                     int64_t head_dim, int64_t q_stride, int64_t q_batch_stride,
+                                     int64_t kv_stride, int64_t kv_batch_stride, void* out, DType out_dtype,
+                                     cudaStream_t stream);
 
 }  // namespace fq::cuda

@@ -6,18 +6,19 @@
 // (up to 8) query heads of its GQA group, and one contiguous key range: every K/V byte is read once per
 // sequence. The range is walked in tiles of 128 keys with an online softmax (base-2 exponent, the scale
 // 1/sqrt(d) * log2(e) folded into q):
-//  - scores: thread j owns key j of the tile; it loads the key's d/2 code bytes (16-byte loads) and computes the
+//  - scores: thread j owns key j of the tile; it loads the key's d/2 code bytes (16-byte loads) and computes
+//  the
 //    dots with all G query heads (q in shared memory): s_g = k_scale * sum_i q_gi * (code_i - k_zero). code -
 //    zero is an exact small integer, so no cancellation.
 //  - tile max per head (warp shuffles + shared memory), rescale factor, p = 2^(s - m); thread j keeps its own
 //    partial row sums (rescaled like the accumulators) and publishes w = p * v_scale and v_zero.
 //  - P.V: thread t owns one 32-bit word (8 dims) of the value rows and every (128/W)-th key of the tile (W =
 //    d/8 words per row): acc[g][e] += w_gj * (code_je - v_zero_j).
-// At the end the per-thread accumulators are reduced over the key lanes (shuffles, then across warps in shared
-// memory). With one split the CTA writes out = acc / l; otherwise it writes (m, l, acc) to the workspace and
-// a combine kernel merges the splits: M = max m_s, out = sum 2^(m_s - M) acc_s / sum 2^(m_s - M) l_s.
-// Split ranges are computed on the device from d_len[b] (ceil(len / n_split) rounded up to whole tiles), so
-// one launch configuration (fixed at CUDA-graph capture) serves every length.
+// At the end the per-thread accumulators are reduced over the key lanes (shuffles, then across warps in
+// shared memory). With one split the CTA writes out = acc / l; otherwise it writes (m, l, acc) to the
+// workspace and a combine kernel merges the splits: M = max m_s, out = sum 2^(m_s - M) acc_s / sum 2^(m_s -
+// M) l_s. Split ranges are computed on the device from d_len[b] (ceil(len / n_split) rounded up to whole
+// tiles), so one launch configuration (fixed at CUDA-graph capture) serves every length.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -52,17 +53,16 @@ struct Smem {
 
 template <int GM>
 __host__ __device__ constexpr size_t smem_floats(int d) {
-  return static_cast<size_t>(GM) * d + kTile * GM + kTile + kWarps * GM + static_cast<size_t>(kWarps) * GM * d;
+  return static_cast<size_t>(GM) * d + kTile * GM + kTile + kWarps * GM +
+         static_cast<size_t>(kWarps) * GM * d;
 }
 
 // D: head_dim, or 0 for a run-time head_dim (d). GM: compile-time bound on the query heads per CTA.
 template <int D, int GM>
-__global__ void __launch_bounds__(kThreads) decode_attn_kernel(Kv4Layer c, const void* __restrict__ qv,
-                                                               bool q_f16, int64_t q_stride, int n_head,
-                                                               int heads_per_cta, const int32_t* __restrict__ d_len,
-                                                               void* __restrict__ outv, bool out_f16,
-                                                               float* __restrict__ ws, int n_split,
-                                                               int32_t* d_overflow) {
+__global__ void __launch_bounds__(kThreads)
+    decode_attn_kernel(Kv4Layer c, const void* __restrict__ qv, bool q_f16, int64_t q_stride, int n_head,
+                       int heads_per_cta, const int32_t* __restrict__ d_len, void* __restrict__ outv,
+                       bool out_f16, float* __restrict__ ws, int n_split, int32_t* d_overflow) {
   extern __shared__ float smem_raw[];
   const int d = D > 0 ? D : static_cast<int>(c.head_dim);
   const int W = d / 8;  // 32-bit code words per row (a power of two <= 32)
@@ -273,8 +273,8 @@ __global__ void __launch_bounds__(kThreads) decode_attn_kernel(Kv4Layer c, const
       ws[row * d + e] = o;
       if (e == 0) {
         const int64_t n_rows = static_cast<int64_t>(gridDim.z) * n_head * n_split;
-        ws[n_rows * d + row] = mg;            // max (base-2 domain)
-        ws[n_rows * d + n_rows + row] = l;    // sum
+        ws[n_rows * d + row] = mg;          // max (base-2 domain)
+        ws[n_rows * d + n_rows + row] = l;  // sum
       }
     }
   }
@@ -316,8 +316,8 @@ cudaError_t launch_decode(const Kv4Layer& c, const void* q, bool q_f16, int64_t 
   if (smem > 48 * 1024) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(c.n_head_kv * n_chunk),
                   static_cast<unsigned>(batch));
-  kernel<<<grid, kThreads, smem, stream>>>(c, q, q_f16, q_stride, static_cast<int>(n_head), heads_per_cta, d_len,
-                                           out, out_f16, ws, n_split, d_overflow);
+  kernel<<<grid, kThreads, smem, stream>>>(c, q, q_f16, q_stride, static_cast<int>(n_head), heads_per_cta,
+                                           d_len, out, out_f16, ws, n_split, d_overflow);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -374,7 +374,8 @@ cudaError_t decode_attention(const Kv4Layer& cache, const void* q, DType q_dtype
   if (!d_ok || H < 1 || n_head < H || n_head % H != 0 || batch < 1 || batch > c.n_slots || c.max_ctx < 1 ||
       c.max_ctx > 0x7fffffff || q_stride < n_head * d || batch > 65535)
     return cudaErrorInvalidValue;
-  if ((q_dtype != DType::F32 && q_dtype != DType::F16) || (out_dtype != DType::F32 && out_dtype != DType::F16))
+  if ((q_dtype != DType::F32 && q_dtype != DType::F16) ||
+      (out_dtype != DType::F32 && out_dtype != DType::F16))
     return cudaErrorInvalidValue;
   const int64_t G = n_head / H;
   if (plan.n_split < 1 || plan.n_split > kMaxSplit || plan.heads_per_cta < 1 ||
@@ -393,17 +394,17 @@ cudaError_t decode_attention(const Kv4Layer& cache, const void* q, DType q_dtype
   cudaError_t err;
   const int hpc = plan.heads_per_cta;
   if (hpc <= 1)
-    err = dispatch_d<1>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws, plan.n_split,
-                        d_overflow, stream);
+    err = dispatch_d<1>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
+                        plan.n_split, d_overflow, stream);
   else if (hpc <= 2)
-    err = dispatch_d<2>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws, plan.n_split,
-                        d_overflow, stream);
+    err = dispatch_d<2>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
+                        plan.n_split, d_overflow, stream);
   else if (hpc <= 4)
-    err = dispatch_d<4>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws, plan.n_split,
-                        d_overflow, stream);
+    err = dispatch_d<4>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
+                        plan.n_split, d_overflow, stream);
   else
-    err = dispatch_d<8>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws, plan.n_split,
-                        d_overflow, stream);
+    err = dispatch_d<8>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
+                        plan.n_split, d_overflow, stream);
   if (err != cudaSuccess || plan.n_split == 1) return err;
   const int64_t n_rows = batch * n_head;
   decode_combine_kernel<<<static_cast<unsigned>(n_rows), static_cast<unsigned>(std::min<int64_t>(d, 128)), 0,

@@ -11,14 +11,19 @@ namespace {
 
 constexpr int kWarpsPerBlock = 4;
 
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(float x) {
+  return x;
+}
+__device__ __forceinline__ float to_f32(__half x) {
+  return __half2float(x);
+}
 
 // One warp per (sequence, token, kv head) row; blockIdx.y = 0 quantizes K, 1 quantizes V.
 template <typename T>
 __global__ void kv4_append_kernel(Kv4Layer c, const T* __restrict__ k, const T* __restrict__ v,
-                                  int64_t n_rows, int64_t n_tok, int64_t x_stride, int64_t slot0, int64_t pos0,
-                                  const int32_t* __restrict__ d_pos, int32_t* d_overflow, Kv4Clip clip) {
+                                  int64_t n_rows, int64_t n_tok, int64_t x_stride, int64_t slot0,
+                                  int64_t pos0, const int32_t* __restrict__ d_pos, int32_t* d_overflow,
+                                  Kv4Clip clip) {
   const int lane = threadIdx.x % detail::kWarp;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / detail::kWarp;
   if (r >= n_rows) return;  // whole warps leave together

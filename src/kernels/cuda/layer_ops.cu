@@ -20,15 +20,17 @@ __device__ __forceinline__ void store_act(void* p, bool f16, int64_t i, float x)
     static_cast<float*>(p)[i] = x;
 }
 
-bool is_act(DType t) { return t == DType::F32 || t == DType::F16; }
+bool is_act(DType t) {
+  return t == DType::F32 || t == DType::F16;
+}
 
 // ---- RMSNorm: one block per row. The sum of squares is fp32 (tree order); the reference sums in double, so
 // the mean can differ in its last bits; everything after it is the reference's operations.
 constexpr int kNormThreads = 256;
 
-__global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(const void* x, bool x16, int64_t x_stride,
-                                                              const float* __restrict__ w, int64_t dim, float eps,
-                                                              void* y, bool y16) {
+__global__ void __launch_bounds__(kNormThreads)
+    rmsnorm_kernel(const void* x, bool x16, int64_t x_stride, const float* __restrict__ w, int64_t dim,
+                   float eps, void* y, bool y16) {
   __shared__ float red[32];
   const int64_t r = blockIdx.x;
   float ss = 0.0f;
@@ -46,8 +48,9 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(const void* x, bo
 }
 
 // ---- RoPE: one block per token; thread pairs (d, d + half) of every head of q and k.
-__global__ void rope_kernel(void* q, int64_t q_stride, int n_hq, void* k, int64_t k_stride, int n_hk, bool f16,
-                            int head_dim, const int32_t* __restrict__ pos, const float* __restrict__ inv_freq) {
+__global__ void rope_kernel(void* q, int64_t q_stride, int n_hq, void* k, int64_t k_stride, int n_hk,
+                            bool f16, int head_dim, const int32_t* __restrict__ pos,
+                            const float* __restrict__ inv_freq) {
   const int64_t t = blockIdx.x;
   const int half = head_dim / 2;
   const float p = static_cast<float>(pos[t]);
@@ -56,7 +59,8 @@ __global__ void rope_kernel(void* q, int64_t q_stride, int n_hq, void* k, int64_
     const int head = j / half, i = j % half;
     const bool is_q = head < n_hq;
     void* base = is_q ? q : k;
-    const int64_t off = t * (is_q ? q_stride : k_stride) + static_cast<int64_t>(is_q ? head : head - n_hq) * head_dim;
+    const int64_t off =
+        t * (is_q ? q_stride : k_stride) + static_cast<int64_t>(is_q ? head : head - n_hq) * head_dim;
     float s, c;
     sincosf(__fmul_rn(inv_freq[i], p), &s, &c);
     const float a = load_act(base, f16, off + i), b = load_act(base, f16, off + i + half);
@@ -89,22 +93,24 @@ __global__ void embedding_kernel(const void* table, bool t16, int64_t vocab, int
     store_act(out, o16, r * dim + i, ok ? load_act(table, t16, id * dim + i) : 0.0f);
 }
 
-// ---- Argmax: one block per row; (key, ~index) packed in 64 bits so that one max picks the largest value and,
-// among equal values, the lowest index.
+// ---- Argmax: one block per row; (key, ~index) packed in 64 bits so that one max picks the largest value
+// and, among equal values, the lowest index.
 constexpr int kArgmaxThreads = 1024;
 
-__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const void* logits, bool f16, int64_t vocab,
-                                                               int64_t stride, int32_t* out) {
+__global__ void __launch_bounds__(kArgmaxThreads)
+    argmax_kernel(const void* logits, bool f16, int64_t vocab, int64_t stride, int32_t* out) {
   __shared__ unsigned long long red[32];
   const int64_t r = blockIdx.x;
   unsigned long long best = 0;
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
     const uint32_t key = detail::order_key(load_act(logits, f16, r * stride + i));
-    const unsigned long long v = (static_cast<unsigned long long>(key) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
+    const unsigned long long v =
+        (static_cast<unsigned long long>(key) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
     best = v > best ? v : best;
   }
   best = detail::block_reduce(best, red, detail::MaxOp());
-  if (threadIdx.x == 0) out[r] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(best & 0xFFFFFFFFu));
+  if (threadIdx.x == 0)
+    out[r] = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(best & 0xFFFFFFFFu));
 }
 
 unsigned grid_for(int64_t total, int threads) {
@@ -114,13 +120,13 @@ unsigned grid_for(int64_t total, int threads) {
 
 }  // namespace
 
-cudaError_t rmsnorm(const void* x, DType x_dtype, int64_t x_stride, const float* weight, int64_t n, int64_t dim,
-                    float eps, void* y, DType y_dtype, cudaStream_t stream) {
+cudaError_t rmsnorm(const void* x, DType x_dtype, int64_t x_stride, const float* weight, int64_t n,
+                    int64_t dim, float eps, void* y, DType y_dtype, cudaStream_t stream) {
   if (!is_act(x_dtype) || !is_act(y_dtype) || n < 0 || dim < 1 || x_stride < dim || n > 0x7fffffff)
     return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  rmsnorm_kernel<<<static_cast<unsigned>(n), kNormThreads, 0, stream>>>(x, x_dtype == DType::F16, x_stride, weight,
-                                                                        dim, eps, y, y_dtype == DType::F16);
+  rmsnorm_kernel<<<static_cast<unsigned>(n), kNormThreads, 0, stream>>>(
+      x, x_dtype == DType::F16, x_stride, weight, dim, eps, y, y_dtype == DType::F16);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -130,8 +136,8 @@ cudaError_t rope(void* q, int64_t q_stride, int64_t n_head_q, void* k, int64_t k
                  cudaStream_t stream) {
   if (k == nullptr) n_head_k = 0;
   if (!is_act(dtype) || n_tok < 0 || head_dim < 2 || head_dim % 2 != 0 || n_head_q < 0 || n_head_k < 0 ||
-      n_head_q + n_head_k > 65536 || q_stride < n_head_q * head_dim || (k && k_stride < n_head_k * head_dim) ||
-      n_tok > 0x7fffffff)
+      n_head_q + n_head_k > 65536 || q_stride < n_head_q * head_dim ||
+      (k && k_stride < n_head_k * head_dim) || n_tok > 0x7fffffff)
     return cudaErrorInvalidValue;
   if (n_tok == 0 || n_head_q + n_head_k == 0) return cudaSuccess;
   const int64_t pairs = (n_head_q + n_head_k) * head_dim / 2;
@@ -159,8 +165,8 @@ cudaError_t embedding(const void* table, DType table_dtype, int64_t vocab, int64
   if (!is_act(table_dtype) || !is_act(out_dtype) || vocab < 1 || dim < 1 || n < 0 || n > 0x7fffffff)
     return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  embedding_kernel<<<static_cast<unsigned>(n), 256, 0, stream>>>(table, table_dtype == DType::F16, vocab, dim, ids,
-                                                                 out, out_dtype == DType::F16, d_error);
+  embedding_kernel<<<static_cast<unsigned>(n), 256, 0, stream>>>(table, table_dtype == DType::F16, vocab, dim,
+                                                                 ids, out, out_dtype == DType::F16, d_error);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -170,8 +176,8 @@ cudaError_t argmax(const void* logits, DType dtype, int64_t rows, int64_t vocab,
   if (!is_act(dtype) || rows < 0 || vocab < 1 || vocab > 0x7fffffff || stride < vocab || rows > 0x7fffffff)
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  argmax_kernel<<<static_cast<unsigned>(rows), kArgmaxThreads, 0, stream>>>(logits, dtype == DType::F16, vocab,
-                                                                            stride, out);
+  argmax_kernel<<<static_cast<unsigned>(rows), kArgmaxThreads, 0, stream>>>(logits, dtype == DType::F16,
+                                                                            vocab, stride, out);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }

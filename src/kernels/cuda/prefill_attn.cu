@@ -3,13 +3,15 @@
 // probabilities to fp16 for the P.V product (as flash attention does), so it matches within fp16 tolerance.
 //
 // Tensor-core kernel (head_dim D = 64 or 128): one CTA of 4 warps per (64-query tile, query head, sequence);
-// warp w owns query rows 16w..16w+15. Q is loaded once (cp.async -> shared -> ldmatrix into A fragments); K and
-// V tiles of 64 keys stream through a two-stage cp.async pipeline (rows padded by 16 bytes, so the 8 row
+// warp w owns query rows 16w..16w+15. Q is loaded once (cp.async -> shared -> ldmatrix into A fragments); K
+// and V tiles of 64 keys stream through a two-stage cp.async pipeline (rows padded by 16 bytes, so the 8 row
 // addresses of every ldmatrix fall in distinct bank groups). Per key tile:
-//   S = Q K^T      mma.sync m16n8k16 (f16 x f16 -> f32); K rows are the B operand's columns ("col" layout), read
+//   S = Q K^T      mma.sync m16n8k16 (f16 x f16 -> f32); K rows are the B operand's columns ("col" layout),
+//   read
 //                  with ldmatrix (no transpose);
-//   online softmax per row in the base-2 domain (scale * log2 e folded in), causal mask on the diagonal tiles;
-//   O += P V       P re-packed from the S accumulators straight into A fragments (the m16n8 C layout of two
+//   online softmax per row in the base-2 domain (scale * log2 e folded in), causal mask on the diagonal
+//   tiles; O += P V       P re-packed from the S accumulators straight into A fragments (the m16n8 C layout
+//   of two
 //                  adjacent key blocks is the m16k16 A layout), V read with ldmatrix.trans.
 // Query tiles are scheduled longest first (the last tile attends to the most keys).
 //
@@ -41,7 +43,9 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_b
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(src_bytes));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
@@ -86,7 +90,8 @@ struct PrefillArgs {
 // Copies `rows` rows of D halves (row r from src + r * stride) into shared rows of D + 8 halves; rows at or
 // beyond `valid` are zero-filled.
 template <int D>
-__device__ __forceinline__ void load_tile(__half* dst, const __half* src, int64_t stride, int rows, int valid) {
+__device__ __forceinline__ void load_tile(__half* dst, const __half* src, int64_t stride, int rows,
+                                          int valid) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   for (int i = threadIdx.x; i < rows * kChunks; i += kThreads) {
     const int r = i / kChunks, c = i % kChunks;
@@ -98,13 +103,13 @@ __device__ __forceinline__ void load_tile(__half* dst, const __half* src, int64_
 
 template <int D>
 __global__ void __launch_bounds__(kThreads) prefill_attn_mma_kernel(PrefillArgs a) {
-  constexpr int LD = D + 8;  // padded row, in halves
+  constexpr int LD = D + 8;   // padded row, in halves
   constexpr int KS = D / 16;  // k-steps of Q K^T
   constexpr int ND = D / 8;   // n-tiles of the output
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* sQ = reinterpret_cast<__half*>(smem_raw);
-  __half* sK = sQ + kBM * LD;       // [2][kBN][LD]
-  __half* sV = sK + 2 * kBN * LD;   // [2][kBN][LD]
+  __half* sK = sQ + kBM * LD;      // [2][kBN][LD]
+  __half* sV = sK + 2 * kBN * LD;  // [2][kBN][LD]
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;
@@ -133,7 +138,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attn_mma_kernel(PrefillArgs 
 #pragma unroll
     for (int j = 0; j < 4; ++j) o[i][j] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-  const int r0 = warp * 16 + g;          // this thread's rows in the tile: r0 and r0 + 8
+  const int r0 = warp * 16 + g;  // this thread's rows in the tile: r0 and r0 + 8
   const int qp0 = a.p0 + i0 + r0, qp1 = qp0 + 8;
 
   for (int kt = 0; kt < n_kt; ++kt) {
@@ -154,7 +159,8 @@ __global__ void __launch_bounds__(kThreads) prefill_attn_mma_kernel(PrefillArgs 
       // Q fragments: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks)
-        ldmatrix_x4(qf[ks], sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LD + ks * 16 + 8 * (lane / 16));
+        ldmatrix_x4(qf[ks],
+                    sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LD + ks * 16 + 8 * (lane / 16));
     }
     const __half* k_s = sK + buf * kBN * LD;
     const __half* v_s = sV + buf * kBN * LD;
@@ -229,7 +235,8 @@ __global__ void __launch_bounds__(kThreads) prefill_attn_mma_kernel(PrefillArgs 
 #pragma unroll
       for (int dt = 0; dt < ND; dt += 2) {
         uint32_t bv[4];  // b0, b1 of dims dt*8.., then of (dt+1)*8..
-        ldmatrix_x4_trans(bv, v_s + (j * 16 + lane % 8 + 8 * ((lane / 8) % 2)) * LD + dt * 8 + 8 * (lane / 16));
+        ldmatrix_x4_trans(bv,
+                          v_s + (j * 16 + lane % 8 + 8 * ((lane / 8) % 2)) * LD + dt * 8 + 8 * (lane / 16));
         mma_16816(o[dt], pf[j], bv[0], bv[1]);
         mma_16816(o[dt + 1], pf[j], bv[2], bv[3]);
       }
@@ -360,25 +367,26 @@ PrefillArgs make_args(const uint16_t* q, const uint16_t* k, const uint16_t* v, i
 }  // namespace
 
 cudaError_t prefill_attention_simple(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t batch,
-                                     int64_t n, int64_t p0, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
-                                     int64_t q_stride, int64_t q_batch_stride, int64_t kv_stride,
-                                     int64_t kv_batch_stride, void* out, DType out_dtype, cudaStream_t stream) {
+                                     int64_t n, int64_t p0, int64_t n_head, int64_t n_head_kv,
+                                     int64_t head_dim, int64_t q_stride, int64_t q_batch_stride,
+                                     int64_t kv_stride, int64_t kv_batch_stride, void* out, DType out_dtype,
+                                     cudaStream_t stream) {
   if (!common_args_ok(batch, n, p0, n_head, n_head_kv, head_dim, q_stride, kv_stride, out_dtype))
     return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (n > 0x7fffffff) return cudaErrorInvalidValue;
-  const PrefillArgs a = make_args(q, k, v, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride, kv_stride,
-                                  kv_batch_stride, out, out_dtype);
+  const PrefillArgs a = make_args(q, k, v, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride,
+                                  kv_stride, kv_batch_stride, out, out_dtype);
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(n_head), static_cast<unsigned>(batch));
   prefill_attn_simple_kernel<<<grid, kThreads, 0, stream>>>(a, static_cast<int>(head_dim));
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
 
-cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t batch, int64_t n,
-                              int64_t p0, int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t q_stride,
-                              int64_t q_batch_stride, int64_t kv_stride, int64_t kv_batch_stride, void* out,
-                              DType out_dtype, cudaStream_t stream) {
+cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t batch,
+                              int64_t n, int64_t p0, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                              int64_t q_stride, int64_t q_batch_stride, int64_t kv_stride,
+                              int64_t kv_batch_stride, void* out, DType out_dtype, cudaStream_t stream) {
   if (!common_args_ok(batch, n, p0, n_head, n_head_kv, head_dim, q_stride, kv_stride, out_dtype))
     return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
@@ -388,10 +396,10 @@ cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16
                        reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0;
   const bool out_aligned = reinterpret_cast<uintptr_t>(out) % 8 == 0;
   if (!aligned || !out_aligned || (head_dim != 64 && head_dim != 128))
-    return prefill_attention_simple(q, k, v, batch, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride,
-                                    kv_stride, kv_batch_stride, out, out_dtype, stream);
-  const PrefillArgs a = make_args(q, k, v, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride, kv_stride,
-                                  kv_batch_stride, out, out_dtype);
+    return prefill_attention_simple(q, k, v, batch, n, p0, n_head, n_head_kv, head_dim, q_stride,
+                                    q_batch_stride, kv_stride, kv_batch_stride, out, out_dtype, stream);
+  const PrefillArgs a = make_args(q, k, v, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride,
+                                  kv_stride, kv_batch_stride, out, out_dtype);
   const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * (head_dim + 8) * sizeof(__half);
   const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM), static_cast<unsigned>(n_head),
                   static_cast<unsigned>(batch));

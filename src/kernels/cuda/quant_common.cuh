@@ -80,8 +80,9 @@ __device__ __forceinline__ void store_sym_int4_row(const float* y, int64_t n, fl
 
 // The whole per-token symmetric int4 quantizer for one row: block min/max, the clipped scale, the packed
 // codes (n/2 bytes to out); thread 0 stores the scale. Every thread of the block must call it.
-__device__ __forceinline__ void quantize_row_sym_int4(const float* y, int64_t n, float clip_max, float clip_min,
-                                                      float* red, uint8_t* out, float* scale_out) {
+__device__ __forceinline__ void quantize_row_sym_int4(const float* y, int64_t n, float clip_max,
+                                                      float clip_min, float* red, uint8_t* out,
+                                                      float* scale_out) {
   float vmax = 0.0f, vmin = 0.0f;
   for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
     vmax = fmaxf(vmax, y[c]);

@@ -7,8 +7,8 @@
 
 namespace fq::cuda::detail {
 
-// Monotone map float -> uint32 (a < b  <=>  key(a) < key(b)); -0 and +0 share a key; NaN maps to 0, below -inf
-// (key 0x007FFFFF), so NaN ranks under every number, as runtime::argmax treats it.
+// Monotone map float -> uint32 (a < b  <=>  key(a) < key(b)); -0 and +0 share a key; NaN maps to 0, below
+// -inf (key 0x007FFFFF), so NaN ranks under every number, as runtime::argmax treats it.
 __device__ __forceinline__ uint32_t order_key(float x) {
   if (x != x) return 0u;
   uint32_t b = __float_as_uint(x);
@@ -32,11 +32,15 @@ __device__ __forceinline__ T block_reduce(T v, T* red, Op op) {
 
 struct SumOp {
   template <typename T>
-  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+  __device__ __forceinline__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 struct MaxOp {
   template <typename T>
-  __device__ __forceinline__ T operator()(T a, T b) const { return a > b ? a : b; }
+  __device__ __forceinline__ T operator()(T a, T b) const {
+    return a > b ? a : b;
+  }
 };
 
 }  // namespace fq::cuda::detail

@@ -1,8 +1,8 @@
 // Device sampling (sampling.h). One block of 1024 threads per row. Thresholds are found by radix selection on
-// the order-preserving 32-bit key of each logit, one byte per pass (256-bin histograms in shared memory): counts
-// for top-k, fixed-point weights for top-p. All sums are 64-bit integers, so the result does not depend on the
-// order in which threads add. The draw walks the kept weights in token order: per-thread contiguous chunks, a
-// block-wide exclusive scan, then the one thread whose chunk holds r scans it.
+// the order-preserving 32-bit key of each logit, one byte per pass (256-bin histograms in shared memory):
+// counts for top-k, fixed-point weights for top-p. All sums are 64-bit integers, so the result does not
+// depend on the order in which threads add. The draw walks the kept weights in token order: per-thread
+// contiguous chunks, a block-wide exclusive scan, then the one thread whose chunk holds r scans it.
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/cuda_check.cuh"
@@ -22,7 +22,7 @@ __device__ __forceinline__ float load_logit(const void* p, bool f16, int64_t i) 
 
 // Weight of a logit in 32.32 fixed point; max_x is the row maximum (finite).
 __device__ __forceinline__ u64 weight(float x, float max_x, float inv_t_log2) {
-  if (!(x > -INFINITY)) return 0;  // -inf and NaN
+  if (!(x > -INFINITY)) return 0;                   // -inf and NaN
   const float e = exp2f((x - max_x) * inv_t_log2);  // in [0, 1]
   return static_cast<u64>(__float2ull_rn(e * 4294967296.0f));
 }
@@ -36,9 +36,9 @@ struct Shared {
   u64 carry;     // count / weight above the selected bin
 };
 
-__global__ void __launch_bounds__(kThreads) sample_kernel(const void* logits, bool f16, int64_t vocab, int64_t stride,
-                                                          SampleParams p, uint64_t step, const uint64_t* d_step,
-                                                          int32_t* out) {
+__global__ void __launch_bounds__(kThreads)
+    sample_kernel(const void* logits, bool f16, int64_t vocab, int64_t stride, SampleParams p, uint64_t step,
+                  const uint64_t* d_step, int32_t* out) {
   __shared__ Shared sh;
   const int64_t r = blockIdx.x;
   const int tid = threadIdx.x;
@@ -192,8 +192,8 @@ cudaError_t sample(const void* logits, DType dtype, int64_t rows, int64_t vocab,
     return cudaErrorInvalidValue;
   if (!(p.top_p > 0.0f && p.top_p <= 1.0f) || p.temperature != p.temperature) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  sample_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, dtype == DType::F16, vocab, stride, p,
-                                                                      step, d_step, out);
+  sample_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, dtype == DType::F16, vocab,
+                                                                      stride, p, step, d_step, out);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
