@@ -34,8 +34,8 @@ torch::Tensor codes_of(const torch::Tensor& x, const torch::Tensor& s, double qm
   return torch::clamp(torch::round(x / s), -(qmax + 1), qmax);
 }
 
-QuantizedWeight finish(const torch::Tensor& codes64, const torch::Tensor& scales, torch::ScalarType dtype) {
-  QuantizedWeight r;
+GptqResult finish(const torch::Tensor& codes64, const torch::Tensor& scales, torch::ScalarType dtype) {
+  GptqResult r;
   r.codes = codes64.to(torch::kInt8);
   r.scales = scales;
   r.dequant = r.codes.to(dtype) * scales.unsqueeze(1);
@@ -93,7 +93,7 @@ torch::Tensor weight_scales(const torch::Tensor& w, int bits, bool mse) {
   return scale.to(w.scalar_type());
 }
 
-QuantizedWeight rtn_quantize(const torch::Tensor& w, int bits, bool mse) {
+GptqResult rtn_quantize_weight(const torch::Tensor& w, int bits, bool mse) {
   torch::NoGradGuard no_grad;
   const auto scales = weight_scales(w, bits, mse);
   const auto codes =
@@ -101,7 +101,7 @@ QuantizedWeight rtn_quantize(const torch::Tensor& w, int bits, bool mse) {
   return finish(codes, scales, w.scalar_type());
 }
 
-QuantizedWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& h, const GptqOptions& opt) {
+GptqResult gptq_quantize(const torch::Tensor& w, const torch::Tensor& h, const GptqOptions& opt) {
   check_weight(w, opt.bits, "gptq_quantize");
   const int64_t rows = w.size(0), cols = w.size(1);
   FQ_CHECK(h.defined() && h.dim() == 2 && h.size(0) == cols && h.size(1) == cols,

@@ -39,7 +39,7 @@ struct GptqOptions {
   bool mse = false;         // grid-searched scales (see above) instead of absmax
 };
 
-struct QuantizedWeight {
+struct GptqResult {
   torch::Tensor codes;    // [out, in] int8, -(qmax + 1) .. qmax
   torch::Tensor scales;   // [out], W's dtype
   torch::Tensor dequant;  // [out, in], W's dtype: codes * scales[:, None]
@@ -49,7 +49,7 @@ struct QuantizedWeight {
 torch::Tensor weight_scales(const torch::Tensor& w, int bits, bool mse);
 
 // Round-to-nearest with weight_scales(w, bits, mse).
-QuantizedWeight rtn_quantize(const torch::Tensor& w, int bits, bool mse = false);
+GptqResult rtn_quantize_weight(const torch::Tensor& w, int bits, bool mse = false);
 
 // GPTQ (Frantar et al.): W [out, in] (fp32/fp64, already clipped), H [in, in] (e.g. HessianAccumulator).
 // Dead inputs (H_ii == 0) get H_ii = 1 and a zero weight column (after the scales were taken); optional
@@ -57,6 +57,6 @@ QuantizedWeight rtn_quantize(const torch::Tensor& w, int bits, bool mse = false)
 // Cholesky factor of H); for each block of `blocksize` columns and each column i in it:
 //   q = quant(w_i), err = (w_i - q) / U_ii, W[:, i:block end] -= err U[i, i:block end],
 // then the remaining columns get W[:, block end:] -= Err_block U[block, block end:]. Unpermuted at the end.
-QuantizedWeight gptq_quantize(const torch::Tensor& w, const torch::Tensor& h, const GptqOptions& opt);
+GptqResult gptq_quantize(const torch::Tensor& w, const torch::Tensor& h, const GptqOptions& opt);
 
 }  // namespace fq::calib

@@ -14,7 +14,7 @@ namespace fq {
 namespace {
 
 using calib::GptqOptions;
-using calib::QuantizedWeight;
+using calib::GptqResult;
 
 // X = Z M: rows of correlated features (random mixing M plus uneven per-feature magnitudes).
 torch::Tensor correlated_inputs(int64_t n, int64_t in, uint64_t seed) {
@@ -87,7 +87,7 @@ TEST(Gptq, IdentityHessianEqualsRtnExactly) {
       opt.blocksize = 16;
       opt.act_order = act_order;
       const auto g = calib::gptq_quantize(w, torch::eye(40, torch::kFloat64), opt);
-      const auto r = calib::rtn_quantize(w, bits);
+      const auto r = calib::rtn_quantize_weight(w, bits);
       EXPECT_TRUE(torch::equal(g.codes, r.codes)) << bits << " " << act_order;
       EXPECT_TRUE(torch::equal(g.scales, r.scales));
       EXPECT_TRUE(torch::equal(g.dequant, r.dequant));
@@ -115,7 +115,7 @@ TEST(Gptq, LowersTheOutputErrorOnCorrelatedInputs) {
   const auto w = torch::randn({64, 128}, torch::kFloat32);
   const auto h = hessian_of(x).hessian();
   for (int bits : {4, 8}) {
-    const double e_rtn = output_err(x, w, calib::rtn_quantize(w, bits).dequant);
+    const double e_rtn = output_err(x, w, calib::rtn_quantize_weight(w, bits).dequant);
     for (bool act_order : {false, true}) {
       GptqOptions opt;
       opt.bits = bits;
@@ -219,9 +219,9 @@ TEST(Gptq, MseScalesNeverIncreaseTheRowError) {
   // Heavy-tailed rows (Student-t like), where shrinking the range helps most.
   auto w =
       torch::randn({64, 256}, torch::kFloat64) / torch::rand({64, 256}, torch::kFloat64).add(0.05).sqrt();
-  auto row_err = [&](const QuantizedWeight& q) { return (q.dequant - w).abs().pow(2.4).sum(1); };
+  auto row_err = [&](const GptqResult& q) { return (q.dequant - w).abs().pow(2.4).sum(1); };
   for (int bits : {3, 4, 8}) {
-    const auto plain = calib::rtn_quantize(w, bits, false), mse = calib::rtn_quantize(w, bits, true);
+    const auto plain = calib::rtn_quantize_weight(w, bits, false), mse = calib::rtn_quantize_weight(w, bits, true);
     const auto ep = row_err(plain), em = row_err(mse);
     EXPECT_TRUE((em <= ep).all().item<bool>()) << bits;
     if (bits <= 4) {  // and it usually helps
@@ -268,7 +268,7 @@ TEST(Gptq, RejectsBadInputs) {
   EXPECT_THROW(calib::gptq_quantize(w, torch::eye(8, torch::kFloat64), opt), Error);
   auto wn = w.clone();
   wn[1][2] = std::nan("");
-  EXPECT_THROW(calib::rtn_quantize(wn, 4), Error);
+  EXPECT_THROW(calib::rtn_quantize_weight(wn, 4), Error);
   // Not positive definite even after damping.
   EXPECT_THROW(calib::gptq_quantize(w, -torch::eye(8, torch::kFloat64), {}), Error);
 }
