@@ -1,4 +1,5 @@
 // Transforms: factor sizes, Cayley orthogonality, Kronecker == explicit kron, inverses cancel, gradients.
+#include "ref/hadamard.h"
 #include "ref/kron.h"
 #include "calib/transforms.h"
 #include "calib_test_util.h"
@@ -29,6 +30,17 @@ TEST(CalibTransforms, RandomOrthogonalIsSeededAndOrthogonal) {
   EXPECT_TRUE(torch::equal(a, b));
   EXPECT_FALSE(torch::equal(a, c));
   EXPECT_LT(rel_err(torch::matmul(a, a.t()), torch::eye(9, torch::kFloat64)), 1e-13);
+}
+
+// The Hadamard baseline's fallback (plain C++ Householder QR) draws the same Gaussians and applies the same
+// sign fix, so it is the same matrix up to rounding.
+TEST(CalibTransforms, RandomOrthogonalMatchesTheRefFallback) {
+  for (int64_t n : {9, 86}) {
+    const auto ours = random_orthogonal(n, 5);
+    const auto r = ref::random_orthogonal(n, 5);
+    const auto ref_t = torch::from_blob(const_cast<double*>(r.data()), {n, n}, torch::kFloat64).clone();
+    EXPECT_LT((ours - ref_t).abs().max().item<double>(), 1e-12) << n;
+  }
 }
 
 TEST(CalibTransforms, CayleyIsOrthogonalAndIgnoresUpperTriangle) {

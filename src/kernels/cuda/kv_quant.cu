@@ -29,19 +29,12 @@ __global__ void quantize_kv_asym_int4_kernel(const float* __restrict__ x, int64_
     vmin = fminf(vmin, row[i]);
   }
   detail::warp_minmax(vmax, vmin);
-  float xmax = __fmul_rn(vmax, clip_max), xmin = __fmul_rn(vmin, clip_min);
-  if (xmax == xmin) {
-    xmin = -1.0f;
-    xmax = 1.0f;
-  }
-  const float s = __fdiv_rn(__fsub_rn(xmax, xmin), 15.0f);
-  const float z = rintf(__fdiv_rn(-xmin, s));
+  float s, z;
+  detail::asym_int4_params(vmax, vmin, clip_max, clip_min, s, z);
   uint8_t* out = packed + k * (head_dim / 2);
-  for (int64_t j = lane; j < head_dim / 2; j += detail::kWarp) {
-    float lo = fminf(fmaxf(__fadd_rn(rintf(__fdiv_rn(row[2 * j], s)), z), 0.0f), 15.0f);
-    float hi = fminf(fmaxf(__fadd_rn(rintf(__fdiv_rn(row[2 * j + 1], s)), z), 0.0f), 15.0f);
-    out[j] = static_cast<uint8_t>(static_cast<int>(lo) | (static_cast<int>(hi) << 4));
-  }
+  for (int64_t j = lane; j < head_dim / 2; j += detail::kWarp)
+    out[j] = static_cast<uint8_t>(detail::asym_int4_code(row[2 * j], s, z) |
+                                  (detail::asym_int4_code(row[2 * j + 1], s, z) << 4));
   if (lane == 0) {
     scale[k] = s;
     zero[k] = z;

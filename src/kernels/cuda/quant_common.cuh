@@ -26,6 +26,24 @@ __device__ __forceinline__ int sym_int4_code(float x, float scale) {
   return min(max(q, -8), 7);
 }
 
+// Mirrors the per-row parameters of ref::quantize_kv_asym_int4 (asymmetric 4-bit, integer zero point):
+// from the row's max(., 0) / min(., 0) and the clipping factors to (scale, zero).
+__device__ __forceinline__ void asym_int4_params(float rowmax, float rowmin, float clip_max, float clip_min,
+                                                 float& scale, float& zero) {
+  float xmax = __fmul_rn(rowmax, clip_max), xmin = __fmul_rn(rowmin, clip_min);
+  if (xmax == xmin) {  // an all-zero row
+    xmin = -1.0f;
+    xmax = 1.0f;
+  }
+  scale = __fdiv_rn(__fsub_rn(xmax, xmin), 15.0f);
+  zero = rintf(__fdiv_rn(-xmin, scale));
+}
+
+// One asymmetric code: clamp(round_half_even(x / scale) + zero, 0, 15).
+__device__ __forceinline__ int asym_int4_code(float x, float scale, float zero) {
+  return static_cast<int>(fminf(fmaxf(__fadd_rn(rintf(__fdiv_rn(x, scale)), zero), 0.0f), 15.0f));
+}
+
 __device__ __forceinline__ uint8_t pack2(int lo, int hi) {
   return static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
 }
@@ -62,8 +80,9 @@ __device__ __forceinline__ void store_sym_int4_row(const float* y, int64_t n, fl
 
 // The whole per-token symmetric int4 quantizer for one row: block min/max, the clipped scale, the packed
 // codes (n/2 bytes to out); thread 0 stores the scale. Every thread of the block must call it.
-__device__ __forceinline__ void quantize_row_sym_int4(const float* y, int64_t n, float clip_max, float clip_min,
-                                                      float* red, uint8_t* out, float* scale_out) {
+__device__ __forceinline__ void quantize_row_sym_int4(const float* y, int64_t n, float clip_max,
+                                                      float clip_min, float* red, uint8_t* out,
+                                                      float* scale_out) {
   float vmax = 0.0f, vmin = 0.0f;
   for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
     vmax = fmaxf(vmax, y[c]);

@@ -1,0 +1,423 @@
+// Causal prefill attention on fp16 q/k/v (the prompt's own K/V, unquantized, as the original's prefill does).
+// Reference: ref::attention (fp32) on the same fp16 values; the tensor-core kernel rounds the softmax
+// probabilities to fp16 for the P.V product (as flash attention does), so it matches within fp16 tolerance.
+//
+// Tensor-core kernel (head_dim D = 64 or 128): one CTA of 4 warps per (64-query tile, query head, sequence);
+// warp w owns query rows 16w..16w+15. Q is loaded once (cp.async -> shared -> ldmatrix into A fragments); K
+// and V tiles of 64 keys stream through a two-stage cp.async pipeline (rows padded by 16 bytes, so the 8 row
+// addresses of every ldmatrix fall in distinct bank groups). Per key tile:
+//   S = Q K^T      mma.sync m16n8k16 (f16 x f16 -> f32); K rows are the B operand's columns ("col" layout),
+//   read
+//                  with ldmatrix (no transpose);
+//   online softmax per row in the base-2 domain (scale * log2 e folded in), causal mask on the diagonal
+//   tiles; O += P V       P re-packed from the S accumulators straight into A fragments (the m16n8 C layout
+//   of two
+//                  adjacent key blocks is the m16k16 A layout), V read with ldmatrix.trans.
+// Query tiles are scheduled longest first (the last tile attends to the most keys).
+//
+// Fallback (any even head_dim <= 256): one CTA per (query, head, sequence), 128 keys per step, fp32
+// throughout.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/cuda_check.cuh"
+
+namespace fq::cuda {
+namespace {
+
+constexpr int kBM = 64;  // queries per CTA
+constexpr int kBN = 64;  // keys per tile
+constexpr int kThreads = 128;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; src_bytes = 0 zero-fills the destination (rows past the end).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// D += A * B, m16n8k16, fp16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+struct PrefillArgs {
+  const __half* q;
+  const __half* k;
+  const __half* v;
+  void* out;
+  bool out_f16;
+  int n, p0, n_head, n_head_kv;
+  int64_t q_stride, q_batch_stride, kv_stride, kv_batch_stride;
+  float scale_log2;  // 1/sqrt(d) * log2 e
+};
+
+// Copies `rows` rows of D halves (row r from src + r * stride) into shared rows of D + 8 halves; rows at or
+// beyond `valid` are zero-filled.
+template <int D>
+__device__ __forceinline__ void load_tile(__half* dst, const __half* src, int64_t stride, int rows,
+                                          int valid) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int i = threadIdx.x; i < rows * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool ok = r < valid;
+    const __half* s = ok ? src + r * stride + c * 8 : src;
+    cp_async16(dst + r * (D + 8) + c * 8, s, ok ? 16 : 0);
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) prefill_attn_mma_kernel(PrefillArgs a) {
+  constexpr int LD = D + 8;   // padded row, in halves
+  constexpr int KS = D / 16;  // k-steps of Q K^T
+  constexpr int ND = D / 8;   // n-tiles of the output
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __half* sQ = reinterpret_cast<__half*>(smem_raw);
+  __half* sK = sQ + kBM * LD;      // [2][kBN][LD]
+  __half* sV = sK + 2 * kBN * LD;  // [2][kBN][LD]
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int n_qt = (a.n + kBM - 1) / kBM;
+  const int qt = n_qt - 1 - static_cast<int>(blockIdx.x);  // longest tiles first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int kvh = h / (a.n_head / a.n_head_kv);
+  const int i0 = qt * kBM;
+  const int q_valid = min(kBM, a.n - i0);
+  const int n_keys = a.p0 + i0 + q_valid;  // keys any query of the tile can see
+  const int n_kt = (n_keys + kBN - 1) / kBN;
+
+  const __half* qg = a.q + b * a.q_batch_stride + static_cast<int64_t>(i0) * a.q_stride + h * D;
+  const __half* kg = a.k + b * a.kv_batch_stride + kvh * D;
+  const __half* vg = a.v + b * a.kv_batch_stride + kvh * D;
+
+  load_tile<D>(sQ, qg, a.q_stride, kBM, q_valid);
+  load_tile<D>(sK, kg, a.kv_stride, kBN, min(kBN, n_keys));
+  load_tile<D>(sV, vg, a.kv_stride, kBN, min(kBN, n_keys));
+  cp_async_commit();
+
+  uint32_t qf[KS][4];
+  float o[ND][4];
+#pragma unroll
+  for (int i = 0; i < ND; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) o[i][j] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+  const int r0 = warp * 16 + g;  // this thread's rows in the tile: r0 and r0 + 8
+  const int qp0 = a.p0 + i0 + r0, qp1 = qp0 + 8;
+
+  for (int kt = 0; kt < n_kt; ++kt) {
+    const int buf = kt & 1;
+    if (kt + 1 < n_kt) {
+      const int nb = (kt + 1) & 1, key0 = (kt + 1) * kBN;
+      load_tile<D>(sK + nb * kBN * LD, kg + static_cast<int64_t>(key0) * a.kv_stride, a.kv_stride, kBN,
+                   min(kBN, n_keys - key0));
+      load_tile<D>(sV + nb * kBN * LD, vg + static_cast<int64_t>(key0) * a.kv_stride, a.kv_stride, kBN,
+                   min(kBN, n_keys - key0));
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (kt == 0) {
+      // Q fragments: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks)
+        ldmatrix_x4(qf[ks],
+                    sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LD + ks * 16 + 8 * (lane / 16));
+    }
+    const __half* k_s = sK + buf * kBN * LD;
+    const __half* v_s = sV + buf * kBN * LD;
+
+    // S = Q K^T for 64 keys: 8 n-tiles of 8 keys.
+    float s[kBN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s[nt][j] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < KS; ks += 2) {
+        uint32_t bk[4];  // b0, b1 of k-step ks, then of ks + 1
+        ldmatrix_x4(bk, k_s + (nt * 8 + lane % 8) * LD + ks * 16 + 8 * (lane / 8));
+        mma_16816(s[nt], qf[ks], bk[0], bk[1]);
+        mma_16816(s[nt], qf[ks + 1], bk[2], bk[3]);
+      }
+    }
+    // Scale, causal mask (only tiles that reach past the first query of the tile need it), row max.
+    const int key_base = kt * kBN;
+    const bool need_mask = key_base + kBN - 1 > a.p0 + i0;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float x = s[nt][j] * a.scale_log2;
+        if (need_mask) {
+          const int key = key_base + nt * 8 + 2 * t + (j & 1);
+          if (key > (j < 2 ? qp0 : qp1)) x = -INFINITY;
+        }
+        s[nt][j] = x;
+        if (j < 2)
+          mx0 = fmaxf(mx0, x);
+        else
+          mx1 = fmaxf(mx1, x);
+      }
+#pragma unroll
+    for (int off = 1; off <= 2; off *= 2) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(kFull, mx0, off));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(kFull, mx1, off));
+    }
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    // A row can only be fully masked so far if it has no key yet (never: key 0 is in tile 0); guard anyway.
+    const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
+    const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
+    m0 = mn0;
+    m1 = mn1;
+    float ps0 = 0.0f, ps1 = 0.0f;
+    uint32_t pf[kBN / 16][4];  // P as A fragments, one per 16-key step
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) {
+      const float e0 = exp2f(s[nt][0] - mu0), e1 = exp2f(s[nt][1] - mu0);
+      const float e2 = exp2f(s[nt][2] - mu1), e3 = exp2f(s[nt][3] - mu1);
+      ps0 += e0 + e1;
+      ps1 += e2 + e3;
+      pf[nt / 2][(nt % 2) * 2 + 0] = pack_half2(e0, e1);
+      pf[nt / 2][(nt % 2) * 2 + 1] = pack_half2(e2, e3);
+    }
+    l0 = l0 * al0 + ps0;
+    l1 = l1 * al1 + ps1;
+#pragma unroll
+    for (int dt = 0; dt < ND; ++dt) {
+      o[dt][0] *= al0;
+      o[dt][1] *= al0;
+      o[dt][2] *= al1;
+      o[dt][3] *= al1;
+    }
+    // O += P V: k-steps of 16 keys, output n-tiles of 8 dims in pairs.
+#pragma unroll
+    for (int j = 0; j < kBN / 16; ++j) {
+#pragma unroll
+      for (int dt = 0; dt < ND; dt += 2) {
+        uint32_t bv[4];  // b0, b1 of dims dt*8.., then of (dt+1)*8..
+        ldmatrix_x4_trans(bv,
+                          v_s + (j * 16 + lane % 8 + 8 * ((lane / 8) % 2)) * LD + dt * 8 + 8 * (lane / 16));
+        mma_16816(o[dt], pf[j], bv[0], bv[1]);
+        mma_16816(o[dt + 1], pf[j], bv[2], bv[3]);
+      }
+    }
+    __syncthreads();  // the buffer just read is the next prefetch target
+  }
+
+#pragma unroll
+  for (int off = 1; off <= 2; off *= 2) {
+    l0 += __shfl_xor_sync(kFull, l0, off);
+    l1 += __shfl_xor_sync(kFull, l1, off);
+  }
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  const int64_t out_row = static_cast<int64_t>(a.n_head) * D;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = r0 + 8 * half;
+    if (r >= q_valid) continue;
+    const float inv = half ? inv1 : inv0;
+    const int64_t base = (static_cast<int64_t>(b) * a.n + i0 + r) * out_row + static_cast<int64_t>(h) * D;
+#pragma unroll
+    for (int dt = 0; dt < ND; ++dt) {
+      const float x0 = o[dt][2 * half] * inv, x1 = o[dt][2 * half + 1] * inv;
+      const int64_t off = base + dt * 8 + 2 * t;
+      if (a.out_f16)
+        *reinterpret_cast<__half2*>(static_cast<__half*>(a.out) + off) = __floats2half2_rn(x0, x1);
+      else
+        *reinterpret_cast<float2*>(static_cast<float*>(a.out) + off) = make_float2(x0, x1);
+    }
+  }
+}
+
+// Fallback: one CTA per (query i, head h, sequence b); fp32 online softmax over tiles of 128 keys.
+__global__ void __launch_bounds__(kThreads) prefill_attn_simple_kernel(PrefillArgs a, int d) {
+  __shared__ float sq[256];
+  __shared__ float sp[kThreads];
+  __shared__ float sred[kThreads / 32];
+  const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int kvh = h / (a.n_head / a.n_head_kv);
+  const __half* qr = a.q + b * a.q_batch_stride + static_cast<int64_t>(i) * a.q_stride + h * d;
+  const __half* kg = a.k + b * a.kv_batch_stride + kvh * d;
+  const __half* vg = a.v + b * a.kv_batch_stride + kvh * d;
+  for (int e = tid; e < d; e += kThreads) sq[e] = __half2float(qr[e]);
+  __syncthreads();
+  const int n_keys = a.p0 + i + 1;
+  float m = -INFINITY, l = 0.0f;
+  float acc0 = 0.0f, acc1 = 0.0f;  // output elements tid and tid + 128
+  for (int t0 = 0; t0 < n_keys; t0 += kThreads) {
+    const int j = t0 + tid;
+    float s = -INFINITY;
+    if (j < n_keys) {
+      const __half* kr = kg + static_cast<int64_t>(j) * a.kv_stride;
+      float dot = 0.0f;
+      for (int e = 0; e < d; ++e) dot = fmaf(sq[e], __half2float(kr[e]), dot);
+      s = dot * a.scale_log2;
+    }
+    float mx = s;
+    for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
+    if (lane == 0) sred[warp] = mx;
+    __syncthreads();
+    float tmax = sred[0];
+    for (int w = 1; w < kThreads / 32; ++w) tmax = fmaxf(tmax, sred[w]);
+    const float mn = fmaxf(m, tmax);
+    const float alpha = exp2f(m - mn);
+    m = mn;
+    const float p = j < n_keys ? exp2f(s - mn) : 0.0f;
+    sp[tid] = p;
+    __syncthreads();
+    float psum = 0.0f;
+    const int cnt = min(kThreads, n_keys - t0);
+    acc0 *= alpha;
+    acc1 *= alpha;
+    for (int jj = 0; jj < cnt; ++jj) {
+      const float pj = sp[jj];
+      psum += pj;
+      const __half* vr = vg + static_cast<int64_t>(t0 + jj) * a.kv_stride;
+      if (tid < d) acc0 = fmaf(pj, __half2float(vr[tid]), acc0);
+      if (tid + kThreads < d) acc1 = fmaf(pj, __half2float(vr[tid + kThreads]), acc1);
+    }
+    l = l * alpha + psum;
+    __syncthreads();  // sp and sred are rewritten by the next tile
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  const int64_t base = (static_cast<int64_t>(b) * a.n + i) * a.n_head * d + static_cast<int64_t>(h) * d;
+  for (int e = tid, k = 0; e < d; e += kThreads, ++k) {
+    const float x = (k == 0 ? acc0 : acc1) * inv;
+    if (a.out_f16)
+      static_cast<__half*>(a.out)[base + e] = __float2half_rn(x);
+    else
+      static_cast<float*>(a.out)[base + e] = x;
+  }
+}
+
+bool common_args_ok(int64_t batch, int64_t n, int64_t p0, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                    int64_t q_stride, int64_t kv_stride, DType out_dtype) {
+  if (batch < 1 || n < 0 || p0 < 0 || n_head_kv < 1 || n_head < n_head_kv || n_head % n_head_kv != 0)
+    return false;
+  if (head_dim < 2 || head_dim % 2 != 0 || head_dim > 256) return false;
+  if (q_stride < n_head * head_dim || kv_stride < n_head_kv * head_dim) return false;
+  if (out_dtype != DType::F32 && out_dtype != DType::F16) return false;
+  if (p0 + n > 0x7fffffff || batch > 65535 || n_head > 65535) return false;
+  return true;
+}
+
+PrefillArgs make_args(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t n, int64_t p0,
+                      int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t q_stride,
+                      int64_t q_batch_stride, int64_t kv_stride, int64_t kv_batch_stride, void* out,
+                      DType out_dtype) {
+  PrefillArgs a;
+  a.q = reinterpret_cast<const __half*>(q);
+  a.k = reinterpret_cast<const __half*>(k);
+  a.v = reinterpret_cast<const __half*>(v);
+  a.out = out;
+  a.out_f16 = out_dtype == DType::F16;
+  a.n = static_cast<int>(n);
+  a.p0 = static_cast<int>(p0);
+  a.n_head = static_cast<int>(n_head);
+  a.n_head_kv = static_cast<int>(n_head_kv);
+  a.q_stride = q_stride;
+  a.q_batch_stride = q_batch_stride;
+  a.kv_stride = kv_stride;
+  a.kv_batch_stride = kv_batch_stride;
+  a.scale_log2 = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim))) * kLog2e;
+  return a;
+}
+
+}  // namespace
+
+cudaError_t prefill_attention_simple(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t batch,
+                                     int64_t n, int64_t p0, int64_t n_head, int64_t n_head_kv,
+                                     int64_t head_dim, int64_t q_stride, int64_t q_batch_stride,
+                                     int64_t kv_stride, int64_t kv_batch_stride, void* out, DType out_dtype,
+                                     cudaStream_t stream) {
+  if (!common_args_ok(batch, n, p0, n_head, n_head_kv, head_dim, q_stride, kv_stride, out_dtype))
+    return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  if (n > 0x7fffffff) return cudaErrorInvalidValue;
+  const PrefillArgs a = make_args(q, k, v, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride,
+                                  kv_stride, kv_batch_stride, out, out_dtype);
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(n_head), static_cast<unsigned>(batch));
+  prefill_attn_simple_kernel<<<grid, kThreads, 0, stream>>>(a, static_cast<int>(head_dim));
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  return cudaSuccess;
+}
+
+cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t batch,
+                              int64_t n, int64_t p0, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                              int64_t q_stride, int64_t q_batch_stride, int64_t kv_stride,
+                              int64_t kv_batch_stride, void* out, DType out_dtype, cudaStream_t stream) {
+  if (!common_args_ok(batch, n, p0, n_head, n_head_kv, head_dim, q_stride, kv_stride, out_dtype))
+    return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  // The tensor-core kernel copies 16-byte chunks: rows and bases must be 16-byte aligned.
+  const bool aligned = q_stride % 8 == 0 && kv_stride % 8 == 0 && q_batch_stride % 8 == 0 &&
+                       kv_batch_stride % 8 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0;
+  const bool out_aligned = reinterpret_cast<uintptr_t>(out) % 8 == 0;
+  if (!aligned || !out_aligned || (head_dim != 64 && head_dim != 128))
+    return prefill_attention_simple(q, k, v, batch, n, p0, n_head, n_head_kv, head_dim, q_stride,
+                                    q_batch_stride, kv_stride, kv_batch_stride, out, out_dtype, stream);
+  const PrefillArgs a = make_args(q, k, v, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride,
+                                  kv_stride, kv_batch_stride, out, out_dtype);
+  const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * (head_dim + 8) * sizeof(__half);
+  const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM), static_cast<unsigned>(n_head),
+                  static_cast<unsigned>(batch));
+  // The shared-memory opt-in is set once per process (a function-local static): not again inside a CUDA-graph
+  // capture, where the runtime may refuse non-stream calls. (One device per process is assumed.)
+  if (head_dim == 64) {
+    static const cudaError_t attr64 = cudaFuncSetAttribute(
+        prefill_attn_mma_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    FQ_CUDA_RETURN_IF_ERROR(attr64);
+    prefill_attn_mma_kernel<64><<<grid, kThreads, smem, stream>>>(a);
+  } else {
+    static const cudaError_t attr128 = cudaFuncSetAttribute(
+        prefill_attn_mma_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    FQ_CUDA_RETURN_IF_ERROR(attr128);
+    prefill_attn_mma_kernel<128><<<grid, kThreads, smem, stream>>>(a);
+  }
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  return cudaSuccess;
+}
+
+}  // namespace fq::cuda

@@ -1,0 +1,483 @@
+// W4A4 GEMM on INT8 tensor cores (mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32), all token counts.
+//
+// Unpacking s4 -> s8 without a table, and without caring where each k lands. A 32-bit word of packed int4
+// holds 8 consecutive k (e0 = low nibble of byte 0). lo(w) = (w << 4) & 0xF0F0F0F0 holds 16*e0, 16*e2, 16*e4,
+// 16*e6 as four s8 (sign-extended by construction), hi(w) = w & 0xF0F0F0F0 holds 16*e1, 16*e3, 16*e5, 16*e7.
+// A dot product does not depend on the order of k, only on both operands using the SAME order. In the
+// m16n8k32 s8 fragments (PTX ISA, "Matrix Fragments for mma.m16n8k32"), lane (g = lane/4, t = lane%4) holds
+//   A: a0 = row g,   k 4t..4t+3;   a1 = row g+8, k 4t..4t+3;   a2 = row g, k 16+4t..; a3 = row g+8, k 16+4t..
+//   B: b0 = col g,   k 4t..4t+3;   b1 = col g,   k 16+4t..
+//   C: c0, c1 = row g, cols 2t, 2t+1;   c2, c3 = row g+8, cols 2t, 2t+1.
+// So if lane t takes the same packed word W_t (8 real k) from its A row and from its B column, and puts lo()
+// into a0/a1 and b0, hi() into a2/a3 and b1, then mma-k 4t+j <-> real k 2j and 16+4t+j <-> 2j+1 of W_t for
+// both operands: the mma sums 256 * x_k * w_k over the 32 real k of the 4 words the 4 lanes took. |sum| <=
+// 256 * 64 * K <= 2^30 (K <= 65536): no int32 overflow; acc >> 8 (exact, a multiple of 256) is the reference
+// integer. Unpacking costs 3 integer ops per word (8 values), no lookup, no shared-memory round trip.
+//
+// Epilogue (ref::qgemm_epilogue): t = float(acc); t *= sx[m]; t *= sw[n]; t += residual, each a separately
+// rounded IEEE op (__fmul_rn / __fadd_rn: nvcc must not contract them into an FMA).
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/qgemm.h"
+#include "kernels/cuda/qgemv.h"
+
+namespace fq::cuda {
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------
+// Shared pieces.
+
+__device__ __forceinline__ uint32_t lo16(uint32_t w) { return (w << 4) & 0xF0F0F0F0u; }
+__device__ __forceinline__ uint32_t hi16(uint32_t w) { return w & 0xF0F0F0F0u; }
+
+__device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));  // i is a compile-time constant at every use
+}
+
+// Output element types: fp32 (residual fp32) or fp16 (residual fp16, widened before the add).
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) {
+  return __float2half_rn(v);
+}
+
+// acc: the integer dot product (the tensor-core paths pass their sum >> 8).
+template <typename T>
+__device__ __forceinline__ float epilogue(int acc, float sxm, float swn, const T* residual, int64_t i) {
+  float t = __int2float_rn(acc);
+  t = __fmul_rn(t, sxm);
+  t = __fmul_rn(t, swn);
+  if (residual) t = __fadd_rn(t, to_f32(residual[i]));
+  return t;
+}
+
+// Two adjacent outputs (n, n + 1) of row m from 256x sums a0, a1; `vec` says both exist and the pair (y,
+// residual, sw) is aligned for one 2-element access.
+template <typename T>
+__device__ __forceinline__ void store_pair(T* y, const T* residual, int64_t N, int64_t m, int64_t n, bool vec,
+                                           float sxm, const float* __restrict__ sw, int a0, int a1) {
+  const int64_t i = m * N + n;
+  if (vec) {
+    const float2 s = *reinterpret_cast<const float2*>(sw + n);
+    float r0 = 0.0f, r1 = 0.0f;
+    if (residual) {
+      if constexpr (sizeof(T) == 4) {
+        const float2 r = *reinterpret_cast<const float2*>(residual + i);
+        r0 = r.x, r1 = r.y;
+      } else {
+        const __half2 r = *reinterpret_cast<const __half2*>(residual + i);
+        r0 = __low2float(r), r1 = __high2float(r);
+      }
+    }
+    float t0 = __fmul_rn(__fmul_rn(__int2float_rn(a0 >> 8), sxm), s.x);
+    float t1 = __fmul_rn(__fmul_rn(__int2float_rn(a1 >> 8), sxm), s.y);
+    if (residual) t0 = __fadd_rn(t0, r0), t1 = __fadd_rn(t1, r1);
+    if constexpr (sizeof(T) == 4) {
+      *reinterpret_cast<float2*>(y + i) = make_float2(t0, t1);
+    } else {
+      *reinterpret_cast<__half2*>(y + i) = __halves2half2(__float2half_rn(t0), __float2half_rn(t1));
+    }
+  } else {
+    if (n < N) y[i] = from_f32<T>(epilogue(a0 >> 8, sxm, sw[n], residual, i));
+    if (n + 1 < N) y[i + 1] = from_f32<T>(epilogue(a1 >> 8, sxm, sw[n + 1], residual, i + 1));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Prefill: block tile BM x BN, k-tile of 64 int4 values (32 bytes per row), STAGES-deep cp.async pipeline.
+// Shared memory holds each stage as [BM rows of x | BN rows of w], 32 bytes per row, unpadded: a warp's
+// 8-byte fragment loads (lane (g, t) reads bytes 8t..8t+7 of row g) cover 256 contiguous bytes, so each
+// half-warp phase touches all 32 banks once (no conflicts, no swizzle). Lane t's 8 bytes are words 2t (k-step
+// 0) and 2t + 1 (k-step 1) of the row, for A and B alike (see the file comment).
+
+constexpr int kTileRowBytes = 32;  // packed bytes per row per k-tile
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = valid ? 16 : 0;  // src-size 0: the 16 bytes are zero-filled (rows/k past the edge add 0)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+template <int BM, int BN, int WM, int WN, int STAGES, typename T>
+__global__ void __launch_bounds__(WM* WN * 32)
+    qgemm_prefill_kernel(const uint8_t* __restrict__ qx, const float* __restrict__ sx,
+                         const uint8_t* __restrict__ qw, const float* __restrict__ sw, const T* residual, T* y,
+                         int M, int N, int64_t row_bytes, bool vec) {
+  constexpr int kThreads = WM * WN * 32;
+  constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
+  constexpr int MT = TM / 16, NT = TN / 8;   // mma tiles per warp
+  constexpr int kStageBytes = (BM + BN) * kTileRowBytes;
+  constexpr int kCopies = (BM + BN) * 2;  // 16-byte copies per stage
+  static_assert(kCopies % kThreads == 0, "copies must split evenly over the threads");
+  static_assert(STAGES * kStageBytes <= 48 * 1024, "static shared memory limit");
+  __shared__ __align__(128) uint8_t smem[STAGES * kStageBytes];
+
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / WN, wn = warp % WN;
+  const int g = lane >> 2, t = lane & 3;
+  const int m0 = static_cast<int>(blockIdx.y) * BM, n0 = static_cast<int>(blockIdx.x) * BN;
+  const int ktiles = static_cast<int>((row_bytes + kTileRowBytes - 1) / kTileRowBytes);
+
+  auto load_tile = [&](int stage, int kt) {
+    uint8_t* s = smem + stage * kStageBytes;
+    const int64_t kb = static_cast<int64_t>(kt) * kTileRowBytes;
+#pragma unroll
+    for (int j = 0; j < kCopies / kThreads; ++j) {
+      const int i = tid + j * kThreads;
+      const int row = i >> 1;
+      const int64_t kbyte = kb + (i & 1) * 16;
+      const bool in_k = kbyte < row_bytes;
+      const uint8_t* src;
+      bool ok;
+      if (row < BM) {
+        ok = in_k && m0 + row < M;
+        src = qx + (ok ? static_cast<int64_t>(m0 + row) * row_bytes + kbyte : 0);
+      } else {
+        ok = in_k && n0 + row - BM < N;
+        src = qw + (ok ? static_cast<int64_t>(n0 + row - BM) * row_bytes + kbyte : 0);
+      }
+      cp_async16(s + i * 16, src, ok);
+    }
+  };
+
+  int acc[MT][NT][4];
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int b = 0; b < NT; ++b)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[a][b][c] = 0;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < ktiles) load_tile(s, s);
+    cp_async_commit();  // empty groups keep the group count uniform
+  }
+
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<STAGES - 2>();  // tile kt has landed (for this thread's copies) ...
+    __syncthreads();              // ... and everyone's; everyone is done reading the stage refilled below
+    {
+      const int nk = kt + STAGES - 1;
+      if (nk < ktiles) load_tile(nk % STAGES, nk);
+      cp_async_commit();
+    }
+    const uint8_t* sa = smem + (kt % STAGES) * kStageBytes + (wm * TM) * kTileRowBytes + 8 * t;
+    const uint8_t* sb = smem + (kt % STAGES) * kStageBytes + (BM + wn * TN) * kTileRowBytes + 8 * t;
+    uint2 pa[MT][2], pb[NT];
+#pragma unroll
+    for (int a = 0; a < MT; ++a) {
+      pa[a][0] = *reinterpret_cast<const uint2*>(sa + (a * 16 + g) * kTileRowBytes);
+      pa[a][1] = *reinterpret_cast<const uint2*>(sa + (a * 16 + g + 8) * kTileRowBytes);
+    }
+#pragma unroll
+    for (int b = 0; b < NT; ++b) pb[b] = *reinterpret_cast<const uint2*>(sb + (b * 8 + g) * kTileRowBytes);
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {
+      uint32_t fa[MT][4], fb[NT][2];
+#pragma unroll
+      for (int a = 0; a < MT; ++a) {
+        const uint32_t w0 = ks ? pa[a][0].y : pa[a][0].x, w1 = ks ? pa[a][1].y : pa[a][1].x;
+        fa[a][0] = lo16(w0);
+        fa[a][1] = lo16(w1);
+        fa[a][2] = hi16(w0);
+        fa[a][3] = hi16(w1);
+      }
+#pragma unroll
+      for (int b = 0; b < NT; ++b) {
+        const uint32_t w = ks ? pb[b].y : pb[b].x;
+        fb[b][0] = lo16(w);
+        fb[b][1] = hi16(w);
+      }
+#pragma unroll
+      for (int a = 0; a < MT; ++a)
+#pragma unroll
+        for (int b = 0; b < NT; ++b) mma_s8(acc[a][b], fa[a], fb[b][0], fb[b][1]);
+    }
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = m0 + wm * TM + a * 16 + g + 8 * h;
+      if (m >= M) continue;
+      const float sxm = sx[m];
+#pragma unroll
+      for (int b = 0; b < NT; ++b) {
+        const int n = n0 + wn * TN + b * 8 + 2 * t;
+        if (n >= N) continue;
+        store_pair(y, residual, N, m, n, vec && n + 1 < N, sxm, sw, acc[a][b][2 * h], acc[a][b][2 * h + 1]);
+      }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Decode (M <= 16): "swapped" mma, the weights are the A operand (16 output rows per warp), the tokens the B
+// operand (NT = 1 or 2 column tiles of 8, tokens past M are zeros). Each weight byte is used by exactly one
+// warp, so the weights go from HBM straight into registers (no shared memory), 16 bytes per lane per load:
+// lane (g, t) loads chunk 4s + t (32 k) of rows g and g + 8 for step s (128 k), and the same chunk of
+// tokens g (and g + 8) from the small, L1/L2-resident activations. Word i of the chunk feeds k-step i of the
+// step (4 mma per column tile). Steps are split over the 8 warps of a block, whose partial sums are added in
+// shared memory (exact int32). Splitting K over blocks too (int32 atomics into a workspace, the last block
+// runs the epilogue) was measured slower on every shape, even k/v (1024 x 4096): the atomic tail costs more
+// than the extra blocks gain (qgemm_notes.md).
+
+constexpr int kDecodeWarps = 8;   // warps per block (default configuration)
+constexpr int kDecodeUnroll = 4;  // steps per loop iteration: 2 * 4 16-byte weight loads in flight per lane
+
+// Weights are read exactly once: keep them out of L1 so that the activations stay there.
+__device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// W warps per block (one row group, K split W ways), U steps per loop iteration, NT token tiles of 8.
+template <int W, int U, int NT, typename T>
+__global__ void __launch_bounds__(W * 32)
+    qgemm_decode_kernel(const uint8_t* __restrict__ qx, const float* __restrict__ sx,
+                        const uint8_t* __restrict__ qw, const float* __restrict__ sw, const T* residual, T* y,
+                        int M, int N, int64_t row_bytes) {
+  constexpr int kThreads = W * 32;
+  constexpr int E = 256 / kThreads;  // (weight row, token) outputs of the group per thread in the epilogue
+  static_assert(256 % kThreads == 0, "at most 8 warps");
+  __shared__ int red[W][16][16];  // [warp][weight row][token]
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int n_base = static_cast<int>(blockIdx.x) * 16;
+  const int64_t chunks = row_bytes / 16;
+  const int64_t steps = (chunks + 3) / 4;
+  const int64_t s_begin = warp * steps / W, s_end = (warp + 1) * steps / W;
+
+  // The epilogue's scales, fetched now so that their latency hides under the weight stream.
+  float sx_e[E], sw_e[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
+    sx_e[e] = m < M ? sx[m] : 0.0f;
+    sw_e[e] = n_base + r < N ? sw[n_base + r] : 0.0f;
+  }
+
+  // Rows past N re-read row N-1 (no divergence in the loads); their results are never stored.
+  const uint8_t* w0 = qw + static_cast<int64_t>(min(n_base + g, N - 1)) * row_bytes + 16 * t;
+  const uint8_t* w1 = qw + static_cast<int64_t>(min(n_base + g + 8, N - 1)) * row_bytes + 16 * t;
+  const uint8_t* xr[NT];
+  bool xok[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    xok[j] = g + 8 * j < M;
+    xr[j] = qx + static_cast<int64_t>(xok[j] ? g + 8 * j : 0) * row_bytes + 16 * t;
+  }
+
+  int acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[j][c] = 0;
+
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int64_t s = s_begin; s < s_end; s += U) {
+    uint4 wa[U], wb[U], xv[U][NT];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = (s + u) * 4 + t;  // this lane's chunk
+      const bool ok = s + u < s_end && c < chunks;
+      wa[u] = ok ? load_stream(w0 + (c - t) * 16) : zero;
+      wb[u] = ok ? load_stream(w1 + (c - t) * 16) : zero;
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+        xv[u][j] = ok && xok[j] ? __ldg(reinterpret_cast<const uint4*>(xr[j] + (c - t) * 16)) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t a0 = word(wa[u], i), a1 = word(wb[u], i);
+        const uint32_t fa[4] = {lo16(a0), lo16(a1), hi16(a0), hi16(a1)};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const uint32_t b = word(xv[u][j], i);
+          mma_s8(acc[j], fa, lo16(b), hi16(b));
+        }
+      }
+  }
+
+  // C fragment: acc[j][0..1] = weight row g, tokens 8j + 2t, +1; acc[j][2..3] = row g + 8.
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    red[warp][g][8 * j + 2 * t] = acc[j][0];
+    red[warp][g][8 * j + 2 * t + 1] = acc[j][1];
+    red[warp][g + 8][8 * j + 2 * t] = acc[j][2];
+    red[warp][g + 8][8 * j + 2 * t + 1] = acc[j][3];
+  }
+  __syncthreads();
+  int v[E];
+  bool mine[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
+    mine[e] = m < M && n_base + r < N;
+    v[e] = 0;
+    if (mine[e]) {
+#pragma unroll
+      for (int w = 0; w < W; ++w) v[e] += red[w][r][m];
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
+    if (mine[e]) {
+      const int64_t i = static_cast<int64_t>(m) * N + n_base + r;
+      y[i] = from_f32<T>(epilogue(v[e] >> 8, sx_e[e], sw_e[e], residual, i));
+    }
+  }
+}
+
+template <int W, int U, typename T>
+cudaError_t launch_decode(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual,
+                          T* y, int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
+  const int64_t groups = (N + 15) / 16;
+  if (groups > 0x7fffffff) return cudaErrorInvalidValue;
+  const int m = static_cast<int>(M), n = static_cast<int>(N);
+  if (M <= 8)
+    qgemm_decode_kernel<W, U, 1, T>
+        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n, K / 2);
+  else
+    qgemm_decode_kernel<W, U, 2, T>
+        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n, K / 2);
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  return cudaSuccess;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Fallback (any even K, any alignment): one thread per output, plain nibble loop, exact int32.
+
+template <typename T>
+__global__ void qgemm_fallback_kernel(const uint8_t* __restrict__ qx, const float* __restrict__ sx,
+                                      const uint8_t* __restrict__ qw, const float* __restrict__ sw,
+                                      const T* residual, T* y, int64_t M, int64_t N, int64_t row_bytes) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= M * N) return;
+  const int64_t m = i / N, n = i % N;
+  const uint8_t* x = qx + m * row_bytes;
+  const uint8_t* w = qw + n * row_bytes;
+  int acc = 0;
+  for (int64_t j = 0; j < row_bytes; ++j) {
+    const int xb = x[j], wb = w[j];
+    acc += (((xb & 0xF) ^ 8) - 8) * (((wb & 0xF) ^ 8) - 8) + (((xb >> 4) ^ 8) - 8) * (((wb >> 4) ^ 8) - 8);
+  }
+  y[i] = from_f32<T>(epilogue(acc, sx[m], sw[n], residual, i));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Dispatch. Measured on the H100 (bench/results/qgemm_notes.md): the dp4a GEMV streams weights faster at
+// M = 1 (its loads cover 512 contiguous bytes of one row; at M <= 2 it runs that same configuration), the mma
+// decode kernel is faster on most shapes from M = 4 on (2-3x at M = 16); the 128x128 prefill tile (2 blocks per SM) beat 128x256, 256x128, 64x256 and 8-warp 128x128 on
+// every measured shape.
+
+enum class Kind { kGemv, kDecode, kPrefill, kFallback };
+
+constexpr int64_t kGemvMaxM = 2;
+
+Kind choose(const void* qx, const void* qw, int64_t M, int64_t K, bool f16) {
+  const bool aligned = reinterpret_cast<uintptr_t>(qx) % 16 == 0 && reinterpret_cast<uintptr_t>(qw) % 16 == 0;
+  if (K % 32 != 0 || !aligned) return Kind::kFallback;
+  // qgemv takes an fp32 residual only: the fp16 entry point uses the mma kernel at every small M.
+  if (M <= kGemvMaxM && !f16) return Kind::kGemv;
+  if (M <= kQgemmDecodeMaxM) return Kind::kDecode;
+  return Kind::kPrefill;
+}
+
+template <typename T>
+cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual, T* y,
+                int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
+  if (M < 1 || N < 1 || K < 2 || K % 2 != 0 || K > kQgemmMaxK) return cudaErrorInvalidValue;
+  if (M > 0x7fffffff || N > 0x7fffffff) return cudaErrorInvalidValue;
+  if (!qx || !sx || !qw || !sw || !y) return cudaErrorInvalidValue;
+  const int64_t row_bytes = K / 2;
+  constexpr bool kF16 = sizeof(T) == 2;
+  switch (choose(qx, qw, M, K, kF16)) {
+    case Kind::kGemv:
+      if constexpr (!kF16) return qgemv_w4a4(qx, sx, qw, sw, residual, y, nullptr, M, N, K, stream);
+      return cudaErrorInvalidValue;  // unreachable: choose() never picks it for fp16
+    case Kind::kFallback: {
+      const int64_t blocks = (M * N + 255) / 256;
+      if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+      qgemm_fallback_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(qx, sx, qw, sw, residual, y, M,
+                                                                                  N, row_bytes);
+      break;
+    }
+    case Kind::kDecode:
+      return launch_decode<kDecodeWarps, kDecodeUnroll, T>(qx, sx, qw, sw, residual, y, M, N, K, stream);
+    case Kind::kPrefill: {
+      // Paired accesses need an even N and 2-element alignment of y, residual and sw.
+      const uintptr_t pair = 2 * sizeof(T);
+      const bool vec = N % 2 == 0 && reinterpret_cast<uintptr_t>(y) % pair == 0 &&
+                       reinterpret_cast<uintptr_t>(residual) % pair == 0 &&
+                       reinterpret_cast<uintptr_t>(sw) % sizeof(float2) == 0;
+      const dim3 grid(static_cast<unsigned>((N + 127) / 128), static_cast<unsigned>((M + 127) / 128));
+      qgemm_prefill_kernel<128, 128, 2, 2, 4, T><<<grid, 128, 0, stream>>>(
+          qx, sx, qw, sw, residual, y, static_cast<int>(M), static_cast<int>(N), row_bytes, vec);
+      break;
+    }
+  }
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  return cudaSuccess;
+}
+
+}  // namespace
+
+const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t K, bool f16_out) {
+  switch (choose(qx, qw, M, K, f16_out)) {
+    case Kind::kGemv:
+      return "qgemv";
+    case Kind::kDecode:
+      return "decode";
+    case Kind::kPrefill:
+      return "prefill";
+    default:
+      return "fallback";
+  }
+}
+
+cudaError_t qgemm_w4a4_cuda(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
+                            const float* residual, float* y, int64_t M, int64_t N, int64_t K,
+                            cudaStream_t stream) {
+  return run<float>(qx, sx, qw, sw, residual, y, M, N, K, stream);
+}
+
+cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
+                                const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
+                                cudaStream_t stream) {
+  return run<__half>(qx, sx, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y), M,
+                     N, K, stream);
+}
+
+}  // namespace fq::cuda

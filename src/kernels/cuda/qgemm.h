@@ -1,0 +1,46 @@
+// W4A4 linear on the GPU for every token count: y = (qx * sx) (qw * sw)^T (+ residual), integer dot products
+// accumulated exactly in int32 on the INT8 tensor cores (mma.sync m16n8k32 s8; Hopper's s4 path is emulated
+// and 23x slower) and scaled in an fp32 epilogue. Reference: fq::ref::qgemm_w4a4 (src/ref/qgemm.h), matched
+// BIT FOR BIT (same int32 sum, same epilogue operation order, no FMA). Design and numbers:
+// bench/results/qgemm_notes.md.
+//
+// One entry point chooses the kernel (qgemm_w4a4_kernel_name says which):
+// - M <= 2, fp32 output: "qgemv", the dp4a GEMV (qgemv.h), which streams weights fastest at tiny M.
+// - M <= 16: "decode", weights streamed from HBM straight into registers, the tokens padded to 8 or 16
+//   columns of the mma, K split over the 8 warps of a block.
+// - M > 16: "prefill", 128x128 block tiles (4 warps, 2 blocks per SM), the packed int4 tiles copied with a
+//   4-stage cp.async pipeline and unpacked to s8 in registers.
+// - K % 32 != 0 or qx/qw not 16-byte aligned: "fallback", a plain exact kernel (e.g. stories260K, K = 172).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fq::cuda {
+
+// int32 headroom: the tensor-core path sums 256 * x * w (nibbles unpacked as 16 * value), |acc| <= 2^14 * K.
+constexpr int64_t kQgemmMaxK = 65536;
+constexpr int64_t kQgemmDecodeMaxM = 16;
+
+// qx: packed int4 activations [M, K/2] (low nibble = even element), sx [M] fp32 per-token scales;
+// qw: packed int4 weights [N, K/2], sw [N] fp32 per-output-channel scales. residual [M, N] or nullptr, may
+// alias y. y [M, N] row-major. Requirements: M, N >= 1, K even in [2, 65536], all pointers non-null except
+// residual; otherwise cudaErrorInvalidValue without launching. Asynchronous on `stream`.
+//
+// fp32 output: y = ref::qgemm_w4a4 exactly (t = float(acc); t *= sx[m]; t *= sw[n]; t += residual).
+cudaError_t qgemm_w4a4_cuda(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
+                            const float* residual, float* y, int64_t M, int64_t N, int64_t K,
+                            cudaStream_t stream);
+
+// fp16 output and fp16 residual (IEEE half bits): the same fp32 epilogue with the residual widened to fp32
+// before the add, then rounded to nearest even: y = f32_to_f16(qgemm_epilogue(acc, sx, sw, f16_to_f32(r))).
+cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
+                                const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
+                                cudaStream_t stream);
+
+// Which kernel the entry point (f16_out: the fp16 one) runs for these operands: "qgemv", "decode",
+// "prefill" or "fallback" (tests and the benchmark report it). Host-only, launches nothing.
+const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t K, bool f16_out);
+
+}  // namespace fq::cuda

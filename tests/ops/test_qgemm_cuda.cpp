@@ -1,0 +1,217 @@
+// CUDA W4A4 GEMM (src/kernels/cuda/qgemm.cu, every kernel behind qgemm_w4a4_cuda) vs the CPU reference
+// ref::qgemm_w4a4: the integer sums are exact and the epilogue is the same sequence of IEEE fp32 operations, so
+// the outputs must match BIT FOR BIT (fp32; fp16 = the reference value rounded to nearest even). Outputs are
+// poisoned with 0xFF first (NaN in fp32 and fp16): an element the kernel does not write fails. Each case also
+// checks which kernel ran, so that every path (qgemv at M <= 2, the mma decode kernel, the prefill kernel, the
+// fallback) is covered on purpose.
+#ifdef FLATQUANT_WITH_CUDA
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "kernels/cuda/qgemm.h"
+#include "ops/ops_util.h"
+#include "ref/parallel.h"
+#include "ref/qgemm.h"
+
+namespace fq {
+namespace {
+
+using test::DeviceBuffer;
+using test::random_packed;
+using test::random_scales;
+
+// "" if equal, else the count and the first differing element (m, n, both values, the integer sum).
+template <typename T>
+std::string first_mismatch(const std::vector<T>& gpu, const std::vector<T>& cpu, const std::vector<int32_t>& acc,
+                           int64_t N) {
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < cpu.size(); ++i)
+    if (std::memcmp(&gpu[i], &cpu[i], sizeof(T)) != 0 && bad++ == 0) first = i;
+  if (bad == 0) return "";
+  float g, c;
+  if constexpr (sizeof(T) == 4) {
+    g = gpu[first], c = cpu[first];
+  } else {
+    g = f16_to_f32(gpu[first]), c = f16_to_f32(cpu[first]);
+  }
+  char buf[320];
+  std::snprintf(buf, sizeof buf, "%zu of %zu differ; first m=%lld n=%lld: gpu=%.9g cpu=%.9g (acc=%d)%s", bad,
+                cpu.size(), static_cast<long long>(static_cast<int64_t>(first) / N),
+                static_cast<long long>(static_cast<int64_t>(first) % N), g, c, acc[first],
+                std::isnan(g) ? " (NaN = poison: not written)" : "");
+  return buf;
+}
+
+struct Case {
+  int64_t M, N, K;
+  const char* kernel;  // expected qgemm_w4a4_kernel_name of the fp32 entry point (fp16: "qgemv" -> "decode")
+  int offset = 0;      // byte offset of qx and qw from an aligned allocation (misalignment -> fallback)
+};
+
+// The kernel expected for a token count on the tensor-core paths.
+const char* small_m_kernel(int64_t M) { return M <= 2 ? "qgemv" : "decode"; }
+
+// The reference integer sums, rows split over threads (each row is one independent ref call).
+std::vector<int32_t> ref_acc(const std::vector<uint8_t>& qx, const std::vector<uint8_t>& qw, int64_t M,
+                             int64_t N, int64_t K) {
+  std::vector<int32_t> acc(static_cast<size_t>(M * N));
+  ref::ThreadPool pool;
+  pool.parallel_for(M, [&](int64_t b, int64_t e) {
+    ref::qgemm_w4a4_acc(qx.data() + b * K / 2, qw.data(), e - b, N, K, acc.data() + b * N);
+  });
+  return acc;
+}
+
+// One shape: fp32 without residual, fp32 with an in-place residual, fp16 with an fp16 residual.
+void check_case(const Case& c, uint32_t seed) {
+  const auto [M, N, K, kernel, offset] = c;
+  const int64_t kb = K / 2;
+  auto qx = random_packed(static_cast<size_t>(M * kb), seed);
+  auto qw = random_packed(static_cast<size_t>(N * kb), seed + 1);
+  // Extreme codes: the last token all -8 (when M > 1, so that M = 1 keeps a random token), weight row 0 all -8
+  // (|product| 64 at every k: the largest sums), weight row N-1 all 7.
+  for (int64_t j = 0; j < kb; ++j) {
+    if (M > 1) qx[static_cast<size_t>((M - 1) * kb + j)] = 0x88;
+    qw[static_cast<size_t>(j)] = 0x88;
+    qw[static_cast<size_t>((N - 1) * kb + j)] = 0x77;
+  }
+  const auto sx = random_scales(static_cast<size_t>(M), seed + 2),
+             sw = random_scales(static_cast<size_t>(N), seed + 3);
+  const size_t n_out = static_cast<size_t>(M * N);
+  std::vector<float> res(n_out);
+  std::vector<uint16_t> res16(n_out);
+  for (size_t i = 0; i < n_out; ++i) {
+    res[i] = std::sin(static_cast<float>(i)) * 3.0f;
+    res16[i] = f32_to_f16(std::cos(static_cast<float>(i)) * 2.0f);
+  }
+
+  const auto acc = ref_acc(qx, qw, M, N, K);
+  std::vector<float> want(n_out), want_res(n_out);
+  std::vector<uint16_t> want16(n_out);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      const size_t i = static_cast<size_t>(m * N + n);
+      const float sxm = sx[static_cast<size_t>(m)], swn = sw[static_cast<size_t>(n)];
+      want[i] = ref::qgemm_epilogue(acc[i], sxm, swn, nullptr);
+      want_res[i] = ref::qgemm_epilogue(acc[i], sxm, swn, &res[i]);
+      const float r16 = f16_to_f32(res16[i]);
+      want16[i] = f32_to_f16(ref::qgemm_epilogue(acc[i], sxm, swn, &r16));
+    }
+
+  // Operands at `offset` bytes into their buffers.
+  std::vector<uint8_t> hx(static_cast<size_t>(offset), 0), hw(static_cast<size_t>(offset), 0);
+  hx.insert(hx.end(), qx.begin(), qx.end());
+  hw.insert(hw.end(), qw.begin(), qw.end());
+  DeviceBuffer<uint8_t> dx(hx), dw(hw);
+  const uint8_t* px = dx.get() + offset;
+  const uint8_t* pw = dw.get() + offset;
+  DeviceBuffer<float> dsx(sx), dsw(sw), dy(n_out);
+  DeviceBuffer<uint16_t> dh(n_out);
+
+  const std::string name = cuda::qgemm_w4a4_kernel_name(px, pw, M, K, false);
+  const std::string name16 = cuda::qgemm_w4a4_kernel_name(px, pw, M, K, true);
+  const std::string ctx = "M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) +
+                          " kernel " + name + (offset ? " offset" : "");
+  EXPECT_EQ(name, kernel) << ctx;
+  EXPECT_EQ(name16, name == "qgemv" ? "decode" : name) << ctx;
+
+  ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), nullptr, dy.get(), M, N, K, nullptr),
+            cudaSuccess)
+      << ctx;
+  FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda");
+  EXPECT_EQ(first_mismatch(dy.download(), want, acc, N), "") << ctx;
+
+  dy.upload(res);  // residual in place: y = y + x w^T
+  ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), dy.get(), dy.get(), M, N, K, nullptr),
+            cudaSuccess)
+      << ctx;
+  FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda (residual)");
+  EXPECT_EQ(first_mismatch(dy.download(), want_res, acc, N), "") << ctx << " (residual in place)";
+
+  DeviceBuffer<uint16_t> dr16(res16);
+  ASSERT_EQ(cuda::qgemm_w4a4_cuda_f16(px, dsx.get(), pw, dsw.get(), dr16.get(), dh.get(), M, N, K, nullptr),
+            cudaSuccess)
+      << ctx;
+  FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda_f16");
+  EXPECT_EQ(first_mismatch(dh.download(), want16, acc, N), "") << ctx << " (fp16 out, fp16 residual, "
+                                                                     << name16 << ")";
+}
+
+TEST(QgemmCuda, DecodeEveryTokenCount) {
+  FQ_REQUIRE_CUDA();
+  // M = 1..16 (both token-tile widths of the mma kernel, and qgemv at M <= 2), ragged row groups
+  // (N % 16 != 0), K with partial 128-k steps (K % 128 != 0) and more steps than warps.
+  uint32_t seed = 1;
+  for (int64_t M = 1; M <= 16; ++M) {
+    check_case({M, 1, 32, small_m_kernel(M)}, seed += 10);
+    check_case({M, 43, 96, small_m_kernel(M)}, seed += 10);
+    check_case({M, 148, 1056, small_m_kernel(M)}, seed += 10);
+    check_case({M, 1024, 4096, small_m_kernel(M)}, seed += 10);
+    check_case({M, 200, 14336 + 32, small_m_kernel(M)}, seed += 10);
+  }
+}
+
+TEST(QgemmCuda, DecodeModelShapes) {
+  FQ_REQUIRE_CUDA();
+  // Llama-3-8B, Qwen2.5-7B and SmolLM2 linears at decode.
+  const std::vector<std::array<int64_t, 2>> nk = {{4096, 4096},  {14336, 4096}, {4096, 14336}, {3584, 3584},
+                                                  {512, 3584},   {18944, 3584}, {3584, 18944}, {576, 576},
+                                                  {1536, 576},   {576, 1536}};
+  uint32_t seed = 1000;
+  for (int64_t M : {1, 5, 16})
+    for (const auto& [N, K] : nk) check_case({M, N, K, small_m_kernel(M)}, seed += 10);
+}
+
+TEST(QgemmCuda, Prefill) {
+  FQ_REQUIRE_CUDA();
+  // M not a multiple of 128 (17, 77, 200, 1100), N not a multiple of 8 or 2 (43, 1001, 4090), K with a half
+  // k-tile tail (K % 64 == 32), model shapes with a few rows, and one full 2048-row GEMM.
+  uint32_t seed = 2000;
+  check_case({17, 64, 64, "prefill"}, seed += 10);
+  check_case({77, 43, 96, "prefill"}, seed += 10);
+  check_case({77, 1001, 576, "prefill"}, seed += 10);
+  check_case({200, 1536, 576, "prefill"}, seed += 10);
+  check_case({128, 576, 1536, "prefill"}, seed += 10);
+  check_case({77, 4096, 4096, "prefill"}, seed += 10);
+  check_case({77, 512, 3584, "prefill"}, seed += 10);
+  check_case({33, 256, 14336, "prefill"}, seed += 10);
+  check_case({19, 136, 18944, "prefill"}, seed += 10);
+  check_case({1100, 4090, 160, "prefill"}, seed += 10);
+  check_case({2048, 4096, 1024, "prefill"}, seed += 10);
+}
+
+TEST(QgemmCuda, FallbackForUnalignedShapes) {
+  FQ_REQUIRE_CUDA();
+  uint32_t seed = 4000;
+  check_case({1, 16, 2, "fallback"}, seed += 10);
+  check_case({5, 64, 172, "fallback"}, seed += 10);  // stories260K's ff
+  check_case({300, 172, 64, "prefill"}, seed += 10);
+  check_case({300, 48, 172, "fallback"}, seed += 10);
+  check_case({3, 100, 4096, "fallback", 1}, seed += 10);  // operands not 16-byte aligned
+}
+
+TEST(QgemmCuda, RejectsBadArgumentsWithoutLaunching) {
+  // Argument checks come before any CUDA call: this runs without a device too.
+  alignas(16) static uint8_t b[64];
+  static float f[64];
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda(b, f, b, f, nullptr, f, 0, 1, 32, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda(b, f, b, f, nullptr, f, 1, 0, 32, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda(b, f, b, f, nullptr, f, 1, 1, 33, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda(b, f, b, f, nullptr, f, 1, 1, 0, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda(b, f, b, f, nullptr, f, 1, 1, cuda::kQgemmMaxK + 2, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda(b, f, b, f, nullptr, nullptr, 1, 1, 32, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda(nullptr, f, b, f, nullptr, f, 1, 1, 32, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda_f16(b, f, b, f, nullptr, nullptr, 1, 1, 32, nullptr), cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace fq
+#endif  // FLATQUANT_WITH_CUDA
