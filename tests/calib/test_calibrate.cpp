@@ -92,6 +92,8 @@ TEST(CalibCalibrate, ResumeIsBitIdenticalAndOptionsMustMatch) {
   const std::string ta = read_file(full + "/transforms.safetensors"), tb = read_file(res + "/transforms.safetensors");
   EXPECT_FALSE(ta.empty());
   EXPECT_TRUE(ta == tb) << "resumed transforms differ from the uninterrupted run";
+  EXPECT_TRUE(read_file(full + "/model.safetensors") == read_file(res + "/model.safetensors"))
+      << "resumed artifact differs from the uninterrupted run";
   EXPECT_EQ(read_file(full + "/calib_log.csv"), read_file(res + "/calib_log.csv"));
 
   // Contents: every layer's parameters under HF-style names, the log, the manifest.
@@ -110,8 +112,10 @@ TEST(CalibCalibrate, ResumeIsBitIdenticalAndOptionsMustMatch) {
   EXPECT_EQ(csv.rfind("layer,step,loss\n0,0,", 0), 0u);
   EXPECT_NE(csv.find("\n4,1,"), std::string::npos);  // 5 layers x 2 steps
   const auto man = nlohmann::json::parse(read_file(full + "/manifest.json"));
+  EXPECT_EQ(man.at("format"), "flatquant-artifact");
   EXPECT_EQ(man.at("format_version"), 1);
-  EXPECT_EQ(man.at("options").at("calib.nsamples"), 4);
+  EXPECT_EQ(man.at("calibration").at("calib.nsamples"), 4);
+  EXPECT_EQ(man.at("recipe").at("name"), "w4a4kv4");
   EXPECT_EQ(man.at("model_config").at("num_hidden_layers"), 5);
   ASSERT_EQ(man.at("layers").size(), 5u);
   for (const auto& l : man.at("layers")) EXPECT_GT(l.at("initial_loss").get<double>(), 0.0);
