@@ -468,4 +468,41 @@ int run_calibrate(const CalibrateOptions& o) {
   return 0;
 }
 
+std::vector<float> torch_fake_quant_logits(const std::string& art_dir, const std::vector<int32_t>& tokens) {
+  torch::NoGradGuard ng;
+  const Artifact art = load_artifact(art_dir);
+  const json man = json::parse(read_file(path_join(art_dir, "manifest.json")));
+  FQ_CHECK(man.contains("calibration"), "{}/manifest.json: no 'calibration' record", art_dir);
+  const json& id = man.at("calibration");
+  const ModelWeights w = load_hf_weights(id.at("model").get<std::string>());
+  const ModelConfig& cfg = w.cfg;
+  const Method method = parse_method(id.at("method").get<std::string>());
+  TransformSet set = read_transforms(path_join(art_dir, "transforms.safetensors"));
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  torch::Tensor x = embed(w, tokens, 1, T);
+  for (int i = 0; i < static_cast<int>(cfg.n_layer); ++i) {
+    const LayerQuantConfig q = quant_config(art.recipe, method, method != Method::FlatQuant || set.direct,
+                                            id.at("seed").get<uint64_t>(), i);
+    FlatLayer layer(cfg, w.layers[i], q);
+    load_layer_params(*layer, i, set);
+    layer->merge(/*quantize_weights=*/false);
+    layer->set_mode(LayerMode::Eval);
+    const ArtifactLayer& al = art.layers[static_cast<size_t>(i)];
+    const std::map<std::string, const QLinear*> lins = {{"q", &al.q},   {"k", &al.k},       {"v", &al.v},     {"o", &al.o},
+                                                        {"up", &al.up}, {"gate", &al.gate}, {"down", &al.down}};
+    if (art.recipe.w_bits < 16)
+      for (const auto& [name, l] : lins) {
+        std::vector<float> d = l->dequantize();
+        layer->set_eval_weight(name, torch::from_blob(d.data(), {l->out, l->in}, torch::kFloat32).clone());
+      }
+    x = layer->forward(x);
+  }
+  auto nw = torch::from_blob(const_cast<float*>(w.norm.data()), {cfg.n_embd}, torch::kFloat32);
+  x = x * torch::rsqrt(x.pow(2).mean(-1, true) + cfg.rms_eps) * nw;
+  const std::vector<float>& head = w.head();
+  auto hw = torch::from_blob(const_cast<float*>(head.data()), {cfg.n_vocab, cfg.n_embd}, torch::kFloat32);
+  auto logits = torch::matmul(x[0], hw.t()).contiguous();
+  return std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+}
+
 }  // namespace fq::calib

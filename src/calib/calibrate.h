@@ -50,6 +50,12 @@ struct CalibrateOptions {
 // Runs the calibration; returns 0 on success (also when stopped by stop_after_layers). Throws fq::Error.
 int run_calibrate(const CalibrateOptions& opt);
 
+// The fake-quantized model of a calibrated artifact as the calibration's LibTorch layers compute it (FlatLayer
+// Eval mode: the layers rebuilt from the source model and transforms.safetensors as the export does, with the
+// artifact's dequantized weights installed), for cross-checking the CPU runtime: logits [n_tokens, n_vocab]
+// for one sequence at positions 0..n-1. Needs the source model directory recorded in the manifest.
+std::vector<float> torch_fake_quant_logits(const std::string& art_dir, const std::vector<int32_t>& tokens);
+
 // Calibration windows: the whole text tokenized as one stream (BOS at the start only), then `nsamples`
 // windows of `seqlen` tokens. Start of window j: r_j mod (n_tokens - seqlen + 1), r_j the j-th output of
 // std::mt19937_64 seeded with `seed` (portable: no std::uniform_int_distribution, whose algorithm differs

@@ -10,6 +10,7 @@
 #include "core/fs.h"
 #include "io/safetensors.h"
 #include "model/artifact.h"
+#include "ref/quant_decoder.h"
 
 namespace fq::calib {
 namespace {
@@ -30,8 +31,11 @@ TEST(CalibExport, RtnIsTheWeightQuantizersFakeQuant) {
     EXPECT_EQ(q.codes[5].abs().sum().item<int>(), 0);
     // Every row uses its extreme code (absmax scaling).
     auto amax = q.codes.to(torch::kInt32).abs().amax(1);
-    for (int r = 0; r < 37; ++r)
-      if (r != 5) EXPECT_TRUE(amax[r].item<int>() == hi || amax[r].item<int>() == hi + 1) << r;
+    for (int r = 0; r < 37; ++r) {
+      if (r != 5) {
+        EXPECT_TRUE(amax[r].item<int>() == hi || amax[r].item<int>() == hi + 1) << r;
+      }
+    }
     WeightQuantizer wq(37, bits, true, -1, false);
     const auto fake = wq->quantize(w);
     // Same codes; values differ only by the fp32 rounding of the stored scale.
@@ -191,6 +195,45 @@ TEST(CalibExport, ImportsTheOriginalFlatMatrices) {
   write_file_atomic(tmp.file("junk.pth"), "not a zip");
   o.load_transforms = tmp.file("junk.pth");
   EXPECT_NE(error_of([&] { run_calibrate(o); }).find("junk.pth: not a readable torch.save file"), std::string::npos);
+}
+
+// The CPU runtime's fake-quant forward over the artifact (src/ref/quant_decoder) equals the calibration's own
+// LibTorch Eval-mode layers with the same weights: the export put every transform, scale and clip where the
+// runtime expects it. Two fp32 implementations of a 4-bit model: tiny rounding differences can flip an
+// activation code, so the bound is on the mean error, and the worst position is reported.
+TEST(CalibExport, CpuRuntimeMatchesTheCalibrationForward) {
+  torch::set_num_threads(1);
+  Fixture f;
+  if (!f.ok) GTEST_SKIP() << "stories260K or WikiText-2 missing";
+  TmpDir tmp;
+  std::vector<int32_t> toks;
+  for (int t = 0; t < 48; ++t) toks.push_back(static_cast<int32_t>((t * 37 + 11) % 512));
+  toks[0] = 1;
+  for (const std::string m : {"flatquant", "hadamard", "smoothquant"}) {
+    const std::string out = tmp.file(m);
+    ASSERT_EQ(run_calibrate(tiny(f.p, out, m)), 0);
+    const std::vector<float> ref = torch_fake_quant_logits(out, toks);
+    ref::QuantDecoder dec(load_artifact(out), ref::QuantMode::kFake, 0, 1);
+    std::vector<float> got(ref.size());
+    dec.forward(toks.data(), static_cast<int64_t>(toks.size()), got.data());
+    double num = 0, den = 0, worst = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      num += std::abs(got[i] - ref[i]);
+      den += std::abs(ref[i]);
+      worst = std::max(worst, static_cast<double>(std::abs(got[i] - ref[i])));
+    }
+    EXPECT_LT(num / den, 2e-3) << m << " (worst |diff| " << worst << ")";
+    // The same greedy token at (nearly) every position.
+    int agree = 0;
+    const int64_t V = 512;
+    for (size_t t = 0; t < toks.size(); ++t) {
+      auto arg = [&](const std::vector<float>& v) {
+        return std::max_element(v.begin() + t * V, v.begin() + (t + 1) * V) - (v.begin() + t * V);
+      };
+      agree += arg(got) == arg(ref);
+    }
+    EXPECT_GE(agree, 46) << m;
+  }
 }
 
 }  // namespace
