@@ -15,11 +15,11 @@ ninja -C build-dev flatquant_tests bench_attn > "$OUT/build.txt" 2>&1 || { tail 
 # Registers / spills / shared memory of the kernels, for the notes.
 cuobjdump --dump-resource-usage build-dev/libflatquant_cuda.a 2>/dev/null \
   | grep -E -A1 "attn|kv4|rmsnorm|rope|swiglu|embedding|argmax|sample" > "$OUT/attn_resources.txt" || true
-./build-dev/tests/flatquant_tests --gtest_filter='Kv4*:DecodeAttn*:PrefillAttn*:LayerOps*:SampleCuda*:Philox*:Quant*Cuda*' \
+timeout 240 ./build-dev/tests/flatquant_tests --gtest_filter='Kv4*:DecodeAttn*:PrefillAttn*:LayerOps*:SampleCuda*:Philox*:Quant*Cuda*' \
   > "$OUT/attn_tests.txt" 2>&1
 rc_tests=$?
 grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED) |Failure|error|Expected|Which is|gpu=" "$OUT/attn_tests.txt" | head -80
-./build-dev/bench_attn > "$OUT/bench_attn.json" 2> "$OUT/bench_attn.err"
+timeout 240 ./build-dev/bench_attn > "$OUT/bench_attn.json" 2> "$OUT/bench_attn.err"
 rc_bench=$?
 cat "$OUT/bench_attn.err"
 python3 - "$OUT/bench_attn.json" <<'PY' || cat "$OUT/bench_attn.json"
