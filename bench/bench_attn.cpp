@@ -186,7 +186,23 @@ nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop
   const auto t = time_graph(stream, launches, 40, launch);
   const double med = t[t.size() / 2];
   const double tbps = cache_bytes / (med * 1e-6) / 1e12;
+  // How the split count trades parallelism against combine work and wave tails (median us per n_split).
+  nlohmann::json sweep = nlohmann::json::object();
+  for (int n = 1; n <= 128 && n <= (L + 127) / 128; n *= 2) {
+    auto p2 = plan;
+    p2.n_split = n;
+    DevPtr ws2 = dev_alloc(fq::cuda::decode_attention_workspace_bytes(batch, kHeads, d, p2));
+    const auto t2 = time_graph(stream, launches, 20, [&](size_t i) {
+      FQ_CUDA_CHECK(fq::cuda::decode_attention(copies[i % n_copies].layer, dq.get(), fq::DType::F16, kHeads * d,
+                                               batch, kHeads, static_cast<const int32_t*>(dlen.get()),
+                                               dout.get(), fq::DType::F32, p2, ws2.get(),
+                                               static_cast<int32_t*>(dflag.get()), stream),
+                    "decode_attention sweep");
+    });
+    sweep[std::to_string(n)] = t2[t2.size() / 2];
+  }
   return {{"kernel", "decode_attention_kv4"},
+          {"us_median_by_n_split", sweep},
           {"batch", batch},
           {"context", L},
           {"n_head", kHeads},

@@ -36,6 +36,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxHeadsPerCta = 8;
 constexpr int kMaxSplit = 256;
 constexpr int kMinKeysPerSplit = 128;
+constexpr int kResidentCtasPerSm = 2;  // see decode_attention_plan
 constexpr unsigned kFull = 0xffffffffu;
 
 // Nibble e of w as a float, minus zb - 2^23: the float with bits 0x4B000000 | n is exactly 2^23 + n.
@@ -663,9 +664,11 @@ DecodeAttnPlan decode_attention_plan(int64_t batch, int64_t n_head, int64_t n_he
   p.heads_per_cta = static_cast<int>(std::min<int64_t>(G, kMaxHeadsPerCta));
   const int64_t n_chunk = (G + p.heads_per_cta - 1) / p.heads_per_cta;
   const int64_t base = batch * n_head_kv * n_chunk;
-  // About four CTAs per SM keep enough loads in flight; a split shorter than one tile is pure overhead.
-  const int64_t target = 4 * static_cast<int64_t>(std::max(n_sm, 1));
-  int64_t n = (target + base - 1) / base;
+  // One full wave: the tensor-core kernel (210 registers at head_dim 128) keeps two CTAs per SM resident, and
+  // a partial last wave costs as much as a full one, so take the largest split count whose CTAs fit one wave
+  // (with more CTAs than a wave: no split). A split shorter than one tile is pure overhead.
+  const int64_t wave = kResidentCtasPerSm * static_cast<int64_t>(std::max(n_sm, 1));
+  int64_t n = std::max<int64_t>(1, wave / base);
   n = std::min(n, std::max<int64_t>(1, (max_len + kMinKeysPerSplit - 1) / kMinKeysPerSplit));
   p.n_split = static_cast<int>(std::clamp<int64_t>(n, 1, kMaxSplit));
   return p;
