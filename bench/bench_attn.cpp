@@ -193,10 +193,10 @@ nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop
     p2.n_split = n;
     DevPtr ws2 = dev_alloc(fq::cuda::decode_attention_workspace_bytes(batch, kHeads, d, p2));
     const auto t2 = time_graph(stream, launches, 20, [&](size_t i) {
-      FQ_CUDA_CHECK(fq::cuda::decode_attention(copies[i % n_copies].layer, dq.get(), fq::DType::F16, kHeads * d,
-                                               batch, kHeads, static_cast<const int32_t*>(dlen.get()),
-                                               dout.get(), fq::DType::F32, p2, ws2.get(),
-                                               static_cast<int32_t*>(dflag.get()), stream),
+      FQ_CUDA_CHECK(fq::cuda::decode_attention(
+                        copies[i % n_copies].layer, dq.get(), fq::DType::F16, kHeads * d, batch, kHeads,
+                        static_cast<const int32_t*>(dlen.get()), dout.get(), fq::DType::F32, p2, ws2.get(),
+                        static_cast<int32_t*>(dflag.get()), stream),
                     "decode_attention sweep");
     });
     sweep[std::to_string(n)] = t2[t2.size() / 2];

@@ -266,8 +266,8 @@ void run_decode_case(const DecodeCase& c, DType q_dt, DType out_dt, int forced_s
       "heads " + std::to_string(c.n_head) + "/" + std::to_string(c.H) + " d " + std::to_string(d) +
       " batch " + std::to_string(B) + " max_len " + std::to_string(max_len) + " n_split " +
       std::to_string(plan.n_split) + " heads/cta " + std::to_string(plan.heads_per_cta) +
-      (cuda_cores ? " cuda-core kernel" : "") +
-      (q_dt == DType::F16 ? " q fp16" : " q fp32") + (out_dt == DType::F16 ? " out fp16" : " out fp32");
+      (cuda_cores ? " cuda-core kernel" : "") + (q_dt == DType::F16 ? " q fp16" : " q fp32") +
+      (out_dt == DType::F16 ? " out fp16" : " out fp32");
   ASSERT_EQ(cuda::decode_attention(dc.layer, qp, q_dt, c.n_head * d, B, c.n_head, dlen.get(), op, out_dt,
                                    plan, ws.get(), dflag.get(), nullptr),
             cudaSuccess)
@@ -302,7 +302,8 @@ TEST(DecodeAttnCuda, DtypesAndForcedSplits) {
   run_decode_case({28, 4, 64, len, 1024}, DType::F16, DType::F16, 5, seed++);
 }
 
-// head_dim 64/128 normally run on the tensor-core kernel; the CUDA-core kernel must stay correct for them too.
+// head_dim 64/128 normally run on the tensor-core kernel; the CUDA-core kernel must stay correct for them
+// too.
 TEST(DecodeAttnCuda, CudaCoreKernelMatchesReference) {
   FQ_REQUIRE_CUDA();
   uint32_t seed = 700;
@@ -327,11 +328,12 @@ TEST(DecodeAttnCuda, ExtremeValueScales) {
     for (bool cc : {false, true}) {
       cuda::DecodeAttnPlan plan = cuda::decode_attention_plan(2, n_head, H, ctx, 132);
       plan.cuda_cores = cc;
-      DeviceBuffer<uint8_t> ws(std::max<size_t>(1, cuda::decode_attention_workspace_bytes(2, n_head, d, plan)));
+      DeviceBuffer<uint8_t> ws(
+          std::max<size_t>(1, cuda::decode_attention_workspace_bytes(2, n_head, d, plan)));
       DeviceBuffer<float> dq(q), out(want.size());
       DeviceBuffer<int32_t> dlen(len);
-      ASSERT_EQ(cuda::decode_attention(dc.layer, dq.get(), DType::F32, n_head * d, 2, n_head, dlen.get(), out.get(),
-                                       DType::F32, plan, ws.get(), nullptr, nullptr),
+      ASSERT_EQ(cuda::decode_attention(dc.layer, dq.get(), DType::F32, n_head * d, 2, n_head, dlen.get(),
+                                       out.get(), DType::F32, plan, ws.get(), nullptr, nullptr),
                 cudaSuccess);
       FQ_CUDA_CHECK(cudaDeviceSynchronize(), "decode_attention");
       EXPECT_EQ(test::check_rows(out.download(), want, d, 1e-4, 1e-30, "decode attention"), "")

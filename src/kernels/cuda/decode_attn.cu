@@ -312,8 +312,8 @@ __global__ void decode_combine_kernel(const float* __restrict__ ws, int64_t n_pa
 // both products on the tensor cores (mma.sync m16n8k16, fp16 inputs, fp32 accumulation) without losing the
 // fp32 reference accuracy:
 //  - codes minus zero points are exact small integers (|x| <= 15), exact in fp16: a code nibble n becomes the
-//    half 1024 + n by OR-ing it into 0x6400, then one HSUB2 by 1024 + zero (requires integer zero points, which
-//    ref::quantize_kv_asym_int4 / kv4_append produce);
+//    half 1024 + n by OR-ing it into 0x6400, then one HSUB2 by 1024 + zero (requires integer zero points,
+//    which ref::quantize_kv_asym_int4 / kv4_append produce);
 //  - the fp32 operand (q, resp. p * v_scale) is split into hi + lo halves, put in rows g and g + 8 of the A
 //    operand (g = query head of the group, <= 8): one MMA yields both partial products, whose sum has ~22
 //    bits of the fp32 operand (error ~1e-7 relative, like the fp32 reference);
@@ -330,16 +330,20 @@ __global__ void decode_combine_kernel(const float* __restrict__ ws, int64_t n_pa
 // the four keys it needs, so output n-block j, column c is dim c*D/8 + j.
 // Each warp runs its own online softmax over chunks of 32 keys (warp w takes chunks w, w + 4, ... of the
 // CTA's key range); the four warps are merged in shared memory at the end. No __syncthreads in the loop.
-__device__ __forceinline__ uint32_t h2_bits(__half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
-__device__ __forceinline__ __half2 bits_h2(uint32_t u) { return *reinterpret_cast<const __half2*>(&u); }
+__device__ __forceinline__ uint32_t h2_bits(__half2 h) {
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ __half2 bits_h2(uint32_t u) {
+  return *reinterpret_cast<const __half2*>(&u);
+}
 
 // Nibbles at bit `shift` and `shift + 16` of x as the half2 (1024 + n_lo, 1024 + n_hi) minus z (half2).
 __device__ __forceinline__ uint32_t nib_h2(uint32_t x, int shift, __half2 z) {
   return h2_bits(__hsub2(bits_h2(((x >> shift) & 0x000F000Fu) | 0x64006400u), z));
 }
 
-__device__ __forceinline__ void mma_f16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                              uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_f16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                              uint32_t a3, uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
@@ -419,7 +423,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < D / 4; ++i) {
       float x = 0.0f;
       if (g < ng)
-        x = q_f16 ? __half2float(static_cast<const __half*>(qv)[off + i]) : static_cast<const float*>(qv)[off + i];
+        x = q_f16 ? __half2float(static_cast<const __half*>(qv)[off + i])
+                  : static_cast<const float*>(qv)[off + i];
       qf[i] = x * qscale;
     }
 #pragma unroll
@@ -485,9 +490,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int u = 0; u < KW; ++u) {
         const uint32_t x = kw[nb][u];
-        mma_f16_16816(s, qa[2 * u][0], qa[2 * u][1], qa[2 * u][2], qa[2 * u][3], nib_h2(x, 0, z), nib_h2(x, 4, z));
-        mma_f16_16816(s, qa[2 * u + 1][0], qa[2 * u + 1][1], qa[2 * u + 1][2], qa[2 * u + 1][3], nib_h2(x, 8, z),
-                      nib_h2(x, 12, z));
+        mma_f16_16816(s, qa[2 * u][0], qa[2 * u][1], qa[2 * u][2], qa[2 * u][3], nib_h2(x, 0, z),
+                      nib_h2(x, 4, z));
+        mma_f16_16816(s, qa[2 * u + 1][0], qa[2 * u + 1][1], qa[2 * u + 1][2], qa[2 * u + 1][3],
+                      nib_h2(x, 8, z), nib_h2(x, 12, z));
       }
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
@@ -530,7 +536,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < NB; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[j][e] *= factor;
-    // P.V over the two 16-key halves of the chunk.
+        // P.V over the two 16-key halves of the chunk.
 #pragma unroll
     for (int hh = 0; hh < kMmaNb / 2; ++hh) {
       uint32_t bv[2][NB];  // [b0 / b1][n-block]
@@ -567,7 +573,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int j = 0; j < NB; ++j)
 #pragma unroll
-    for (int e = 0; e < 2; ++e) s_o[warp][g][(2 * t + e) * (D / 8) + j] = (acc[j][e] + acc[j][2 + e]) * inv_sc;
+    for (int e = 0; e < 2; ++e)
+      s_o[warp][g][(2 * t + e) * (D / 8) + j] = (acc[j][e] + acc[j][2 + e]) * inv_sc;
   if (t == 0) {
     s_m[warp][g] = m_run;
     s_l[warp][g] = l_part;
@@ -610,7 +617,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int D>
 cudaError_t launch_decode_mma(const Kv4Layer& c, const void* q, bool q_f16, int64_t q_stride, int64_t batch,
                               int64_t n_head, int heads_per_cta, int n_chunk, const int32_t* d_len, void* out,
-                              bool out_f16, float* ws, int n_split, int32_t* d_overflow, cudaStream_t stream) {
+                              bool out_f16, float* ws, int n_split, int32_t* d_overflow,
+                              cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(c.n_head_kv * n_chunk),
                   static_cast<unsigned>(batch));
   decode_attn_mma_kernel<D><<<grid, kThreads, 0, stream>>>(c, q, q_f16, q_stride, static_cast<int>(n_head),
