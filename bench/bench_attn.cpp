@@ -107,7 +107,7 @@ struct CacheCopy {
 };
 
 nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop, cudaStream_t stream,
-                            bool& ok) {
+                            bool& ok, bool cuda_cores) {
   const int64_t H = kKvHeads, d = kDim, cells = batch * L * H;
   std::mt19937 rng(static_cast<uint32_t>(batch * 7 + L));
   std::vector<uint8_t> k(static_cast<size_t>(cells * d / 2)), v(k.size());
@@ -151,7 +151,8 @@ nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop
   DevPtr dq = dev_upload(q16),
          dlen = dev_upload(std::vector<int32_t>(static_cast<size_t>(batch), static_cast<int32_t>(L)));
   DevPtr dout = dev_alloc(q.size() * sizeof(float)), dflag = dev_upload(std::vector<int32_t>{0});
-  const auto plan = fq::cuda::decode_attention_plan(batch, kHeads, H, L, prop.multiProcessorCount);
+  auto plan = fq::cuda::decode_attention_plan(batch, kHeads, H, L, prop.multiProcessorCount);
+  plan.cuda_cores = cuda_cores;
   DevPtr ws = dev_alloc(fq::cuda::decode_attention_workspace_bytes(batch, kHeads, d, plan));
   auto launch = [&](size_t i) {
     FQ_CUDA_CHECK(fq::cuda::decode_attention(copies[i % n_copies].layer, dq.get(), fq::DType::F16, kHeads * d,
@@ -185,7 +186,23 @@ nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop
   const auto t = time_graph(stream, launches, 40, launch);
   const double med = t[t.size() / 2];
   const double tbps = cache_bytes / (med * 1e-6) / 1e12;
+  // How the split count trades parallelism against combine work and wave tails (median us per n_split).
+  nlohmann::json sweep = nlohmann::json::object();
+  for (int n = 1; n <= 128 && n <= (L + 127) / 128; n *= 2) {
+    auto p2 = plan;
+    p2.n_split = n;
+    DevPtr ws2 = dev_alloc(fq::cuda::decode_attention_workspace_bytes(batch, kHeads, d, p2));
+    const auto t2 = time_graph(stream, launches, 20, [&](size_t i) {
+      FQ_CUDA_CHECK(fq::cuda::decode_attention(
+                        copies[i % n_copies].layer, dq.get(), fq::DType::F16, kHeads * d, batch, kHeads,
+                        static_cast<const int32_t*>(dlen.get()), dout.get(), fq::DType::F32, p2, ws2.get(),
+                        static_cast<int32_t*>(dflag.get()), stream),
+                    "decode_attention sweep");
+    });
+    sweep[std::to_string(n)] = t2[t2.size() / 2];
+  }
   return {{"kernel", "decode_attention_kv4"},
+          {"us_median_by_n_split", sweep},
           {"batch", batch},
           {"context", L},
           {"n_head", kHeads},
@@ -193,6 +210,7 @@ nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop
           {"head_dim", d},
           {"n_split", plan.n_split},
           {"heads_per_cta", plan.heads_per_cta},
+          {"impl", cuda_cores ? "cuda_cores" : "mma"},
           {"check_max_rel_err", err},
           {"check", pass ? "ok" : "FAIL"},
           {"cache_copies", n_copies},
@@ -271,7 +289,8 @@ int main() {
     bool ok = true;
     nlohmann::json results = nlohmann::json::array();
     for (int64_t batch : {1, 16})
-      for (int64_t L : {2048, 8192}) results.push_back(bench_decode(batch, L, prop, stream, ok));
+      for (int64_t L : {2048, 8192})
+        for (bool cc : {false, true}) results.push_back(bench_decode(batch, L, prop, stream, ok, cc));
     results.push_back(bench_prefill(2048, stream, ok));
     cudaStreamDestroy(stream);
     char date[32];

@@ -239,7 +239,8 @@ struct DecodeCase {
   int64_t ctx;
 };
 
-void run_decode_case(const DecodeCase& c, DType q_dt, DType out_dt, int forced_split, uint32_t seed) {
+void run_decode_case(const DecodeCase& c, DType q_dt, DType out_dt, int forced_split, uint32_t seed,
+                     bool cuda_cores = false) {
   const int64_t B = static_cast<int64_t>(c.len.size()), d = c.d;
   const CacheImage img = random_cache(B, c.ctx, c.H, d, seed);
   DeviceCache dc(img);
@@ -252,6 +253,7 @@ void run_decode_case(const DecodeCase& c, DType q_dt, DType out_dt, int forced_s
   const int32_t max_len = *std::max_element(c.len.begin(), c.len.end());
   cuda::DecodeAttnPlan plan = cuda::decode_attention_plan(B, c.n_head, c.H, max_len, n_sm);
   if (forced_split > 0) plan.n_split = forced_split;
+  plan.cuda_cores = cuda_cores;
   DeviceBuffer<uint8_t> ws(std::max<size_t>(1, cuda::decode_attention_workspace_bytes(B, c.n_head, d, plan)));
   DeviceBuffer<float> dq32(q);
   DeviceBuffer<uint16_t> dq16(test::to_f16(q));
@@ -264,7 +266,8 @@ void run_decode_case(const DecodeCase& c, DType q_dt, DType out_dt, int forced_s
       "heads " + std::to_string(c.n_head) + "/" + std::to_string(c.H) + " d " + std::to_string(d) +
       " batch " + std::to_string(B) + " max_len " + std::to_string(max_len) + " n_split " +
       std::to_string(plan.n_split) + " heads/cta " + std::to_string(plan.heads_per_cta) +
-      (q_dt == DType::F16 ? " q fp16" : " q fp32") + (out_dt == DType::F16 ? " out fp16" : " out fp32");
+      (cuda_cores ? " cuda-core kernel" : "") + (q_dt == DType::F16 ? " q fp16" : " q fp32") +
+      (out_dt == DType::F16 ? " out fp16" : " out fp32");
   ASSERT_EQ(cuda::decode_attention(dc.layer, qp, q_dt, c.n_head * d, B, c.n_head, dlen.get(), op, out_dt,
                                    plan, ws.get(), dflag.get(), nullptr),
             cudaSuccess)
@@ -297,6 +300,46 @@ TEST(DecodeAttnCuda, DtypesAndForcedSplits) {
       for (DType od : {DType::F32, DType::F16})
         run_decode_case({32, 8, 128, len, 1024}, qd, od, split, seed++);
   run_decode_case({28, 4, 64, len, 1024}, DType::F16, DType::F16, 5, seed++);
+}
+
+// head_dim 64/128 normally run on the tensor-core kernel; the CUDA-core kernel must stay correct for them
+// too.
+TEST(DecodeAttnCuda, CudaCoreKernelMatchesReference) {
+  FQ_REQUIRE_CUDA();
+  uint32_t seed = 700;
+  for (int64_t d : {64, 128})
+    for (int split : {0, 3})
+      run_decode_case({28, 4, d, {513, 1000, 7, 1024}, 1024}, DType::F16, DType::F32, split, seed++, true);
+}
+
+// Value scales far from 1 (the tensor-core kernel rescales p * v_scale into the fp16 range per chunk) and a
+// chunk-to-chunk change of that scale.
+TEST(DecodeAttnCuda, ExtremeValueScales) {
+  FQ_REQUIRE_CUDA();
+  for (float vscale : {1e-6f, 3e-3f, 40.0f}) {
+    const int64_t d = 128, H = 2, n_head = 8, ctx = 600;
+    const std::vector<int32_t> len = {600, 33};
+    CacheImage img = random_cache(2, ctx, H, d, 1234);
+    std::mt19937 rng(99);
+    for (size_t i = 0; i < img.vs.size(); ++i) img.vs[i] = vscale * (1.0f + static_cast<float>(rng() % 1000));
+    DeviceCache dc(img);
+    auto q = test::random_activations(static_cast<size_t>(2 * n_head * d), 5, 4.0f);
+    const auto want = ref_decode(img, q, n_head, len);
+    for (bool cc : {false, true}) {
+      cuda::DecodeAttnPlan plan = cuda::decode_attention_plan(2, n_head, H, ctx, 132);
+      plan.cuda_cores = cc;
+      DeviceBuffer<uint8_t> ws(
+          std::max<size_t>(1, cuda::decode_attention_workspace_bytes(2, n_head, d, plan)));
+      DeviceBuffer<float> dq(q), out(want.size());
+      DeviceBuffer<int32_t> dlen(len);
+      ASSERT_EQ(cuda::decode_attention(dc.layer, dq.get(), DType::F32, n_head * d, 2, n_head, dlen.get(),
+                                       out.get(), DType::F32, plan, ws.get(), nullptr, nullptr),
+                cudaSuccess);
+      FQ_CUDA_CHECK(cudaDeviceSynchronize(), "decode_attention");
+      EXPECT_EQ(test::check_rows(out.download(), want, d, 1e-4, 1e-30, "decode attention"), "")
+          << "v_scale ~" << vscale << (cc ? " cuda cores" : " tensor cores");
+    }
+  }
 }
 
 TEST(DecodeAttnCuda, LongContext8192) {

@@ -57,6 +57,9 @@ cudaError_t kv4_append(const Kv4Layer& cache, const void* k, const void* v, DTyp
 struct DecodeAttnPlan {
   int n_split = 1;        // key ranges per sequence
   int heads_per_cta = 1;  // query heads of one kv group handled by one CTA (all of them when <= 8)
+  // head_dim 64 / 128 run on the tensor cores (mma.sync) unless this forces the CUDA-core kernel (every other
+  // head_dim uses it anyway); for tests and comparisons.
+  bool cuda_cores = false;
 };
 DecodeAttnPlan decode_attention_plan(int64_t batch, int64_t n_head, int64_t n_head_kv, int64_t max_len,
                                      int n_sm);

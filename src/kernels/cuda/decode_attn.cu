@@ -36,6 +36,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxHeadsPerCta = 8;
 constexpr int kMaxSplit = 256;
 constexpr int kMinKeysPerSplit = 128;
+constexpr int kResidentCtasPerSm = 2;  // see decode_attention_plan
 constexpr unsigned kFull = 0xffffffffu;
 
 // Nibble e of w as a float, minus zb - 2^23: the float with bits 0x4B000000 | n is exactly 2^23 + n.
@@ -305,6 +306,328 @@ __global__ void decode_combine_kernel(const float* __restrict__ ws, int64_t n_pa
   }
 }
 
+// ---- tensor-core kernel (head_dim 64 / 128) --------------------------------------------------------------
+// The CUDA-core kernel above issues ~75 warp instructions per (key, kv head) cell (a float conversion and G
+// FMAs per code, q from shared memory), so it is issue-bound far below the memory bandwidth. This one does
+// both products on the tensor cores (mma.sync m16n8k16, fp16 inputs, fp32 accumulation) without losing the
+// fp32 reference accuracy:
+//  - codes minus zero points are exact small integers (|x| <= 15), exact in fp16: a code nibble n becomes the
+//    half 1024 + n by OR-ing it into 0x6400, then one HSUB2 by 1024 + zero (requires integer zero points,
+//    which ref::quantize_kv_asym_int4 / kv4_append produce);
+//  - the fp32 operand (q, resp. p * v_scale) is split into hi + lo halves, put in rows g and g + 8 of the A
+//    operand (g = query head of the group, <= 8): one MMA yields both partial products, whose sum has ~22
+//    bits of the fp32 operand (error ~1e-7 relative, like the fp32 reference);
+//  - scores S[g][key] = sum_i q[g][i] * (k_code - k_zero): A = q (hi/lo rows), B = K codes (k = dims, n = 8
+//    keys). The C fragment (head g = lane / 4, keys 2t, 2t + 1 with t = lane % 4) is exactly the layout of
+//    the A fragment of P.V (rows = heads, k = keys), so p never leaves the registers;
+//  - out[g][dim] += sum_key w[g][key] * (v_code - v_zero): A = w (hi/lo rows), B = V codes (k = 16 keys,
+//    n = 8 dims); a byte permute pairs two keys' nibbles of one dim in a half2;
+//  - w = p * v_scale * 2^E with 2^E chosen per chunk from the largest v_scale, so w never underflows fp16;
+//    the accumulators are rescaled by the (exact, power-of-two) ratio together with the softmax factor.
+// The reduction dimension (head dims for scores, keys for P.V) may be permuted freely as long as both
+// operands agree: thread t loads dims [t*D/4, (t+1)*D/4) of its key row for the scores (one 16-byte load at
+// D = 128), and the q fragments follow that order. For P.V, thread (g, t) loads dims [g*D/8, (g+1)*D/8) of
+// the four keys it needs, so output n-block j, column c is dim c*D/8 + j.
+// Each warp runs its own online softmax over chunks of 32 keys (warp w takes chunks w, w + 4, ... of the
+// CTA's key range); the four warps are merged in shared memory at the end. No __syncthreads in the loop.
+__device__ __forceinline__ uint32_t h2_bits(__half2 h) {
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+__device__ __forceinline__ __half2 bits_h2(uint32_t u) {
+  return *reinterpret_cast<const __half2*>(&u);
+}
+
+// Nibbles at bit `shift` and `shift + 16` of x as the half2 (1024 + n_lo, 1024 + n_hi) minus z (half2).
+__device__ __forceinline__ uint32_t nib_h2(uint32_t x, int shift, __half2 z) {
+  return h2_bits(__hsub2(bits_h2(((x >> shift) & 0x000F000Fu) | 0x64006400u), z));
+}
+
+__device__ __forceinline__ void mma_f16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                              uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// x = hi + lo, both halves (lo carries the next 11 bits).
+__device__ __forceinline__ void split_half(float x, __half& hi, __half& lo) {
+  hi = __float2half_rn(x);
+  lo = __float2half_rn(x - __half2float(hi));
+}
+__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  __half h0, l0, h1, l1;
+  split_half(x0, h0, l0);
+  split_half(x1, h1, l1);
+  hi = h2_bits(__halves2half2(h0, h1));
+  lo = h2_bits(__halves2half2(l0, l1));
+}
+
+template <int N>
+__device__ __forceinline__ void load_words(const uint8_t* p, uint32_t (&w)[N]) {
+  if constexpr (N == 4) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    w[0] = u.x, w[1] = u.y, w[2] = u.z, w[3] = u.w;
+  } else if constexpr (N == 2) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    w[0] = u.x, w[1] = u.y;
+  } else {
+    static_assert(N == 1, "1, 2 or 4 words");
+    w[0] = *reinterpret_cast<const uint32_t*>(p);
+  }
+}
+
+constexpr int kMmaNb = 4;  // 8-key n-blocks per warp step (32 keys)
+constexpr int kMmaChunk = 8 * kMmaNb;
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    decode_attn_mma_kernel(Kv4Layer c, const void* __restrict__ qv, bool q_f16, int64_t q_stride, int n_head,
+                           int heads_per_cta, const int32_t* __restrict__ d_len, void* __restrict__ outv,
+                           bool out_f16, float* __restrict__ ws, int n_split, int32_t* d_overflow) {
+  static_assert(D == 64 || D == 128, "head_dim 64 or 128");
+  constexpr int KW = D / 32;  // K code words per thread and key row (dims [t*D/4, (t+1)*D/4))
+  constexpr int KB = D / 16;  // k-blocks of the score MMA
+  constexpr int VW = D / 64;  // V code words per thread and key (dims [g*D/8, (g+1)*D/8))
+  constexpr int NB = D / 8;   // n-blocks (8 dims) of the P.V MMA
+  __shared__ float s_m[kWarps][8], s_l[kWarps][8];
+  __shared__ float s_o[kWarps][8][D];
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int H = static_cast<int>(c.n_head_kv);
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int G = n_head / H;
+  const int n_chunk = (G + heads_per_cta - 1) / heads_per_cta;
+  const int kvh = blockIdx.y / n_chunk, chunk = blockIdx.y % n_chunk;
+  const int h0 = kvh * G + chunk * heads_per_cta;
+  const int ng = min(heads_per_cta, G - chunk * heads_per_cta);
+
+  int len = d_len[b];
+  if (len > c.max_ctx) {
+    if (tid == 0 && d_overflow) *d_overflow = 1;
+    len = static_cast<int>(c.max_ctx);
+  }
+  len = max(len, 0);
+  const int per = ((len + n_split - 1) / n_split + kTile - 1) / kTile * kTile;
+  const int k0 = min(len, split * per), k1 = min(len, k0 + per);
+
+  // q fragments (A of the score MMA): rows g = hi, g + 8 = lo of head h0 + g, in this thread's dim order.
+  uint32_t qa[KB][4];
+  {
+    const float qscale = rsqrtf(static_cast<float>(D)) * 1.4426950408889634f;
+    float qf[D / 4];
+    const int64_t off = b * q_stride + static_cast<int64_t>(h0 + g) * D + t * (D / 4);
+#pragma unroll
+    for (int i = 0; i < D / 4; ++i) {
+      float x = 0.0f;
+      if (g < ng)
+        x = q_f16 ? __half2float(static_cast<const __half*>(qv)[off + i])
+                  : static_cast<const float*>(qv)[off + i];
+      qf[i] = x * qscale;
+    }
+#pragma unroll
+    for (int u = 0; u < KW; ++u)
+#pragma unroll
+      for (int v = 0; v < 2; ++v) {
+        // Word u gives, via nib_h2 at shifts 0/4/8/12, the dim pairs (8u + s, 8u + s + 4), s = 0..3.
+        const int kb = 2 * u + v, base = 8 * u + 2 * v;
+        split_pair(qf[base], qf[base + 4], qa[kb][0], qa[kb][1]);
+        split_pair(qf[base + 1], qf[base + 5], qa[kb][2], qa[kb][3]);
+      }
+  }
+
+  const int64_t row_cells = static_cast<int64_t>(b) * c.max_ctx;  // slot b
+  float m_run = -INFINITY, l_part = 0.0f, sc_run = 1.0f;
+  float acc[NB][4];
+#pragma unroll
+  for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+
+  for (int c0 = k0 + warp * kMmaChunk; c0 < k1; c0 += kWarps * kMmaChunk) {
+    // Loads first (all independent): K row c0 + 8nb + g; scales / V of keys c0 + 8nb + 2t + e.
+    uint32_t kw[kMmaNb][KW];
+    float kz[kMmaNb];
+#pragma unroll
+    for (int nb = 0; nb < kMmaNb; ++nb) {
+      const int j = c0 + nb * 8 + g;
+      if (j < k1) {
+        const int64_t cell = (row_cells + j) * H + kvh;
+        load_words(c.k + cell * (D / 2) + t * (D / 8), kw[nb]);
+        kz[nb] = c.k_zero[cell];
+      } else {
+#pragma unroll
+        for (int u = 0; u < KW; ++u) kw[nb][u] = 0;
+        kz[nb] = 0.0f;
+      }
+    }
+    float ks[kMmaNb][2], vs[kMmaNb][2], vz[kMmaNb][2];
+    uint32_t vw[kMmaNb][2][VW];
+#pragma unroll
+    for (int nb = 0; nb < kMmaNb; ++nb)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int j = c0 + nb * 8 + 2 * t + e;
+        if (j < k1) {
+          const int64_t cell = (row_cells + j) * H + kvh;
+          ks[nb][e] = c.k_scale[cell];
+          vs[nb][e] = c.v_scale[cell];
+          vz[nb][e] = c.v_zero[cell];
+          load_words(c.v + cell * (D / 2) + g * (D / 16), vw[nb][e]);
+        } else {
+          ks[nb][e] = vs[nb][e] = vz[nb][e] = 0.0f;
+#pragma unroll
+          for (int u = 0; u < VW; ++u) vw[nb][e][u] = 0;
+        }
+      }
+
+    // Scores (base-2 logits) of head g for keys c0 + 8nb + 2t + e.
+    float sv[kMmaNb][2];
+#pragma unroll
+    for (int nb = 0; nb < kMmaNb; ++nb) {
+      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const __half2 z = __float2half2_rn(1024.0f + kz[nb]);
+#pragma unroll
+      for (int u = 0; u < KW; ++u) {
+        const uint32_t x = kw[nb][u];
+        mma_f16_16816(s, qa[2 * u][0], qa[2 * u][1], qa[2 * u][2], qa[2 * u][3], nib_h2(x, 0, z),
+                      nib_h2(x, 4, z));
+        mma_f16_16816(s, qa[2 * u + 1][0], qa[2 * u + 1][1], qa[2 * u + 1][2], qa[2 * u + 1][3],
+                      nib_h2(x, 8, z), nib_h2(x, 12, z));
+      }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int j = c0 + nb * 8 + 2 * t + e;
+        sv[nb][e] = j < k1 ? (s[e] + s[2 + e]) * ks[nb][e] : -INFINITY;
+      }
+    }
+    // Chunk max of head g and of v_scale (the four lanes of group g hold all 32 keys).
+    float mx = -INFINITY, vmx = 0.0f;
+#pragma unroll
+    for (int nb = 0; nb < kMmaNb; ++nb)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        mx = fmaxf(mx, sv[nb][e]);
+        vmx = fmaxf(vmx, vs[nb][e]);
+      }
+#pragma unroll
+    for (int off = 1; off <= 2; off *= 2) {
+      mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
+      vmx = fmaxf(vmx, __shfl_xor_sync(kFull, vmx, off));
+    }
+    const float m_new = fmaxf(m_run, mx);  // finite: the chunk has a valid key
+    // 2^E with vmx * 2^E in [2^13, 2^14): p * v_scale * 2^E <= 2^14 fits fp16, and is far from underflow.
+    const int ebits = max((__float_as_int(vmx) >> 23) & 0xff, 14);
+    const float sc_new = __int_as_float((267 - ebits) << 23);
+    const float alpha = exp2f(m_run - m_new);  // 0 on the first chunk (m_run = -inf)
+    const float factor = alpha * (sc_new / sc_run);
+    m_run = m_new;
+    sc_run = sc_new;
+    float psum = 0.0f;
+    uint32_t wa[kMmaNb][2];  // [nb][hi, lo]: half2 of keys 2t, 2t + 1
+#pragma unroll
+    for (int nb = 0; nb < kMmaNb; ++nb) {
+      const float p0 = exp2f(sv[nb][0] - m_new), p1 = exp2f(sv[nb][1] - m_new);
+      psum += p0 + p1;
+      split_pair(p0 * vs[nb][0] * sc_new, p1 * vs[nb][1] * sc_new, wa[nb][0], wa[nb][1]);
+    }
+    l_part = l_part * alpha + psum;
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[j][e] *= factor;
+        // P.V over the two 16-key halves of the chunk.
+#pragma unroll
+    for (int hh = 0; hh < kMmaNb / 2; ++hh) {
+      uint32_t bv[2][NB];  // [b0 / b1][n-block]
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int nb = 2 * hh + r;
+        const __half2 z = __floats2half2_rn(1024.0f + vz[nb][0], 1024.0f + vz[nb][1]);
+#pragma unroll
+        for (int u = 0; u < VW; ++u) {
+          const uint32_t x = __byte_perm(vw[nb][0][u], vw[nb][1][u], 0x5410);  // bytes 0, 1 of both keys
+          const uint32_t y = __byte_perm(vw[nb][0][u], vw[nb][1][u], 0x7632);  // bytes 2, 3
+          bv[r][8 * u + 0] = nib_h2(x, 0, z);
+          bv[r][8 * u + 1] = nib_h2(x, 4, z);
+          bv[r][8 * u + 2] = nib_h2(x, 8, z);
+          bv[r][8 * u + 3] = nib_h2(x, 12, z);
+          bv[r][8 * u + 4] = nib_h2(y, 0, z);
+          bv[r][8 * u + 5] = nib_h2(y, 4, z);
+          bv[r][8 * u + 6] = nib_h2(y, 8, z);
+          bv[r][8 * u + 7] = nib_h2(y, 12, z);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < NB; ++j)
+        mma_f16_16816(acc[j], wa[2 * hh][0], wa[2 * hh][1], wa[2 * hh + 1][0], wa[2 * hh + 1][1], bv[0][j],
+                      bv[1][j]);
+    }
+  }
+
+  // Merge: the warp's row sum (over the 4 lanes of group g), its output rows (hi + lo accumulators, scale
+  // 2^E undone), then the 4 warps of the CTA as in the split combine.
+  l_part += __shfl_xor_sync(kFull, l_part, 1);
+  l_part += __shfl_xor_sync(kFull, l_part, 2);
+  const float inv_sc = 1.0f / sc_run;
+#pragma unroll
+  for (int j = 0; j < NB; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+      s_o[warp][g][(2 * t + e) * (D / 8) + j] = (acc[j][e] + acc[j][2 + e]) * inv_sc;
+  if (t == 0) {
+    s_m[warp][g] = m_run;
+    s_l[warp][g] = l_part;
+  }
+  __syncthreads();
+  const int64_t bh0 = static_cast<int64_t>(b) * n_head + h0;
+  for (int i = tid; i < ng * D; i += kThreads) {
+    const int gg = i / D, e = i % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][gg]);
+    float o = 0.0f, l = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(s_m[w][gg] - M);  // 0 for a warp without keys
+        o += f * s_o[w][gg][e];
+        l += f * s_l[w][gg];
+      }
+    }
+    if (n_split == 1) {
+      const float r = l > 0.0f ? o / l : 0.0f;
+      const int64_t off = (bh0 + gg) * D + e;
+      if (out_f16)
+        static_cast<__half*>(outv)[off] = __float2half_rn(r);
+      else
+        static_cast<float*>(outv)[off] = r;
+    } else {
+      const int64_t row = (bh0 + gg) * n_split + split;
+      ws[row * D + e] = o;
+      if (e == 0) {
+        const int64_t n_rows = static_cast<int64_t>(gridDim.z) * n_head * n_split;
+        ws[n_rows * D + row] = M;
+        ws[n_rows * D + n_rows + row] = l;
+      }
+    }
+  }
+}
+
+template <int D>
+cudaError_t launch_decode_mma(const Kv4Layer& c, const void* q, bool q_f16, int64_t q_stride, int64_t batch,
+                              int64_t n_head, int heads_per_cta, int n_chunk, const int32_t* d_len, void* out,
+                              bool out_f16, float* ws, int n_split, int32_t* d_overflow,
+                              cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(c.n_head_kv * n_chunk),
+                  static_cast<unsigned>(batch));
+  decode_attn_mma_kernel<D><<<grid, kThreads, 0, stream>>>(c, q, q_f16, q_stride, static_cast<int>(n_head),
+                                                           heads_per_cta, d_len, out, out_f16, ws, n_split,
+                                                           d_overflow);
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  return cudaSuccess;
+}
+
 template <int D, int GM>
 cudaError_t launch_decode(const Kv4Layer& c, const void* q, bool q_f16, int64_t q_stride, int64_t batch,
                           int64_t n_head, int heads_per_cta, int n_chunk, const int32_t* d_len, void* out,
@@ -349,9 +672,11 @@ DecodeAttnPlan decode_attention_plan(int64_t batch, int64_t n_head, int64_t n_he
   p.heads_per_cta = static_cast<int>(std::min<int64_t>(G, kMaxHeadsPerCta));
   const int64_t n_chunk = (G + p.heads_per_cta - 1) / p.heads_per_cta;
   const int64_t base = batch * n_head_kv * n_chunk;
-  // About four CTAs per SM keep enough loads in flight; a split shorter than one tile is pure overhead.
-  const int64_t target = 4 * static_cast<int64_t>(std::max(n_sm, 1));
-  int64_t n = (target + base - 1) / base;
+  // One full wave: the tensor-core kernel (210 registers at head_dim 128) keeps two CTAs per SM resident, and
+  // a partial last wave costs as much as a full one, so take the largest split count whose CTAs fit one wave
+  // (with more CTAs than a wave: no split). A split shorter than one tile is pure overhead.
+  const int64_t wave = kResidentCtasPerSm * static_cast<int64_t>(std::max(n_sm, 1));
+  int64_t n = std::max<int64_t>(1, wave / base);
   n = std::min(n, std::max<int64_t>(1, (max_len + kMinKeysPerSplit - 1) / kMinKeysPerSplit));
   p.n_split = static_cast<int>(std::clamp<int64_t>(n, 1, kMaxSplit));
   return p;
@@ -393,7 +718,13 @@ cudaError_t decode_attention(const Kv4Layer& cache, const void* q, DType q_dtype
   void* direct = out;
   cudaError_t err;
   const int hpc = plan.heads_per_cta;
-  if (hpc <= 1)
+  if (!plan.cuda_cores && d == 128)
+    err = launch_decode_mma<128>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
+                                 plan.n_split, d_overflow, stream);
+  else if (!plan.cuda_cores && d == 64)
+    err = launch_decode_mma<64>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
+                                plan.n_split, d_overflow, stream);
+  else if (hpc <= 1)
     err = dispatch_d<1>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
                         plan.n_split, d_overflow, stream);
   else if (hpc <= 2)
