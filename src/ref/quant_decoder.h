@@ -33,13 +33,6 @@ const char* quant_mode_name(QuantMode m);
 // "fake" | "real"; throws fq::Error otherwise.
 QuantMode parse_quant_mode(const std::string& s);
 
-// The integer linear of kReal: y[t][o] = qgemm_epilogue(sum_i qx[t][i] * qw[o][i], sx[t], sw[o]) (+ bias[o]),
-// the sum exact in int32. qx [n, in], qw [out, in] int8 codes (int4 codes sign-extended: the sums, hence the
-// results, equal ref::qgemm_w4a4 on the packed data bit for bit); sx [n], sw [out]; bias [out] or nullptr.
-// in <= 65536 (int32 headroom for 8-bit codes: 2^14 * 2^16 < 2^31).
-void int_linear(const int8_t* qx, const float* sx, const int8_t* qw, const float* sw, const float* bias,
-                int64_t n, int64_t in, int64_t out, float* y, ThreadPool* pool = nullptr);
-
 class QuantDecoder {
  public:
   // The weights are prepared (dequantized or unpacked) here; `a` is not referenced afterwards. max_ctx <= 0
@@ -78,7 +71,8 @@ class QuantDecoder {
   std::vector<float> k_cache_, v_cache_;  // [n_layer][max_ctx][n_head_kv*head_dim], dequantized values
   int64_t scratch_n_ = 0;
   std::vector<float> x_, h_, t_, q_, att_, gate_, up_, aq_;
-  std::vector<int8_t> codes_;
+  std::vector<int8_t> codes8_;
+  std::vector<int16_t> codes_;
   std::vector<float> ascale_;
 };
 

@@ -16,7 +16,9 @@
 #include "ref/fake_quant.h"
 #include "ref/qgemm.h"
 #include "ref/quant.h"
+#include "ref/kron.h"
 #include "ref/quant_decoder.h"
+#include "ref/quant_ops.h"
 #include "ref/rope.h"
 
 namespace fq {
@@ -124,8 +126,46 @@ TEST(IntLinear, EqualsQgemmW4A4) {
   std::vector<float> want((size_t)(M * N)), got((size_t)(M * N));
   ref::qgemm_w4a4(px.data(), sx.data(), pw.data(), sw.data(), nullptr, M, N, K, want.data());
   ref::ThreadPool pool(3);
-  ref::int_linear(qx.data(), sx.data(), qw.data(), sw.data(), nullptr, M, K, N, got.data(), &pool);
+  const std::vector<int16_t> x16(qx.begin(), qx.end()), w16(qw.begin(), qw.end());
+  ref::int_linear(x16.data(), sx.data(), w16.data(), sw.data(), nullptr, M, K, N, got.data(), &pool);
   EXPECT_EQ(got, want);
+  // With a bias: the epilogue, then one fp32 addition.
+  const std::vector<float> bias = test::randn(g, N, 1.0f);
+  ref::int_linear(x16.data(), sx.data(), w16.data(), sw.data(), bias.data(), M, K, N, got.data(), nullptr);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) ASSERT_EQ(got[m * N + n], want[m * N + n] + bias[n]);
+}
+
+// ---- the vectorized transforms equal kron.h's reference loops bit for bit
+
+TEST(QuantOps, KronRowsEqualsKronTransform) {
+  std::mt19937_64 g(14);
+  for (auto [L, R] : {std::pair<int64_t, int64_t>{4, 6}, {1, 40}, {9, 64}, {24, 24}, {32, 48}}) {
+    const int64_t n = 5, stride = L * R + 3;
+    const std::vector<float> x = test::randn(g, (size_t)(n * stride), 1.0f), A = test::randn(g, L * L, 0.5f),
+                             B = test::randn(g, R * R, 0.5f);
+    std::vector<float> want((size_t)(n * L * R)), got(want.size());
+    ref::kron_transform(x.data(), n, stride, nullptr, A.data(), L, B.data(), R, want.data());
+    ref::kron_rows(x.data(), n, stride, A.data(), L, B.data(), R, got.data());
+    ASSERT_EQ(got, want) << L << "x" << R;
+    ref::head_mix(x.data(), n, L, R, stride, A.data(), want.data());
+    ref::kron_rows(x.data(), n, stride, A.data(), L, nullptr, R, got.data());
+    ASSERT_EQ(got, want) << L << "x" << R << " (head_mix)";
+  }
+}
+
+TEST(QuantOps, RowvecMatmul) {
+  std::mt19937_64 g(15);
+  const int64_t d = 16, rows = 3;
+  std::vector<float> x = test::randn(g, rows * d, 1.0f);
+  const std::vector<float> M = test::randn(g, d * d, 0.5f), x0 = x;
+  ref::rowvec_matmul(x.data(), rows, M.data(), d);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t e = 0; e < d; ++e) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < d; ++j) acc += x0[r * d + j] * M[j * d + e];
+      ASSERT_EQ(x[r * d + e], acc);
+    }
 }
 
 // ---- (a) no quantization, transforms present: the folded model computes the original one
