@@ -17,10 +17,10 @@ namespace fq::ref {
 
 struct QuantDecoder::Linear {
   int64_t out = 0, in = 0;
-  std::vector<float> w;       // [out, in] dequantized fp32 (float path)
+  std::vector<float> w;        // [out, in] dequantized fp32 (float path)
   std::vector<int16_t> codes;  // [out, in] weight codes (integer path)
-  std::vector<float> scales;  // [out] weight scales (integer path)
-  std::vector<float> bias;    // [out] or empty
+  std::vector<float> scales;   // [out] weight scales (integer path)
+  std::vector<float> bias;     // [out] or empty
   float clip_max = 1.0f, clip_min = 1.0f;
 };
 
@@ -32,7 +32,9 @@ struct QuantDecoder::Layer {
   float k_clip_max = 1.0f, k_clip_min = 1.0f, v_clip_max = 1.0f, v_clip_min = 1.0f;
 };
 
-const char* quant_mode_name(QuantMode m) { return m == QuantMode::kFake ? "fake" : "real"; }
+const char* quant_mode_name(QuantMode m) {
+  return m == QuantMode::kFake ? "fake" : "real";
+}
 
 QuantMode parse_quant_mode(const std::string& s) {
   if (s == "fake") return QuantMode::kFake;
@@ -43,22 +45,26 @@ QuantMode parse_quant_mode(const std::string& s) {
 namespace {
 
 void check_config(const ModelConfig& c) {
-  FQ_CHECK(c.n_vocab > 0 && c.n_embd > 0 && c.n_layer > 0 && c.n_head > 0 && c.n_head_kv > 0 && c.head_dim > 0 &&
-               c.n_ff > 0,
-           "model config: non-positive dimension (n_vocab {}, n_embd {}, n_layer {}, n_head {}, n_head_kv {}, "
-           "head_dim {}, n_ff {})",
-           c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.head_dim, c.n_ff);
+  FQ_CHECK(
+      c.n_vocab > 0 && c.n_embd > 0 && c.n_layer > 0 && c.n_head > 0 && c.n_head_kv > 0 && c.head_dim > 0 &&
+          c.n_ff > 0,
+      "model config: non-positive dimension (n_vocab {}, n_embd {}, n_layer {}, n_head {}, n_head_kv {}, "
+      "head_dim {}, n_ff {})",
+      c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.head_dim, c.n_ff);
   FQ_CHECK(c.n_head % c.n_head_kv == 0, "model config: n_head {} is not a multiple of n_head_kv {}", c.n_head,
            c.n_head_kv);
-  FQ_CHECK(c.hidden_act == "silu", "model config: hidden_act '{}' is not supported (expected silu)", c.hidden_act);
+  FQ_CHECK(c.hidden_act == "silu", "model config: hidden_act '{}' is not supported (expected silu)",
+           c.hidden_act);
 }
 
 // Unpacks / copies the weight codes (int4 nibbles sign-extended to int8: the integer products, and so the
 // int32 sums, are the same as on the packed data).
 std::vector<int16_t> weight_codes(const QLinear& q) {
   std::vector<int8_t> c((size_t)(q.out * q.in));
-  if (q.bits == 4) unpack_int4(q.qweight.data(), q.out, q.in, c.data());
-  else std::copy(q.qweight.begin(), q.qweight.end(), reinterpret_cast<uint8_t*>(c.data()));
+  if (q.bits == 4)
+    unpack_int4(q.qweight.data(), q.out, q.in, c.data());
+  else
+    std::copy(q.qweight.begin(), q.qweight.end(), reinterpret_cast<uint8_t*>(c.data()));
   return std::vector<int16_t>(c.begin(), c.end());
 }
 
@@ -77,12 +83,13 @@ QuantDecoder::QuantDecoder(const Artifact& a, QuantMode mode, int64_t max_ctx, i
     : cfg_(a.cfg), recipe_(a.recipe), requested_(mode) {
   check_config(cfg_);
   const ModelConfig& c = cfg_;
-  FQ_CHECK((int64_t)a.layers.size() == c.n_layer, "QuantDecoder: {} layers (expected n_layer {})", a.layers.size(),
-           c.n_layer);
+  FQ_CHECK((int64_t)a.layers.size() == c.n_layer, "QuantDecoder: {} layers (expected n_layer {})",
+           a.layers.size(), c.n_layer);
   const bool integer = mode == QuantMode::kReal && recipe_.w_bits < 16 && recipe_.a_bits < 16;
   mode_ = integer ? QuantMode::kReal : QuantMode::kFake;
   max_ctx_ = max_ctx > 0 ? max_ctx : c.n_ctx;
-  FQ_CHECK(max_ctx_ > 0, "QuantDecoder: no context length (max_ctx {} and config n_ctx {})", max_ctx, c.n_ctx);
+  FQ_CHECK(max_ctx_ > 0, "QuantDecoder: no context length (max_ctx {} and config n_ctx {})", max_ctx,
+           c.n_ctx);
   pool_ = std::make_unique<ThreadPool>(n_threads);
   rope_ = RopeTable(rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling), max_ctx_);
   FQ_CHECK((int64_t)a.tok_embd.size() == c.n_vocab * c.n_embd && (int64_t)a.norm.size() == c.n_embd &&
@@ -96,8 +103,9 @@ QuantDecoder::QuantDecoder(const Artifact& a, QuantMode mode, int64_t max_ctx, i
     Linear l;
     l.out = q.out;
     l.in = q.in;
-    FQ_CHECK(q.bits == recipe_.w_bits, "QuantDecoder: layer {} {}: bits {} differ from the recipe's w_bits {}", il,
-             name, q.bits, recipe_.w_bits);
+    FQ_CHECK(q.bits == recipe_.w_bits,
+             "QuantDecoder: layer {} {}: bits {} differ from the recipe's w_bits {}", il, name, q.bits,
+             recipe_.w_bits);
     if (integer) {
       l.codes = weight_codes(q);
       l.scales = q.scales;
@@ -180,7 +188,8 @@ void QuantDecoder::run_linear(const Linear& l, const float* x, int64_t n, float*
   if (bits < 16) {
     float* xq = aq_.data();
     pool->parallel_for(n, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) fake_quant_sym_row(x + t * in, in, bits, l.clip_max, l.clip_min, xq + t * in);
+      for (int64_t t = b; t < e; ++t)
+        fake_quant_sym_row(x + t * in, in, bits, l.clip_max, l.clip_min, xq + t * in);
     });
     x = xq;
   }
@@ -262,11 +271,11 @@ void QuantDecoder::forward(const int32_t* tokens, int64_t n, float* logits_out) 
   const ModelConfig& c = cfg_;
   FQ_CHECK(n >= 0, "QuantDecoder::forward: negative token count {}", n);
   if (n == 0) return;
-  FQ_CHECK(pos_ + n <= max_ctx_, "context overflow: {} tokens at position {} exceed the context of {} tokens", n,
-           pos_, max_ctx_);
+  FQ_CHECK(pos_ + n <= max_ctx_, "context overflow: {} tokens at position {} exceed the context of {} tokens",
+           n, pos_, max_ctx_);
   for (int64_t t = 0; t < n; ++t)
-    FQ_CHECK(tokens[t] >= 0 && tokens[t] < c.n_vocab, "token id {} at index {} is out of range [0, {})", tokens[t],
-             t, c.n_vocab);
+    FQ_CHECK(tokens[t] >= 0 && tokens[t] < c.n_vocab, "token id {} at index {} is out of range [0, {})",
+             tokens[t], t, c.n_vocab);
   ensure_scratch(n);
   const int64_t E = c.n_embd;
   for (int64_t t = 0; t < n; ++t) std::copy_n(tok_embd_.data() + (size_t)tokens[t] * E, E, x_.data() + t * E);

@@ -1,12 +1,13 @@
 // QuantDecoder: the CPU runtime of a quantized artifact (src/model/artifact.h), the reference every other
 // artifact runtime (CUDA) is checked against. Per layer (docs/artifact_format.md, "CPU runtime"):
 //   h = rmsnorm(x) * attn_norm;  t = ln_trans ? h (left ⊗ right) : h
-//   q, k, v = Q_a(t; clip of q / k / v) W^T + b        (Q_a: per-token symmetric a_bits quantizer, a_bits < 16)
+//   q, k, v = Q_a(t; clip of q / k / v) W^T + b     (Q_a: per-token symmetric a_bits quantizer when < 16)
 //   rope(q), rope(k);  kcache_trans: q <- q inv_t, k <- k matrix (per head)
-//   k, v <- Q_kv(k), Q_kv(v)  per (token, head), asymmetric k_bits / v_bits (< 16), stored dequantized in fp32
+//   k, v <- Q_kv(k), Q_kv(v) per (token, head), asymmetric k_bits / v_bits (< 16), stored as fp32 values
 //   a = attention(q, K, V);  x += Q_a(o_trans ? head_mix(a, Po) : a) W_o^T
 //   h = rmsnorm(x) * ffn_norm;  t = up_gate_trans ? h (left ⊗ right) : h
-//   z = silu(Q_a(t) W_gate^T) * (Q_a(t) W_up^T);  x += Q_a(down_trans ? z (left ⊗ right) : z) W_down^T
+//   z = silu(Q_a(t) W_gate^T) * (Q_a(t) W_up^T)
+//   x += Q_a(down_trans ? z (left ⊗ right) : z) W_down^T
 //   logits = rmsnorm(x) * norm · head^T
 // Two modes:
 //   kFake: weights dequantized to fp32 once at load, activations fake-quantized (q * scale in fp32), fp32

@@ -85,8 +85,8 @@ FQ_REF_CLONES void int_rows(const int16_t* qx, const float* sx, const int16_t* q
 
 }  // namespace
 
-void kron_rows(const float* x, int64_t n, int64_t x_stride, const float* A, int64_t L, const float* B, int64_t R,
-               float* y) {
+void kron_rows(const float* x, int64_t n, int64_t x_stride, const float* A, int64_t L, const float* B,
+               int64_t R, float* y) {
   FQ_CHECK(L >= 1 && R >= 1, "kron_rows: factor sizes ({}, {}) must be positive", L, R);
   std::vector<float> T((size_t)(L * R));
   for (int64_t t = 0; t < n; ++t) kron_one(x + t * x_stride, A, L, B, R, T.data(), y + t * L * R);
@@ -99,10 +99,13 @@ void rowvec_matmul(float* x, int64_t rows, const float* M, int64_t d) {
 
 void int_linear(const int16_t* qx, const float* sx, const int16_t* qw, const float* sw, const float* bias,
                 int64_t n, int64_t in, int64_t out, float* y, ThreadPool* pool) {
-  FQ_CHECK(in >= 0 && in <= kQgemmMaxK, "int_linear: in_features {} exceeds {} (int32 headroom)", in, kQgemmMaxK);
+  FQ_CHECK(in >= 0 && in <= kQgemmMaxK, "int_linear: in_features {} exceeds {} (int32 headroom)", in,
+           kQgemmMaxK);
   auto rows = [&](int64_t b, int64_t e) { int_rows(qx, sx, qw, sw, bias, n, in, out, b, e, y); };
-  if (pool) pool->parallel_for(out, rows, 16);
-  else rows(0, out);
+  if (pool)
+    pool->parallel_for(out, rows, 16);
+  else
+    rows(0, out);
 }
 
 }  // namespace fq::ref

@@ -1,5 +1,5 @@
-// Artifacts through the CLI: ppl (fake / real, KLD against the FP model), eval, generate, chat and inspect on a
-// W4A4KV4 artifact built from stories260K with random transforms (tests/ref/fold_model.h), plus the --quant
+// Artifacts through the CLI: ppl (fake / real, KLD against the FP model), eval, generate, chat and inspect on
+// a W4A4KV4 artifact built from stories260K with random transforms (tests/ref/fold_model.h), plus the --quant
 // and load errors.
 #include <gtest/gtest.h>
 
@@ -24,7 +24,8 @@ class ArtifactCli : public ::testing::Test {
     const std::string bin = test::data_path("stories260K/stories260K.bin");
     if (!file_exists(bin)) return;
     tmp_ = new test::TempDir();
-    const auto r = test::run_cli("convert --from llama2c --model '" + bin + "' --out '" + tmp_->file("fp") + "'");
+    const auto r =
+        test::run_cli("convert --from llama2c --model '" + bin + "' --out '" + tmp_->file("fp") + "'");
     if (r.exit_code != 0) return;
     fp_ = tmp_->file("fp");
     const ModelWeights w = load_hf_weights(fp_);
@@ -44,7 +45,8 @@ class ArtifactCli : public ::testing::Test {
   }
   static std::string data() { return test::data_path("wikitext2_raw/wiki.test.hf_joined.txt"); }
   static std::string ppl_args(const std::string& model) {
-    return "ppl --model '" + model + "' --data '" + data() + "' --seq-len 64 --limit-windows 3 --threads 2 --json";
+    return "ppl --model '" + model + "' --data '" + data() +
+           "' --seq-len 64 --limit-windows 3 --threads 2 --json";
   }
   static inline test::TempDir* tmp_ = nullptr;
   static inline std::string fp_, art_;
@@ -110,7 +112,8 @@ TEST_F(ArtifactCli, GenerateChatEval) {
                           "' --prompt 'Once upon a time' --max-tokens 8 --temperature 0 --threads 1 --json");
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   EXPECT_EQ(json::parse(r2.out)["text"], j["text"]);
-  r = test::run_cli("generate --model '" + art_ + "' --prompt 'Once' --max-tokens 4 --temperature 0 --quant real --json");
+  r = test::run_cli("generate --model '" + art_ +
+                    "' --prompt 'Once' --max-tokens 4 --temperature 0 --quant real --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["quant"], "real");
 
