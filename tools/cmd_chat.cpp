@@ -1,4 +1,4 @@
-// `flatquant chat --model DIR [--template llama2|llama3|chatml|none] [--system S] [sampling flags]
+// `flatquant chat --model DIR [--quant fake|real] [--template llama2|llama3|chatml|none] [--system S] [sampling flags]
 //                 [--max-tokens N]`
 // Interactive chat on stdin/stdout: one line per user turn, the assistant's reply streamed. The conversation
 // and the KV cache persist between turns: the whole conversation is re-rendered each turn, and when the
@@ -97,7 +97,7 @@ int run(const Options& o) {
 Runner register_chat(CLI::App& app) {
   auto o = std::make_shared<Options>();
   auto* sub = app.add_subcommand("chat", "Interactive chat (stdin/stdout) with the model's chat template");
-  sub->add_option("--model", o->model, "HF model directory (config.json, *.safetensors, tokenizer)")->required();
+  sub->add_option("--model", o->model, "HF model directory or flatquant artifact directory")->required();
   sub->add_option("--template", o->tmpl, "Chat template: llama2|llama3|chatml|none (default: tokenizer_config.json)");
   sub->add_option("--system", o->system, "System prompt");
   o->s.add(sub);

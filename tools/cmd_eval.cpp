@@ -1,7 +1,7 @@
-// `flatquant eval --model DIR --tasks piqa,hellaswag,... --data-dir DIR [--limit N] [--batch-size N]
+// `flatquant eval --model DIR [--quant fake|real] --tasks piqa,hellaswag,... --data-dir DIR [--limit N] [--batch-size N]
 //                 [--threads N] [--add-bos] [--json] [--log-items FILE]`
 // Zero-shot accuracy by lm-evaluation-harness's protocol (src/eval/qa_*.h, docs/eval.md) on the CPU
-// reference decoder: <data-dir>/<task>.jsonl holds each task's Hugging Face rows.
+// reference decoder (HF directory) or the artifact runtime (quantized artifact): <data-dir>/<task>.jsonl holds each task's Hugging Face rows.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -15,14 +15,14 @@
 #include "eval/qa_eval.h"
 #include "flatquant/error.h"
 #include "io/tokenizer.h"
-#include "model/weights.h"
+#include "model_source.h"
 
 namespace fq::cli {
 
 namespace {
 
 struct Options {
-  std::string model, tasks = "piqa,hellaswag,arc_easy,arc_challenge,winogrande,lambada_openai", data_dir, log_items;
+  std::string model, quant, tasks = "piqa,hellaswag,arc_easy,arc_challenge,winogrande,lambada_openai", data_dir, log_items;
   int64_t limit = 0, batch_size = 64;
   int threads = 0;
   bool json = false, add_bos = false;
@@ -49,9 +49,10 @@ std::vector<eval::QaTask> parse_tasks(const std::string& list) {
 nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
 
 int run(const Options& o) {
-  FQ_CHECK(is_directory(o.model), "{}: not a directory (expected an HF model directory)", o.model);
-  FQ_CHECK(file_exists(path_join(o.model, "config.json")), "{}: no config.json (expected an HF model directory)",
+  FQ_CHECK(is_directory(o.model), "{}: not a directory (expected an HF model directory or a flatquant artifact)",
            o.model);
+  FQ_CHECK(file_exists(path_join(o.model, "config.json")),
+           "{}: no config.json (expected an HF model directory or a flatquant artifact)", o.model);
   FQ_CHECK(is_directory(o.data_dir), "{}: not a directory (expected <task>.jsonl files)", o.data_dir);
   FQ_CHECK(o.limit >= 0, "--limit must not be negative (found {})", o.limit);
   FQ_CHECK(o.batch_size >= 1, "--batch-size must be at least 1 (found {})", o.batch_size);
@@ -62,15 +63,18 @@ int run(const Options& o) {
   for (eval::QaTask t : tasks)
     docs.push_back(eval::load_task_file(t, path_join(o.data_dir, std::string(eval::task_name(t)) + ".jsonl"), o.limit));
 
-  const ModelWeights w = load_hf_weights(o.model);
+  ModelSource src(o.model, o.quant);
+  const ModelConfig& cfg = src.cfg();
   const auto tok = load_tokenizer(o.model);
-  FQ_CHECK(tok->n_vocab() <= w.cfg.n_vocab, "{}: the tokenizer has {} tokens but the model vocabulary has {}",
-           o.model, tok->n_vocab(), w.cfg.n_vocab);
+  FQ_CHECK(tok->n_vocab() <= cfg.n_vocab, "{}: the tokenizer has {} tokens but the model vocabulary has {}",
+           o.model, tok->n_vocab(), cfg.n_vocab);
   const eval::QaSuite suite = eval::encode_suite(tasks, std::move(docs), *tok, o.add_bos);
   // HFLM's max_length is the model's max_position_embeddings; the cache only needs the longest input.
-  const int64_t max_length = w.cfg.n_ctx;
-  eval::RefPrefixLM lm(w, eval::longest_input(suite, max_length), o.threads);
-  eval::CachedLogLikelihood ll(lm, max_length);
+  const int64_t max_length = cfg.n_ctx;
+  int n_threads = 0;
+  const std::unique_ptr<eval::PrefixLM> lm =
+      src.prefix_lm(eval::longest_input(suite, max_length), o.threads, &n_threads);
+  eval::CachedLogLikelihood ll(*lm, max_length);
   const eval::QaOutcome out = eval::evaluate(suite, ll, o.batch_size, !o.json);
   if (!o.log_items.empty()) eval::write_item_log(o.log_items, suite, out);
   const double rps = (double)suite.requests.size() / std::max(out.seconds, 1e-9);
@@ -92,11 +96,12 @@ int run(const Options& o) {
     j["seconds"] = out.seconds;
     j["requests"] = suite.requests.size();
     j["requests_per_second"] = rps;
+    src.add_json(j);
     fmt::print("{}\n", j.dump());
     return 0;
   }
-  fmt::print("model    {} ({}, {} layers, n_embd {}, vocab {}), add_bos {}\n", o.model, w.cfg.architecture,
-             w.cfg.n_layer, w.cfg.n_embd, w.cfg.n_vocab, o.add_bos);
+  fmt::print("model    {} ({}, {} layers, n_embd {}, vocab {}{}), add_bos {}\n", o.model, cfg.architecture,
+             cfg.n_layer, cfg.n_embd, cfg.n_vocab, src.describe(), o.add_bos);
   fmt::print("{:<16} {:>6} {:>8} {:>8} {:>9} {:>8}\n", "task", "n", "acc", "±", "acc_norm", "±");
   for (const eval::TaskResult& r : out.tasks) {
     std::string norm = r.has_acc_norm ? fmt::format("{:>9.4f} {:>8.4f}", r.acc_norm, r.acc_norm_stderr) : "";
@@ -106,7 +111,7 @@ int run(const Options& o) {
   fmt::print("average  {:.2f} (x100; acc_norm for piqa/hellaswag/arc, acc for winogrande/lambada; over {} task{})\n",
              out.average, out.tasks.size(), out.tasks.size() == 1 ? "" : "s");
   fmt::print("time     {:.1f} s, {} requests ({:.1f} requests/s, {} token positions run, {} threads)\n",
-             out.seconds, suite.requests.size(), rps, ll.tokens_run(), lm.decoder().n_threads());
+             out.seconds, suite.requests.size(), rps, ll.tokens_run(), n_threads);
   if (!o.log_items.empty()) fmt::print("items    {}\n", o.log_items);
   return 0;
 }
@@ -116,7 +121,8 @@ int run(const Options& o) {
 Runner register_eval(CLI::App& app) {
   auto o = std::make_shared<Options>();
   auto* sub = app.add_subcommand("eval", "Zero-shot accuracy (lm-evaluation-harness protocol) on QA tasks");
-  sub->add_option("--model", o->model, "HF model directory (config.json, *.safetensors, tokenizer)")->required();
+  sub->add_option("--model", o->model, "HF model directory or flatquant artifact directory")->required();
+  add_quant_flag(sub, o->quant);
   sub->add_option("--tasks", o->tasks, "Comma-separated tasks")->capture_default_str();
   sub->add_option("--data-dir", o->data_dir, "Directory with <task>.jsonl (the tasks' HF rows)")->required();
   sub->add_option("--limit", o->limit, "Evaluate only the first N documents of each task (0: all)");

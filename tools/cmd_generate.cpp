@@ -1,4 +1,4 @@
-// `flatquant generate --model DIR --prompt TEXT | --prompt-file F [--max-tokens N] [--temperature T]
+// `flatquant generate --model DIR [--quant fake|real] --prompt TEXT | --prompt-file F [--max-tokens N] [--temperature T]
 //                     [--top-k K] [--top-p P] [--seed S] [--stop S ...] [--no-bos] [--threads N] [--json]`
 // Continues a prompt on the CPU reference decoder, streaming the text to stdout as it is produced (the
 // prompt itself is not echoed); prefill and decode tokens/s go to stderr, or everything into one JSON line.
@@ -55,6 +55,7 @@ int run(const Options& o) {
     j["decode_tok_s"] = r.decode_tok_s();
     j["stop_reason"] = runtime::stop_reason_name(r.reason);
     j["seed"] = so.seed;
+    ms.src->add_json(j);
     // The model's text may end inside a character only when generation stopped there; replace, never throw.
     fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
@@ -64,7 +65,7 @@ int run(const Options& o) {
   fmt::print(stderr, "prefill {} tokens in {:.3f} s ({:.1f} tok/s); decode {} tokens in {:.3f} s ({:.1f} tok/s); "
                      "stop: {}; seed {}; {} threads\n",
              r.prefilled, r.prefill_s, r.prefill_tok_s(), r.tokens.size(), r.decode_s, r.decode_tok_s(),
-             runtime::stop_reason_name(r.reason), so.seed, ms.model->n_threads());
+             runtime::stop_reason_name(r.reason), so.seed, ms.n_threads);
   return 0;
 }
 
@@ -73,7 +74,7 @@ int run(const Options& o) {
 Runner register_generate(CLI::App& app) {
   auto o = std::make_shared<Options>();
   auto* sub = app.add_subcommand("generate", "Continue a prompt, streaming the generated text");
-  sub->add_option("--model", o->model, "HF model directory (config.json, *.safetensors, tokenizer)")->required();
+  sub->add_option("--model", o->model, "HF model directory or flatquant artifact directory")->required();
   auto* p = sub->add_option("--prompt", o->prompt, "Prompt text (may be empty: generate from BOS)");
   auto* pf = sub->add_option("--prompt-file", o->prompt_file, "Read the prompt from a file");
   p->excludes(pf);

@@ -1,7 +1,8 @@
-// `flatquant ppl --model DIR [--data FILE] [--seq-len N] [--limit-windows N] [--threads N] [--json]
-//                [--save-logits F] [--kld-base F]`
-// WikiText-2 style perplexity of an HF model directory on the CPU reference decoder, with the paper's
-// protocol (src/eval/perplexity.h), and optionally the KL divergence against a saved baseline run.
+// `flatquant ppl --model DIR [--quant fake|real] [--data FILE] [--seq-len N] [--limit-windows N] [--threads N]
+//                [--json] [--save-logits F] [--kld-base F]`
+// WikiText-2 style perplexity of an HF model directory (CPU reference decoder) or a quantized artifact (CPU
+// artifact runtime), with the paper's protocol (src/eval/perplexity.h), and optionally the KL divergence
+// against a saved baseline run (e.g. the FP model's, for an artifact).
 #include <fmt/format.h>
 
 #include <chrono>
@@ -14,46 +15,44 @@
 #include "eval/kld.h"
 #include "eval/logprob_file.h"
 #include "eval/perplexity.h"
-#include "eval/ref_lm.h"
 #include "flatquant/error.h"
 #include "io/tokenizer.h"
-#include "model/weights.h"
+#include "model_source.h"
 
 namespace fq::cli {
 
 namespace {
 
 struct Options {
-  std::string model, data, save_logits, kld_base;
+  std::string model, data, save_logits, kld_base, quant;
   int64_t seq_len = 2048, limit_windows = 0;
   int threads = 0;
   bool json = false;
 };
 
 int run(const Options& o) {
-  FQ_CHECK(is_directory(o.model), "{}: not a directory (expected an HF model directory)", o.model);
-  FQ_CHECK(file_exists(path_join(o.model, "config.json")), "{}: no config.json (expected an HF model directory)",
-           o.model);
   const std::string data =
       o.data.empty() ? path_join(data_dir(), "wikitext2_raw/wiki.test.hf_joined.txt") : o.data;
   FQ_CHECK(o.seq_len >= 2, "--seq-len must be at least 2 (found {})", o.seq_len);
   FQ_CHECK(o.limit_windows >= 0, "--limit-windows must not be negative (found {})", o.limit_windows);
 
-  const ModelWeights w = load_hf_weights(o.model);
+  ModelSource src(o.model, o.quant);
+  const ModelConfig& cfg = src.cfg();
   const auto tok = load_tokenizer(o.model);
-  FQ_CHECK(tok->n_vocab() <= w.cfg.n_vocab, "{}: the tokenizer has {} tokens but the model vocabulary has {}",
-           o.model, tok->n_vocab(), w.cfg.n_vocab);
+  FQ_CHECK(tok->n_vocab() <= cfg.n_vocab, "{}: the tokenizer has {} tokens but the model vocabulary has {}",
+           o.model, tok->n_vocab(), cfg.n_vocab);
   const std::string text = read_file(data);
   FQ_CHECK(!text.empty(), "{}: empty dataset (0 bytes)", data);
   const auto t_tok = std::chrono::steady_clock::now();
   const std::vector<int32_t> stream = tok->encode_with_bos(text);
   const double tok_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_tok).count();
 
-  const int64_t seq_len = std::min(o.seq_len, w.cfg.n_ctx);
+  const int64_t seq_len = std::min(o.seq_len, cfg.n_ctx);
   const eval::WindowPlan plan = eval::plan_windows((int64_t)stream.size(), seq_len, data);
   const int64_t windows = o.limit_windows > 0 ? std::min(plan.windows, o.limit_windows) : plan.windows;
 
-  eval::RefCausalLM lm(w, seq_len, o.threads);
+  int n_threads = 0;
+  const std::unique_ptr<eval::CausalLM> lm = src.causal_lm(seq_len, o.threads, &n_threads);
   eval::PplOptions opt;
   opt.seq_len = seq_len;
   opt.limit_windows = windows;
@@ -64,11 +63,11 @@ int run(const Options& o) {
   eval::KldAccumulator kld;
   std::vector<float> base_row;
   if (!o.save_logits.empty())
-    saver = std::make_unique<eval::LogprobWriter>(o.save_logits, windows, seq_len, w.cfg.n_vocab, stream.data());
+    saver = std::make_unique<eval::LogprobWriter>(o.save_logits, windows, seq_len, cfg.n_vocab, stream.data());
   if (!o.kld_base.empty()) {
     base = std::make_unique<eval::LogprobReader>(o.kld_base);
-    base->check_same_tokens(stream.data(), windows, seq_len, w.cfg.n_vocab);
-    base_row.resize(w.cfg.n_vocab);
+    base->check_same_tokens(stream.data(), windows, seq_len, cfg.n_vocab);
+    base_row.resize(cfg.n_vocab);
   }
   if (saver || base) {
     opt.on_logprobs = [&](int64_t win, int64_t first, int64_t n, const float* lp) {
@@ -76,12 +75,12 @@ int run(const Options& o) {
       if (base)
         for (int64_t r = 0; r < n; ++r) {
           base->row(win, first + r, base_row.data());
-          kld.add(base_row.data(), lp + r * w.cfg.n_vocab, w.cfg.n_vocab);
+          kld.add(base_row.data(), lp + r * cfg.n_vocab, cfg.n_vocab);
         }
     };
   }
 
-  const eval::PplResult r = eval::perplexity(lm, stream, opt, data);
+  const eval::PplResult r = eval::perplexity(*lm, stream, opt, data);
   if (saver) saver->write();
   const eval::KldStats ks = kld.stats();
 
@@ -92,6 +91,7 @@ int run(const Options& o) {
     j["windows"] = r.windows;
     j["seconds"] = r.seconds;
     j["seq_len"] = r.seq_len;
+    src.add_json(j);
     if (base) {
       j["kld_mean"] = ks.mean;
       j["kld_p99"] = ks.p99;
@@ -102,13 +102,13 @@ int run(const Options& o) {
     fmt::print("{}\n", j.dump());
     return 0;
   }
-  fmt::print("model    {} ({}, {} layers, n_embd {}, vocab {})\n", o.model, w.cfg.architecture, w.cfg.n_layer,
-             w.cfg.n_embd, w.cfg.n_vocab);
+  fmt::print("model    {} ({}, {} layers, n_embd {}, vocab {}{})\n", o.model, cfg.architecture, cfg.n_layer,
+             cfg.n_embd, cfg.n_vocab, src.describe());
   fmt::print("data     {}: {} tokens ({:.1f} s to tokenize), {} of {} windows of {} ({} trailing tokens dropped)\n",
              data, stream.size(), tok_seconds, r.windows, plan.windows, r.seq_len, plan.dropped);
   fmt::print("ppl      {:.4f} over {} predicted tokens\n", r.ppl, r.tokens);
   fmt::print("time     {:.1f} s ({:.0f} tokens/s, {} threads)\n", r.seconds,
-             (double)(r.windows * r.seq_len) / std::max(r.seconds, 1e-9), lm.decoder().n_threads());
+             (double)(r.windows * r.seq_len) / std::max(r.seconds, 1e-9), n_threads);
   if (saver) fmt::print("saved    {} ({} log-probs)\n", o.save_logits, dtype_name(saver->dtype()));
   if (base)
     fmt::print("kld      mean {:.6f}, p99 {:.6f}, max {:.6f}, top-1 agreement {:.2f}% over {} tokens (base {})\n",
@@ -121,7 +121,8 @@ int run(const Options& o) {
 Runner register_ppl(CLI::App& app) {
   auto o = std::make_shared<Options>();
   auto* sub = app.add_subcommand("ppl", "Perplexity (and KL divergence) of a model on a text file");
-  sub->add_option("--model", o->model, "HF model directory (config.json, *.safetensors, tokenizer)")->required();
+  sub->add_option("--model", o->model, "HF model directory or flatquant artifact directory")->required();
+  add_quant_flag(sub, o->quant);
   sub->add_option("--data", o->data, "Text file (default <data_dir>/wikitext2_raw/wiki.test.hf_joined.txt)");
   sub->add_option("--seq-len", o->seq_len, "Window length in tokens (capped at the model context)")
       ->capture_default_str();

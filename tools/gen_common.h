@@ -1,5 +1,5 @@
-// Shared by `flatquant generate` and `flatquant chat`: the model/tokenizer session on the CPU reference
-// decoder and the sampling flags.
+// Shared by `flatquant generate` and `flatquant chat`: the model/tokenizer session (CPU reference decoder for
+// an HF directory, the artifact runtime for a quantized artifact) and the sampling flags.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <memory>
@@ -9,7 +9,7 @@
 #include "core/fs.h"
 #include "flatquant/error.h"
 #include "io/tokenizer.h"
-#include "model/weights.h"
+#include "model_source.h"
 #include "runtime/generator.h"
 #include "runtime/sampler.h"
 
@@ -19,6 +19,7 @@ struct SamplingFlags {
   double temperature = 1.0, top_p = 1.0, repetition_penalty = 1.0;
   int64_t top_k = 0, seed = -1, max_tokens = 256, ctx = 0;
   int threads = 0;
+  std::string quant;
 
   void add(CLI::App* sub) {
     sub->add_option("--temperature", temperature, "Sampling temperature (0: greedy)")->capture_default_str();
@@ -30,6 +31,7 @@ struct SamplingFlags {
     sub->add_option("--max-tokens", max_tokens, "Generate at most N tokens")->capture_default_str();
     sub->add_option("--ctx", ctx, "KV cache length in tokens (0: the model's, at most 4096)");
     sub->add_option("--threads", threads, "CPU threads (0: all cores)");
+    add_quant_flag(sub, quant);
   }
   runtime::SamplerOptions sampler() const {
     runtime::SamplerOptions o;
@@ -43,25 +45,28 @@ struct SamplingFlags {
   }
 };
 
-// Weights, tokenizer and the reference decoder of one HF model directory.
+// Weights, tokenizer and decoder of one HF model directory or artifact.
 struct ModelSession {
-  ModelWeights w;
+  std::unique_ptr<ModelSource> src;
   std::unique_ptr<Tokenizer> tok;
-  std::unique_ptr<runtime::RefDecoderModel> model;
+  std::unique_ptr<runtime::DecoderModel> model;
   std::vector<int32_t> eos_ids;
+  int n_threads = 0;
 
   ModelSession(const std::string& dir, const SamplingFlags& f) {
-    FQ_CHECK(is_directory(dir), "{}: not a directory (expected an HF model directory)", dir);
-    FQ_CHECK(file_exists(path_join(dir, "config.json")), "{}: no config.json (expected an HF model directory)", dir);
+    FQ_CHECK(is_directory(dir), "{}: not a directory (expected an HF model directory or a flatquant artifact)", dir);
+    FQ_CHECK(file_exists(path_join(dir, "config.json")),
+             "{}: no config.json (expected an HF model directory or a flatquant artifact)", dir);
     FQ_CHECK(f.ctx >= 0, "--ctx must not be negative (found {})", f.ctx);
-    w = load_hf_weights(dir);
+    src = std::make_unique<ModelSource>(dir, f.quant);
+    const ModelConfig& cfg = src->cfg();
     tok = load_tokenizer(dir);
-    FQ_CHECK(tok->n_vocab() <= w.cfg.n_vocab, "{}: the tokenizer has {} tokens but the model vocabulary has {}", dir,
-             tok->n_vocab(), w.cfg.n_vocab);
+    FQ_CHECK(tok->n_vocab() <= cfg.n_vocab, "{}: the tokenizer has {} tokens but the model vocabulary has {}", dir,
+             tok->n_vocab(), cfg.n_vocab);
     // The KV cache is allocated up front: cap the default so that 8k/128k-context models stay small.
-    const int64_t ctx = f.ctx > 0 ? std::min(f.ctx, w.cfg.n_ctx) : std::min<int64_t>(w.cfg.n_ctx, 4096);
-    model = std::make_unique<runtime::RefDecoderModel>(w, ctx, f.threads);
-    eos_ids = runtime::collect_eos_ids(dir, w.cfg, *tok);
+    const int64_t ctx = f.ctx > 0 ? std::min(f.ctx, cfg.n_ctx) : std::min<int64_t>(cfg.n_ctx, 4096);
+    model = src->decoder_model(ctx, f.threads, &n_threads);
+    eos_ids = runtime::collect_eos_ids(dir, cfg, *tok);
   }
 };
 
