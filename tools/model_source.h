@@ -22,21 +22,24 @@ namespace fq::cli {
 
 // The --quant flag (empty when not given).
 inline void add_quant_flag(CLI::App* sub, std::string& quant) {
-  sub->add_option("--quant", quant, "Artifact runtime: fake (fp32 weights, fake-quantized activations; default) "
-                                    "or real (integer GEMM)");
+  sub->add_option("--quant", quant,
+                  "Artifact runtime: fake (fp32 weights, fake-quantized activations; default) "
+                  "or real (integer GEMM)");
 }
 
 class ModelSource {
  public:
   ModelSource(const std::string& dir, const std::string& quant_flag) : dir_(dir) {
-    FQ_CHECK(is_directory(dir), "{}: not a directory (expected an HF model directory or a flatquant artifact)", dir);
+    FQ_CHECK(is_directory(dir),
+             "{}: not a directory (expected an HF model directory or a flatquant artifact)", dir);
     artifact_ = is_artifact_dir(dir);
     if (artifact_) {
       art_ = load_artifact(dir);
       quant_ = quant_flag.empty() ? ref::QuantMode::kFake : ref::parse_quant_mode(quant_flag);
       cfg_ = art_.cfg;
     } else {
-      FQ_CHECK(quant_flag.empty(), "--quant: {} is not a flatquant artifact (--quant applies to artifacts only)", dir);
+      FQ_CHECK(quant_flag.empty(),
+               "--quant: {} is not a flatquant artifact (--quant applies to artifacts only)", dir);
       FQ_CHECK(file_exists(path_join(dir, "config.json")),
                "{}: no config.json (expected an HF model directory or a flatquant artifact)", dir);
       w_ = load_hf_weights(dir);
@@ -97,7 +100,8 @@ class ModelSource {
   // ", artifact: flatquant w4a4kv4, quant fake" (empty for an HF directory).
   std::string describe() const {
     if (!artifact_) return "";
-    return fmt::format(", artifact: {} {}, quant {}", art_.method, art_.recipe.name, ref::quant_mode_name(quant_));
+    return fmt::format(", artifact: {} {}, quant {}", art_.method, art_.recipe.name,
+                       ref::quant_mode_name(quant_));
   }
 
  private:

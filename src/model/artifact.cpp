@@ -27,8 +27,9 @@ constexpr const char* kManifestFile = "manifest.json";
 
 // Copied from the source model directory when present (what load_tokenizer, the chat template and
 // collect_eos_ids read).
-const char* const kTokenizerFiles[] = {"tokenizer.json",          "tokenizer.model",         "tokenizer_config.json",
-                                       "special_tokens_map.json", "generation_config.json", "tokenizer.bin"};
+const char* const kTokenizerFiles[] = {"tokenizer.json",         "tokenizer.model",
+                                       "tokenizer_config.json",  "special_tokens_map.json",
+                                       "generation_config.json", "tokenizer.bin"};
 
 // Manifest keys the writer owns; Artifact::info may not use them.
 const std::set<std::string>& reserved_keys() {
@@ -44,7 +45,9 @@ std::string linear_prefix(int il, const char* lin) {
   return fmt::format("model.layers.{}.{}.{}_proj", il, attn ? "self_attn" : "mlp", lin);
 }
 
-std::string layer_prefix(int il) { return fmt::format("model.layers.{}.", il); }
+std::string layer_prefix(int il) {
+  return fmt::format("model.layers.{}.", il);
+}
 
 // [out, in] of each linear of a layer, by name.
 std::pair<int64_t, int64_t> linear_shape(const ModelConfig& c, const std::string& lin) {
@@ -69,7 +72,9 @@ const QLinear& linear_of(const ArtifactLayer& l, const std::string& lin) {
   return linear_of(const_cast<ArtifactLayer&>(l), lin);
 }
 
-bool has_bias(const std::string& lin) { return lin == "q" || lin == "k" || lin == "v"; }
+bool has_bias(const std::string& lin) {
+  return lin == "q" || lin == "k" || lin == "v";
+}
 
 // ---------------------------------------------------------------------------------------------- writer
 
@@ -81,8 +86,8 @@ class TensorSink {
   void f32(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& v) {
     check(name, shape, v.size());
     for (size_t i = 0; i < v.size(); ++i)
-      FQ_CHECK(std::isfinite(v[i]), "write_artifact {}: tensor '{}' has a non-finite value ({}) at index {}", dir_,
-               name, v[i], i);
+      FQ_CHECK(std::isfinite(v[i]), "write_artifact {}: tensor '{}' has a non-finite value ({}) at index {}",
+               dir_, name, v[i], i);
     w_.add_f32(name, shape, v.data());
   }
   void bytes(const std::string& name, DType dt, std::vector<int64_t> shape, const std::vector<uint8_t>& v) {
@@ -96,8 +101,8 @@ class TensorSink {
   void check(const std::string& name, const std::vector<int64_t>& shape, size_t n) {
     int64_t want = 1;
     for (int64_t s : shape) want *= s;
-    FQ_CHECK((int64_t)n == want, "write_artifact {}: tensor '{}' has {} elements (expected {} for shape {})", dir_,
-             name, n, want, shape_str(shape));
+    FQ_CHECK((int64_t)n == want, "write_artifact {}: tensor '{}' has {} elements (expected {} for shape {})",
+             dir_, name, n, want, shape_str(shape));
   }
   std::string dir_;
   SafeTensorsWriter w_;
@@ -109,8 +114,8 @@ void add_linear(TensorSink& s, const ModelConfig& c, const Recipe& r, int il, co
   const auto [out, in] = linear_shape(c, lin);
   FQ_CHECK(q.bits == r.w_bits, "write_artifact: {}: bits {} differ from the recipe's w_bits {}", p, q.bits,
            r.w_bits);
-  FQ_CHECK(q.out == out && q.in == in, "write_artifact: {}: shape [{}, {}] (expected [{}, {}] from the config)", p,
-           q.out, q.in, out, in);
+  FQ_CHECK(q.out == out && q.in == in,
+           "write_artifact: {}: shape [{}, {}] (expected [{}, {}] from the config)", p, q.out, q.in, out, in);
   if (q.bits == 4) {
     FQ_CHECK(in % 2 == 0, "write_artifact: {}: in_features {} is odd and cannot be packed as int4", p, in);
     s.bytes(p + ".qweight", DType::U8, {out, in / 2}, q.qweight);
@@ -121,15 +126,18 @@ void add_linear(TensorSink& s, const ModelConfig& c, const Recipe& r, int il, co
   } else {
     s.f32(p + ".weight", {out, in}, q.weight);
   }
-  if (has_bias(lin) && c.attn_bias) s.f32(p + ".bias", {out}, q.bias);
-  else FQ_CHECK(q.bias.empty(), "write_artifact: {}: has a bias but the config has none", p);
+  if (has_bias(lin) && c.attn_bias)
+    s.f32(p + ".bias", {out}, q.bias);
+  else
+    FQ_CHECK(q.bias.empty(), "write_artifact: {}: has a bias but the config has none", p);
   s.f32(p + ".act_clip", {2}, {q.act_clip_max, q.act_clip_min});
 }
 
 void add_kron(TensorSink& s, const std::string& name, const KronPair& k, int64_t dim) {
   if (!k.present()) return;
   FQ_CHECK(k.L >= 1 && k.R >= 1 && k.L * k.R == dim,
-           "write_artifact: {}: factor sizes {} x {} do not multiply to the dimension {}", name, k.L, k.R, dim);
+           "write_artifact: {}: factor sizes {} x {} do not multiply to the dimension {}", name, k.L, k.R,
+           dim);
   s.f32(name + ".left", {k.L, k.L}, k.left);
   s.f32(name + ".right", {k.R, k.R}, k.right);
 }
@@ -138,10 +146,12 @@ void add_tensors(TensorSink& s, const Artifact& a) {
   const ModelConfig& c = a.cfg;
   s.f32("model.embed_tokens.weight", {c.n_vocab, c.n_embd}, a.tok_embd);
   s.f32("model.norm.weight", {c.n_embd}, a.norm);
-  if (c.tie_embeddings) FQ_CHECK(a.lm_head.empty(), "write_artifact: lm_head given but the config ties embeddings");
-  else s.f32("lm_head.weight", {c.n_vocab, c.n_embd}, a.lm_head);
-  FQ_CHECK((int64_t)a.layers.size() == c.n_layer, "write_artifact: {} layers (expected n_layer {})", a.layers.size(),
-           c.n_layer);
+  if (c.tie_embeddings)
+    FQ_CHECK(a.lm_head.empty(), "write_artifact: lm_head given but the config ties embeddings");
+  else
+    s.f32("lm_head.weight", {c.n_vocab, c.n_embd}, a.lm_head);
+  FQ_CHECK((int64_t)a.layers.size() == c.n_layer, "write_artifact: {} layers (expected n_layer {})",
+           a.layers.size(), c.n_layer);
   for (int il = 0; il < (int)c.n_layer; ++il) {
     const ArtifactLayer& l = a.layers[il];
     const std::string p = layer_prefix(il);
@@ -152,8 +162,9 @@ void add_tensors(TensorSink& s, const Artifact& a) {
     add_kron(s, p + "mlp.up_gate_trans", l.up_gate_trans, c.n_embd);
     add_kron(s, p + "mlp.down_trans", l.down_trans, c.n_ff);
     if (!l.o_trans.empty()) s.f32(p + "self_attn.o_trans.matrix", {c.n_head, c.n_head}, l.o_trans);
-    FQ_CHECK(l.kcache_trans.empty() == l.kcache_inv_t.empty(),
-             "write_artifact: {}self_attn.kcache_trans: matrix and inv_t must both be given or both be absent", p);
+    FQ_CHECK(
+        l.kcache_trans.empty() == l.kcache_inv_t.empty(),
+        "write_artifact: {}self_attn.kcache_trans: matrix and inv_t must both be given or both be absent", p);
     if (!l.kcache_trans.empty()) {
       s.f32(p + "self_attn.kcache_trans.matrix", {c.head_dim, c.head_dim}, l.kcache_trans);
       s.f32(p + "self_attn.kcache_trans.inv_t", {c.head_dim, c.head_dim}, l.kcache_inv_t);
@@ -206,8 +217,8 @@ class TensorReader {
     if (!t) fail("{}: missing tensor '{}' (expected {} {})", path_, name, dtype_name(dt), shape_str(shape));
     FQ_CHECK(t->dtype == dt, "{}: tensor '{}' has dtype {} (expected {})", path_, name, dtype_name(t->dtype),
              dtype_name(dt));
-    FQ_CHECK(t->shape == shape, "{}: tensor '{}' has shape {} (expected {})", path_, name, shape_str(t->shape),
-             shape_str(shape));
+    FQ_CHECK(t->shape == shape, "{}: tensor '{}' has shape {} (expected {})", path_, name,
+             shape_str(t->shape), shape_str(shape));
     left_.erase(name);
     return *t;
   }
@@ -224,8 +235,8 @@ void read_linear(TensorReader& r, const ModelConfig& c, const Recipe& rec, int i
   q.out = out;
   q.in = in;
   if (q.bits == 4) {
-    FQ_CHECK(in % 2 == 0, "{}: {}: in_features {} is odd, which 4-bit packing (recipe '{}') cannot store", r.path(),
-             p, in, rec.name);
+    FQ_CHECK(in % 2 == 0, "{}: {}: in_features {} is odd, which 4-bit packing (recipe '{}') cannot store",
+             r.path(), p, in, rec.name);
     q.qweight = r.bytes(p + ".qweight", DType::U8, {out, in / 2});
     q.scales = r.f32(p + ".scales", {out});
   } else if (q.bits == 8) {
@@ -246,8 +257,8 @@ KronPair read_kron(TensorReader& r, const std::string& name, int64_t dim) {
   FQ_CHECK(left && right, "{}: tensor '{}' without '{}' (a Kronecker transform needs both factors)", r.path(),
            left ? name + ".left" : name + ".right", left ? name + ".right" : name + ".left");
   FQ_CHECK(left->shape.size() == 2 && right->shape.size() == 2 && left->shape[0] > 0 && right->shape[0] > 0,
-           "{}: tensors '{}.left' {} / '.right' {}: expected square matrices", r.path(), name, shape_str(left->shape),
-           shape_str(right->shape));
+           "{}: tensors '{}.left' {} / '.right' {}: expected square matrices", r.path(), name,
+           shape_str(left->shape), shape_str(right->shape));
   k.L = left->shape[0];
   k.R = right->shape[0];
   FQ_CHECK(k.L * k.R == dim, "{}: tensors '{}.left' {} and '.right' {}: factor sizes {} x {} != dimension {}",
@@ -285,8 +296,9 @@ void verify_files(const std::string& dir, const json& files, const std::string& 
     FQ_CHECK(!name.empty() && name.find('/') == std::string::npos && name != "." && name != ".." &&
                  name != kManifestFile,
              "{}: field 'files': invalid file name '{}'", man_path, name);
-    FQ_CHECK(e.is_object() && e.contains("bytes") && e["bytes"].is_number_unsigned() && e.contains("sha256") &&
-                 e["sha256"].is_string() && e["sha256"].get<std::string>().size() == 64,
+    FQ_CHECK(e.is_object() && e.contains("bytes") && e["bytes"].is_number_unsigned() &&
+                 e.contains("sha256") && e["sha256"].is_string() &&
+                 e["sha256"].get<std::string>().size() == 64,
              "{}: field 'files.{}': expected {{\"bytes\": N, \"sha256\": 64 hex digits}}", man_path, name);
     const std::string path = path_join(dir, name);
     FQ_CHECK(file_exists(path), "{}: missing (listed in manifest.json)", path);
@@ -294,12 +306,14 @@ void verify_files(const std::string& dir, const json& files, const std::string& 
     const uint64_t size = std::filesystem::file_size(path, ec);
     FQ_CHECK(!ec, "{}: cannot stat: {}", path, ec.message());
     const uint64_t want = e["bytes"].get<uint64_t>();
-    FQ_CHECK(size == want, "{}: size mismatch (expected {} bytes, found {}): the file was modified or truncated",
-             path, want, size);
+    FQ_CHECK(size == want,
+             "{}: size mismatch (expected {} bytes, found {}): the file was modified or truncated", path,
+             want, size);
     const std::string expect = e["sha256"].get<std::string>();
     const std::string found = sha256_file(path);
-    FQ_CHECK(found == expect, "{}: sha256 mismatch (expected {}, found {}): the file was modified or is corrupt", path,
-             expect, found);
+    FQ_CHECK(found == expect,
+             "{}: sha256 mismatch (expected {}, found {}): the file was modified or is corrupt", path, expect,
+             found);
   }
 }
 
@@ -308,18 +322,20 @@ void verify_files(const std::string& dir, const json& files, const std::string& 
 std::vector<float> QLinear::dequantize() const {
   const size_t n = (size_t)out * (size_t)in;
   if (bits == 16) {
-    FQ_CHECK(weight.size() == n, "QLinear::dequantize: weight has {} elements (expected {})", weight.size(), n);
+    FQ_CHECK(weight.size() == n, "QLinear::dequantize: weight has {} elements (expected {})", weight.size(),
+             n);
     return weight;
   }
-  FQ_CHECK(scales.size() == (size_t)out, "QLinear::dequantize: scales has {} elements (expected {})", scales.size(),
-           out);
+  FQ_CHECK(scales.size() == (size_t)out, "QLinear::dequantize: scales has {} elements (expected {})",
+           scales.size(), out);
   std::vector<float> w(n);
   if (bits == 4) {
-    FQ_CHECK(qweight.size() == n / 2 && in % 2 == 0, "QLinear::dequantize: 4-bit qweight has {} bytes (expected {})",
-             qweight.size(), n / 2);
+    FQ_CHECK(qweight.size() == n / 2 && in % 2 == 0,
+             "QLinear::dequantize: 4-bit qweight has {} bytes (expected {})", qweight.size(), n / 2);
     ref::dequantize_sym_int4(qweight.data(), scales.data(), out, in, w.data());
   } else if (bits == 8) {
-    FQ_CHECK(qweight.size() == n, "QLinear::dequantize: 8-bit qweight has {} bytes (expected {})", qweight.size(), n);
+    FQ_CHECK(qweight.size() == n, "QLinear::dequantize: 8-bit qweight has {} bytes (expected {})",
+             qweight.size(), n);
     for (int64_t o = 0; o < out; ++o)
       for (int64_t i = 0; i < in; ++i) {
         const size_t k = (size_t)(o * in + i);
@@ -362,8 +378,8 @@ void write_artifact(const Artifact& a, const std::string& dir, const std::string
   FQ_CHECK(!a.method.empty(), "write_artifact {}: empty method", dir);
   FQ_CHECK(a.info.is_object(), "write_artifact {}: info must be a JSON object", dir);
   for (auto it = a.info.begin(); it != a.info.end(); ++it)
-    FQ_CHECK(!reserved_keys().count(it.key()), "write_artifact {}: info key '{}' is reserved for the manifest", dir,
-             it.key());
+    FQ_CHECK(!reserved_keys().count(it.key()),
+             "write_artifact {}: info key '{}' is reserved for the manifest", dir, it.key());
   {
     // The loader reads the config back from JSON: refuse one that config.json cannot state (e.g. q/k/v
     // biases on a Llama config), which would otherwise give an artifact that does not load.
@@ -372,13 +388,15 @@ void write_artifact(const Artifact& a, const std::string& dir, const std::string
     FQ_CHECK(back == cj, "write_artifact {}: the model config does not survive config.json (field '{}')", dir,
              first_difference(cj, back));
     FQ_CHECK(ModelConfig::from_json(cj, dir + "/config.json").attn_bias == a.cfg.attn_bias,
-             "write_artifact {}: the model config does not survive config.json (q/k/v bias {} for model_type '{}')",
+             "write_artifact {}: the model config does not survive config.json (q/k/v bias {} for model_type "
+             "'{}')",
              dir, a.cfg.attn_bias, a.cfg.model_type);
   }
   if (std::filesystem::exists(dir)) {
     FQ_CHECK(is_directory(dir), "{}: exists and is not a directory; refusing to replace it", dir);
     FQ_CHECK(is_artifact_dir(dir) || std::filesystem::is_empty(dir),
-             "{}: exists and is not a flatquant artifact (no manifest.json with format \"{}\"); refusing to replace it",
+             "{}: exists and is not a flatquant artifact (no manifest.json with format \"{}\"); refusing to "
+             "replace it",
              dir, kFormatName);
   }
 
@@ -413,7 +431,8 @@ void write_artifact(const Artifact& a, const std::string& dir, const std::string
     FQ_CHECK(!name.empty() && name.find('/') == std::string::npos && name != kManifestFile,
              "write_artifact {}: invalid extra file name '{}'", dir, name);
     for (const std::string& f : files)
-      FQ_CHECK(f != name, "write_artifact {}: extra file '{}' clashes with a file of the artifact", dir, name);
+      FQ_CHECK(f != name, "write_artifact {}: extra file '{}' clashes with a file of the artifact", dir,
+               name);
     FQ_CHECK(file_exists(src), "{}: extra file not found", src);
     std::error_code ec;
     std::filesystem::copy_file(src, out.file(name), ec);
@@ -446,8 +465,8 @@ Artifact load_artifact(const std::string& dir) {
   FQ_CHECK(file_exists(mp), "{}: missing (not a flatquant artifact directory)", mp);
   const json man = read_json_file(mp);
   FQ_CHECK(man.is_object(), "{}: expected a JSON object", mp);
-  FQ_CHECK(man.contains("format") && man["format"].is_string(), "{}: field 'format': missing (expected \"{}\")", mp,
-           kFormatName);
+  FQ_CHECK(man.contains("format") && man["format"].is_string(),
+           "{}: field 'format': missing (expected \"{}\")", mp, kFormatName);
   FQ_CHECK(man["format"] == kFormatName, "{}: field 'format': expected \"{}\", found \"{}\"", mp, kFormatName,
            man["format"].get<std::string>());
   FQ_CHECK(man.contains("format_version") && man["format_version"].is_number_integer(),
@@ -472,7 +491,8 @@ Artifact load_artifact(const std::string& dir) {
   const std::string cp = path_join(dir, kConfigFile);
   const ModelConfig file_cfg = ModelConfig::load(cp);
   const json j1 = file_cfg.to_json(), j2 = a.cfg.to_json();
-  FQ_CHECK(j1 == j2, "{}: differs from manifest.json model_config (field '{}')", cp, first_difference(j1, j2));
+  FQ_CHECK(j1 == j2, "{}: differs from manifest.json model_config (field '{}')", cp,
+           first_difference(j1, j2));
   for (auto it = man.begin(); it != man.end(); ++it)
     if (!reserved_keys().count(it.key())) a.info[it.key()] = it.value();
 
@@ -493,9 +513,10 @@ Artifact load_artifact(const std::string& dir) {
     l.down_trans = read_kron(r, p + "mlp.down_trans", c.n_ff);
     if (r.has(p + "self_attn.o_trans.matrix"))
       l.o_trans = r.f32(p + "self_attn.o_trans.matrix", {c.n_head, c.n_head});
-    const bool km = r.has(p + "self_attn.kcache_trans.matrix"), ki = r.has(p + "self_attn.kcache_trans.inv_t");
-    FQ_CHECK(km == ki, "{}: tensor '{}self_attn.kcache_trans.{}' without '.{}' (both or neither)", r.path(), p,
-             km ? "matrix" : "inv_t", km ? "inv_t" : "matrix");
+    const bool km = r.has(p + "self_attn.kcache_trans.matrix"),
+               ki = r.has(p + "self_attn.kcache_trans.inv_t");
+    FQ_CHECK(km == ki, "{}: tensor '{}self_attn.kcache_trans.{}' without '.{}' (both or neither)", r.path(),
+             p, km ? "matrix" : "inv_t", km ? "inv_t" : "matrix");
     if (km) {
       l.kcache_trans = r.f32(p + "self_attn.kcache_trans.matrix", {c.head_dim, c.head_dim});
       l.kcache_inv_t = r.f32(p + "self_attn.kcache_trans.inv_t", {c.head_dim, c.head_dim});

@@ -7,8 +7,8 @@
 //   scale = max(|xmin|, xmax) / qmax  (1 when 0),  q_i = clamp(round(x_i / scale), -qmax-1, qmax)
 // Asymmetric (KV cache, per token and head):  levels = 2^b - 1
 //   xmax, xmin as above; both 0 -> xmin = -1, xmax = 1
-//   scale = (xmax - xmin) / levels,  zero = round(-xmin / scale),  q_i = clamp(round(x_i / scale) + zero, 0, levels)
-//   dequantized x_i ~ (q_i - zero) * scale
+//   scale = (xmax - xmin) / levels,  zero = round(-xmin / scale)
+//   q_i = clamp(round(x_i / scale) + zero, 0, levels),  dequantized x_i ~ (q_i - zero) * scale
 #pragma once
 #include <cstdint>
 

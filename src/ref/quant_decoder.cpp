@@ -9,6 +9,7 @@
 #include "ref/linear.h"
 #include "ref/qgemm.h"
 #include "ref/quant.h"
+#include "ref/quant_ops.h"
 #include "ref/rmsnorm.h"
 #include "ref/swiglu.h"
 
@@ -16,10 +17,10 @@ namespace fq::ref {
 
 struct QuantDecoder::Linear {
   int64_t out = 0, in = 0;
-  std::vector<float> w;       // [out, in] dequantized fp32 (float path)
-  std::vector<int8_t> codes;  // [out, in] weight codes (integer path)
-  std::vector<float> scales;  // [out] weight scales (integer path)
-  std::vector<float> bias;    // [out] or empty
+  std::vector<float> w;        // [out, in] dequantized fp32 (float path)
+  std::vector<int16_t> codes;  // [out, in] weight codes (integer path)
+  std::vector<float> scales;   // [out] weight scales (integer path)
+  std::vector<float> bias;     // [out] or empty
   float clip_max = 1.0f, clip_min = 1.0f;
 };
 
@@ -31,7 +32,9 @@ struct QuantDecoder::Layer {
   float k_clip_max = 1.0f, k_clip_min = 1.0f, v_clip_max = 1.0f, v_clip_min = 1.0f;
 };
 
-const char* quant_mode_name(QuantMode m) { return m == QuantMode::kFake ? "fake" : "real"; }
+const char* quant_mode_name(QuantMode m) {
+  return m == QuantMode::kFake ? "fake" : "real";
+}
 
 QuantMode parse_quant_mode(const std::string& s) {
   if (s == "fake") return QuantMode::kFake;
@@ -42,23 +45,27 @@ QuantMode parse_quant_mode(const std::string& s) {
 namespace {
 
 void check_config(const ModelConfig& c) {
-  FQ_CHECK(c.n_vocab > 0 && c.n_embd > 0 && c.n_layer > 0 && c.n_head > 0 && c.n_head_kv > 0 && c.head_dim > 0 &&
-               c.n_ff > 0,
-           "model config: non-positive dimension (n_vocab {}, n_embd {}, n_layer {}, n_head {}, n_head_kv {}, "
-           "head_dim {}, n_ff {})",
-           c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.head_dim, c.n_ff);
+  FQ_CHECK(
+      c.n_vocab > 0 && c.n_embd > 0 && c.n_layer > 0 && c.n_head > 0 && c.n_head_kv > 0 && c.head_dim > 0 &&
+          c.n_ff > 0,
+      "model config: non-positive dimension (n_vocab {}, n_embd {}, n_layer {}, n_head {}, n_head_kv {}, "
+      "head_dim {}, n_ff {})",
+      c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.head_dim, c.n_ff);
   FQ_CHECK(c.n_head % c.n_head_kv == 0, "model config: n_head {} is not a multiple of n_head_kv {}", c.n_head,
            c.n_head_kv);
-  FQ_CHECK(c.hidden_act == "silu", "model config: hidden_act '{}' is not supported (expected silu)", c.hidden_act);
+  FQ_CHECK(c.hidden_act == "silu", "model config: hidden_act '{}' is not supported (expected silu)",
+           c.hidden_act);
 }
 
 // Unpacks / copies the weight codes (int4 nibbles sign-extended to int8: the integer products, and so the
 // int32 sums, are the same as on the packed data).
-std::vector<int8_t> weight_codes(const QLinear& q) {
+std::vector<int16_t> weight_codes(const QLinear& q) {
   std::vector<int8_t> c((size_t)(q.out * q.in));
-  if (q.bits == 4) unpack_int4(q.qweight.data(), q.out, q.in, c.data());
-  else std::copy(q.qweight.begin(), q.qweight.end(), reinterpret_cast<uint8_t*>(c.data()));
-  return c;
+  if (q.bits == 4)
+    unpack_int4(q.qweight.data(), q.out, q.in, c.data());
+  else
+    std::copy(q.qweight.begin(), q.qweight.end(), reinterpret_cast<uint8_t*>(c.data()));
+  return std::vector<int16_t>(c.begin(), c.end());
 }
 
 // y = x (A ⊗ B) per token, tokens split over the pool (each token is independent, so the split does not
@@ -66,52 +73,23 @@ std::vector<int8_t> weight_codes(const QLinear& q) {
 void kron_tokens(const float* x, int64_t n, const KronPair& k, float* y, ThreadPool* pool) {
   const int64_t dim = k.L * k.R;
   pool->parallel_for(n, [&](int64_t b, int64_t e) {
-    kron_transform(x + b * dim, e - b, dim, nullptr, k.left.data(), k.L, k.right.data(), k.R, y + b * dim);
+    kron_rows(x + b * dim, e - b, dim, k.left.data(), k.L, k.right.data(), k.R, y + b * dim);
   });
 }
 
-// x[d] <- x[d] · M[d, d] (row vector times matrix), the sum over j in increasing order, in fp32.
-void rowvec_matmul(float* x, const float* M, int64_t d, float* tmp) {
-  for (int64_t e = 0; e < d; ++e) {
-    float acc = 0.0f;
-    for (int64_t j = 0; j < d; ++j) acc += x[j] * M[j * d + e];
-    tmp[e] = acc;
-  }
-  std::copy(tmp, tmp + d, x);
-}
-
 }  // namespace
-
-void int_linear(const int8_t* qx, const float* sx, const int8_t* qw, const float* sw, const float* bias,
-                int64_t n, int64_t in, int64_t out, float* y, ThreadPool* pool) {
-  FQ_CHECK(in >= 0 && in <= kQgemmMaxK, "int_linear: in_features {} exceeds {} (int32 headroom)", in, kQgemmMaxK);
-  auto rows = [&](int64_t b, int64_t e) {
-    for (int64_t o = b; o < e; ++o) {
-      const int8_t* w = qw + o * in;
-      for (int64_t t = 0; t < n; ++t) {
-        const int8_t* x = qx + t * in;
-        int32_t acc = 0;
-        for (int64_t i = 0; i < in; ++i) acc += (int32_t)x[i] * (int32_t)w[i];
-        float v = qgemm_epilogue(acc, sx[t], sw[o], nullptr);
-        if (bias) v = v + bias[o];
-        y[t * out + o] = v;
-      }
-    }
-  };
-  if (pool) pool->parallel_for(out, rows, 16);
-  else rows(0, out);
-}
 
 QuantDecoder::QuantDecoder(const Artifact& a, QuantMode mode, int64_t max_ctx, int n_threads)
     : cfg_(a.cfg), recipe_(a.recipe), requested_(mode) {
   check_config(cfg_);
   const ModelConfig& c = cfg_;
-  FQ_CHECK((int64_t)a.layers.size() == c.n_layer, "QuantDecoder: {} layers (expected n_layer {})", a.layers.size(),
-           c.n_layer);
+  FQ_CHECK((int64_t)a.layers.size() == c.n_layer, "QuantDecoder: {} layers (expected n_layer {})",
+           a.layers.size(), c.n_layer);
   const bool integer = mode == QuantMode::kReal && recipe_.w_bits < 16 && recipe_.a_bits < 16;
   mode_ = integer ? QuantMode::kReal : QuantMode::kFake;
   max_ctx_ = max_ctx > 0 ? max_ctx : c.n_ctx;
-  FQ_CHECK(max_ctx_ > 0, "QuantDecoder: no context length (max_ctx {} and config n_ctx {})", max_ctx, c.n_ctx);
+  FQ_CHECK(max_ctx_ > 0, "QuantDecoder: no context length (max_ctx {} and config n_ctx {})", max_ctx,
+           c.n_ctx);
   pool_ = std::make_unique<ThreadPool>(n_threads);
   rope_ = RopeTable(rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling), max_ctx_);
   FQ_CHECK((int64_t)a.tok_embd.size() == c.n_vocab * c.n_embd && (int64_t)a.norm.size() == c.n_embd &&
@@ -125,8 +103,9 @@ QuantDecoder::QuantDecoder(const Artifact& a, QuantMode mode, int64_t max_ctx, i
     Linear l;
     l.out = q.out;
     l.in = q.in;
-    FQ_CHECK(q.bits == recipe_.w_bits, "QuantDecoder: layer {} {}: bits {} differ from the recipe's w_bits {}", il,
-             name, q.bits, recipe_.w_bits);
+    FQ_CHECK(q.bits == recipe_.w_bits,
+             "QuantDecoder: layer {} {}: bits {} differ from the recipe's w_bits {}", il, name, q.bits,
+             recipe_.w_bits);
     if (integer) {
       l.codes = weight_codes(q);
       l.scales = q.scales;
@@ -181,6 +160,7 @@ void QuantDecoder::ensure_scratch(int64_t n) {
   gate_.resize(n * c.n_ff);
   up_.resize(n * c.n_ff);
   aq_.resize(n * widest);
+  codes8_.resize(n * widest);
   codes_.resize(n * widest);
   ascale_.resize(n);
   scratch_n_ = n;
@@ -193,10 +173,14 @@ void QuantDecoder::run_linear(const Linear& l, const float* x, int64_t n, float*
   const float* bias = l.bias.empty() ? nullptr : l.bias.data();
   if (mode_ == QuantMode::kReal) {
     // Per-token codes, then an exact int32 dot product per output and the qgemm epilogue.
-    int8_t* qx = codes_.data();
+    int8_t* q8 = codes8_.data();
+    int16_t* qx = codes_.data();
     float* sx = ascale_.data();
     pool->parallel_for(n, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) sx[t] = quantize_sym_row(x + t * in, in, bits, l.clip_max, l.clip_min, qx + t * in);
+      for (int64_t t = b; t < e; ++t) {
+        sx[t] = quantize_sym_row(x + t * in, in, bits, l.clip_max, l.clip_min, q8 + t * in);
+        std::copy(q8 + t * in, q8 + (t + 1) * in, qx + t * in);
+      }
     });
     int_linear(qx, sx, l.codes.data(), l.scales.data(), bias, n, in, out, y, pool);
     return;
@@ -204,7 +188,8 @@ void QuantDecoder::run_linear(const Linear& l, const float* x, int64_t n, float*
   if (bits < 16) {
     float* xq = aq_.data();
     pool->parallel_for(n, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) fake_quant_sym_row(x + t * in, in, bits, l.clip_max, l.clip_min, xq + t * in);
+      for (int64_t t = b; t < e; ++t)
+        fake_quant_sym_row(x + t * in, in, bits, l.clip_max, l.clip_min, xq + t * in);
     });
     x = xq;
   }
@@ -234,7 +219,6 @@ void QuantDecoder::layer(int il, int64_t n) {
   const bool kt = !l.kcache_trans.empty();
   const int kb = recipe_.k_bits, vb = recipe_.v_bits;
   pool->parallel_for(n, [&](int64_t b, int64_t e) {
-    std::vector<float> tmp((size_t)hd);
     for (int64_t t = b; t < e; ++t) {
       const int64_t p = pos_ + t;
       float* qr = q_.data() + t * qd;
@@ -243,8 +227,8 @@ void QuantDecoder::layer(int il, int64_t n) {
       rope_apply(qr, c.n_head, hd, rope_.cos_at(p), rope_.sin_at(p));
       rope_apply(kr, c.n_head_kv, hd, rope_.cos_at(p), rope_.sin_at(p));
       if (kt) {
-        for (int64_t h = 0; h < c.n_head; ++h) rowvec_matmul(qr + h * hd, l.kcache_inv_t.data(), hd, tmp.data());
-        for (int64_t h = 0; h < c.n_head_kv; ++h) rowvec_matmul(kr + h * hd, l.kcache_trans.data(), hd, tmp.data());
+        rowvec_matmul(qr, c.n_head, l.kcache_inv_t.data(), hd);
+        rowvec_matmul(kr, c.n_head_kv, l.kcache_trans.data(), hd);
       }
       for (int64_t h = 0; h < c.n_head_kv; ++h) {
         if (kb < 16) fake_quant_asym_row(kr + h * hd, hd, kb, l.k_clip_max, l.k_clip_min, kr + h * hd);
@@ -256,7 +240,8 @@ void QuantDecoder::layer(int il, int64_t n) {
   in = att_.data();
   if (!l.o_trans.empty()) {
     pool->parallel_for(n, [&](int64_t b, int64_t e) {
-      head_mix(att_.data() + b * qd, e - b, c.n_head, hd, qd, l.o_trans.data(), t_.data() + b * qd);
+      // head_mix(attn, Po) = kron_transform with A = Po, B = identity.
+      kron_rows(att_.data() + b * qd, e - b, qd, l.o_trans.data(), c.n_head, nullptr, hd, t_.data() + b * qd);
     });
     in = t_.data();
   }
@@ -286,11 +271,11 @@ void QuantDecoder::forward(const int32_t* tokens, int64_t n, float* logits_out) 
   const ModelConfig& c = cfg_;
   FQ_CHECK(n >= 0, "QuantDecoder::forward: negative token count {}", n);
   if (n == 0) return;
-  FQ_CHECK(pos_ + n <= max_ctx_, "context overflow: {} tokens at position {} exceed the context of {} tokens", n,
-           pos_, max_ctx_);
+  FQ_CHECK(pos_ + n <= max_ctx_, "context overflow: {} tokens at position {} exceed the context of {} tokens",
+           n, pos_, max_ctx_);
   for (int64_t t = 0; t < n; ++t)
-    FQ_CHECK(tokens[t] >= 0 && tokens[t] < c.n_vocab, "token id {} at index {} is out of range [0, {})", tokens[t],
-             t, c.n_vocab);
+    FQ_CHECK(tokens[t] >= 0 && tokens[t] < c.n_vocab, "token id {} at index {} is out of range [0, {})",
+             tokens[t], t, c.n_vocab);
   ensure_scratch(n);
   const int64_t E = c.n_embd;
   for (int64_t t = 0; t < n; ++t) std::copy_n(tok_embd_.data() + (size_t)tokens[t] * E, E, x_.data() + t * E);

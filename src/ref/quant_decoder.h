@@ -1,12 +1,13 @@
 // QuantDecoder: the CPU runtime of a quantized artifact (src/model/artifact.h), the reference every other
 // artifact runtime (CUDA) is checked against. Per layer (docs/artifact_format.md, "CPU runtime"):
 //   h = rmsnorm(x) * attn_norm;  t = ln_trans ? h (left ⊗ right) : h
-//   q, k, v = Q_a(t; clip of q / k / v) W^T + b        (Q_a: per-token symmetric a_bits quantizer, a_bits < 16)
+//   q, k, v = Q_a(t; clip of q / k / v) W^T + b     (Q_a: per-token symmetric a_bits quantizer when < 16)
 //   rope(q), rope(k);  kcache_trans: q <- q inv_t, k <- k matrix (per head)
-//   k, v <- Q_kv(k), Q_kv(v)  per (token, head), asymmetric k_bits / v_bits (< 16), stored dequantized in fp32
+//   k, v <- Q_kv(k), Q_kv(v) per (token, head), asymmetric k_bits / v_bits (< 16), stored as fp32 values
 //   a = attention(q, K, V);  x += Q_a(o_trans ? head_mix(a, Po) : a) W_o^T
 //   h = rmsnorm(x) * ffn_norm;  t = up_gate_trans ? h (left ⊗ right) : h
-//   z = silu(Q_a(t) W_gate^T) * (Q_a(t) W_up^T);  x += Q_a(down_trans ? z (left ⊗ right) : z) W_down^T
+//   z = silu(Q_a(t) W_gate^T) * (Q_a(t) W_up^T)
+//   x += Q_a(down_trans ? z (left ⊗ right) : z) W_down^T
 //   logits = rmsnorm(x) * norm · head^T
 // Two modes:
 //   kFake: weights dequantized to fp32 once at load, activations fake-quantized (q * scale in fp32), fp32
@@ -32,13 +33,6 @@ enum class QuantMode { kFake, kReal };
 const char* quant_mode_name(QuantMode m);
 // "fake" | "real"; throws fq::Error otherwise.
 QuantMode parse_quant_mode(const std::string& s);
-
-// The integer linear of kReal: y[t][o] = qgemm_epilogue(sum_i qx[t][i] * qw[o][i], sx[t], sw[o]) (+ bias[o]),
-// the sum exact in int32. qx [n, in], qw [out, in] int8 codes (int4 codes sign-extended: the sums, hence the
-// results, equal ref::qgemm_w4a4 on the packed data bit for bit); sx [n], sw [out]; bias [out] or nullptr.
-// in <= 65536 (int32 headroom for 8-bit codes: 2^14 * 2^16 < 2^31).
-void int_linear(const int8_t* qx, const float* sx, const int8_t* qw, const float* sw, const float* bias,
-                int64_t n, int64_t in, int64_t out, float* y, ThreadPool* pool = nullptr);
 
 class QuantDecoder {
  public:
@@ -78,7 +72,8 @@ class QuantDecoder {
   std::vector<float> k_cache_, v_cache_;  // [n_layer][max_ctx][n_head_kv*head_dim], dequantized values
   int64_t scratch_n_ = 0;
   std::vector<float> x_, h_, t_, q_, att_, gate_, up_, aq_;
-  std::vector<int8_t> codes_;
+  std::vector<int8_t> codes8_;
+  std::vector<int16_t> codes_;
   std::vector<float> ascale_;
 };
 

@@ -1,23 +1,23 @@
 // The quantized artifact: sha256, write/load round trip, and every load error (API and CLI).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <tuple>
-#include <cstring>
-#include <algorithm>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "../ref/fold_model.h"
 #include "../ref/random_model.h"
-#include "test_util.h"
 #include "core/sha256.h"
 #include "flatquant/error.h"
 #include "io/safetensors.h"
 #include "model/artifact.h"
+#include "test_util.h"
 
 namespace fq {
 namespace {
@@ -170,8 +170,8 @@ TEST(Artifact, RoundTripEveryField) {
     EXPECT_EQ(man["model_config"], a.cfg.to_json());
     EXPECT_EQ(man["calibration"]["epochs"], 3);
     EXPECT_EQ(man["tokenizer_files"], json({"tokenizer.json", "generation_config.json"}));
-    for (const char* f : {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json",
-                          "calib_log.csv"}) {
+    for (const char* f :
+         {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "calib_log.csv"}) {
       ASSERT_TRUE(man["files"].contains(f)) << f;
       EXPECT_EQ(man["files"][f]["sha256"], sha256_file(path_join(dir, f))) << f;
       EXPECT_EQ(man["files"][f]["bytes"], std::filesystem::file_size(path_join(dir, f))) << f;
@@ -255,13 +255,15 @@ class ArtifactErrors : public ::testing::Test {
   // Re-records a file's size and sha256 in the manifest (so that the checks behind the checksum are reached).
   void reseal(const std::string& name) {
     json m = manifest();
-    m["files"][name] = {{"bytes", std::filesystem::file_size(file(name))}, {"sha256", sha256_file(file(name))}};
+    m["files"][name] = {{"bytes", std::filesystem::file_size(file(name))},
+                        {"sha256", sha256_file(file(name))}};
     set_manifest(m);
   }
   // Rewrites model.safetensors through `edit` (name, dtype, shape, bytes; return false to drop the tensor).
   using Edit = std::function<bool(std::string&, DType&, std::vector<int64_t>&, std::vector<uint8_t>&)>;
-  void rewrite(const Edit& edit, const std::vector<std::tuple<std::string, DType, std::vector<int64_t>,
-                                                              std::vector<uint8_t>>>& extra = {}) {
+  void rewrite(const Edit& edit,
+               const std::vector<std::tuple<std::string, DType, std::vector<int64_t>, std::vector<uint8_t>>>&
+                   extra = {}) {
     SafeTensorsWriter w;
     {
       const SafeTensors st(file("model.safetensors"));
@@ -291,7 +293,8 @@ class ArtifactErrors : public ::testing::Test {
   }
   void expect_error(std::initializer_list<std::string> want) {
     const std::string m = load_error();
-    for (const std::string& w : want) EXPECT_NE(m.find(w), std::string::npos) << "'" << w << "' not in: " << m;
+    for (const std::string& w : want)
+      EXPECT_NE(m.find(w), std::string::npos) << "'" << w << "' not in: " << m;
     // The CLI reports the same error as one line and exit code 1.
     const test::CliResult r = test::run_cli("inspect '" + dir_ + "'");
     EXPECT_EQ(r.exit_code, 1) << r.out;
@@ -302,7 +305,9 @@ class ArtifactErrors : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(ArtifactErrors, LoadsWhenIntact) { EXPECT_NO_THROW(load_artifact(dir_)); }
+TEST_F(ArtifactErrors, LoadsWhenIntact) {
+  EXPECT_NO_THROW(load_artifact(dir_));
+}
 
 TEST_F(ArtifactErrors, BadFormat) {
   json m = manifest();
@@ -310,8 +315,9 @@ TEST_F(ArtifactErrors, BadFormat) {
   set_manifest(m);
   EXPECT_FALSE(is_artifact_dir(dir_));
   const std::string e = load_error();
-  EXPECT_NE(e.find("manifest.json: field 'format': expected \"flatquant-artifact\", found \"something-else\""),
-            std::string::npos)
+  EXPECT_NE(
+      e.find("manifest.json: field 'format': expected \"flatquant-artifact\", found \"something-else\""),
+      std::string::npos)
       << e;
 }
 
@@ -326,7 +332,8 @@ TEST_F(ArtifactErrors, ChecksumMismatchAfterFlippingAByte) {
   std::string bytes = read_file(file("model.safetensors"));
   bytes[bytes.size() - 5] = (char)(bytes[bytes.size() - 5] ^ 0x10);
   write_file_atomic(file("model.safetensors"), bytes);
-  expect_error({dir_ + "/model.safetensors: sha256 mismatch (expected ", "the file was modified or is corrupt"});
+  expect_error(
+      {dir_ + "/model.safetensors: sha256 mismatch (expected ", "the file was modified or is corrupt"});
 }
 
 TEST_F(ArtifactErrors, SizeMismatch) {
@@ -397,7 +404,8 @@ TEST_F(ArtifactErrors, HalfAKronPair) {
   rewrite([](std::string& n, DType&, std::vector<int64_t>&, std::vector<uint8_t>&) {
     return n != "model.layers.1.self_attn.ln_trans.right";
   });
-  expect_error({"'model.layers.1.self_attn.ln_trans.left' without 'model.layers.1.self_attn.ln_trans.right'"});
+  expect_error(
+      {"'model.layers.1.self_attn.ln_trans.left' without 'model.layers.1.self_attn.ln_trans.right'"});
 }
 
 TEST_F(ArtifactErrors, ConfigDisagreesWithManifest) {
@@ -420,7 +428,8 @@ TEST_F(ArtifactErrors, TensorsDisagreeWithRecipe) {
   json m = manifest();
   m["recipe"]["w_bits"] = 8;
   set_manifest(m);
-  expect_error({"model.safetensors", "tensor 'model.layers.0.self_attn.q_proj.qweight' has dtype U8 (expected I8)"});
+  expect_error(
+      {"model.safetensors", "tensor 'model.layers.0.self_attn.q_proj.qweight' has dtype U8 (expected I8)"});
 }
 
 TEST_F(ArtifactErrors, NotAnArtifact) {

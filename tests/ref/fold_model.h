@@ -1,5 +1,5 @@
-// Test helpers: FlatQuant's merge (flatquant.md 1.4, 1.7) done independently in double, from a model and a set
-// of random invertible transforms to an Artifact, so that the artifact runtime (and the calibration's own
+// Test helpers: FlatQuant's merge (flatquant.md 1.4, 1.7) done independently in double, from a model and a
+// set of random invertible transforms to an Artifact, so that the artifact runtime (and the calibration's own
 // fold/export) can be checked against it:
 //   norm *= s;  W <- W diag(1/s) (A ⊗ B)^{-T}           ln_trans (q, k, v), up_gate_trans (gate, up),
 //                                                       down_trans (down; s_down folded into the up rows)
@@ -156,8 +156,12 @@ inline void kron_row_d(double* r, const MatD& M, int64_t L, const MatD& N, int64
   std::copy(out.begin(), out.end(), r);
 }
 
-inline std::vector<float> to_f32(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
-inline std::vector<double> to_f64(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+inline std::vector<float> to_f32(const std::vector<double>& v) {
+  return std::vector<float>(v.begin(), v.end());
+}
+inline std::vector<double> to_f64(const std::vector<float>& v) {
+  return std::vector<double>(v.begin(), v.end());
+}
 
 // The merged model before weight quantization, in double.
 struct FoldedLayerD {
@@ -281,9 +285,9 @@ inline QLinear quantize_rtn(const std::vector<double>& W, int64_t out, int64_t i
 }
 
 struct ArtifactOptions {
-  bool transforms = true;   // write the online transforms (false: a plain RTN artifact, weights unfolded)
-  float act_clip = 1.0f;    // every linear's (clip_max, clip_min)
-  float kv_clip = 1.0f;     // K and V quantizers' clips
+  bool transforms = true;  // write the online transforms (false: a plain RTN artifact, weights unfolded)
+  float act_clip = 1.0f;   // every linear's (clip_max, clip_min)
+  float kv_clip = 1.0f;    // K and V quantizers' clips
   std::string method = "flatquant";
 };
 

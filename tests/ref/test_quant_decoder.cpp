@@ -8,15 +8,17 @@
 #include <random>
 
 #include "eval/perplexity.h"
-#include "flatquant/error.h"
 #include "eval/quant_lm.h"
+#include "flatquant/error.h"
 #include "fold_model.h"
 #include "random_model.h"
 #include "ref/decoder.h"
 #include "ref/fake_quant.h"
+#include "ref/kron.h"
 #include "ref/qgemm.h"
 #include "ref/quant.h"
 #include "ref/quant_decoder.h"
+#include "ref/quant_ops.h"
 #include "ref/rope.h"
 
 namespace fq {
@@ -60,7 +62,8 @@ TEST(FakeQuant, FourBitsEqualsQuantH) {
   std::mt19937_64 g(11);
   for (int trial = 0; trial < 50; ++trial) {
     const int64_t n = 2 * (1 + trial % 40);
-    std::vector<float> x = test::randn(g, (size_t)n, trial % 3 == 0 ? 0.01f : 2.0f, trial % 5 == 0 ? 1.0f : 0.0f);
+    std::vector<float> x =
+        test::randn(g, (size_t)n, trial % 3 == 0 ? 0.01f : 2.0f, trial % 5 == 0 ? 1.0f : 0.0f);
     if (trial == 7) std::fill(x.begin(), x.end(), 0.0f);
     const float cmax = trial % 2 ? 1.0f : 0.83f, cmin = trial % 4 ? 1.0f : 0.91f;
     std::vector<int8_t> a((size_t)n), b((size_t)n);
@@ -105,7 +108,8 @@ TEST(FakeQuant, EightBits) {
   // Clipping saturates at the ends of the code range.
   std::vector<int8_t> qc(200);
   ref::quantize_sym_row(x.data(), 200, 8, 0.5f, 0.5f, qc.data());
-  EXPECT_EQ(*std::max_element(qc.begin(), qc.end()) == 127 || *std::min_element(qc.begin(), qc.end()) == -128, true);
+  EXPECT_EQ(*std::max_element(qc.begin(), qc.end()) == 127 || *std::min_element(qc.begin(), qc.end()) == -128,
+            true);
 }
 
 // ---- the integer linear is qgemm_w4a4 on the packed data
@@ -124,8 +128,46 @@ TEST(IntLinear, EqualsQgemmW4A4) {
   std::vector<float> want((size_t)(M * N)), got((size_t)(M * N));
   ref::qgemm_w4a4(px.data(), sx.data(), pw.data(), sw.data(), nullptr, M, N, K, want.data());
   ref::ThreadPool pool(3);
-  ref::int_linear(qx.data(), sx.data(), qw.data(), sw.data(), nullptr, M, K, N, got.data(), &pool);
+  const std::vector<int16_t> x16(qx.begin(), qx.end()), w16(qw.begin(), qw.end());
+  ref::int_linear(x16.data(), sx.data(), w16.data(), sw.data(), nullptr, M, K, N, got.data(), &pool);
   EXPECT_EQ(got, want);
+  // With a bias: the epilogue, then one fp32 addition.
+  const std::vector<float> bias = test::randn(g, N, 1.0f);
+  ref::int_linear(x16.data(), sx.data(), w16.data(), sw.data(), bias.data(), M, K, N, got.data(), nullptr);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) ASSERT_EQ(got[m * N + n], want[m * N + n] + bias[n]);
+}
+
+// ---- the vectorized transforms equal kron.h's reference loops bit for bit
+
+TEST(QuantOps, KronRowsEqualsKronTransform) {
+  std::mt19937_64 g(14);
+  for (auto [L, R] : {std::pair<int64_t, int64_t>{4, 6}, {1, 40}, {9, 64}, {24, 24}, {32, 48}}) {
+    const int64_t n = 5, stride = L * R + 3;
+    const std::vector<float> x = test::randn(g, (size_t)(n * stride), 1.0f), A = test::randn(g, L * L, 0.5f),
+                             B = test::randn(g, R * R, 0.5f);
+    std::vector<float> want((size_t)(n * L * R)), got(want.size());
+    ref::kron_transform(x.data(), n, stride, nullptr, A.data(), L, B.data(), R, want.data());
+    ref::kron_rows(x.data(), n, stride, A.data(), L, B.data(), R, got.data());
+    ASSERT_EQ(got, want) << L << "x" << R;
+    ref::head_mix(x.data(), n, L, R, stride, A.data(), want.data());
+    ref::kron_rows(x.data(), n, stride, A.data(), L, nullptr, R, got.data());
+    ASSERT_EQ(got, want) << L << "x" << R << " (head_mix)";
+  }
+}
+
+TEST(QuantOps, RowvecMatmul) {
+  std::mt19937_64 g(15);
+  const int64_t d = 16, rows = 3;
+  std::vector<float> x = test::randn(g, rows * d, 1.0f);
+  const std::vector<float> M = test::randn(g, d * d, 0.5f), x0 = x;
+  ref::rowvec_matmul(x.data(), rows, M.data(), d);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t e = 0; e < d; ++e) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < d; ++j) acc += x0[r * d + j] * M[j * d + e];
+      ASSERT_EQ(x[r * d + e], acc);
+    }
 }
 
 // ---- (a) no quantization, transforms present: the folded model computes the original one
@@ -139,7 +181,8 @@ TEST(QuantDecoder, UnquantizedWithTransformsEqualsRefDecoder) {
     SCOPED_TRACE(::testing::Message() << "H" << k.H << " KV" << k.KV << " d" << k.d);
     const ModelConfig c = test::tiny_config_for_artifact(k.H, k.KV, k.d, k.bias, k.tied);
     const ModelWeights w = test::random_model(c, 21);
-    const Artifact a = test::make_artifact(w, test::random_transforms(c, 22), test::test_recipe("w16a16", 16, 16, 16));
+    const Artifact a =
+        test::make_artifact(w, test::random_transforms(c, 22), test::test_recipe("w16a16", 16, 16, 16));
     ASSERT_TRUE(a.layers[0].ln_trans.present());
     const std::vector<int32_t> tok = random_tokens(20, c.n_vocab, 23);
     ref::RefDecoder rd(w, 32, 2);
@@ -189,7 +232,8 @@ struct NaiveQuant {
       for (int64_t i = 0; i < dim; ++i) mx = std::max(mx, r[i]), mn = std::min(mn, r[i]);
       double s = std::max(std::fabs(mn * cmin), mx * cmax) / qmax;
       if (s == 0) s = 1;
-      for (int64_t i = 0; i < dim; ++i) r[i] = std::min(std::max(std::nearbyint(r[i] / s), -qmax - 1), qmax) * s;
+      for (int64_t i = 0; i < dim; ++i)
+        r[i] = std::min(std::max(std::nearbyint(r[i] / s), -qmax - 1), qmax) * s;
     }
   }
   static void asym_quant(double* r, int64_t n, int bits, float cmax, float cmin) {
@@ -201,7 +245,8 @@ struct NaiveQuant {
     mn *= cmin;
     if (mx == mn) mn = -1, mx = 1;
     const double s = (mx - mn) / levels, z = std::nearbyint(-mn / s);
-    for (int64_t i = 0; i < n; ++i) r[i] = (std::min(std::max(std::nearbyint(r[i] / s) + z, 0.0), levels) - z) * s;
+    for (int64_t i = 0; i < n; ++i)
+      r[i] = (std::min(std::max(std::nearbyint(r[i] / s) + z, 0.0), levels) - z) * s;
   }
   std::vector<double> lin(std::vector<double> x, int64_t in, const QLinear& q) const {
     act_quant(x, in, q.act_clip_max, q.act_clip_min);
@@ -257,8 +302,8 @@ struct NaiveQuant {
           for (int64_t hh = 0; hh < heads; ++hh) {
             double* r = &z[(t * heads + hh) * d];
             for (int64_t i = 0; i < d / 2; ++i) {
-              const std::complex<double> p = std::complex<double>(r[i], r[i + d / 2]) *
-                                             std::polar(1.0, (double)t * (double)inv[i]);
+              const std::complex<double> p =
+                  std::complex<double>(r[i], r[i + d / 2]) * std::polar(1.0, (double)t * (double)inv[i]);
               r[i] = p.real();
               r[i + d / 2] = p.imag();
             }
@@ -366,7 +411,8 @@ TEST(QuantDecoder, RealCloseToFakeW4A4KV4) {
   const ModelWeights w = test::random_model(c, 41);
   test::ArtifactOptions opt;
   opt.act_clip = 0.95f;
-  const Artifact a = test::make_artifact(w, test::random_transforms(c, 42), test::test_recipe("w4a4kv4", 4, 4, 4), opt);
+  const Artifact a =
+      test::make_artifact(w, test::random_transforms(c, 42), test::test_recipe("w4a4kv4", 4, 4, 4), opt);
   const std::vector<int32_t> tok = random_tokens(48, c.n_vocab, 43);
   QuantDecoder fake(a, QuantMode::kFake, 64, 2), real(a, QuantMode::kReal, 64, 2);
   EXPECT_EQ(real.mode(), QuantMode::kReal);
@@ -393,7 +439,8 @@ TEST(QuantDecoder, RealCloseToFakeW4A4KV4) {
 TEST(QuantDecoder, W8A8RealCloseToFake) {
   const ModelConfig c = test::tiny_config_for_artifact(4, 2, 8, false, true);
   const ModelWeights w = test::random_model(c, 51);
-  const Artifact a = test::make_artifact(w, test::random_transforms(c, 52), test::test_recipe("w8a8", 8, 8, 16));
+  const Artifact a =
+      test::make_artifact(w, test::random_transforms(c, 52), test::test_recipe("w8a8", 8, 8, 16));
   const std::vector<int32_t> tok = random_tokens(30, c.n_vocab, 53);
   QuantDecoder fake(a, QuantMode::kFake, 32, 2), real(a, QuantMode::kReal, 32, 2);
   const std::vector<float> lf = run(fake, tok), lr = run(real, tok);
@@ -406,7 +453,8 @@ TEST(QuantDecoder, W8A8RealCloseToFake) {
 TEST(QuantDecoder, BitIdenticalAcrossThreadsAndSplits) {
   const ModelConfig c = test::tiny_config_for_artifact(4, 2, 8, true, false);
   const ModelWeights w = test::random_model(c, 61);
-  const Artifact a = test::make_artifact(w, test::random_transforms(c, 62), test::test_recipe("w4a4kv4", 4, 4, 4));
+  const Artifact a =
+      test::make_artifact(w, test::random_transforms(c, 62), test::test_recipe("w4a4kv4", 4, 4, 4));
   const std::vector<int32_t> tok = random_tokens(40, c.n_vocab, 63);
   const int64_t V = c.n_vocab;
   for (QuantMode m : {QuantMode::kFake, QuantMode::kReal}) {
@@ -434,7 +482,8 @@ TEST(QuantDecoder, BitIdenticalAcrossThreadsAndSplits) {
 TEST(QuantDecoder, Errors) {
   const ModelConfig c = test::tiny_config_for_artifact(4, 2, 8, false, false);
   const ModelWeights w = test::random_model(c, 71);
-  const Artifact a = test::make_artifact(w, test::random_transforms(c, 72), test::test_recipe("w4a4kv4", 4, 4, 4));
+  const Artifact a =
+      test::make_artifact(w, test::random_transforms(c, 72), test::test_recipe("w4a4kv4", 4, 4, 4));
   QuantDecoder d(a, QuantMode::kFake, 8, 1);
   std::vector<int32_t> tok = random_tokens(9, c.n_vocab, 1);
   std::vector<float> out(9 * c.n_vocab);
