@@ -90,6 +90,9 @@ int main(int argc, char** argv) {
     // Residual-stream-like inputs with a few outlier channels, as real hidden states have.
     auto x = torch::randn({nsamples, seqlen, hidden}, torch::TensorOptions().device(dev));
     x.narrow(2, 0, 8).mul_(20.0);
+    // With AMP the activations are stored in the autocast dtype, as `flatquant calibrate` does.
+    if (amp == "fp16") x = x.to(torch::kHalf);
+    if (amp == "bf16") x = x.to(torch::kBFloat16);
 
     calib::LayerCalibOptions lo;
     lo.epochs = epochs;

@@ -226,7 +226,8 @@ torch::Tensor fp_pass(const ModelConfig& cfg, const LayerWeights& lw, const torc
   torch::NoGradGuard ng;
   ActStats stats;
   std::vector<torch::Tensor> outs;
-  for (int64_t i = 0; i < x.size(0); ++i) outs.push_back(layer->forward_fp(x.narrow(0, i, 1), &stats));
+  for (int64_t i = 0; i < x.size(0); ++i)
+    outs.push_back(layer->forward_fp(x.narrow(0, i, 1).to(torch::kFloat32), &stats).to(x.scalar_type()));
   return torch::cat(outs, 0);
 }
 
@@ -362,7 +363,10 @@ int run_calibrate(const CalibrateOptions& o) {
     if (o.progress && done > 0)
       std::fprintf(stderr, "calibrate: resuming %s after %d finished layer(s)\n", partial.c_str(), done);
     if (done < n_layer) {
-      torch::Tensor x = embed(w, ids, s.nsamples, seqlen).to(dev);
+      // With calib.amp on CUDA the activations are kept in the autocast dtype, as the original (half the memory).
+      const bool amp = s.amp != "off" && dev.is_cuda();
+      const auto io = !amp ? torch::kFloat32 : s.amp == "fp16" ? torch::kHalf : torch::kBFloat16;
+      torch::Tensor x = embed(w, ids, s.nsamples, seqlen).to(dev, io);
       for (int i = 0; i < done; ++i) x = fp_pass(cfg, w.layers[i], x, dev);
 
       LayerCalibOptions lo;

@@ -47,6 +47,12 @@ class AutocastScope {
   bool enabled_;
 };
 
+// Activations may be stored in fp16 / bf16 to halve their memory (calib.amp, as the original keeps its
+// inputs and targets in the autocast dtype); the layer computes in its own dtype.
+torch::Tensor upcast(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kHalf || t.scalar_type() == torch::kBFloat16 ? t.to(torch::kFloat32) : t;
+}
+
 }  // namespace
 
 double layer_loss(FlatLayer& layer, const torch::Tensor& inputs, const torch::Tensor& target, int64_t batch) {
@@ -56,8 +62,9 @@ double layer_loss(FlatLayer& layer, const torch::Tensor& inputs, const torch::Te
   int64_t count = 0;
   for (int64_t i = 0; i < n; i += batch) {
     const int64_t b = std::min(batch, n - i);
-    auto out = layer->forward(inputs.narrow(0, i, b));
-    sum += torch::mse_loss(out, target.narrow(0, i, b)).item<double>() * static_cast<double>(b);
+    auto out = layer->forward(upcast(inputs.narrow(0, i, b)));
+    auto t = upcast(target.narrow(0, i, b));
+    sum += torch::mse_loss(out.to(t.scalar_type()), t).item<double>() * static_cast<double>(b);
     count += b;
   }
   return sum / static_cast<double>(count);
@@ -79,8 +86,10 @@ LayerCalibResult calibrate_layer(FlatLayer& layer, const torch::Tensor& inputs, 
     torch::NoGradGuard ng;
     layer->set_mode(LayerMode::Fp);
     std::vector<torch::Tensor> outs;
-    for (int64_t i = 0; i < n; ++i) outs.push_back(layer->forward_fp(inputs.narrow(0, i, 1), &stats));
+    for (int64_t i = 0; i < n; ++i)
+      outs.push_back(layer->forward_fp(upcast(inputs.narrow(0, i, 1)), &stats).to(inputs.scalar_type()));
     fp_out = torch::cat(outs, 0);
+    outs.clear();
   }
   // 2. Diag init.
   layer->init_diag_scales(stats, opt.diag_alpha);
@@ -127,9 +136,10 @@ LayerCalibResult calibrate_layer(FlatLayer& layer, const torch::Tensor& inputs, 
       torch::Tensor out;
       {
         AutocastScope amp(opt.amp_dtype, opt.amp && inputs.is_cuda());
-        out = layer->forward(inputs.narrow(0, j * opt.batch, opt.batch));
+        out = layer->forward(upcast(inputs.narrow(0, j * opt.batch, opt.batch)));
       }
-      auto mse = torch::mse_loss(out.to(fp_out.scalar_type()), fp_out.narrow(0, j * opt.batch, opt.batch));
+      auto target = upcast(fp_out.narrow(0, j * opt.batch, opt.batch));
+      auto mse = torch::mse_loss(out.to(target.scalar_type()), target);
       const double v = mse.item<double>();
       sum += v;
       if (opt.on_step) opt.on_step(step, v);

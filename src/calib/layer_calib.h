@@ -43,8 +43,9 @@ struct LayerCalibResult {
   int64_t steps = 0;
 };
 
-// inputs: [n_samples, n_tokens, n_embd] in the layer's dtype and device. Returns the FP outputs of the layer
-// (the next layer's inputs) in fp_out. Leaves the layer in Train mode with the trained parameters.
+// inputs: [n_samples, n_tokens, n_embd] on the layer's device, in the layer's dtype or in fp16 / bf16 (then
+// upcast batch by batch, and fp_out is stored in that dtype too). Returns the FP outputs of the layer (the next
+// layer's inputs) in fp_out. Leaves the layer in Train mode with the trained parameters.
 LayerCalibResult calibrate_layer(FlatLayer& layer, const torch::Tensor& inputs, torch::Tensor& fp_out,
                                  const LayerCalibOptions& opt);
 
