@@ -1,6 +1,7 @@
 #include "core/fs.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -109,9 +110,24 @@ void write_file_atomic(const std::string& path, std::string_view content) {
   f.commit();
 }
 
+namespace {
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
+  ::remove(path);
+  return 0;  // keep going: best effort
+}
+}  // namespace
+
+// POSIX nftw rather than std::filesystem::remove_all: linked with PyTorch's LibTorch (built by another GCC),
+// remove_all crashed on the GPU machine, apparently through std::filesystem symbols the LibTorch libraries
+// export. Depth-first, no symlink following; errors are ignored as before (best effort).
 void remove_tree(const std::string& path) {
-  std::error_code ec;
-  std::filesystem::remove_all(path, ec);
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return;
+  if (!S_ISDIR(st.st_mode)) {
+    ::unlink(path.c_str());
+    return;
+  }
+  ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 AtomicDir::AtomicDir(std::string path, bool replace_existing) : path_(std::move(path)), replace_(replace_existing) {
