@@ -534,6 +534,10 @@ EngineInfo CudaEngine::info() const {
   i.step_weight_bytes = impl_->step_weight_bytes;
   i.kv_bytes = impl_->karena.size();
   i.workspace_bytes = impl_->sarena.size();
+  size_t free_b = 0, total_b = 0;
+  impl_->ck(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+  i.device_mem_used = total_b - free_b;
+  i.device_mem_total = total_b;
   i.device_name = impl_->prop.name;
   i.n_sm = impl_->prop.multiProcessorCount;
   return i;

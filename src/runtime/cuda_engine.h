@@ -43,6 +43,8 @@ struct EngineInfo {
   size_t step_weight_bytes = 0;   // bytes of weights one decode step reads (layers + head + norms)
   size_t kv_bytes = 0;            // the whole KV cache
   size_t workspace_bytes = 0;     // activations, logits, cuBLASLt and attention workspaces
+  size_t device_mem_used = 0;     // cudaMemGetInfo: total - free, the whole device (this process and others)
+  size_t device_mem_total = 0;
   std::string device_name;
   int n_sm = 0;
 };
