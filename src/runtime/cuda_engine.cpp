@@ -224,7 +224,6 @@ void CudaEngine::Impl::init_device() {
            "n_layer {})", E, H, KV, D, F, V, L);
   FQ_CHECK(H % KV == 0, "CudaEngine: n_head {} is not a multiple of n_head_kv {}", H, KV);
   FQ_CHECK(D % 8 == 0 && D <= 256, "CudaEngine: head_dim {} unsupported (a multiple of 8, at most 256)", D);
-  FQ_CHECK(E % 8 == 0 && F % 8 == 0, "CudaEngine: n_embd {} and n_ff {} must be multiples of 8", E, F);
   FQ_CHECK(cfg.hidden_act == "silu", "CudaEngine: hidden_act '{}' unsupported (silu only)", cfg.hidden_act);
   QKV = (H + 2 * KV) * D;
   HD = H * D;
