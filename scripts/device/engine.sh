@@ -26,8 +26,8 @@ if [ "$STAGE" = build ] || [ "$STAGE" = all ]; then
     $B convert --from llama2c --model .carry/engine/stories260K.bin --out $FLATQUANT_MODELS/stories260K --force > /dev/null
   fi
   cuobjdump --dump-resource-usage build-dev/libflatquant_cuda.a 2>/dev/null \
-    | grep -E -A1 "decode_f16|qkv_rope|combine_kernel|fill_normal" > "$OUT/engine_resources.txt" || true
-  ./build-dev/tests/flatquant_tests --gtest_filter='CudaEngine*:LayerOps*:PrefillAttn*:DecodeAttn*:Kv4*' \
+    | grep -E -A1 "decode_f16|qkv_rope|combine_kernel|fill_normal|gemv_f16" > "$OUT/engine_resources.txt" || true
+  ./build-dev/tests/flatquant_tests --gtest_filter='CudaEngine*:GemvF16*:LayerOps*:PrefillAttn*:DecodeAttn*:Kv4*' \
     > "$OUT/engine_tests.txt" 2>&1
   rc=$?
   grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED) |Failure|error|Expected|Which is|Value of|actual" "$OUT/engine_tests.txt" | head -80
@@ -49,6 +49,8 @@ for r in d["results"]:
 PY
   $B bench --random llama-3-8b --batch 1,16 --prefill 2048 --decode 16 --repeat 1 --profile > "$OUT/profile_llama3.txt" 2>&1
   cat "$OUT/profile_llama3.txt"
+  # The same without our GEMV (cuBLASLt for every GEMM), batch 1: what the GEMV buys.
+  $B bench --random llama-3-8b --batch 1 --repeat 1 --no-gemv 2>&1 | head -1
   $B bench --random qwen2.5-7b --engine fp16 --batch 1,16 --json > "$OUT/bench_qwen25_fp16.json" 2>> "$OUT/bench.err" \
     || { rc=1; tail -3 "$OUT/bench.err"; }
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print(d['model'], 'B=%d prefill %.1f ms decode %.3f ms/step' % (r['batch'], r['prefill_ms'], r['decode_ms_per_step'])) for r in d['results']]" "$OUT/bench_qwen25_fp16.json" || true

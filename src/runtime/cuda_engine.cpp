@@ -169,7 +169,8 @@ struct CudaEngine::Impl {
 
   void ck(cudaError_t e, const char* what) const { FQ_CUDA_CHECK(e, fmt::format("CudaEngine: {}", what)); }
 
-  // y[M, N] (= or +=) x[M, K] . W[N, K]^T; fp16 inputs, fp32 accumulation, y fp16 or fp32.
+  // y[M, N] (= or +=) x[M, K] . W[N, K]^T; fp16 inputs, fp32 accumulation, y fp16 or fp32. M <= 4: our GEMV
+  // (when o.gemv), else cuBLASLt.
   GemmPlan& plan(int64_t M, int64_t N, int64_t K, bool y_f32, bool acc);
   void gemm(const uint16_t* X, int64_t M, int64_t K, const uint16_t* W, int64_t N, void* Y, bool y_f32, bool acc,
             const char* name);
@@ -405,6 +406,10 @@ GemmPlan& CudaEngine::Impl::plan(int64_t M, int64_t N, int64_t K, bool y_f32, bo
 
 void CudaEngine::Impl::gemm(const uint16_t* X, int64_t M, int64_t K, const uint16_t* W, int64_t N, void* Y,
                             bool y_f32, bool acc, const char* name) {
+  if (o.gemv && cuda::gemv_f16_supported(M, K, X, W)) {
+    op(name, [&] { ck(cuda::gemv_f16(X, M, K, W, N, Y, y_f32, acc, stream), name); });
+    return;
+  }
   GemmPlan& p = plan(M, N, K, y_f32, acc);
   const float alpha = 1.0f, beta = acc ? 1.0f : 0.0f;
   op(name, [&] {

@@ -28,6 +28,7 @@ struct EngineOptions {
   int64_t max_tokens = 0;     // rows of one forward chunk (0: max(max_ctx, max_batch))
   int64_t max_logit_rows = 0; // logits rows of one chunk for prefill(all_logits) (0: max_batch)
   bool cuda_graphs = true;    // capture the decode step (off: launch the kernels every step)
+  bool gemv = true;           // M <= 4: our FP16 GEMV instead of cuBLASLt (faster on the narrow decode GEMMs)
   int device = 0;
 };
 

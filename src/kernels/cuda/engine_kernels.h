@@ -58,6 +58,15 @@ cudaError_t decode_attention_f16(const F16KvCache& cache, const uint16_t* q, int
                                  const DecodeF16Plan& plan, void* workspace, int32_t* d_overflow,
                                  cudaStream_t stream);
 
+// ---- FP16 GEMV for decode (M <= 4) ----------------------------------------------------------------------
+// y[M, N] = x[M, K] . W[N, K]^T (accumulate: y += ..., fp32 y only), fp16 x and W, fp32 accumulation; y fp16
+// (y_f32 false) or fp32, row stride N. For the memory-bound decode GEMMs, where cuBLAS reaches ~1.7-1.9 TB/s
+// on the narrow ones: each warp streams two weight rows with 16-byte loads, 4 per row in flight per lane.
+// Needs K % 8 == 0 and 16-byte aligned x and W (gemv_f16_supported); M in [1, 4].
+bool gemv_f16_supported(int64_t M, int64_t K, const void* x, const void* w);
+cudaError_t gemv_f16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, void* y, bool y_f32,
+                     bool accumulate, cudaStream_t stream);
+
 // ---- the end of a captured decode step -------------------------------------------------------------------
 // For b < batch: tokens[b] = next[b]; pos[b] += 1; len[b] += 1; and when hist is given and *step < hist_rows,
 // hist[*step * batch + b] = next[b]; then *step += 1. Feeds the greedy token back so that consecutive graph
