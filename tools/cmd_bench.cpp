@@ -1,5 +1,6 @@
 // `flatquant bench --random llama-3-8b|qwen2.5-7b|HF_DIR | --model HF_DIR --engine fp16 [--batch 1,16]
-//                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv] [--json]`
+//                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv]
+//                  [--json]`
 // Inference speed of the CUDA engine (docs/runtime.md): per batch size, the prefill of `prefill` tokens per
 // sequence (ms, median of `repeat` runs after a warm-up) and `decode` greedy tokens after it, one CUDA-graph
 // replay per step with the argmax fed back on the device (ms/token). --random builds random weights on the
@@ -65,7 +66,8 @@ ModelConfig preset(const std::string& name) {
     return c;
   }
   FQ_CHECK(is_directory(name) && file_exists(path_join(name, "config.json")),
-           "--random {}: neither a preset (llama-3-8b, qwen2.5-7b) nor an HF directory with config.json", name);
+           "--random {}: neither a preset (llama-3-8b, qwen2.5-7b) nor an HF directory with config.json",
+           name);
   return ModelConfig::load(path_join(name, "config.json"));
 }
 
@@ -176,7 +178,8 @@ int run(const Options& o) {
     r["weights_kv_TBps"] = (static_cast<double>(info.step_weight_bytes) + kv_step) / (dec_ms * 1e-3) / 1e12;
     r["kv_bytes_per_step"] = kv_step;
     r["gpu_mem_used_bytes"] = info.device_mem_used;
-    r["first_tokens"] = std::vector<int32_t>(out.begin(), out.begin() + std::min<int64_t>(B * 4, B * o.decode));
+    r["first_tokens"] =
+        std::vector<int32_t>(out.begin(), out.begin() + std::min<int64_t>(B * 4, B * o.decode));
     if (o.profile) {
       for (int64_t b = 0; b < B; ++b) eng->rewind(b, o.prefill);
       const std::vector<runtime::OpTime> ops = eng->profile_step(first.data(), B);
@@ -184,21 +187,26 @@ int run(const Options& o) {
       double total = 0;
       for (const auto& t : ops) total += t.ms;
       for (const auto& t : ops)
-        pj.push_back({{"op", t.name}, {"ms", t.ms}, {"calls", t.calls}, {"pct", 100.0 * t.ms / std::max(total, 1e-12)}});
+        pj.push_back({{"op", t.name},
+                      {"ms", t.ms},
+                      {"calls", t.calls},
+                      {"pct", 100.0 * t.ms / std::max(total, 1e-12)}});
       r["profile_uncaptured_step"] = pj;
       r["profile_total_ms"] = total;
     }
     results.push_back(r);
     if (!o.json)
-      fmt::print("batch {:>3}: prefill {} x {} tokens {:8.2f} ms ({:.0f} tok/s); decode {:6.3f} ms/step ({:.0f} tok/s, "
-                 "weights {:.2f} TB/s, weights+KV {:.2f} TB/s)\n",
-                 B, B, o.prefill, r["prefill_ms"].get<double>(), r["prefill_tok_s"].get<double>(), dec_ms,
-                 r["decode_tok_s"].get<double>(), r["weights_TBps"].get<double>(),
-                 r["weights_kv_TBps"].get<double>());
+      fmt::print(
+          "batch {:>3}: prefill {} x {} tokens {:8.2f} ms ({:.0f} tok/s); decode {:6.3f} ms/step ({:.0f} "
+          "tok/s, "
+          "weights {:.2f} TB/s, weights+KV {:.2f} TB/s)\n",
+          B, B, o.prefill, r["prefill_ms"].get<double>(), r["prefill_tok_s"].get<double>(), dec_ms,
+          r["decode_tok_s"].get<double>(), r["weights_TBps"].get<double>(),
+          r["weights_kv_TBps"].get<double>());
     if (!o.json && o.profile)
       for (const auto& p : r["profile_uncaptured_step"])
-        fmt::print("    {:<20} {:8.3f} ms {:5.1f}% ({} calls)\n", p["op"].get<std::string>(), p["ms"].get<double>(),
-                   p["pct"].get<double>(), p["calls"].get<int64_t>());
+        fmt::print("    {:<20} {:8.3f} ms {:5.1f}% ({} calls)\n", p["op"].get<std::string>(),
+                   p["ms"].get<double>(), p["pct"].get<double>(), p["calls"].get<int64_t>());
   }
 
   const runtime::EngineInfo info = eng->info();
@@ -213,9 +221,9 @@ int run(const Options& o) {
   j["date_utc"] = date;
   j["cuda_graphs"] = !o.no_graphs;
   j["gemv"] = !o.no_gemv;
-  j["config"] = {{"n_layer", cfg.n_layer}, {"n_embd", cfg.n_embd}, {"n_head", cfg.n_head},
-                 {"n_head_kv", cfg.n_head_kv}, {"head_dim", cfg.head_dim}, {"n_ff", cfg.n_ff},
-                 {"n_vocab", cfg.n_vocab}, {"attn_bias", cfg.attn_bias}, {"rope", cfg.rope_scaling.type}};
+  j["config"] = {{"n_layer", cfg.n_layer},     {"n_embd", cfg.n_embd},       {"n_head", cfg.n_head},
+                 {"n_head_kv", cfg.n_head_kv}, {"head_dim", cfg.head_dim},   {"n_ff", cfg.n_ff},
+                 {"n_vocab", cfg.n_vocab},     {"attn_bias", cfg.attn_bias}, {"rope", cfg.rope_scaling.type}};
   j["prefill_tokens"] = o.prefill;
   j["decode_tokens"] = o.decode;
   j["max_ctx"] = eo.max_ctx;
@@ -230,10 +238,11 @@ int run(const Options& o) {
   if (o.json) {
     fmt::print("{}\n", j.dump());
   } else {
-    fmt::print("{} on {}: weights {:.2f} GB (a step reads {:.2f} GB), KV cache {:.2f} GB, workspace {:.2f} GB, "
-               "GPU memory in use {:.2f} GB\n",
-               name, info.device_name, info.weight_bytes / 1e9, info.step_weight_bytes / 1e9, info.kv_bytes / 1e9,
-               info.workspace_bytes / 1e9, info.device_mem_used / 1e9);
+    fmt::print(
+        "{} on {}: weights {:.2f} GB (a step reads {:.2f} GB), KV cache {:.2f} GB, workspace {:.2f} GB, "
+        "GPU memory in use {:.2f} GB\n",
+        name, info.device_name, info.weight_bytes / 1e9, info.step_weight_bytes / 1e9, info.kv_bytes / 1e9,
+        info.workspace_bytes / 1e9, info.device_mem_used / 1e9);
   }
   return 0;
 }
@@ -242,9 +251,11 @@ int run(const Options& o) {
 
 Runner register_bench(CLI::App& app) {
   auto o = std::make_shared<Options>();
-  auto* sub = app.add_subcommand("bench", "Prefill / decode speed of the CUDA engine (random or real weights)");
-  auto* r = sub->add_option("--random", o->random,
-                            "Random weights with the shapes of llama-3-8b, qwen2.5-7b or an HF directory's config");
+  auto* sub =
+      app.add_subcommand("bench", "Prefill / decode speed of the CUDA engine (random or real weights)");
+  auto* r =
+      sub->add_option("--random", o->random,
+                      "Random weights with the shapes of llama-3-8b, qwen2.5-7b or an HF directory's config");
   auto* m = sub->add_option("--model", o->model, "HF model directory (real weights)");
   r->excludes(m);
   sub->add_option("--engine", o->engine, "fp16 (w4a4kv4: later)")->capture_default_str();
@@ -254,7 +265,8 @@ Runner register_bench(CLI::App& app) {
   sub->add_option("--repeat", o->repeat, "Timed prefill runs (median reported)")->capture_default_str();
   sub->add_option("--seed", o->seed, "Seed of the random weights and prompts")->capture_default_str();
   sub->add_flag("--profile", o->profile, "Per-op device time of one un-captured decode step");
-  sub->add_flag("--no-graphs", o->no_graphs, "Launch every kernel of a step instead of replaying a CUDA graph");
+  sub->add_flag("--no-graphs", o->no_graphs,
+                "Launch every kernel of a step instead of replaying a CUDA graph");
   sub->add_flag("--no-gemv", o->no_gemv, "cuBLASLt for every GEMM (default: our FP16 GEMV for batch <= 4)");
   sub->add_flag("--json", o->json, "Print one JSON object to stdout");
   return [o]() -> int { return run(*o); };

@@ -1,6 +1,7 @@
 // CudaEngine (cuda_engine.h, docs/runtime.md). Host orchestration only: the kernels are in src/kernels/cuda
 // (layer_ops: RMSNorm, SwiGLU, embedding, argmax; attention: prefill attention; engine_kernels: fused
-// q/k/v RoPE + FP16 cache write, FP16 decode attention, random fill, step advance) and the GEMMs are cuBLASLt.
+// q/k/v RoPE + FP16 cache write, FP16 decode attention, random fill, step advance) and the GEMMs are
+// cuBLASLt.
 #include "runtime/cuda_engine.h"
 
 #include "flatquant/error.h"
@@ -13,25 +14,52 @@ struct CudaEngine::Impl {};
 
 namespace {
 [[noreturn]] void no_cuda() {
-  fail("--device cuda: this flatquant was built without CUDA (reconfigure with nvcc available, "
-       "-DFLATQUANT_CUDA=ON)");
+  fail(
+      "--device cuda: this flatquant was built without CUDA (reconfigure with nvcc available, "
+      "-DFLATQUANT_CUDA=ON)");
 }
 }  // namespace
 
-CudaEngine::CudaEngine(const ModelWeights&, const EngineOptions&) { no_cuda(); }
-CudaEngine::CudaEngine(const ModelConfig&, uint64_t, const EngineOptions&) { no_cuda(); }
+CudaEngine::CudaEngine(const ModelWeights&, const EngineOptions&) {
+  no_cuda();
+}
+CudaEngine::CudaEngine(const ModelConfig&, uint64_t, const EngineOptions&) {
+  no_cuda();
+}
 CudaEngine::~CudaEngine() = default;
-const ModelConfig& CudaEngine::config() const { no_cuda(); }
-const EngineOptions& CudaEngine::options() const { no_cuda(); }
-EngineInfo CudaEngine::info() const { no_cuda(); }
-int64_t CudaEngine::pos(int64_t) const { no_cuda(); }
-void CudaEngine::reset() { no_cuda(); }
-void CudaEngine::rewind(int64_t, int64_t) { no_cuda(); }
-void CudaEngine::prefill(const int32_t*, int64_t, int64_t, int64_t, float*, bool) { no_cuda(); }
-void CudaEngine::step(const int32_t*, int64_t, float*, int32_t*) { no_cuda(); }
-void CudaEngine::decode_greedy(const int32_t*, int64_t, int64_t, int32_t*) { no_cuda(); }
-std::vector<OpTime> CudaEngine::profile_step(const int32_t*, int64_t) { no_cuda(); }
-void CudaEngine::synchronize() { no_cuda(); }
+const ModelConfig& CudaEngine::config() const {
+  no_cuda();
+}
+const EngineOptions& CudaEngine::options() const {
+  no_cuda();
+}
+EngineInfo CudaEngine::info() const {
+  no_cuda();
+}
+int64_t CudaEngine::pos(int64_t) const {
+  no_cuda();
+}
+void CudaEngine::reset() {
+  no_cuda();
+}
+void CudaEngine::rewind(int64_t, int64_t) {
+  no_cuda();
+}
+void CudaEngine::prefill(const int32_t*, int64_t, int64_t, int64_t, float*, bool) {
+  no_cuda();
+}
+void CudaEngine::step(const int32_t*, int64_t, float*, int32_t*) {
+  no_cuda();
+}
+void CudaEngine::decode_greedy(const int32_t*, int64_t, int64_t, int32_t*) {
+  no_cuda();
+}
+std::vector<OpTime> CudaEngine::profile_step(const int32_t*, int64_t) {
+  no_cuda();
+}
+void CudaEngine::synchronize() {
+  no_cuda();
+}
 
 bool cuda_engine_available(std::string* why) {
   if (why) *why = "this flatquant was built without CUDA";
@@ -60,10 +88,12 @@ namespace fq::runtime {
 
 namespace {
 
-constexpr size_t kAlign = 256;                    // every arena tensor starts on 256 bytes (cuBLASLt's default)
-constexpr size_t kLtWorkspace = 32u << 20;        // cuBLASLt workspace (split-K algorithms)
+constexpr size_t kAlign = 256;              // every arena tensor starts on 256 bytes (cuBLASLt's default)
+constexpr size_t kLtWorkspace = 32u << 20;  // cuBLASLt workspace (split-K algorithms)
 
-size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+size_t align_up(size_t n) {
+  return (n + kAlign - 1) / kAlign * kAlign;
+}
 
 void lt_check(cublasStatus_t st, const char* what) {
   if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLASLt: {} failed (status {})", what, static_cast<int>(st));
@@ -79,7 +109,8 @@ class Arena {
   }
   void allocate(const char* what) {
     if (size_ == 0) return;
-    FQ_CUDA_CHECK(cudaMalloc(&base_, size_), fmt::format("CudaEngine: allocating {} ({:.2f} GB)", what, size_ / 1e9));
+    FQ_CUDA_CHECK(cudaMalloc(&base_, size_),
+                  fmt::format("CudaEngine: allocating {} ({:.2f} GB)", what, size_ / 1e9));
   }
   template <typename T>
   T* at(size_t off) const {
@@ -128,18 +159,18 @@ struct CudaEngine::Impl {
   uint16_t *kc = nullptr, *vc = nullptr;  // [L][slots][max_ctx][KV][D]
 
   // Workspace (sarena).
-  float* x = nullptr;         // [max_tokens, E] fp32 residual stream
-  uint16_t* hb = nullptr;     // [max_tokens, max(E, H*D, F)] fp16: normed x, attention output, SwiGLU output
-  uint16_t* big = nullptr;    // [max_tokens, max(QKV, 2F)] fp16: fused q/k/v, then fused gate|up
-  float* logits = nullptr;    // [max(max_logit_rows, max_batch), V]
-  int32_t* d_tok = nullptr;   // [max_tokens] prefill ids
-  int32_t* d_in = nullptr;    // [3][max_batch]: step tokens, positions, lengths (= positions + 1)
-  int32_t* d_next = nullptr;  // [max_batch] argmax of the last step
-  int32_t* d_hist = nullptr;  // [max_ctx][max_batch] tokens produced by decode_greedy
-  int32_t* d_flags = nullptr; // [0] overflow, [1] bad token id, [2] greedy step counter
+  float* x = nullptr;          // [max_tokens, E] fp32 residual stream
+  uint16_t* hb = nullptr;      // [max_tokens, max(E, H*D, F)] fp16: normed x, attention output, SwiGLU output
+  uint16_t* big = nullptr;     // [max_tokens, max(QKV, 2F)] fp16: fused q/k/v, then fused gate|up
+  float* logits = nullptr;     // [max(max_logit_rows, max_batch), V]
+  int32_t* d_tok = nullptr;    // [max_tokens] prefill ids
+  int32_t* d_in = nullptr;     // [3][max_batch]: step tokens, positions, lengths (= positions + 1)
+  int32_t* d_next = nullptr;   // [max_batch] argmax of the last step
+  int32_t* d_hist = nullptr;   // [max_ctx][max_batch] tokens produced by decode_greedy
+  int32_t* d_flags = nullptr;  // [0] overflow, [1] bad token id, [2] greedy step counter
   void* attn_ws = nullptr;
   void* lt_ws = nullptr;
-  int32_t* h_in = nullptr;    // pinned mirror of d_in
+  int32_t* h_in = nullptr;  // pinned mirror of d_in
 
   std::vector<int64_t> pos;
   std::map<int64_t, cudaGraphExec_t> graphs;
@@ -147,7 +178,7 @@ struct CudaEngine::Impl {
 
   // Profiling (profile_step): events around each op, aggregated by name.
   bool profiling = false;
-  std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t>>> prof_events;
+  std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t> > > prof_events;
 
   Impl(const ModelConfig& c, const EngineOptions& opt) : cfg(c), o(opt) {}
   ~Impl();
@@ -172,8 +203,8 @@ struct CudaEngine::Impl {
   // y[M, N] (= or +=) x[M, K] . W[N, K]^T; fp16 inputs, fp32 accumulation, y fp16 or fp32. M <= 4: our GEMV
   // (when o.gemv), else cuBLASLt.
   GemmPlan& plan(int64_t M, int64_t N, int64_t K, bool y_f32, bool acc);
-  void gemm(const uint16_t* X, int64_t M, int64_t K, const uint16_t* W, int64_t N, void* Y, bool y_f32, bool acc,
-            const char* name);
+  void gemm(const uint16_t* X, int64_t M, int64_t K, const uint16_t* W, int64_t N, void* Y, bool y_f32,
+            bool acc, const char* name);
 
   template <typename Fn>
   void op(const char* name, Fn&& fn) {
@@ -190,8 +221,8 @@ struct CudaEngine::Impl {
     prof_events.push_back({name, {a, b}});
   }
 
-  void layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok, int64_t slot0,
-                  int64_t p0);
+  void layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
+                  int64_t slot0, int64_t p0);
   void decode_body(int64_t batch);
   void run_step(int64_t batch);  // graph replay (captured on the second use) or eager
   void check_flags(const char* where);
@@ -216,13 +247,15 @@ void CudaEngine::Impl::init_device() {
   FQ_CHECK(o.max_batch >= 1 && o.max_batch <= 1024, "CudaEngine: max_batch must be in [1, 1024] (found {})",
            o.max_batch);
   FQ_CHECK(o.max_ctx >= 1, "CudaEngine: max_ctx must be positive (found {})", o.max_ctx);
-  FQ_CHECK(o.max_ctx * o.max_batch < (int64_t(1) << 31), "CudaEngine: max_ctx x max_batch too large ({} x {})",
-           o.max_ctx, o.max_batch);
+  FQ_CHECK(o.max_ctx * o.max_batch < (int64_t(1) << 31),
+           "CudaEngine: max_ctx x max_batch too large ({} x {})", o.max_ctx, o.max_batch);
   E = cfg.n_embd, H = cfg.n_head, KV = cfg.n_head_kv, D = cfg.head_dim, F = cfg.n_ff, V = cfg.n_vocab,
   L = cfg.n_layer;
-  FQ_CHECK(E > 0 && H > 0 && KV > 0 && D > 0 && F > 0 && V > 0 && L > 0,
-           "CudaEngine: incomplete config (n_embd {}, n_head {}, n_head_kv {}, head_dim {}, n_ff {}, n_vocab {}, "
-           "n_layer {})", E, H, KV, D, F, V, L);
+  FQ_CHECK(
+      E > 0 && H > 0 && KV > 0 && D > 0 && F > 0 && V > 0 && L > 0,
+      "CudaEngine: incomplete config (n_embd {}, n_head {}, n_head_kv {}, head_dim {}, n_ff {}, n_vocab {}, "
+      "n_layer {})",
+      E, H, KV, D, F, V, L);
   FQ_CHECK(H % KV == 0, "CudaEngine: n_head {} is not a multiple of n_head_kv {}", H, KV);
   FQ_CHECK(D % 8 == 0 && D <= 256, "CudaEngine: head_dim {} unsupported (a multiple of 8, at most 256)", D);
   FQ_CHECK(cfg.hidden_act == "silu", "CudaEngine: hidden_act '{}' unsupported (silu only)", cfg.hidden_act);
@@ -271,9 +304,10 @@ void CudaEngine::Impl::plan_memory() {
     l.n1 = warena.at<float>(l.o_n1);
     l.n2 = warena.at<float>(l.o_n2);
   }
-  step_weight_bytes = static_cast<size_t>(L) * static_cast<size_t>(QKV * E + E * HD + 2 * F * E + E * F) * h2 +
-                      static_cast<size_t>(L) * static_cast<size_t>(2 * E + (cfg.attn_bias ? QKV : 0)) * f4 +
-                      static_cast<size_t>(V * E) * h2 + static_cast<size_t>(E) * f4;
+  step_weight_bytes =
+      static_cast<size_t>(L) * static_cast<size_t>(QKV * E + E * HD + 2 * F * E + E * F) * h2 +
+      static_cast<size_t>(L) * static_cast<size_t>(2 * E + (cfg.attn_bias ? QKV : 0)) * f4 +
+      static_cast<size_t>(V * E) * h2 + static_cast<size_t>(E) * f4;
 
   const size_t kv_elems = static_cast<size_t>(L * o.max_batch * o.max_ctx * KV * D);
   const size_t o_k = karena.reserve(kv_elems * h2), o_v = karena.reserve(kv_elems * h2);
@@ -283,13 +317,15 @@ void CudaEngine::Impl::plan_memory() {
 
   size_t attn_bytes = 0;
   for (int64_t b = 1; b <= o.max_batch; ++b)
-    attn_bytes = std::max(attn_bytes, cuda::decode_attention_f16_workspace_bytes(
-                                          b, H, D, cuda::decode_attention_f16_plan(b, H, KV, o.max_ctx,
-                                                                                  prop.multiProcessorCount)));
+    attn_bytes = std::max(
+        attn_bytes,
+        cuda::decode_attention_f16_workspace_bytes(
+            b, H, D, cuda::decode_attention_f16_plan(b, H, KV, o.max_ctx, prop.multiProcessorCount)));
   const size_t mt = static_cast<size_t>(max_tokens), mb = static_cast<size_t>(o.max_batch);
   const size_t o_x = sarena.reserve(mt * E * f4), o_hb = sarena.reserve(mt * HB * h2),
                o_big = sarena.reserve(mt * BIG * h2), o_logits = sarena.reserve(max_logit_rows * V * f4),
-               o_tok = sarena.reserve(mt * 4), o_in = sarena.reserve(3 * mb * 4), o_next = sarena.reserve(mb * 4),
+               o_tok = sarena.reserve(mt * 4), o_in = sarena.reserve(3 * mb * 4),
+               o_next = sarena.reserve(mb * 4),
                o_hist = sarena.reserve(static_cast<size_t>(o.max_ctx) * mb * 4), o_flags = sarena.reserve(16),
                o_attn = sarena.reserve(std::max<size_t>(attn_bytes, 16)), o_lt = sarena.reserve(kLtWorkspace);
   sarena.allocate("the workspace");
@@ -323,14 +359,16 @@ void CudaEngine::Impl::upload(const ModelWeights& w) {
     buf.clear();
     for (const auto* p : parts)
       for (float v : *p) buf.push_back(f32_to_f16(v));
-    FQ_CHECK(buf.size() == expect, "CudaEngine: layer {} {}: {} values, expected {}", il, name, buf.size(), expect);
+    FQ_CHECK(buf.size() == expect, "CudaEngine: layer {} {}: {} values, expected {}", il, name, buf.size(),
+             expect);
     ck(cudaMemcpy(dst, buf.data(), buf.size() * 2, cudaMemcpyHostToDevice), name);
   };
   auto put32 = [&](float* dst, std::initializer_list<const std::vector<float>*> parts, size_t expect,
                    const char* name, int il) {
     std::vector<float> f;
     for (const auto* p : parts) f.insert(f.end(), p->begin(), p->end());
-    FQ_CHECK(f.size() == expect, "CudaEngine: layer {} {}: {} values, expected {}", il, name, f.size(), expect);
+    FQ_CHECK(f.size() == expect, "CudaEngine: layer {} {}: {} values, expected {}", il, name, f.size(),
+             expect);
     ck(cudaMemcpy(dst, f.data(), f.size() * 4, cudaMemcpyHostToDevice), name);
   };
   FQ_CHECK(static_cast<int64_t>(w.layers.size()) == L, "CudaEngine: {} layers in the weights, config says {}",
@@ -354,7 +392,9 @@ void CudaEngine::Impl::upload(const ModelWeights& w) {
 
 void CudaEngine::Impl::randomize(uint64_t seed) {
   uint64_t k = seed * 1000003u;
-  auto rnd = [&](uint16_t* p, int64_t n) { ck(cuda::fill_normal_f16(p, n, ++k, 0.02f, stream), "random fill"); };
+  auto rnd = [&](uint16_t* p, int64_t n) {
+    ck(cuda::fill_normal_f16(p, n, ++k, 0.02f, stream), "random fill");
+  };
   auto one = [&](float* p, int64_t n, float v) { ck(cuda::fill_f32(p, n, v, stream), "fill"); };
   rnd(embd, V * E);
   if (!cfg.tie_embeddings) rnd(head, V * E);
@@ -381,25 +421,28 @@ GemmPlan& CudaEngine::Impl::plan(int64_t M, int64_t N, int64_t K, bool y_f32, bo
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
   lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
-  lt_check(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16F, static_cast<uint64_t>(K), static_cast<uint64_t>(N), K),
-           "layout A");
-  lt_check(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16F, static_cast<uint64_t>(K), static_cast<uint64_t>(M), K),
-           "layout B");
+  lt_check(
+      cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16F, static_cast<uint64_t>(K), static_cast<uint64_t>(N), K),
+      "layout A");
+  lt_check(
+      cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16F, static_cast<uint64_t>(K), static_cast<uint64_t>(M), K),
+      "layout B");
   lt_check(cublasLtMatrixLayoutCreate(&p.c, y_f32 ? CUDA_R_32F : CUDA_R_16F, static_cast<uint64_t>(N),
                                       static_cast<uint64_t>(M), N),
            "layout C");
   cublasLtMatmulPreference_t pref = nullptr;
   lt_check(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
   const size_t ws = kLtWorkspace;
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
-           "workspace preference");
+  lt_check(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+      "workspace preference");
   cublasLtMatmulHeuristicResult_t res{};
   int n = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &n);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || n == 0)
-    fail("cuBLASLt: no fp16 GEMM algorithm for M={} N={} K={} ({} output{})", M, N, K, y_f32 ? "fp32" : "fp16",
-         acc ? ", accumulate" : "");
+    fail("cuBLASLt: no fp16 GEMM algorithm for M={} N={} K={} ({} output{})", M, N, K,
+         y_f32 ? "fp32" : "fp16", acc ? ", accumulate" : "");
   p.algo = res.algo;
   return plans.emplace(key, p).first->second;
 }
@@ -413,8 +456,8 @@ void CudaEngine::Impl::gemm(const uint16_t* X, int64_t M, int64_t K, const uint1
   GemmPlan& p = plan(M, N, K, y_f32, acc);
   const float alpha = 1.0f, beta = acc ? 1.0f : 0.0f;
   op(name, [&] {
-    lt_check(cublasLtMatmul(lt, p.op, &alpha, W, p.a, X, p.b, &beta, Y, p.c, Y, p.c, &p.algo, lt_ws, kLtWorkspace,
-                            stream),
+    lt_check(cublasLtMatmul(lt, p.op, &alpha, W, p.a, X, p.b, &beta, Y, p.c, Y, p.c, &p.algo, lt_ws,
+                            kLtWorkspace, stream),
              name);
   });
 }
@@ -424,7 +467,8 @@ void CudaEngine::Impl::layer_body(int64_t il, int64_t rows, bool decode, int64_t
   const LayerDev& w = layers[static_cast<size_t>(il)];
   const cuda::F16KvCache c = cache(il);
   const float eps = static_cast<float>(cfg.rms_eps);
-  op("rmsnorm", [&] { ck(cuda::rmsnorm(x, DType::F32, E, w.n1, rows, E, eps, hb, DType::F16, stream), "rmsnorm"); });
+  op("rmsnorm",
+     [&] { ck(cuda::rmsnorm(x, DType::F32, E, w.n1, rows, E, eps, hb, DType::F16, stream), "rmsnorm"); });
   gemm(hb, rows, E, w.wqkv, QKV, big, false, false, "qkv_gemm");
   op("rope_kv_append", [&] {
     ck(cuda::qkv_rope_append_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : slot0, decode ? 0 : p0,
@@ -432,7 +476,8 @@ void CudaEngine::Impl::layer_body(int64_t il, int64_t rows, bool decode, int64_t
        "q/k/v RoPE + cache append");
   });
   if (decode) {
-    const cuda::DecodeF16Plan dp = cuda::decode_attention_f16_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
+    const cuda::DecodeF16Plan dp =
+        cuda::decode_attention_f16_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
     op("decode_attention", [&] {
       ck(cuda::decode_attention_f16(c, big, QKV, batch, H, 0, in_len(), hb, dp, attn_ws, d_flags, stream),
          "decode attention");
@@ -440,31 +485,37 @@ void CudaEngine::Impl::layer_body(int64_t il, int64_t rows, bool decode, int64_t
   } else {
     const int64_t kv_row = KV * D, kv_slot = o.max_ctx * kv_row;
     op("prefill_attention", [&] {
-      ck(cuda::prefill_attention(big, c.k + slot0 * kv_slot, c.v + slot0 * kv_slot, n_seq, n_tok, p0, H, KV, D, QKV,
-                                 n_tok * QKV, kv_row, kv_slot, hb, DType::F16, stream),
+      ck(cuda::prefill_attention(big, c.k + slot0 * kv_slot, c.v + slot0 * kv_slot, n_seq, n_tok, p0, H, KV,
+                                 D, QKV, n_tok * QKV, kv_row, kv_slot, hb, DType::F16, stream),
          "prefill attention");
     });
   }
   gemm(hb, rows, HD, w.wo, E, x, true, true, "o_gemm");
-  op("rmsnorm", [&] { ck(cuda::rmsnorm(x, DType::F32, E, w.n2, rows, E, eps, hb, DType::F16, stream), "rmsnorm"); });
+  op("rmsnorm",
+     [&] { ck(cuda::rmsnorm(x, DType::F32, E, w.n2, rows, E, eps, hb, DType::F16, stream), "rmsnorm"); });
   gemm(hb, rows, E, w.wgu, 2 * F, big, false, false, "gate_up_gemm");
-  op("swiglu", [&] { ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, hb, DType::F16, stream), "swiglu"); });
+  op("swiglu", [&] {
+    ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, hb, DType::F16, stream), "swiglu");
+  });
   gemm(hb, rows, F, w.wdown, E, x, true, true, "down_gemm");
 }
 
 void CudaEngine::Impl::decode_body(int64_t batch) {
   op("embedding", [&] {
-    ck(cuda::embedding(embd, DType::F16, V, E, in_tok(), batch, x, DType::F32, d_flags + 1, stream), "embedding");
+    ck(cuda::embedding(embd, DType::F16, V, E, in_tok(), batch, x, DType::F32, d_flags + 1, stream),
+       "embedding");
   });
   for (int64_t il = 0; il < L; ++il) layer_body(il, batch, true, batch, batch, 1, 0, 0);
   op("final_norm", [&] {
-    ck(cuda::rmsnorm(x, DType::F32, E, norm, batch, E, static_cast<float>(cfg.rms_eps), hb, DType::F16, stream),
+    ck(cuda::rmsnorm(x, DType::F32, E, norm, batch, E, static_cast<float>(cfg.rms_eps), hb, DType::F16,
+                     stream),
        "final norm");
   });
   gemm(hb, batch, E, head, V, logits, true, false, "lm_head");
   op("argmax", [&] { ck(cuda::argmax(logits, DType::F32, batch, V, V, d_next, stream), "argmax"); });
   op("advance", [&] {
-    ck(cuda::decode_advance(d_next, in_tok(), in_pos(), in_len(), batch, d_hist, o.max_ctx, d_flags + 2, stream),
+    ck(cuda::decode_advance(d_next, in_tok(), in_pos(), in_len(), batch, d_hist, o.max_ctx, d_flags + 2,
+                            stream),
        "advance");
   });
 }
@@ -479,8 +530,8 @@ void CudaEngine::Impl::run_step(int64_t batch) {
     ck(cudaGraphLaunch(it->second, stream), "cudaGraphLaunch");
     return;
   }
-  // First step of this batch size: run it eagerly (loads the kernels, picks the GEMM algorithms), then capture
-  // the same launches for the next steps.
+  // First step of this batch size: run it eagerly (loads the kernels, picks the GEMM algorithms), then
+  // capture the same launches for the next steps.
   decode_body(batch);
   cudaGraph_t g = nullptr;
   ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
@@ -506,14 +557,16 @@ void CudaEngine::Impl::check_flags(const char* where) {
   if (f[0] || f[1]) {
     ck(cudaMemsetAsync(d_flags, 0, 8, stream), "memset");
     ck(cudaStreamSynchronize(stream), where);
-    FQ_CHECK(!f[0], "CudaEngine {}: a position beyond the KV cache (max_ctx {}) reached the device", where, o.max_ctx);
+    FQ_CHECK(!f[0], "CudaEngine {}: a position beyond the KV cache (max_ctx {}) reached the device", where,
+             o.max_ctx);
     fail("CudaEngine {}: a token id outside [0, {}) reached the embedding", where, V);
   }
 }
 
 // ---- public API -----------------------------------------------------------------------------------------
 
-CudaEngine::CudaEngine(const ModelWeights& w, const EngineOptions& o) : impl_(std::make_unique<Impl>(w.cfg, o)) {
+CudaEngine::CudaEngine(const ModelWeights& w, const EngineOptions& o)
+    : impl_(std::make_unique<Impl>(w.cfg, o)) {
   impl_->init_device();
   impl_->plan_memory();
   impl_->upload(w);
@@ -529,8 +582,12 @@ CudaEngine::CudaEngine(const ModelConfig& cfg, uint64_t seed, const EngineOption
 }
 
 CudaEngine::~CudaEngine() = default;
-const ModelConfig& CudaEngine::config() const { return impl_->cfg; }
-const EngineOptions& CudaEngine::options() const { return impl_->o; }
+const ModelConfig& CudaEngine::config() const {
+  return impl_->cfg;
+}
+const EngineOptions& CudaEngine::options() const {
+  return impl_->o;
+}
 
 EngineInfo CudaEngine::info() const {
   EngineInfo i;
@@ -548,57 +605,67 @@ EngineInfo CudaEngine::info() const {
 }
 
 int64_t CudaEngine::pos(int64_t slot) const {
-  FQ_CHECK(slot >= 0 && slot < impl_->o.max_batch, "CudaEngine: slot {} outside [0, {})", slot, impl_->o.max_batch);
+  FQ_CHECK(slot >= 0 && slot < impl_->o.max_batch, "CudaEngine: slot {} outside [0, {})", slot,
+           impl_->o.max_batch);
   return impl_->pos[static_cast<size_t>(slot)];
 }
 
-void CudaEngine::reset() { std::fill(impl_->pos.begin(), impl_->pos.end(), 0); }
+void CudaEngine::reset() {
+  std::fill(impl_->pos.begin(), impl_->pos.end(), 0);
+}
 
 void CudaEngine::rewind(int64_t slot, int64_t p) {
-  FQ_CHECK(slot >= 0 && slot < impl_->o.max_batch, "CudaEngine: slot {} outside [0, {})", slot, impl_->o.max_batch);
+  FQ_CHECK(slot >= 0 && slot < impl_->o.max_batch, "CudaEngine: slot {} outside [0, {})", slot,
+           impl_->o.max_batch);
   auto& cur = impl_->pos[static_cast<size_t>(slot)];
   FQ_CHECK(p >= 0 && p <= cur, "CudaEngine: rewind slot {} to {} (it holds {} positions)", slot, p, cur);
   cur = p;
 }
 
-void CudaEngine::synchronize() { impl_->ck(cudaStreamSynchronize(impl_->stream), "synchronize"); }
+void CudaEngine::synchronize() {
+  impl_->ck(cudaStreamSynchronize(impl_->stream), "synchronize");
+}
 
 namespace {
 void check_tokens(const int32_t* t, int64_t n, int64_t vocab, const char* what) {
   for (int64_t i = 0; i < n; ++i)
-    FQ_CHECK(t[i] >= 0 && t[i] < vocab, "CudaEngine {}: token {} at index {} is outside the vocabulary [0, {})", what,
-             t[i], i, vocab);
+    FQ_CHECK(t[i] >= 0 && t[i] < vocab,
+             "CudaEngine {}: token {} at index {} is outside the vocabulary [0, {})", what, t[i], i, vocab);
 }
 }  // namespace
 
 void CudaEngine::prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok, int64_t slot0, float* out,
                          bool all_logits) {
   Impl& m = *impl_;
-  FQ_CHECK(n_seq >= 1 && n_tok >= 1, "CudaEngine prefill: empty input ({} sequences x {} tokens)", n_seq, n_tok);
-  FQ_CHECK(slot0 >= 0 && slot0 + n_seq <= m.o.max_batch, "CudaEngine prefill: slots [{}, {}) outside [0, {})", slot0,
-           slot0 + n_seq, m.o.max_batch);
+  FQ_CHECK(n_seq >= 1 && n_tok >= 1, "CudaEngine prefill: empty input ({} sequences x {} tokens)", n_seq,
+           n_tok);
+  FQ_CHECK(slot0 >= 0 && slot0 + n_seq <= m.o.max_batch, "CudaEngine prefill: slots [{}, {}) outside [0, {})",
+           slot0, slot0 + n_seq, m.o.max_batch);
   const int64_t p0 = m.pos[static_cast<size_t>(slot0)];
   for (int64_t s = 0; s < n_seq; ++s)
     FQ_CHECK(m.pos[static_cast<size_t>(slot0 + s)] == p0,
-             "CudaEngine prefill: slots {} and {} are at different positions ({} vs {})", slot0, slot0 + s, p0,
-             m.pos[static_cast<size_t>(slot0 + s)]);
+             "CudaEngine prefill: slots {} and {} are at different positions ({} vs {})", slot0, slot0 + s,
+             p0, m.pos[static_cast<size_t>(slot0 + s)]);
   FQ_CHECK(p0 + n_tok <= m.o.max_ctx,
-           "CudaEngine prefill: context overflow: {} cached + {} new tokens > max_ctx {} (slot {})", p0, n_tok,
-           m.o.max_ctx, slot0);
+           "CudaEngine prefill: context overflow: {} cached + {} new tokens > max_ctx {} (slot {})", p0,
+           n_tok, m.o.max_ctx, slot0);
   check_tokens(tokens, n_seq * n_tok, m.V, "prefill");
   int64_t chunk = std::min(n_tok, m.max_tokens / n_seq);
   if (all_logits && out) chunk = std::min(chunk, m.max_logit_rows / n_seq);
-  FQ_CHECK(chunk >= 1, "CudaEngine prefill: {} sequences exceed the engine's max_tokens {} / max_logit_rows {}",
-           n_seq, m.max_tokens, m.max_logit_rows);
+  FQ_CHECK(chunk >= 1,
+           "CudaEngine prefill: {} sequences exceed the engine's max_tokens {} / max_logit_rows {}", n_seq,
+           m.max_tokens, m.max_logit_rows);
   std::vector<int32_t> ids;
   for (int64_t c0 = 0; c0 < n_tok; c0 += chunk) {
     const int64_t t = std::min(chunk, n_tok - c0), rows = n_seq * t, p = p0 + c0;
     ids.resize(static_cast<size_t>(rows));
     for (int64_t s = 0; s < n_seq; ++s)
       std::copy(tokens + s * n_tok + c0, tokens + s * n_tok + c0 + t, ids.begin() + s * t);
-    m.ck(cudaMemcpyAsync(m.d_tok, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, m.stream), "upload tokens");
+    m.ck(cudaMemcpyAsync(m.d_tok, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, m.stream),
+         "upload tokens");
     m.op("embedding", [&] {
-      m.ck(cuda::embedding(m.embd, DType::F16, m.V, m.E, m.d_tok, rows, m.x, DType::F32, m.d_flags + 1, m.stream),
+      m.ck(cuda::embedding(m.embd, DType::F16, m.V, m.E, m.d_tok, rows, m.x, DType::F32, m.d_flags + 1,
+                           m.stream),
            "embedding");
     });
     for (int64_t il = 0; il < m.L; ++il) m.layer_body(il, rows, false, n_seq, n_seq, t, slot0, p);
@@ -607,15 +674,15 @@ void CudaEngine::prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok, in
     const float eps = static_cast<float>(m.cfg.rms_eps);
     const int64_t lrows = all_logits ? rows : n_seq;
     // all_logits: every row; else the last token of each sequence (row stride t * E).
-    m.ck(cuda::rmsnorm(all_logits ? m.x : m.x + (t - 1) * m.E, DType::F32, all_logits ? m.E : t * m.E, m.norm, lrows,
-                       m.E, eps, m.hb, DType::F16, m.stream),
+    m.ck(cuda::rmsnorm(all_logits ? m.x : m.x + (t - 1) * m.E, DType::F32, all_logits ? m.E : t * m.E, m.norm,
+                       lrows, m.E, eps, m.hb, DType::F16, m.stream),
          "final norm");
     m.gemm(m.hb, lrows, m.E, m.head, m.V, m.logits, true, false, "lm_head");
     const size_t rowb = static_cast<size_t>(m.V) * sizeof(float);
     if (all_logits) {
       for (int64_t s = 0; s < n_seq; ++s)
-        m.ck(cudaMemcpyAsync(out + (s * n_tok + c0) * m.V, m.logits + s * t * m.V, t * rowb, cudaMemcpyDeviceToHost,
-                             m.stream),
+        m.ck(cudaMemcpyAsync(out + (s * n_tok + c0) * m.V, m.logits + s * t * m.V, t * rowb,
+                             cudaMemcpyDeviceToHost, m.stream),
              "download logits");
     } else {
       m.ck(cudaMemcpyAsync(out, m.logits, n_seq * rowb, cudaMemcpyDeviceToHost, m.stream), "download logits");
@@ -627,11 +694,12 @@ void CudaEngine::prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok, in
 
 void CudaEngine::step(const int32_t* tokens, int64_t batch, float* out, int32_t* greedy) {
   Impl& m = *impl_;
-  FQ_CHECK(batch >= 1 && batch <= m.o.max_batch, "CudaEngine step: batch {} outside [1, {}]", batch, m.o.max_batch);
+  FQ_CHECK(batch >= 1 && batch <= m.o.max_batch, "CudaEngine step: batch {} outside [1, {}]", batch,
+           m.o.max_batch);
   for (int64_t b = 0; b < batch; ++b)
     FQ_CHECK(m.pos[static_cast<size_t>(b)] + 1 <= m.o.max_ctx,
-             "CudaEngine step: context overflow: slot {} holds {} tokens, max_ctx {}", b, m.pos[static_cast<size_t>(b)],
-             m.o.max_ctx);
+             "CudaEngine step: context overflow: slot {} holds {} tokens, max_ctx {}", b,
+             m.pos[static_cast<size_t>(b)], m.o.max_ctx);
   check_tokens(tokens, batch, m.V, "step");
   const int64_t mb = m.o.max_batch;
   for (int64_t b = 0; b < batch; ++b) {
@@ -644,7 +712,8 @@ void CudaEngine::step(const int32_t* tokens, int64_t batch, float* out, int32_t*
   if (out)
     m.ck(cudaMemcpyAsync(out, m.logits, batch * m.V * sizeof(float), cudaMemcpyDeviceToHost, m.stream),
          "download logits");
-  if (greedy) m.ck(cudaMemcpyAsync(greedy, m.d_next, batch * 4, cudaMemcpyDeviceToHost, m.stream), "download tokens");
+  if (greedy)
+    m.ck(cudaMemcpyAsync(greedy, m.d_next, batch * 4, cudaMemcpyDeviceToHost, m.stream), "download tokens");
   m.check_flags("step");  // synchronizes: h_in may be rewritten by the next step
   for (int64_t b = 0; b < batch; ++b) ++m.pos[static_cast<size_t>(b)];
 }
@@ -669,7 +738,8 @@ void CudaEngine::decode_greedy(const int32_t* tokens, int64_t batch, int64_t n_s
   m.ck(cudaMemsetAsync(m.d_flags + 2, 0, 4, m.stream), "reset step counter");
   for (int64_t i = 0; i < n_steps; ++i) m.run_step(batch);
   if (out)
-    m.ck(cudaMemcpyAsync(out, m.d_hist, static_cast<size_t>(n_steps * batch) * 4, cudaMemcpyDeviceToHost, m.stream),
+    m.ck(cudaMemcpyAsync(out, m.d_hist, static_cast<size_t>(n_steps * batch) * 4, cudaMemcpyDeviceToHost,
+                         m.stream),
          "download tokens");
   m.check_flags("decode");
   for (int64_t b = 0; b < batch; ++b) m.pos[static_cast<size_t>(b)] += n_steps;

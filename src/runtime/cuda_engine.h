@@ -1,11 +1,13 @@
-// CudaEngine: the LibTorch-free CUDA inference engine of a Llama-family decoder (docs/runtime.md). FP16 weights
-// and FP16 KV cache now (the honest baseline of issue 4); the W4A4 linear and KV4 backends plug in later.
+// CudaEngine: the LibTorch-free CUDA inference engine of a Llama-family decoder (docs/runtime.md). FP16
+// weights and FP16 KV cache now (the honest baseline of issue 4); the W4A4 linear and KV4 backends plug in
+// later.
 //  - Weights live on the device in one arena: fused QKV [(H + 2 KV) d, E], fused gate|up [2 F, E], o, down,
-//    fp32 norms, embedding and head (tied: the embedding). Uploaded from ModelWeights (fp32 host, converted to
-//    fp16 one tensor at a time) or drawn on the device for random-weight benchmarks (no host copy).
+//    fp32 norms, embedding and head (tied: the embedding). Uploaded from ModelWeights (fp32 host, converted
+//    to fp16 one tensor at a time) or drawn on the device for random-weight benchmarks (no host copy).
 //  - Static KV cache [layer][slot][max_ctx][n_head_kv][head_dim] fp16; every workspace buffer is allocated in
 //    the constructor for (max_batch, max_tokens): nothing is allocated while running.
-//  - prefill(): B sequences x T tokens in chunks of at most max_tokens rows. step(): one token for each of the
+//  - prefill(): B sequences x T tokens in chunks of at most max_tokens rows. step(): one token for each of
+//  the
 //    slots 0..B-1 at their own positions, replayed from a CUDA graph captured once per batch size; the step's
 //    tokens/positions live in device buffers (uploaded before the replay, or fed back by the graph itself
 //    for greedy decoding), so a step has no host synchronization inside.
@@ -23,12 +25,12 @@
 namespace fq::runtime {
 
 struct EngineOptions {
-  int64_t max_batch = 1;      // sequences (cache slots)
-  int64_t max_ctx = 2048;     // positions per slot
-  int64_t max_tokens = 0;     // rows of one forward chunk (0: max(max_ctx, max_batch))
-  int64_t max_logit_rows = 0; // logits rows of one chunk for prefill(all_logits) (0: max_batch)
-  bool cuda_graphs = true;    // capture the decode step (off: launch the kernels every step)
-  bool gemv = true;           // M <= 4: our FP16 GEMV instead of cuBLASLt (faster on the narrow decode GEMMs)
+  int64_t max_batch = 1;       // sequences (cache slots)
+  int64_t max_ctx = 2048;      // positions per slot
+  int64_t max_tokens = 0;      // rows of one forward chunk (0: max(max_ctx, max_batch))
+  int64_t max_logit_rows = 0;  // logits rows of one chunk for prefill(all_logits) (0: max_batch)
+  bool cuda_graphs = true;     // capture the decode step (off: launch the kernels every step)
+  bool gemv = true;  // M <= 4: our FP16 GEMV instead of cuBLASLt (faster on the narrow decode GEMMs)
   int device = 0;
 };
 
@@ -40,11 +42,11 @@ struct OpTime {
 };
 
 struct EngineInfo {
-  size_t weight_bytes = 0;        // all device weights (the embedding included)
-  size_t step_weight_bytes = 0;   // bytes of weights one decode step reads (layers + head + norms)
-  size_t kv_bytes = 0;            // the whole KV cache
-  size_t workspace_bytes = 0;     // activations, logits, cuBLASLt and attention workspaces
-  size_t device_mem_used = 0;     // cudaMemGetInfo: total - free, the whole device (this process and others)
+  size_t weight_bytes = 0;       // all device weights (the embedding included)
+  size_t step_weight_bytes = 0;  // bytes of weights one decode step reads (layers + head + norms)
+  size_t kv_bytes = 0;           // the whole KV cache
+  size_t workspace_bytes = 0;    // activations, logits, cuBLASLt and attention workspaces
+  size_t device_mem_used = 0;    // cudaMemGetInfo: total - free, the whole device (this process and others)
   size_t device_mem_total = 0;
   std::string device_name;
   int n_sm = 0;
@@ -80,8 +82,8 @@ class CudaEngine {
   // [batch, n_vocab], may be nullptr) and greedy (host int32 [batch], may be nullptr) are filled on return.
   void step(const int32_t* tokens, int64_t batch, float* logits, int32_t* greedy);
 
-  // n_steps greedy steps for slots 0 .. batch-1 starting from tokens[batch]: each step's argmax is fed back on
-  // the device (graph replays back to back, no host work in between). out: [n_steps, batch] host, may be
+  // n_steps greedy steps for slots 0 .. batch-1 starting from tokens[batch]: each step's argmax is fed back
+  // on the device (graph replays back to back, no host work in between). out: [n_steps, batch] host, may be
   // nullptr. Synchronous at the end only.
   void decode_greedy(const int32_t* tokens, int64_t batch, int64_t n_steps, int32_t* out);
 

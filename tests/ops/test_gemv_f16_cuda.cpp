@@ -1,6 +1,6 @@
-// The FP16 decode GEMV (src/kernels/cuda/gemv_f16.cu) against a double-precision host product of the same fp16
-// values: M = 1..4, K with and without a tail of the 256-element lane stride, N odd (a half-filled last warp),
-// fp16 output, fp32 output, and fp32 accumulation into an existing y (the residual add).
+// The FP16 decode GEMV (src/kernels/cuda/gemv_f16.cu) against a double-precision host product of the same
+// fp16 values: M = 1..4, K with and without a tail of the 256-element lane stride, N odd (a half-filled last
+// warp), fp16 output, fp32 output, and fp32 accumulation into an existing y (the residual add).
 #ifdef FLATQUANT_WITH_CUDA
 #include <gtest/gtest.h>
 
@@ -31,12 +31,14 @@ TEST(GemvF16Cuda, MatchesHostProduct) {
         for (int64_t m = 0; m < M; ++m)
           for (int64_t n = 0; n < N; ++n) {
             double s = 0;
-            for (int64_t k = 0; k < K; ++k) s += double(f16_to_f32(x[m * K + k])) * double(f16_to_f32(w[n * K + k]));
+            for (int64_t k = 0; k < K; ++k)
+              s += double(f16_to_f32(x[m * K + k])) * double(f16_to_f32(w[n * K + k]));
             ref[m * N + n] = s;
           }
         DeviceBuffer<uint16_t> dx(x), dw(w), dy16(static_cast<size_t>(M * N));
         DeviceBuffer<float> dy32(y0);
-        ASSERT_EQ(cuda::gemv_f16(dx.get(), M, K, dw.get(), N, dy16.get(), false, false, nullptr), cudaSuccess);
+        ASSERT_EQ(cuda::gemv_f16(dx.get(), M, K, dw.get(), N, dy16.get(), false, false, nullptr),
+                  cudaSuccess);
         ASSERT_EQ(cuda::gemv_f16(dx.get(), M, K, dw.get(), N, dy32.get(), true, true, nullptr), cudaSuccess);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         const std::vector<uint16_t> y16 = dy16.download();

@@ -1,6 +1,6 @@
-// The CUDA FP16 engine (src/runtime/cuda_engine.h) against the fp32 CPU reference decoder: all-position logits
-// of a prefill (also chunked, so that prefill attention runs with p0 > 0), step-by-step decode logits and
-// greedy tokens, batch 3 at different positions, batched prefill, graph replay == eager launches, the
+// The CUDA FP16 engine (src/runtime/cuda_engine.h) against the fp32 CPU reference decoder: all-position
+// logits of a prefill (also chunked, so that prefill attention runs with p0 > 0), step-by-step decode logits
+// and greedy tokens, batch 3 at different positions, batched prefill, graph replay == eager launches, the
 // on-device greedy loop == host-driven steps, random device weights, and context overflow as fq::Error.
 // Models: stories260K (real weights) and a random tiny model with GQA, q/k/v bias and llama3 RoPE scaling.
 // Error measure: max |engine - ref| / max |ref| over the compared logits (fp16 weights and activations).
@@ -10,11 +10,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/fs.h"
 #include "flatquant/error.h"
@@ -33,9 +32,9 @@ using runtime::EngineOptions;
 
 constexpr double kTol = 2e-2;
 
-#define FQ_REQUIRE_GPU()                                                 \
-  do {                                                                   \
-    std::string fq_why_;                                                 \
+#define FQ_REQUIRE_GPU()                                                    \
+  do {                                                                      \
+    std::string fq_why_;                                                    \
     if (!runtime::cuda_engine_available(&fq_why_)) GTEST_SKIP() << fq_why_; \
   } while (0)
 
@@ -87,7 +86,8 @@ ModelWeights gqa_llama3_model() {
   c.rope_scaling.factor = 8.0;
   c.rope_scaling.low_freq_factor = 1.0;
   c.rope_scaling.high_freq_factor = 4.0;
-  c.rope_scaling.original_max_position_embeddings = 16;  // small, so that all three bands occur for head_dim 16
+  c.rope_scaling.original_max_position_embeddings =
+      16;  // small, so that all three bands occur for head_dim 16
   return test::random_model(c, 7);
 }
 
@@ -195,7 +195,8 @@ TEST(CudaEngine, BatchedPrefillMatchesReference) {
   for (int64_t s = 0; s < 2; ++s) {
     const std::vector<int32_t> seq(toks.begin() + s * T, toks.begin() + (s + 1) * T);
     const std::vector<float> ref = ref_all(w, seq);
-    EXPECT_LT(norm_err(got.data() + s * V, ref.data() + (T - 1) * V, static_cast<size_t>(V)), kTol) << "seq " << s;
+    EXPECT_LT(norm_err(got.data() + s * V, ref.data() + (T - 1) * V, static_cast<size_t>(V)), kTol)
+        << "seq " << s;
   }
 }
 
@@ -246,16 +247,16 @@ TEST(CudaEngine, ContextOverflowIsAnError) {
   EXPECT_THROW(eng.prefill(toks.data(), 1, 2, 0, nullptr, false), Error);
   int32_t t2[2] = {1, 2};
   EXPECT_THROW(eng.decode_greedy(t2, 1, 2, nullptr), Error);  // 9 + 2 > 10
-  eng.step(t2, 1, nullptr, nullptr);                             // position 9: the last one
+  eng.step(t2, 1, nullptr, nullptr);                          // position 9: the last one
   EXPECT_EQ(eng.pos(0), 10);
   EXPECT_THROW(eng.step(t2, 1, nullptr, nullptr), Error);
   EXPECT_THROW(eng.step(t2, 2, nullptr, nullptr), Error);  // slot 0 is full even though slot 1 is empty
   EXPECT_EQ(eng.pos(0), 10);
   EXPECT_EQ(eng.pos(1), 0);
   int32_t bad = static_cast<int32_t>(w.cfg.n_vocab);
-  EXPECT_THROW(eng.prefill(&bad, 1, 1, 1, nullptr, false), Error);  // token id outside the vocabulary
+  EXPECT_THROW(eng.prefill(&bad, 1, 1, 1, nullptr, false), Error);         // token id outside the vocabulary
   EXPECT_THROW(eng.prefill(toks.data(), 2, 1, 0, nullptr, false), Error);  // slots at different positions
-  EXPECT_THROW(eng.step(t2, 3, nullptr, nullptr), Error);                   // batch above max_batch
+  EXPECT_THROW(eng.step(t2, 3, nullptr, nullptr), Error);                  // batch above max_batch
   eng.reset();
   eng.step(t2, 2, nullptr, nullptr);
   EXPECT_EQ(eng.pos(1), 1);
@@ -314,15 +315,17 @@ TEST(CudaEngine, ProfileStepLeavesTheStateUnchanged) {
   EXPECT_EQ(la, lb);
 }
 
-// `--device cuda` through the CLI: the same perplexity as the CPU reference with a GPU, else a one-line error.
+// `--device cuda` through the CLI: the same perplexity as the CPU reference with a GPU, else a one-line
+// error.
 TEST(CudaEngineCli, PplDeviceCuda) {
   const std::string dir = model_dir("stories260K");
   FQ_REQUIRE_FILE(path_join(dir, "config.json"));
   test::TempDir tmp;
   const std::string data = tmp.file("text.txt");
-  write_file_atomic(data,
-                    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
-                    "One day she saw a big red ball under a tree and she ran to get it. Her mom smiled.\n");
+  write_file_atomic(
+      data,
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+      "One day she saw a big red ball under a tree and she ran to get it. Her mom smiled.\n");
   const std::string args = "ppl --model " + dir + " --data " + data + " --seq-len 32 --json";
   std::string why;
   const test::CliResult gpu = test::run_cli(args + " --device cuda");

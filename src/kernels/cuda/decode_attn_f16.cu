@@ -3,8 +3,8 @@
 //
 // Grid (n_split, n_head_kv * head_chunks, batch), 128 threads. A CTA owns one kv head of one sequence, up to
 // HPC query heads of its GQA group (q in registers, pre-scaled by 1/sqrt(d) * log2 e) and one contiguous key
-// range. A key row (d fp16) is read by LPK lanes, 16 bytes each (LPK = d/8 rounded up to a power of two), so a
-// CTA walks 128/LPK keys at once, kUnroll of them per lane before the first use (the loads are in flight
+// range. A key row (d fp16) is read by LPK lanes, 16 bytes each (LPK = d/8 rounded up to a power of two), so
+// a CTA walks 128/LPK keys at once, kUnroll of them per lane before the first use (the loads are in flight
 // together). Each lane group keeps its own online softmax (m, l, acc[8 dims]); the groups are merged in
 // shared memory at the end. One split: out = acc / l. Several: (m, l, acc) to the workspace, then the combine
 // kernel: M = max m_s, out = sum 2^(m_s - M) acc_s / sum 2^(m_s - M) l_s. Split ranges come from d_len on the
@@ -44,9 +44,9 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kGroups = kThreads / LPK;
   extern __shared__ float smem[];
   const int d = static_cast<int>(c.head_dim), n_kv = static_cast<int>(c.n_head_kv);
-  float* sm_m = smem;                      // [kGroups][HPC]
-  float* sm_l = sm_m + kGroups * HPC;      // [kGroups][HPC]
-  float* sm_acc = sm_l + kGroups * HPC;    // [kGroups][HPC][d]
+  float* sm_m = smem;                    // [kGroups][HPC]
+  float* sm_l = sm_m + kGroups * HPC;    // [kGroups][HPC]
+  float* sm_acc = sm_l + kGroups * HPC;  // [kGroups][HPC][d]
 
   const int split = blockIdx.x, kvh = blockIdx.y / chunks, hc = blockIdx.y % chunks, b = blockIdx.z;
   const int lk = threadIdx.x % LPK, grp = threadIdx.x / LPK;
@@ -67,7 +67,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int g = 0; g < HPC; ++g) {
     if (g < nh && active) {
-      const uint4 u = *reinterpret_cast<const uint4*>(q + b * q_stride + static_cast<int64_t>(h0 + g) * d + lk * 8);
+      const uint4 u =
+          *reinterpret_cast<const uint4*>(q + b * q_stride + static_cast<int64_t>(h0 + g) * d + lk * 8);
       unpack8(u, qr[g]);
 #pragma unroll
       for (int e = 0; e < 8; ++e) qr[g][e] *= qscale;
@@ -208,16 +209,17 @@ int next_pow2(int x) {
 }
 
 template <int HPC, int LPK>
-cudaError_t launch(cudaStream_t stream, const F16KvCache& c, const __half* q, int64_t q_stride, int64_t batch, int n_head, int group,
-                   int chunks, int64_t slot0, const int32_t* d_len, __half* out, float* ws, int n_split,
-                   int32_t* d_overflow) {
+cudaError_t launch(cudaStream_t stream, const F16KvCache& c, const __half* q, int64_t q_stride, int64_t batch,
+                   int n_head, int group, int chunks, int64_t slot0, const int32_t* d_len, __half* out,
+                   float* ws, int n_split, int32_t* d_overflow) {
   constexpr int kGroups = kThreads / LPK;
   const size_t smem = (2 * kGroups * HPC + static_cast<size_t>(kGroups) * HPC * c.head_dim) * sizeof(float);
   if (smem > 48 * 1024) return cudaErrorInvalidValue;
-  const float qscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)) * 1.4426950408889634);
+  const float qscale =
+      static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)) * 1.4426950408889634);
   const dim3 grid(n_split, static_cast<unsigned>(c.n_head_kv * chunks), static_cast<unsigned>(batch));
-  decode_f16_kernel<HPC, LPK><<<grid, kThreads, smem, stream>>>(c, q, q_stride, n_head, group, chunks, slot0, d_len, out,
-                                                          ws, n_split, d_overflow, qscale);
+  decode_f16_kernel<HPC, LPK><<<grid, kThreads, smem, stream>>>(c, q, q_stride, n_head, group, chunks, slot0,
+                                                                d_len, out, ws, n_split, d_overflow, qscale);
   return cudaGetLastError();
 }
 
@@ -248,9 +250,9 @@ cudaError_t decode_attention_f16(const F16KvCache& cache, const uint16_t* q, int
                                  cudaStream_t stream) {
   const int64_t d = cache.head_dim, n_kv = cache.n_head_kv;
   if (batch <= 0 || batch > 65535 || n_kv <= 0 || n_head <= 0 || n_head % n_kv != 0 || d < 8 || d > 256 ||
-      d % 8 != 0 || q_stride < n_head * d || q_stride % 8 != 0 || !q || !out || !d_len || !cache.k || !cache.v ||
-      slot0 < 0 || slot0 + batch > cache.n_slots || plan.n_split < 1 || plan.n_split > kMaxSplit ||
-      (plan.n_split > 1 && !workspace))
+      d % 8 != 0 || q_stride < n_head * d || q_stride % 8 != 0 || !q || !out || !d_len || !cache.k ||
+      !cache.v || slot0 < 0 || slot0 + batch > cache.n_slots || plan.n_split < 1 ||
+      plan.n_split > kMaxSplit || (plan.n_split > 1 && !workspace))
     return cudaErrorInvalidValue;
   const int hpc = plan.heads_per_cta;
   if (hpc != 1 && hpc != 2 && hpc != 4 && hpc != 8) return cudaErrorInvalidValue;
@@ -262,18 +264,21 @@ cudaError_t decode_attention_f16(const F16KvCache& cache, const uint16_t* q, int
   __half* oh = reinterpret_cast<__half*>(out);
   float* ws = static_cast<float*>(workspace);
   cudaError_t err = cudaErrorInvalidValue;
-#define FQ_DECODE_F16_CASE(H, L)                                                                            \
-  else if (hpc == H && lpk == L) err = launch<H, L>(stream, cache, qh, q_stride, batch, static_cast<int>(n_head), \
-                                                      group, chunks, slot0, d_len, oh, ws, plan.n_split, d_overflow);
-#define FQ_DECODE_F16_HPC(H) \
-  FQ_DECODE_F16_CASE(H, 1) FQ_DECODE_F16_CASE(H, 2) FQ_DECODE_F16_CASE(H, 4) FQ_DECODE_F16_CASE(H, 8) \
-  FQ_DECODE_F16_CASE(H, 16) FQ_DECODE_F16_CASE(H, 32)
+#define FQ_DECODE_F16_CASE(H, L)                                                                       \
+  else if (hpc == H && lpk == L) err =                                                                 \
+      launch<H, L>(stream, cache, qh, q_stride, batch, static_cast<int>(n_head), group, chunks, slot0, \
+                   d_len, oh, ws, plan.n_split, d_overflow);
+#define FQ_DECODE_F16_HPC(H)                                                                           \
+  FQ_DECODE_F16_CASE(H, 1)                                                                             \
+  FQ_DECODE_F16_CASE(H, 2) FQ_DECODE_F16_CASE(H, 4) FQ_DECODE_F16_CASE(H, 8) FQ_DECODE_F16_CASE(H, 16) \
+      FQ_DECODE_F16_CASE(H, 32)
   if (false) {
   }
-  FQ_DECODE_F16_HPC(1) FQ_DECODE_F16_HPC(2) FQ_DECODE_F16_HPC(4) FQ_DECODE_F16_HPC(8)
+  FQ_DECODE_F16_HPC(1)
+  FQ_DECODE_F16_HPC(2) FQ_DECODE_F16_HPC(4) FQ_DECODE_F16_HPC(8)
 #undef FQ_DECODE_F16_HPC
 #undef FQ_DECODE_F16_CASE
-  FQ_CUDA_RETURN_IF_ERROR(err);
+      FQ_CUDA_RETURN_IF_ERROR(err);
   if (plan.n_split > 1) {
     combine_kernel<<<dim3(static_cast<unsigned>(n_head), static_cast<unsigned>(batch)), 128, 0, stream>>>(
         ws, plan.n_split, static_cast<int>(d), static_cast<int>(n_head), oh);

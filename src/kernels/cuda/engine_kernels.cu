@@ -29,7 +29,8 @@ __global__ void fill_normal_f16_kernel(__half* dst, int64_t n, uint64_t seed, fl
 
 __global__ void fill_f32_kernel(float* dst, int64_t n, float v) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) dst[i] = v;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
+    dst[i] = v;
 }
 
 int grid_for(int64_t n, int threads) {
@@ -95,7 +96,8 @@ __global__ void __launch_bounds__(kRopeThreads)
 }
 
 __global__ void decode_advance_kernel(const int32_t* __restrict__ next, int32_t* tokens, int32_t* pos,
-                                      int32_t* len, int batch, int32_t* hist, int64_t hist_rows, int32_t* step) {
+                                      int32_t* len, int batch, int32_t* hist, int64_t hist_rows,
+                                      int32_t* step) {
   const int b = threadIdx.x;
   const int32_t s = *step;
   for (int i = b; i < batch; i += blockDim.x) {
@@ -139,8 +141,8 @@ cudaError_t qkv_rope_append_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows,
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   qkv_rope_append_kernel<<<static_cast<unsigned>(rows), kRopeThreads, static_cast<size_t>(d) * sizeof(float),
-                           stream>>>(reinterpret_cast<__half*>(qkv), qkv_stride, n_tok, slot0, pos0, d_pos, bias,
-                                     static_cast<int>(n_head), inv_freq, cache, d_overflow);
+                           stream>>>(reinterpret_cast<__half*>(qkv), qkv_stride, n_tok, slot0, pos0, d_pos,
+                                     bias, static_cast<int>(n_head), inv_freq, cache, d_overflow);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -148,8 +150,8 @@ cudaError_t qkv_rope_append_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows,
 cudaError_t decode_advance(const int32_t* next, int32_t* tokens, int32_t* pos, int32_t* len, int64_t batch,
                            int32_t* hist, int64_t hist_rows, int32_t* step, cudaStream_t stream) {
   if (batch <= 0 || batch > 1024 || !next || !tokens || !pos || !len || !step) return cudaErrorInvalidValue;
-  decode_advance_kernel<<<1, 128, 0, stream>>>(next, tokens, pos, len, static_cast<int>(batch), hist, hist_rows,
-                                               step);
+  decode_advance_kernel<<<1, 128, 0, stream>>>(next, tokens, pos, len, static_cast<int>(batch), hist,
+                                               hist_rows, step);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }

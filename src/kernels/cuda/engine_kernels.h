@@ -18,12 +18,12 @@ cudaError_t fill_normal_f16(uint16_t* dst, int64_t n, uint64_t seed, float stdde
 cudaError_t fill_f32(float* dst, int64_t n, float value, cudaStream_t stream);
 
 // ---- q/k/v bias + RoPE + FP16 cache write ----------------------------------------------------------------
-// qkv: [rows, (n_head + 2 n_head_kv) * head_dim] fp16 (row stride qkv_stride), as the fused QKV GEMM writes it
-// (q heads, then k heads, then v heads). Row r belongs to sequence r / n_tok of the call, which lives in cache
-// slot slot0 + r / n_tok, at position p = base + r % n_tok with base = d_pos[r / n_tok] (device int32) when
-// d_pos is given, else pos0. For every row: bias (fp32 [(n_head + 2 n_head_kv) * head_dim], may be nullptr)
-// is added to q, k and v in fp32 (before RoPE, one rounding to fp16 at the end); q is rotated
-// in place; rotated k and v are written to the caches [slot][p][n_head_kv][head_dim] (fp16, max_ctx positions
+// qkv: [rows, (n_head + 2 n_head_kv) * head_dim] fp16 (row stride qkv_stride), as the fused QKV GEMM writes
+// it (q heads, then k heads, then v heads). Row r belongs to sequence r / n_tok of the call, which lives in
+// cache slot slot0 + r / n_tok, at position p = base + r % n_tok with base = d_pos[r / n_tok] (device int32)
+// when d_pos is given, else pos0. For every row: bias (fp32 [(n_head + 2 n_head_kv) * head_dim], may be
+// nullptr) is added to q, k and v in fp32 (before RoPE, one rounding to fp16 at the end); q is rotated in
+// place; rotated k and v are written to the caches [slot][p][n_head_kv][head_dim] (fp16, max_ctx positions
 // per slot). RoPE as ref::rope_apply with angle = inv_freq[i] * float(p) (inv_freq: device fp32 [head_dim/2],
 // the scaled table of ref::rope_inv_freq). A position outside [0, max_ctx) writes nothing to the cache and
 // sets *d_overflow = 1 (when given): the host checks positions before launching, this is the second line.
@@ -38,12 +38,12 @@ cudaError_t qkv_rope_append_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows,
                                 cudaStream_t stream);
 
 // ---- decode attention over the FP16 cache (flash-decoding, GQA-aware) -------------------------------------
-// q: [batch, n_head, head_dim] fp16 (row stride q_stride per sequence). Sequence b reads cache slot slot0 + b,
-// positions [0, d_len[b]) (device int32; lengths above max_ctx are clamped and set *d_overflow). out: [batch,
-// n_head * head_dim] fp16 contiguous. Query head h uses kv head h / (n_head / n_head_kv). Scores and softmax in
-// fp32 (base-2 exponent, scale 1/sqrt(head_dim) folded into q). A CTA owns one kv head, up to 8 query heads of
-// its group and one key range, so each K/V byte is read once per step; ranges adapt to d_len on the device
-// (graph safe), partial (max, sum, acc) go to `workspace` and a combine kernel merges them.
+// q: [batch, n_head, head_dim] fp16 (row stride q_stride per sequence). Sequence b reads cache slot slot0 +
+// b, positions [0, d_len[b]) (device int32; lengths above max_ctx are clamped and set *d_overflow). out:
+// [batch, n_head * head_dim] fp16 contiguous. Query head h uses kv head h / (n_head / n_head_kv). Scores and
+// softmax in fp32 (base-2 exponent, scale 1/sqrt(head_dim) folded into q). A CTA owns one kv head, up to 8
+// query heads of its group and one key range, so each K/V byte is read once per step; ranges adapt to d_len
+// on the device (graph safe), partial (max, sum, acc) go to `workspace` and a combine kernel merges them.
 // head_dim a multiple of 8 in [8, 256]; n_head a multiple of n_head_kv.
 struct DecodeF16Plan {
   int n_split = 1;
@@ -64,8 +64,8 @@ cudaError_t decode_attention_f16(const F16KvCache& cache, const uint16_t* q, int
 // on the narrow ones: each warp streams two weight rows with 16-byte loads, 4 per row in flight per lane.
 // Needs K % 8 == 0 and 16-byte aligned x and W (gemv_f16_supported); M in [1, 4].
 bool gemv_f16_supported(int64_t M, int64_t K, const void* x, const void* w);
-cudaError_t gemv_f16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, void* y, bool y_f32,
-                     bool accumulate, cudaStream_t stream);
+cudaError_t gemv_f16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, void* y,
+                     bool y_f32, bool accumulate, cudaStream_t stream);
 
 // ---- the end of a captured decode step -------------------------------------------------------------------
 // For b < batch: tokens[b] = next[b]; pos[b] += 1; len[b] += 1; and when hist is given and *step < hist_rows,

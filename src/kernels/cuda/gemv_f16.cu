@@ -12,9 +12,9 @@
 namespace fq::cuda {
 namespace {
 
-constexpr int kRows = 2;      // weight rows per warp
+constexpr int kRows = 2;  // weight rows per warp
 constexpr int kWarps = 8;
-constexpr int kUnroll = 4;    // 16-byte chunks per row in flight per lane
+constexpr int kUnroll = 4;  // 16-byte chunks per row in flight per lane
 constexpr int kMaxM = 4;
 
 __device__ __forceinline__ void to_f32(const uint4& u, float* f) {
@@ -100,8 +100,8 @@ bool gemv_f16_supported(int64_t M, int64_t K, const void* x, const void* w) {
          reinterpret_cast<uintptr_t>(w) % 16 == 0;
 }
 
-cudaError_t gemv_f16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, void* y, bool y_f32,
-                     bool accumulate, cudaStream_t stream) {
+cudaError_t gemv_f16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, int64_t N, void* y,
+                     bool y_f32, bool accumulate, cudaStream_t stream) {
   if (!gemv_f16_supported(M, K, x, w) || N <= 0 || !y || (accumulate && !y_f32)) return cudaErrorInvalidValue;
   const int64_t blocks = (N + kWarps * kRows - 1) / (kWarps * kRows);
   if (blocks > 0x7FFFFFFF) return cudaErrorInvalidValue;
@@ -109,10 +109,18 @@ cudaError_t gemv_f16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w,
   const auto* wv = reinterpret_cast<const uint4*>(w);
   const dim3 grid(static_cast<unsigned>(blocks));
   switch (M) {
-    case 1: gemv_f16_kernel<1><<<grid, kWarps * 32, 0, stream>>>(xv, K, wv, N, y, y_f32, accumulate); break;
-    case 2: gemv_f16_kernel<2><<<grid, kWarps * 32, 0, stream>>>(xv, K, wv, N, y, y_f32, accumulate); break;
-    case 3: gemv_f16_kernel<3><<<grid, kWarps * 32, 0, stream>>>(xv, K, wv, N, y, y_f32, accumulate); break;
-    default: gemv_f16_kernel<4><<<grid, kWarps * 32, 0, stream>>>(xv, K, wv, N, y, y_f32, accumulate); break;
+    case 1:
+      gemv_f16_kernel<1><<<grid, kWarps * 32, 0, stream>>>(xv, K, wv, N, y, y_f32, accumulate);
+      break;
+    case 2:
+      gemv_f16_kernel<2><<<grid, kWarps * 32, 0, stream>>>(xv, K, wv, N, y, y_f32, accumulate);
+      break;
+    case 3:
+      gemv_f16_kernel<3><<<grid, kWarps * 32, 0, stream>>>(xv, K, wv, N, y, y_f32, accumulate);
+      break;
+    default:
+      gemv_f16_kernel<4><<<grid, kWarps * 32, 0, stream>>>(xv, K, wv, N, y, y_f32, accumulate);
+      break;
   }
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
