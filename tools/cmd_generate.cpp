@@ -63,9 +63,9 @@ int run(const Options& o) {
   fmt::print("\n");
   std::fflush(stdout);
   fmt::print(stderr, "prefill {} tokens in {:.3f} s ({:.1f} tok/s); decode {} tokens in {:.3f} s ({:.1f} tok/s); "
-                     "stop: {}; seed {}; {} threads\n",
+                     "stop: {}; seed {}; {}\n",
              r.prefilled, r.prefill_s, r.prefill_tok_s(), r.tokens.size(), r.decode_s, r.decode_tok_s(),
-             runtime::stop_reason_name(r.reason), so.seed, ms.n_threads);
+             runtime::stop_reason_name(r.reason), so.seed, ms.src->compute(ms.n_threads));
   return 0;
 }
 

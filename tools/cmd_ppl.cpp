@@ -24,7 +24,7 @@ namespace fq::cli {
 namespace {
 
 struct Options {
-  std::string model, data, save_logits, kld_base, quant;
+  std::string model, data, save_logits, kld_base, quant, device = "cpu";
   int64_t seq_len = 2048, limit_windows = 0;
   int threads = 0;
   bool json = false;
@@ -36,7 +36,7 @@ int run(const Options& o) {
   FQ_CHECK(o.seq_len >= 2, "--seq-len must be at least 2 (found {})", o.seq_len);
   FQ_CHECK(o.limit_windows >= 0, "--limit-windows must not be negative (found {})", o.limit_windows);
 
-  ModelSource src(o.model, o.quant);
+  ModelSource src(o.model, o.quant, o.device);
   const ModelConfig& cfg = src.cfg();
   const auto tok = load_tokenizer(o.model);
   FQ_CHECK(tok->n_vocab() <= cfg.n_vocab, "{}: the tokenizer has {} tokens but the model vocabulary has {}",
@@ -107,8 +107,8 @@ int run(const Options& o) {
   fmt::print("data     {}: {} tokens ({:.1f} s to tokenize), {} of {} windows of {} ({} trailing tokens dropped)\n",
              data, stream.size(), tok_seconds, r.windows, plan.windows, r.seq_len, plan.dropped);
   fmt::print("ppl      {:.4f} over {} predicted tokens\n", r.ppl, r.tokens);
-  fmt::print("time     {:.1f} s ({:.0f} tokens/s, {} threads)\n", r.seconds,
-             (double)(r.windows * r.seq_len) / std::max(r.seconds, 1e-9), n_threads);
+  fmt::print("time     {:.1f} s ({:.0f} tokens/s, {})\n", r.seconds,
+             (double)(r.windows * r.seq_len) / std::max(r.seconds, 1e-9), src.compute(n_threads));
   if (saver) fmt::print("saved    {} ({} log-probs)\n", o.save_logits, dtype_name(saver->dtype()));
   if (base)
     fmt::print("kld      mean {:.6f}, p99 {:.6f}, max {:.6f}, top-1 agreement {:.2f}% over {} tokens (base {})\n",
@@ -123,6 +123,7 @@ Runner register_ppl(CLI::App& app) {
   auto* sub = app.add_subcommand("ppl", "Perplexity (and KL divergence) of a model on a text file");
   sub->add_option("--model", o->model, "HF model directory or flatquant artifact directory")->required();
   add_quant_flag(sub, o->quant);
+  add_device_flag(sub, o->device);
   sub->add_option("--data", o->data, "Text file (default <data_dir>/wikitext2_raw/wiki.test.hf_joined.txt)");
   sub->add_option("--seq-len", o->seq_len, "Window length in tokens (capped at the model context)")
       ->capture_default_str();

@@ -14,5 +14,6 @@ Runner register_eval(CLI::App& app);
 Runner register_generate(CLI::App& app);
 Runner register_chat(CLI::App& app);
 Runner register_calibrate(CLI::App& app);
+Runner register_bench(CLI::App& app);
 
 }  // namespace fq::cli

@@ -19,7 +19,7 @@ struct SamplingFlags {
   double temperature = 1.0, top_p = 1.0, repetition_penalty = 1.0;
   int64_t top_k = 0, seed = -1, max_tokens = 256, ctx = 0;
   int threads = 0;
-  std::string quant;
+  std::string quant, device = "cpu";
 
   void add(CLI::App* sub) {
     sub->add_option("--temperature", temperature, "Sampling temperature (0: greedy)")->capture_default_str();
@@ -32,6 +32,7 @@ struct SamplingFlags {
     sub->add_option("--ctx", ctx, "KV cache length in tokens (0: the model's, at most 4096)");
     sub->add_option("--threads", threads, "CPU threads (0: all cores)");
     add_quant_flag(sub, quant);
+    add_device_flag(sub, device);
   }
   runtime::SamplerOptions sampler() const {
     runtime::SamplerOptions o;
@@ -58,7 +59,7 @@ struct ModelSession {
     FQ_CHECK(file_exists(path_join(dir, "config.json")),
              "{}: no config.json (expected an HF model directory or a flatquant artifact)", dir);
     FQ_CHECK(f.ctx >= 0, "--ctx must not be negative (found {})", f.ctx);
-    src = std::make_unique<ModelSource>(dir, f.quant);
+    src = std::make_unique<ModelSource>(dir, f.quant, f.device);
     const ModelConfig& cfg = src->cfg();
     tok = load_tokenizer(dir);
     FQ_CHECK(tok->n_vocab() <= cfg.n_vocab, "{}: the tokenizer has {} tokens but the model vocabulary has {}", dir,

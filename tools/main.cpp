@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   add(fq::cli::register_generate);
   add(fq::cli::register_chat);
   add(fq::cli::register_calibrate);
+  add(fq::cli::register_bench);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,6 +1,6 @@
-// The --model of ppl / eval / generate / chat: an HF model directory (fp32 reference decoder) or a quantized
-// artifact directory (ref::QuantDecoder, --quant fake|real). One place decides which, so every command treats
-// the two alike.
+// The --model of ppl / eval / generate / chat: an HF model directory (fp32 reference decoder, or with
+// --device cuda the FP16 CUDA engine) or a quantized artifact directory (ref::QuantDecoder, --quant
+// fake|real). One place decides which, so every command treats them alike.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <memory>
@@ -15,6 +15,7 @@
 #include "model/artifact.h"
 #include "model/weights.h"
 #include "ref/quant_decoder.h"
+#include "runtime/cuda_models.h"
 #include "runtime/generator.h"
 #include "runtime/quant_model.h"
 
@@ -27,12 +28,25 @@ inline void add_quant_flag(CLI::App* sub, std::string& quant) {
                   "or real (integer GEMM)");
 }
 
+// The --device flag of ppl / generate / chat.
+inline void add_device_flag(CLI::App* sub, std::string& device) {
+  sub->add_option("--device", device, "cpu (reference decoder) or cuda (FP16 CUDA engine, HF models)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+}
+
 class ModelSource {
  public:
-  ModelSource(const std::string& dir, const std::string& quant_flag) : dir_(dir) {
+  // device "cuda": the FP16 CUDA engine (HF directories; checked before anything is loaded).
+  ModelSource(const std::string& dir, const std::string& quant_flag, const std::string& device = "cpu")
+      : dir_(dir), cuda_(device == "cuda") {
     FQ_CHECK(is_directory(dir),
              "{}: not a directory (expected an HF model directory or a flatquant artifact)", dir);
     artifact_ = is_artifact_dir(dir);
+    FQ_CHECK(!(cuda_ && artifact_),
+             "--device cuda: {} is a quantized artifact; the CUDA engine runs FP16 HF models for now", dir);
+    std::string why;
+    FQ_CHECK(!cuda_ || runtime::cuda_engine_available(&why), "--device cuda: {}", why);
     if (artifact_) {
       art_ = load_artifact(dir);
       quant_ = quant_flag.empty() ? ref::QuantMode::kFake : ref::parse_quant_mode(quant_flag);
@@ -62,6 +76,10 @@ class ModelSource {
       release();
       return lm;
     }
+    if (cuda_) {
+      *n_threads = 0;
+      return std::make_unique<eval::CudaCausalLM>(w_, max_ctx);
+    }
     auto lm = std::make_unique<eval::RefCausalLM>(w_, max_ctx, threads);
     *n_threads = lm->decoder().n_threads();
     return lm;
@@ -73,6 +91,7 @@ class ModelSource {
       release();
       return lm;
     }
+    FQ_CHECK(!cuda_, "--device cuda: not available for this command yet");
     auto lm = std::make_unique<eval::RefPrefixLM>(w_, max_ctx, threads);
     *n_threads = lm->decoder().n_threads();
     return lm;
@@ -84,13 +103,23 @@ class ModelSource {
       release();
       return m;
     }
+    if (cuda_) {
+      *n_threads = 0;
+      return std::make_unique<runtime::CudaDecoderModel>(w_, max_ctx);
+    }
     auto m = std::make_unique<runtime::RefDecoderModel>(w_, max_ctx, threads);
     *n_threads = m->n_threads();
     return m;
   }
+  // Where it runs, for the timing lines: "N threads" or the CUDA engine.
+  std::string compute(int n_threads) const {
+    return cuda_ ? std::string("cuda fp16 engine") : fmt::format("{} threads", n_threads);
+  }
+  bool cuda() const { return cuda_; }
 
   // JSON fields of an artifact run (none for an HF directory, whose output stays as it was).
   void add_json(nlohmann::json& j) const {
+    if (cuda_) j["device"] = "cuda";
     if (!artifact_) return;
     j["artifact"] = true;
     j["method"] = art_.method;
@@ -114,6 +143,7 @@ class ModelSource {
   }
 
   std::string dir_;
+  bool cuda_ = false;
   bool artifact_ = false;
   ref::QuantMode quant_ = ref::QuantMode::kFake;
   ModelConfig cfg_;

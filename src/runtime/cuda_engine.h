@@ -1,0 +1,104 @@
+// CudaEngine: the LibTorch-free CUDA inference engine of a Llama-family decoder (docs/runtime.md). FP16
+// weights and FP16 KV cache now (the honest baseline of issue 4); the W4A4 linear and KV4 backends plug in
+// later.
+//  - Weights live on the device in one arena: fused QKV [(H + 2 KV) d, E], fused gate|up [2 F, E], o, down,
+//    fp32 norms, embedding and head (tied: the embedding). Uploaded from ModelWeights (fp32 host, converted
+//    to fp16 one tensor at a time) or drawn on the device for random-weight benchmarks (no host copy).
+//  - Static KV cache [layer][slot][max_ctx][n_head_kv][head_dim] fp16; every workspace buffer is allocated in
+//    the constructor for (max_batch, max_tokens): nothing is allocated while running.
+//  - prefill(): B sequences x T tokens in chunks of at most max_tokens rows. step(): one token for each of
+//  the
+//    slots 0..B-1 at their own positions, replayed from a CUDA graph captured once per batch size; the step's
+//    tokens/positions live in device buffers (uploaded before the replay, or fed back by the graph itself
+//    for greedy decoding), so a step has no host synchronization inside.
+//  - Every position is checked on the host before anything is launched: context overflow is an fq::Error.
+// This header needs no CUDA headers; built without CUDA, the constructors throw a one-line fq::Error.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace fq::runtime {
+
+struct EngineOptions {
+  int64_t max_batch = 1;       // sequences (cache slots)
+  int64_t max_ctx = 2048;      // positions per slot
+  int64_t max_tokens = 0;      // rows of one forward chunk (0: max(max_ctx, max_batch))
+  int64_t max_logit_rows = 0;  // logits rows of one chunk for prefill(all_logits) (0: max_batch)
+  bool cuda_graphs = true;     // capture the decode step (off: launch the kernels every step)
+  bool gemv = true;  // M <= 4: our FP16 GEMV instead of cuBLASLt (faster on the narrow decode GEMMs)
+  int device = 0;
+};
+
+// Per-op device time of one un-captured step (profile_step): name -> milliseconds, in first-seen order.
+struct OpTime {
+  std::string name;
+  double ms = 0;
+  int64_t calls = 0;
+};
+
+struct EngineInfo {
+  size_t weight_bytes = 0;       // all device weights (the embedding included)
+  size_t step_weight_bytes = 0;  // bytes of weights one decode step reads (layers + head + norms)
+  size_t kv_bytes = 0;           // the whole KV cache
+  size_t workspace_bytes = 0;    // activations, logits, cuBLASLt and attention workspaces
+  size_t device_mem_used = 0;    // cudaMemGetInfo: total - free, the whole device (this process and others)
+  size_t device_mem_total = 0;
+  std::string device_name;
+  int n_sm = 0;
+};
+
+class CudaEngine {
+ public:
+  // Uploads `w` (fp32 host) as fp16. Throws fq::Error without CUDA / GPU or when the model does not fit.
+  CudaEngine(const ModelWeights& w, const EngineOptions& o);
+  // Random weights drawn on the device: N(0, 0.02) matrices, norms 1, biases 0 (as the seeds' --random_mode).
+  CudaEngine(const ModelConfig& cfg, uint64_t seed, const EngineOptions& o);
+  ~CudaEngine();
+  CudaEngine(const CudaEngine&) = delete;
+  CudaEngine& operator=(const CudaEngine&) = delete;
+
+  const ModelConfig& config() const;
+  const EngineOptions& options() const;
+  EngineInfo info() const;
+
+  // Position (cached tokens) of a slot; reset empties every slot, rewind(slot, p) forgets positions >= p.
+  int64_t pos(int64_t slot) const;
+  void reset();
+  void rewind(int64_t slot, int64_t p);
+
+  // Appends n_tok tokens (tokens: [n_seq, n_tok] row-major) to slots slot0 .. slot0 + n_seq - 1, which must
+  // all be at the same position. logits (host fp32, may be nullptr): [n_seq, n_tok, n_vocab] when all_logits,
+  // else [n_seq, n_vocab] for the last token of each sequence. Synchronous (returns when the logits are on
+  // the host).
+  void prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok, int64_t slot0, float* logits,
+               bool all_logits);
+
+  // One decode step for slots 0 .. batch-1: tokens[batch] (host) at the slots' positions. logits (host fp32
+  // [batch, n_vocab], may be nullptr) and greedy (host int32 [batch], may be nullptr) are filled on return.
+  void step(const int32_t* tokens, int64_t batch, float* logits, int32_t* greedy);
+
+  // n_steps greedy steps for slots 0 .. batch-1 starting from tokens[batch]: each step's argmax is fed back
+  // on the device (graph replays back to back, no host work in between). out: [n_steps, batch] host, may be
+  // nullptr. Synchronous at the end only.
+  void decode_greedy(const int32_t* tokens, int64_t batch, int64_t n_steps, int32_t* out);
+
+  // Device time per op of one un-captured decode step for slots 0 .. batch-1 (cudaEvents around each op; the
+  // step is then undone with rewind, so the cache and positions are unchanged).
+  std::vector<OpTime> profile_step(const int32_t* tokens, int64_t batch);
+
+  void synchronize();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// true when this build has the CUDA engine and a device is present; else false and *why says why.
+bool cuda_engine_available(std::string* why);
+
+}  // namespace fq::runtime

@@ -1,0 +1,62 @@
+// The CUDA engine behind the two model interfaces of the CLI: eval::CausalLM (ppl, all logits of a window)
+// and runtime::DecoderModel (generate/chat: prefill, then one graph-replayed step per token). One sequence,
+// cache slot 0. Logits come back to the host as fp32.
+#pragma once
+#include <algorithm>
+#include <memory>
+
+#include "eval/causal_lm.h"
+#include "runtime/cuda_engine.h"
+#include "runtime/generator.h"
+
+namespace fq::runtime {
+
+// Engine options for one sequence of up to max_ctx tokens whose every logit row may be requested.
+inline EngineOptions single_sequence_options(int64_t max_ctx) {
+  EngineOptions o;
+  o.max_batch = 1;
+  o.max_ctx = max_ctx;
+  o.max_tokens = std::min<int64_t>(max_ctx, 2048);
+  o.max_logit_rows = o.max_tokens;
+  return o;
+}
+
+class CudaDecoderModel : public DecoderModel {
+ public:
+  // `w` is uploaded (it may be freed afterwards).
+  CudaDecoderModel(const ModelWeights& w, int64_t max_ctx) : eng_(w, single_sequence_options(max_ctx)) {}
+  int64_t n_vocab() const override { return eng_.config().n_vocab; }
+  int64_t max_ctx() const override { return eng_.options().max_ctx; }
+  void reset() override { eng_.reset(); }
+  void append(const int32_t* tokens, int64_t n, float* last_logits) override {
+    if (n == 1)
+      eng_.step(tokens, 1, last_logits, nullptr);
+    else
+      eng_.prefill(tokens, 1, n, 0, last_logits, false);
+  }
+  CudaEngine& engine() { return eng_; }
+
+ private:
+  CudaEngine eng_;
+};
+
+}  // namespace fq::runtime
+
+namespace fq::eval {
+
+class CudaCausalLM : public CausalLM {
+ public:
+  CudaCausalLM(const ModelWeights& w, int64_t max_ctx) : eng_(w, runtime::single_sequence_options(max_ctx)) {}
+  int64_t n_vocab() const override { return eng_.config().n_vocab; }
+  int64_t max_ctx() const override { return eng_.options().max_ctx; }
+  void reset() override { eng_.reset(); }
+  void forward(const int32_t* tokens, int64_t n, float* logits) override {
+    eng_.prefill(tokens, 1, n, 0, logits, true);
+  }
+  runtime::CudaEngine& engine() { return eng_; }
+
+ private:
+  runtime::CudaEngine eng_;
+};
+
+}  // namespace fq::eval
