@@ -447,6 +447,20 @@ TEST(TorchPickle, Protocol4Opcodes) {
   EXPECT_EQ(v.find("w")->as_tensor().f32, (std::vector<float>{7, 8}));
 }
 
+TEST(TorchPickle, StateDictWithMetadataAndParameterState) {
+  // model.state_dict(): an OrderedDict with a `_metadata` attribute (BUILD, dropped); a Parameter with extra
+  // state goes through _rebuild_parameter_with_state (the state is dropped).
+  Pickle p;
+  p.ordered_dict().mark();
+  p.str("w").global("torch._utils", "_rebuild_parameter_with_state").mark();
+  p.tensor("FloatStorage", "0", 2, 0, {2}, {1}).op(0x88).ordered_dict().op('}').op('t').op('R');
+  p.op('u');
+  p.op('}').str("_metadata").ordered_dict().op('s').op('b');
+  const TorchValue v = load(torch_zip(p.stop(), {{"0", f32_bytes({5, 6})}}));
+  ASSERT_EQ(v.entries().size(), 1u);
+  EXPECT_EQ(v.find("w")->as_tensor().f32, (std::vector<float>{5, 6}));
+}
+
 TEST(TorchPickle, Zip64ArchiveAndFile) {
   const std::string a = small_file();
   const TorchValue v = load(torch_zip(Pickle().op('}').stop(), {}, true));
