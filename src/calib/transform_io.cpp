@@ -1,10 +1,13 @@
 #include "calib/transform_io.h"
 
+#include <cstring>
+#include <limits>
 #include <vector>
 
 #include "core/fs.h"
 #include "flatquant/error.h"
 #include "io/safetensors.h"
+#include "io/torch_pickle.h"
 
 namespace fq::calib {
 namespace {
@@ -68,35 +71,34 @@ TransformSet read_pth(const std::string& path) {
   TransformSet set;
   set.source = path;
   set.direct = true;
-  const std::string bytes = read_file(path);
-  torch::IValue root;
-  try {
-    root = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
-  } catch (const std::exception& e) {
-    std::string msg = e.what();
-    msg = msg.substr(0, msg.find('\n'));
-    fail("{}: not a readable torch.save file ({})", path, msg);
-  }
-  FQ_CHECK(root.isGenericDict(), "{}: expected a dict {{layer index: {{name: tensor}}}}, found {}", path,
-           root.tagKind());
-  for (const auto& kv : root.toGenericDict()) {
+  // LibTorch 1.13's pickle_load cannot rebuild nn.Parameter; fq::load_torch_file reads the zip and the pickle
+  // itself (docs/torch_pickle.md), the same on every LibTorch version.
+  const TorchValue root = load_torch_file(path);
+  FQ_CHECK(root.is(TorchValue::Kind::Dict), "{}: expected a dict {{layer index: {{name: tensor}}}}, found {}", path,
+           root.kind_name());
+  for (const auto& [key, value] : root.entries()) {
     int layer = -1;
-    if (kv.key().isInt()) {
-      layer = static_cast<int>(kv.key().toInt());
-    } else if (kv.key().isString()) {
-      try {
-        layer = std::stoi(kv.key().toStringRef());
-      } catch (const std::exception&) {
-      }
+    if (key.is(TorchValue::Kind::Int)) {
+      if (key.as_int() >= 0 && key.as_int() <= std::numeric_limits<int>::max()) layer = static_cast<int>(key.as_int());
+    } else {  // dict keys are int or str
+      const std::string& s = key.as_string();
+      if (!s.empty() && s.size() <= 9 && s.find_first_not_of("0123456789") == std::string::npos) layer = std::stoi(s);
     }
     FQ_CHECK(layer >= 0, "{}: top-level key is not a layer index", path);
-    FQ_CHECK(kv.value().isGenericDict(), "{}: layer {}: expected a dict of tensors", path, layer);
-    for (const auto& p : kv.value().toGenericDict()) {
-      FQ_CHECK(p.key().isString() && p.value().isTensor(), "{}: layer {}: expected name -> tensor entries", path,
-               layer);
-      const std::string ours = map_original_key(p.key().toStringRef(), path, layer);
+    FQ_CHECK(value.is(TorchValue::Kind::Dict), "{}: layer {}: expected a dict of tensors, found {}", path, layer,
+             value.kind_name());
+    for (const auto& [name, tv] : value.entries()) {
+      FQ_CHECK(name.is(TorchValue::Kind::String) && tv.is(TorchValue::Kind::Tensor),
+               "{}: layer {}: expected name -> tensor entries", path, layer);
+      const std::string ours = map_original_key(name.as_string(), path, layer);
       if (ours.empty()) continue;
-      set.tensors[public_name(layer, ours)] = p.value().toTensor().detach().to(torch::kCPU, torch::kFloat32).clone();
+      const TorchTensor& t = tv.as_tensor();
+      FQ_CHECK(t.is_floating(), "{}: layer {}: tensor '{}' has integer dtype {}", path, layer, name.as_string(),
+               dtype_name(t.dtype));
+      torch::Tensor out = torch::empty(t.shape, torch::kFloat32);  // t.f32 is contiguous row-major over t.shape
+      if (!t.f32.empty()) std::memcpy(out.data_ptr<float>(), t.f32.data(), t.f32.size() * sizeof(float));
+      FQ_CHECK(set.tensors.emplace(public_name(layer, ours), std::move(out)).second,
+               "{}: layer {}: tensor '{}' appears twice (the layer is under two keys)", path, layer, name.as_string());
     }
   }
   return set;

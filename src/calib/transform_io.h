@@ -27,7 +27,8 @@ struct TransformSet {
 // transforms.safetensors (ours, any parametrization) or flat_matrices.pth (the original's eval-mode
 // matrices: `trans.matrix*`, `diag_scale`, `clip_factor_w_*` logits, `act_quantizer.clip_factor_a_*`,
 // `{k,v}_cache_quantizer.clip_factor_a_*`; the stored inverses `*_inv`, `matrix_inv_t` are ignored and
-// recomputed in fp64). Chosen by extension (.pth / .pt, else safetensors).
+// recomputed in fp64; read by src/io/torch_pickle, not LibTorch). Chosen by extension (.pth / .pt, else
+// safetensors).
 TransformSet read_transforms(const std::string& path);
 
 // Copies layer i's parameters from `set` (every parameter must be there with its shape; one-line error
