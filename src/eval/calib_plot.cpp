@@ -27,6 +27,14 @@ std::string basename_of(const std::string& dir) {
   return std::filesystem::path(d).filename().string();
 }
 
+// A calibration log with at least one row (baselines without training write only the header).
+bool has_log_rows(const std::string& path) {
+  if (!file_exists(path)) return false;
+  const std::string t = read_file(path);
+  const size_t nl = t.find('\n');
+  return nl != std::string::npos && t.find_first_not_of("\r\n", nl) != std::string::npos;
+}
+
 }  // namespace
 
 LossCurves read_calib_log(const std::string& path) {
@@ -110,11 +118,11 @@ std::vector<std::string> plot_calibration(const std::vector<std::string>& artifa
   std::filesystem::create_directories(out);
   std::vector<std::string> written;
 
-  // Loss curves: the first artifact that has a log (baselines without training have none).
+  // Loss curves: the first artifact that has a log (baselines without training have none, or an empty one).
   size_t first = all.size();
   for (size_t i = 0; i < all.size() && first == all.size(); ++i)
-    if (file_exists(path_join(all[i].dir, "calib_log.csv"))) first = i;
-  FQ_CHECK(first < all.size() || all.size() > 1, "{}: no calib_log.csv (the artifact was not calibrated)",
+    if (has_log_rows(path_join(all[i].dir, "calib_log.csv"))) first = i;
+  FQ_CHECK(first < all.size() || all.size() > 1, "{}: no calib_log.csv rows (the artifact was not calibrated)",
            path_join(artifacts[0], "calib_log.csv"));
   if (first < all.size()) {
     const LossCurves c = read_calib_log(path_join(all[first].dir, "calib_log.csv"));
@@ -133,6 +141,8 @@ std::vector<std::string> plot_calibration(const std::vector<std::string>& artifa
                             basename_of(all[first].dir)),
                 {p}, size);
     written.push_back(png);
+  } else {
+    std::fprintf(stderr, "plot calibration: no artifact has calibration log rows; no loss curves\n");
   }
 
   if (all.size() > 1) {

@@ -84,9 +84,9 @@ std::string preamble(const std::string& tmp_png, Size size) {
   // pngcairo when this gnuplot has it (antialiased), else the libgd png terminal; same pixel size either way.
   return fmt::format(
       "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {{\n"
-      "  set terminal pngcairo size {0},{1} enhanced font 'sans,10'\n"
+      "  set terminal pngcairo size {0},{1} noenhanced font 'sans,10'\n"
       "}} else {{\n"
-      "  set terminal png size {0},{1}\n"
+      "  set terminal png size {0},{1} noenhanced\n"
       "}}\n"
       "set output {2}\n"
       "set datafile separator ','\n"
@@ -174,7 +174,7 @@ void line_figure(const std::string& png, const Table& t, const std::string& titl
              p.title);
     s += fmt::format("set title {}\nset xlabel {}\nset ylabel {}\n", gp_quote(p.title), gp_quote(p.xlabel),
                      gp_quote(p.ylabel));
-    s += p.logy ? "set logscale y\nset format y '10^{%L}'\n" : "unset logscale y\nset format y '%g'\n";
+    s += p.logy ? "set logscale y\nset format y '%g'\n" : "unset logscale y\nset format y '%g'\n";
     s += p.columns.size() > 12 ? "set key outside right top font ',8'\n" : "set key top right\n";
     s += "plot ";
     for (size_t i = 0; i < p.columns.size(); ++i) {
@@ -201,7 +201,7 @@ void bar_figure(const std::string& png, const Table& t, const std::string& title
   s += "set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.85 border -1\n"
        "set boxwidth 0.9\nset key top left\nset grid noxtics\n";
   // Bars start at the bottom of the axis: on a log axis that is below the smallest value.
-  if (logy) s += "set logscale y\nset format y '10^{%L}'\n";
+  if (logy) s += "set logscale y\nset format y '%g'\n";
   else s += "set yrange [0:*]\n";
   s += "plot ";
   for (size_t c = 1; c < t.columns.size(); ++c)
