@@ -15,5 +15,6 @@ Runner register_generate(CLI::App& app);
 Runner register_chat(CLI::App& app);
 Runner register_calibrate(CLI::App& app);
 Runner register_bench(CLI::App& app);
+Runner register_plot(CLI::App& app);
 
 }  // namespace fq::cli

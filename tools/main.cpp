@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   add(fq::cli::register_chat);
   add(fq::cli::register_calibrate);
   add(fq::cli::register_bench);
+  add(fq::cli::register_plot);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

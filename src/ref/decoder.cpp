@@ -91,6 +91,7 @@ void RefDecoder::layer(int il, int64_t n) {
 
   // Attention block. New keys/values go straight into the cache rows of their positions.
   rmsnorm(x_.data(), l.attn_norm.data(), n, E, (float)c.rms_eps, h_.data());
+  if (capture_) capture_(il, LinearInput::kQkv, h_.data(), n, E);
   linear(h_.data(), n, E, l.wq.data(), bias_or_null(l.bq), qd, q_.data(), pool);
   linear(h_.data(), n, E, l.wk.data(), bias_or_null(l.bk), kvd, kc + pos_ * kvd, pool);
   linear(h_.data(), n, E, l.wv.data(), bias_or_null(l.bv), kvd, vc + pos_ * kvd, pool);
@@ -100,14 +101,17 @@ void RefDecoder::layer(int il, int64_t n) {
     rope_apply(kc + p * kvd, c.n_head_kv, hd, rope_.cos_at(p), rope_.sin_at(p));
   }
   attention(q_.data(), n, pos_, kc, vc, AttentionShape{c.n_head, c.n_head_kv, hd}, att_.data(), pool);
+  if (capture_) capture_(il, LinearInput::kO, att_.data(), n, qd);
   linear(att_.data(), n, qd, l.wo.data(), nullptr, E, h_.data(), pool);
   for (int64_t i = 0; i < n * E; ++i) x_[i] += h_[i];
 
   // MLP block.
   rmsnorm(x_.data(), l.ffn_norm.data(), n, E, (float)c.rms_eps, h_.data());
+  if (capture_) capture_(il, LinearInput::kGateUp, h_.data(), n, E);
   linear(h_.data(), n, E, l.w_gate.data(), nullptr, c.n_ff, gate_.data(), pool);
   linear(h_.data(), n, E, l.w_up.data(), nullptr, c.n_ff, up_.data(), pool);
   swiglu(gate_.data(), up_.data(), n * c.n_ff, gate_.data());
+  if (capture_) capture_(il, LinearInput::kDown, gate_.data(), n, c.n_ff);
   linear(gate_.data(), n, c.n_ff, l.w_down.data(), nullptr, E, h_.data(), pool);
   for (int64_t i = 0; i < n * E; ++i) x_[i] += h_[i];
 }

@@ -7,6 +7,7 @@
 // See docs/numerics.md for the accumulation choices of each op.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -15,6 +16,12 @@
 #include "ref/rope.h"
 
 namespace fq::ref {
+
+// The inputs of a layer's linears, for observers (flatness plots): the post-RMSNorm input of q/k/v, the
+// attention output (o_proj input), the post-attention-RMSNorm input of gate/up, silu(gate) * up (down_proj).
+enum class LinearInput { kQkv, kO, kGateUp, kDown };
+// x: [n, dim] row-major, valid only during the call.
+using CaptureFn = std::function<void(int layer, LinearInput site, const float* x, int64_t n, int64_t dim)>;
 
 class RefDecoder {
  public:
@@ -36,6 +43,8 @@ class RefDecoder {
   int64_t max_ctx() const { return max_ctx_; }
   const ModelConfig& config() const { return w_.cfg; }
   int n_threads() const { return pool_->size(); }
+  // Called with the input of every linear of every layer during forward (empty: none, the default).
+  void set_capture(CaptureFn fn) { capture_ = std::move(fn); }
 
  private:
   void layer(int il, int64_t n);
@@ -44,6 +53,7 @@ class RefDecoder {
   const ModelWeights& w_;
   int64_t max_ctx_ = 0, pos_ = 0;
   std::unique_ptr<ThreadPool> pool_;
+  CaptureFn capture_;
   RopeTable rope_;
   // KV cache: [n_layer][max_ctx][n_head_kv*head_dim] each, fp32.
   std::vector<float> k_cache_, v_cache_;
