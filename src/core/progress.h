@@ -1,5 +1,6 @@
 // A progress bar with rate and ETA on stderr. On a terminal it redraws one line; otherwise it prints a
-// line at most every few seconds so that logs stay readable.
+// line at most every few seconds so that logs stay readable, and nothing for a task done within a second.
+// Destroyed while an exception unwinds, it draws nothing more: the error line that follows is the last word.
 #pragma once
 #include <chrono>
 #include <cstdint>
