@@ -13,7 +13,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -89,8 +92,9 @@ void expect_partial_layers_valid(const std::string& partial, const std::string& 
   if (!fs::is_directory(partial)) return;
   for (const auto& e : fs::directory_iterator(partial)) {
     const std::string n = e.path().filename().string();
-    if (n.rfind("layer_", 0) == 0 && n.size() > 12 && n.substr(n.size() - 12) == ".safetensors")
+    if (n.rfind("layer_", 0) == 0 && n.size() > 12 && n.substr(n.size() - 12) == ".safetensors") {
       EXPECT_NO_THROW(SafeTensors(e.path().string())) << when << ": " << n;
+    }
   }
 }
 
@@ -119,24 +123,31 @@ TEST(CalibrateKill, RandomSigkillsThenResumeMatchesUninterrupted) {
   // Early kills land in the start-up and the first layers, late ones in the last layer and the final
   // write; a restart skips finished layers, so later runs are shorter.
   std::uniform_int_distribution<int64_t> when(ref_ms / 20, ref_ms * 9 / 10);
+  const int max_kills = 8;
   int kills = 0, runs = 0;
   bool finished = false;
-  while (!finished && runs < 12) {
+  while (!finished && runs < max_kills + 1) {
     ++runs;
     Child c(calib_args(model, data, art), log);
     ASSERT_GT(c.pid(), 0);
     int st = 0;
-    // After 5 kills let it finish.
-    const int64_t delay = kills < 5 ? when(rng) : 120000;
+    // After max_kills kills let it finish.
+    const int64_t delay = kills < max_kills ? when(rng) : 120000;
     if (c.wait_for(delay, &st)) {
       ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "run " << runs << ":\n" << read_file(log);
       finished = true;
     } else {
-      ASSERT_LT(kills, 5) << "the final run did not finish";
+      ASSERT_LT(kills, max_kills) << "the final run did not finish";
       c.kill_and_reap();
       ++kills;
     }
     const std::string what = "after run " + std::to_string(runs) + (finished ? " (finished)" : " (killed)");
+    int layers = 0;
+    if (fs::is_directory(partial))
+      for (const auto& e : fs::directory_iterator(partial)) layers += e.path().filename().string().rfind("layer_", 0) == 0;
+    std::printf("[ kill     ] run %d: %s; %s, %d finished layer file(s) in ART_DIR.partial\n", runs,
+                finished ? "finished" : fmt::format("killed at {} ms (uninterrupted run: {} ms)", delay, ref_ms).c_str(),
+                fs::exists(art) ? "ART_DIR complete" : "no ART_DIR", layers);
     expect_absent_or_complete(art, what);
     expect_partial_layers_valid(partial, what);
   }
