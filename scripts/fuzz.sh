@@ -19,6 +19,7 @@ else
   TARGETS=$TARGET
 fi
 
+command -v "${CXX:-clang++}" >/dev/null || { echo "fuzz: needs clang (apt-get install -y clang)" >&2; exit 2; }
 if [ ! -f "$B/build.ninja" ]; then
   CC=${CC:-clang} CXX=${CXX:-clang++} cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DFLATQUANT_FUZZ=ON -DFLATQUANT_TESTS=OFF -DFLATQUANT_CUDA=OFF -DFLATQUANT_TORCH=OFF >/dev/null
