@@ -48,7 +48,7 @@ void Progress::finish(const std::string& extra) {
   if (finished_) return;
   finished_ = true;
   // A log (not a terminal) already has the last state when update() drew it at the total.
-  if (!tty_ && drawn_done_ == done_ && extra.empty()) return;
+  if (!tty_ && drawn_done_ == done_ && extra == drawn_extra_) return;
   if (!tty_ && drawn_done_ < 0 && extra.empty() &&
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count() < 1.0)
     return;
@@ -57,6 +57,7 @@ void Progress::finish(const std::string& extra) {
 
 void Progress::draw(bool final_line, const std::string& extra) {
   drawn_done_ = done_;
+  drawn_extra_ = extra;
   const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double frac = total_ > 0 ? (double)done_ / (double)total_ : 1.0;
   const int width = 30;

@@ -20,7 +20,7 @@ class Progress {
 
  private:
   void draw(bool final_line, const std::string& extra);
-  std::string label_;
+  std::string label_, drawn_extra_;
   int64_t total_, done_ = 0, drawn_done_ = -1;
   bool enabled_, tty_, finished_ = false;
   std::chrono::steady_clock::time_point start_, last_draw_;
