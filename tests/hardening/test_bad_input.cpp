@@ -120,6 +120,9 @@ struct Case {
   std::vector<std::string> outputs;
 };
 
+// gtest prints parameters in test names and failures; the case name is enough.
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
 // Skips a case whose data is absent.
 bool have(const std::string& p) { return file_exists(p); }
 
