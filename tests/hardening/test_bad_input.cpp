@@ -251,6 +251,14 @@ std::vector<Case> cases() {
                  return "ppl --model " + q(dir);
                },
                {"config.json", "GPTNeoXForCausalLM"}});
+  c.push_back({"ConfigDeeplyNested", [](const test::TempDir& t) {
+                 const std::string dir = tiny_model(t);
+                 // json::dump / copies recurse per level: this used to overflow the stack.
+                 write_file_atomic(path_join(dir, "config.json"),
+                                   "{\"architectures\": " + std::string(200000, '[') + std::string(200000, ']') + "}");
+                 return "ppl --model " + q(dir);
+               },
+               {"config.json", "nested deeper"}});
   c.push_back({"ConfigWrongType", [](const test::TempDir& t) {
                  const std::string dir = tiny_model(t);
                  json cfg = test::tiny_config_json();
@@ -363,6 +371,18 @@ std::vector<Case> cases() {
                  return "convert --from gguf --model " + q(t.file("bad.gguf")) + " --out " + q(t.file("out"));
                },
                {"bad.gguf", "metadata count"},
+               {"out"}});
+  c.push_back({"GgufHugeBlockCount", [](const test::TempDir& t) {
+                 // Found by fuzz_gguf: a block_count of 2^31-1 made the converter allocate per-layer tables.
+                 std::string all = tiny_gguf();
+                 const std::string key = "llama.block_count";
+                 const size_t at = all.find(key) + key.size() + 4;  // after the key and its u32 type
+                 const uint32_t huge = 0x7fffffff;
+                 std::memcpy(&all[at], &huge, 4);
+                 write_file_atomic(t.file("blocks.gguf"), all);
+                 return "convert --from gguf --model " + q(t.file("blocks.gguf")) + " --out " + q(t.file("out"));
+               },
+               {"blocks.gguf", "llama.block_count", "2147483647"},
                {"out"}});
   c.push_back({"GgufUnsupportedTensorType", [](const test::TempDir& t) {
                  write_file_atomic(t.file("i32.gguf"), tiny_gguf(nullptr, std::string(16 * 8 * 4, '\0')));
