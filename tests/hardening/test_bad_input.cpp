@@ -14,11 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "../ref/fold_model.h"
 #include "convert/gguf_builder.h"
 #include "core/fs.h"
 #include "flatquant/error.h"
 #include "io/tiny_model_dir.h"
+#include "model/artifact.h"
 #include "model/recipe.h"
+#include "model/weights.h"
 #include "test_util.h"
 
 namespace fq {
@@ -32,6 +35,8 @@ std::string stories_bin() { return test::data_path("stories260K/stories260K.bin"
 std::string stories_tok() { return test::data_path("stories260K/tok512.bin"); }
 // The converted HF directory (scripts/test.sh converts it before the tests run).
 std::string stories_dir() { return test::source_path(".cache/models/stories260K"); }
+// Skips a case whose data is absent.
+bool have(const std::string& p) { return file_exists(p); }
 std::string wiki() { return test::data_path("wikitext2_raw/wiki.valid.nonempty.first100KB.txt"); }
 
 // ---- input builders ----
@@ -104,6 +109,32 @@ std::string tiny_gguf(const std::function<void(const std::string&, std::vector<f
   return b.build();
 }
 
+// A W4A4KV4 artifact of stories260K with random transforms (tests/ref/fold_model.h), made once per process;
+// "" when stories260K is missing. Cases copy it and break the copy.
+std::string shared_artifact() {
+  static test::TempDir* dir = nullptr;  // lives until exit: the cases only read it
+  static std::string art;
+  if (dir || !have(stories_bin())) return art;
+  dir = new test::TempDir();
+  if (test::run_cli("convert --from llama2c --model " + q(stories_bin()) + " --out " + q(dir->file("fp"))).exit_code != 0)
+    return art;
+  const ModelWeights w = load_hf_weights(dir->file("fp"));
+  const Artifact a = test::make_artifact(w, test::random_transforms(w.cfg, 5), test::test_recipe("w4a4kv4", 4, 4, 4),
+                                         test::ArtifactOptions());
+  write_artifact(a, dir->file("art"), dir->file("fp"));
+  art = dir->file("art");
+  return art;
+}
+
+// A copy of the shared artifact in the case's directory, or "" (skip).
+std::string artifact_copy(const test::TempDir& t) {
+  const std::string src = shared_artifact();
+  if (src.empty()) return "";
+  const std::string dst = t.file("art");
+  std::filesystem::copy(src, dst, std::filesystem::copy_options::recursive);
+  return dst;
+}
+
 // ---- the table ----
 
 struct Case {
@@ -123,8 +154,6 @@ struct Case {
 // gtest prints parameters in test names and failures; the case name is enough.
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
-// Skips a case whose data is absent.
-bool have(const std::string& p) { return file_exists(p); }
 
 std::vector<Case> cases() {
   std::vector<Case> c;
@@ -407,6 +436,43 @@ std::vector<Case> cases() {
                },
                {"big.gguf", "up_proj", "F16"},
                {"out"}});
+
+  // --- quantized artifacts (src/model/artifact.h) ---
+  c.push_back({"ArtifactChecksumMismatch", [](const test::TempDir& t) {
+                 const std::string art = artifact_copy(t);
+                 if (art.empty()) return std::string();
+                 std::string bytes = read_file(art + "/model.safetensors");
+                 bytes[bytes.size() / 3] = (char)(bytes[bytes.size() / 3] ^ 0x10);
+                 write_file_atomic(art + "/model.safetensors", bytes);
+                 return "ppl --model " + q(art) + " --seq-len 32 --limit-windows 1";
+               },
+               {"model.safetensors", "sha256"}});
+  c.push_back({"ArtifactFormatVersionTooNew", [](const test::TempDir& t) {
+                 const std::string art = artifact_copy(t);
+                 if (art.empty()) return std::string();
+                 json man = json::parse(read_file(art + "/manifest.json"));
+                 man["format_version"] = 99;
+                 write_file_atomic(art + "/manifest.json", man.dump(2));
+                 return "ppl --model " + q(art) + " --seq-len 32 --limit-windows 1";
+               },
+               {"manifest.json", "format_version", "99"}});
+  c.push_back({"ArtifactManifestTruncated", [](const test::TempDir& t) {
+                 const std::string art = artifact_copy(t);
+                 if (art.empty()) return std::string();
+                 const std::string m = read_file(art + "/manifest.json");
+                 write_file_atomic(art + "/manifest.json", m.substr(0, m.size() / 2));
+                 return "generate --model " + q(art) + " --prompt hi --max-tokens 2";
+               },
+               {"manifest.json", "JSON"}});
+  c.push_back({"ArtifactConfigDiffersFromManifest", [](const test::TempDir& t) {
+                 const std::string art = artifact_copy(t);
+                 if (art.empty()) return std::string();
+                 json cfg = json::parse(read_file(art + "/config.json"));
+                 cfg["rms_norm_eps"] = 1e-3;
+                 write_file_atomic(art + "/config.json", cfg.dump(2));
+                 return "ppl --model " + q(art) + " --seq-len 32 --limit-windows 1";
+               },
+               {"config.json"}});
 
   // --- datasets and saved log-probs (ppl) ---
   c.push_back({"PplEmptyDataset", [](const test::TempDir& t) {
