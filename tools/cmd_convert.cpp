@@ -1,4 +1,6 @@
 // flatquant convert: llama2.c / GGUF -> Hugging Face model directory.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -39,7 +41,9 @@ Runner register_convert(CLI::App& app) {
     if (args->from == "gguf" && !args->tokenizer.empty())
       fail("convert: --tokenizer is only used with --from llama2c (a GGUF file carries its tokenizer)");
     const DType dtype = args->dtype == "f16" ? DType::F16 : args->dtype == "bf16" ? DType::BF16 : DType::F32;
-    std::fprintf(stderr, "convert: reading %s (%s)\n", args->model.c_str(), args->from.c_str());
+    // A status line for people watching a long read; logs get the result line on stdout (and an error
+    // stays the only line on stderr).
+    if (::isatty(2)) std::fprintf(stderr, "convert: reading %s (%s)\n", args->model.c_str(), args->from.c_str());
     HfModel m =
         args->from == "llama2c" ? import_llama2c(args->model, args->tokenizer) : import_gguf(args->model);
     int64_t n_params = 0;

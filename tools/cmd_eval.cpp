@@ -49,14 +49,15 @@ std::vector<eval::QaTask> parse_tasks(const std::string& list) {
 nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
 
 int run(const Options& o) {
+  // Command-line values first: they are cheaper to check than any file.
+  FQ_CHECK(o.limit >= 0, "--limit must not be negative (found {})", o.limit);
+  FQ_CHECK(o.batch_size >= 1, "--batch-size must be at least 1 (found {})", o.batch_size);
+  const std::vector<eval::QaTask> tasks = parse_tasks(o.tasks);
   FQ_CHECK(is_directory(o.model), "{}: not a directory (expected an HF model directory or a flatquant artifact)",
            o.model);
   FQ_CHECK(file_exists(path_join(o.model, "config.json")),
            "{}: no config.json (expected an HF model directory or a flatquant artifact)", o.model);
   FQ_CHECK(is_directory(o.data_dir), "{}: not a directory (expected <task>.jsonl files)", o.data_dir);
-  FQ_CHECK(o.limit >= 0, "--limit must not be negative (found {})", o.limit);
-  FQ_CHECK(o.batch_size >= 1, "--batch-size must be at least 1 (found {})", o.batch_size);
-  const std::vector<eval::QaTask> tasks = parse_tasks(o.tasks);
 
   // Read every task file first: a bad row fails before the model is loaded.
   std::vector<std::vector<eval::QaDoc>> docs;

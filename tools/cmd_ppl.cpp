@@ -26,6 +26,7 @@ namespace {
 struct Options {
   std::string model, data, save_logits, kld_base, quant, device = "cpu";
   int64_t seq_len = 2048, limit_windows = 0;
+  bool seq_len_given = false;  // the default is capped at the model context; an explicit value must fit
   int threads = 0;
   bool json = false;
 };
@@ -47,6 +48,9 @@ int run(const Options& o) {
   const std::vector<int32_t> stream = tok->encode_with_bos(text);
   const double tok_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_tok).count();
 
+  FQ_CHECK(!o.seq_len_given || o.seq_len <= cfg.n_ctx,
+           "--seq-len {} is longer than the model context ({}/config.json max_position_embeddings {})", o.seq_len,
+           o.model, cfg.n_ctx);
   const int64_t seq_len = std::min(o.seq_len, cfg.n_ctx);
   const eval::WindowPlan plan = eval::plan_windows((int64_t)stream.size(), seq_len, data);
   const int64_t windows = o.limit_windows > 0 ? std::min(plan.windows, o.limit_windows) : plan.windows;
@@ -125,8 +129,9 @@ Runner register_ppl(CLI::App& app) {
   add_quant_flag(sub, o->quant);
   add_device_flag(sub, o->device);
   sub->add_option("--data", o->data, "Text file (default <data_dir>/wikitext2_raw/wiki.test.hf_joined.txt)");
-  sub->add_option("--seq-len", o->seq_len, "Window length in tokens (capped at the model context)")
-      ->capture_default_str();
+  sub->add_option("--seq-len", o->seq_len, "Window length in tokens (default: 2048 or the model context if shorter)")
+      ->capture_default_str()
+      ->each([o](const std::string&) { o->seq_len_given = true; });
   sub->add_option("--limit-windows", o->limit_windows, "Evaluate only the first N windows (0: all)");
   sub->add_option("--threads", o->threads, "CPU threads (0: all cores)");
   sub->add_flag("--json", o->json, "Print one JSON object line to stdout");

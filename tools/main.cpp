@@ -1,6 +1,7 @@
 // flatquant: one binary, one file per subcommand. Errors print one line and exit 1.
 #include <cstdio>
 #include <exception>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -29,8 +30,17 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : 1;
+    // --help / --version print as CLI11 does; a bad command line is one error line like every other error
+    // (CLI11's own message adds a second "Run with --help" line).
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::string where = "flatquant";
+    for (const CLI::App* sub : app.get_subcommands())
+      if (sub->parsed()) where += " " + sub->get_name();
+    std::string msg = e.what();
+    for (char& c : msg)
+      if (c == '\n') c = ' ';
+    std::fprintf(stderr, "flatquant: error: %s (see %s --help)\n", msg.c_str(), where.c_str());
+    return 1;
   }
   try {
     for (auto& [sub, run] : cmds)

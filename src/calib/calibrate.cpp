@@ -14,6 +14,7 @@
 #include "calib/calibrate.h"
 
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -149,8 +150,11 @@ json run_identity(const CalibrateOptions& o, const CalibSettings& s, const Recip
 void open_partial(const std::string& partial, const json& id) {
   const std::string path = path_join(partial, "options.json");
   if (!is_directory(partial)) {
-    fs::create_directories(partial);
-    write_file_atomic(path, id.dump(2) + "\n");
+    // Created whole (with its options.json) or not at all: a kill in between would otherwise leave a
+    // directory that the next run refuses as "not a calibration in progress".
+    AtomicDir d(partial, /*replace_existing=*/false);
+    write_file_atomic(d.file("options.json"), id.dump(2) + "\n");
+    d.commit();
     return;
   }
   if (!file_exists(path)) fail("{}: missing; {} is not a calibration in progress (delete it)", path, partial);
@@ -467,7 +471,12 @@ int run_calibrate(const CalibrateOptions& o) {
     write_file_atomic(o.save_transforms, read_file(tpath));
   }
   write_artifact(art, out, o.model, extra);
-  remove_tree(partial);
+  // Renamed away first, so that a kill during the removal never leaves a half-deleted <out>.partial (no
+  // options.json) for the next run to trip over.
+  const std::string gone = partial + ".old." + std::to_string(::getpid());
+  std::error_code ec;
+  fs::rename(partial, gone, ec);
+  remove_tree(ec ? partial : gone);
   if (o.progress) std::fprintf(stderr, "calibrate: wrote %s\n", out.c_str());
   return 0;
 }

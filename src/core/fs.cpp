@@ -2,16 +2,19 @@
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "flatquant/error.h"
 
@@ -65,7 +68,37 @@ std::string path_join(const std::string& a, const std::string& b) {
   return a + "/" + b;
 }
 
+namespace {
+
+// "<path>.tmp.<pid>" and "<path>.old.<pid>" of a process that was killed before it could clean up (SIGKILL,
+// power loss). They are removed once that process is gone; a live one may still be writing its own.
+void remove_stale_temporaries(const std::string& path) {
+  namespace sfs = std::filesystem;
+  const sfs::path p(path);
+  const sfs::path dir = p.parent_path().empty() ? sfs::path(".") : p.parent_path();
+  const std::string base = p.filename().string();
+  std::vector<sfs::path> stale;
+  std::error_code ec;
+  for (sfs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string n = it->path().filename().string();
+    for (const char* tag : {".tmp.", ".old."}) {
+      const std::string pre = base + tag;
+      if (n.size() <= pre.size() || n.compare(0, pre.size(), pre) != 0) continue;
+      const std::string digits = n.substr(pre.size());
+      if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      const pid_t pid = (pid_t)std::stol(digits);
+      if (pid == ::getpid()) continue;                         // our own: handled by the caller
+      if (::kill(pid, 0) == 0 || errno == EPERM) continue;     // that process still exists
+      stale.push_back(it->path());
+    }
+  }
+  for (const sfs::path& s : stale) remove_tree(s.string());
+}
+
+}  // namespace
+
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  remove_stale_temporaries(path_);
   tmp_ = path_ + ".tmp." + std::to_string(::getpid());
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail("{}: cannot create: {}", path_, std::strerror(errno));
@@ -134,6 +167,7 @@ AtomicDir::AtomicDir(std::string path, bool replace_existing) : path_(std::move(
   while (path_.size() > 1 && path_.back() == '/') path_.pop_back();
   if (!replace_ && std::filesystem::exists(path_) && !std::filesystem::is_empty(path_))
     fail("{}: output directory exists and is not empty (pass --force to replace it)", path_);
+  remove_stale_temporaries(path_);
   tmp_ = path_ + ".tmp." + std::to_string(::getpid());
   remove_tree(tmp_);
   std::error_code ec;
@@ -148,6 +182,16 @@ AtomicDir::~AtomicDir() {
 void AtomicDir::commit() {
   std::error_code ec;
   std::string old;
+  // Replacing: swap the two directories in one step (Linux renameat2), so that <path> is never missing;
+  // the old tree, now under the temporary name, is removed after. Other systems: move aside, then rename.
+#ifdef RENAME_EXCHANGE
+  if (std::filesystem::exists(path_) &&
+      ::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, path_.c_str(), RENAME_EXCHANGE) == 0) {
+    committed_ = true;
+    remove_tree(tmp_);
+    return;
+  }
+#endif
   if (std::filesystem::exists(path_)) {
     old = path_ + ".old." + std::to_string(::getpid());
     remove_tree(old);

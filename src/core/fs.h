@@ -32,7 +32,8 @@ bool is_directory(const std::string& path);
 std::string path_join(const std::string& a, const std::string& b);
 
 // A file written under "<path>.tmp.<pid>" and renamed to <path> by commit(). Destroyed without commit(),
-// the temporary is removed and <path> is untouched.
+// the temporary is removed and <path> is untouched. Temporaries of <path> left by killed processes (their
+// pid no longer exists) are removed when the next AtomicFile / AtomicDir of the same <path> is created.
 class AtomicFile {
  public:
   explicit AtomicFile(std::string path);
@@ -51,7 +52,8 @@ class AtomicFile {
 void write_file_atomic(const std::string& path, std::string_view content);
 
 // A directory assembled under "<path>.tmp.<pid>" and moved to <path> by commit() (replacing an existing
-// directory only when allowed). Destroyed without commit(), the temporary tree is removed.
+// directory only when allowed, by an atomic exchange on Linux: <path> is never absent or half-replaced).
+// Destroyed without commit(), the temporary tree is removed.
 class AtomicDir {
  public:
   AtomicDir(std::string path, bool replace_existing);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <exception>
 
 namespace fq {
 
@@ -21,6 +22,12 @@ Progress::Progress(std::string label, int64_t total, bool enabled)
 }
 
 Progress::~Progress() {
+  // Unwinding from an error: the error line follows, so draw no final state (end a half-drawn terminal
+  // line so that the error starts on its own line).
+  if (std::uncaught_exceptions() > 0) {
+    if (tty_ && drawn_done_ >= 0 && !finished_) std::fprintf(stderr, "\n");
+    return;
+  }
   if (!finished_ && done_ > 0) finish();
 }
 
@@ -30,6 +37,9 @@ void Progress::update(int64_t done, const std::string& extra) {
   const auto now = std::chrono::steady_clock::now();
   const double since = std::chrono::duration<double>(now - last_draw_).count();
   if (since < (tty_ ? 0.1 : 5.0) && done < total_) return;
+  if (!tty_ && done >= total_ && drawn_done_ < 0 && extra.empty() &&
+      std::chrono::duration<double>(now - start_).count() < 1.0)
+    return;  // a sub-second task gets no log line
   last_draw_ = now;
   draw(false, extra);
 }
@@ -38,12 +48,16 @@ void Progress::finish(const std::string& extra) {
   if (finished_) return;
   finished_ = true;
   // A log (not a terminal) already has the last state when update() drew it at the total.
-  if (!tty_ && drawn_done_ == done_ && extra.empty()) return;
+  if (!tty_ && drawn_done_ == done_ && extra == drawn_extra_) return;
+  if (!tty_ && drawn_done_ < 0 && extra.empty() &&
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count() < 1.0)
+    return;
   if (enabled_) draw(true, extra);
 }
 
 void Progress::draw(bool final_line, const std::string& extra) {
   drawn_done_ = done_;
+  drawn_extra_ = extra;
   const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double frac = total_ > 0 ? (double)done_ / (double)total_ : 1.0;
   const int width = 30;

@@ -1,5 +1,6 @@
 // A progress bar with rate and ETA on stderr. On a terminal it redraws one line; otherwise it prints a
-// line at most every few seconds so that logs stay readable.
+// line at most every few seconds so that logs stay readable, and nothing for a task done within a second.
+// Destroyed while an exception unwinds, it draws nothing more: the error line that follows is the last word.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -19,7 +20,7 @@ class Progress {
 
  private:
   void draw(bool final_line, const std::string& extra);
-  std::string label_;
+  std::string label_, drawn_extra_;
   int64_t total_, done_ = 0, drawn_done_ = -1;
   bool enabled_, tty_, finished_ = false;
   std::chrono::steady_clock::time_point start_, last_draw_;

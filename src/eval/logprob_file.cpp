@@ -1,6 +1,7 @@
 #include "eval/logprob_file.h"
 
 #include <cstring>
+#include <filesystem>
 
 #include "flatquant/error.h"
 #include "io/safetensors.h"
@@ -17,6 +18,10 @@ LogprobWriter::LogprobWriter(std::string path, int64_t windows, int64_t seq_len,
     : path_(std::move(path)), windows_(windows), seq_len_(seq_len), n_vocab_(n_vocab) {
   FQ_CHECK(windows > 0 && seq_len >= 2 && n_vocab > 0, "{}: nothing to save ({} windows of {} tokens, vocab {})",
            path_, windows, seq_len, n_vocab);
+  // The file is written at the end of the run: fail now, not after the whole evaluation, when it cannot be.
+  const std::filesystem::path parent = std::filesystem::path(path_).parent_path();
+  FQ_CHECK(parent.empty() || std::filesystem::is_directory(parent), "{}: directory {} does not exist", path_,
+           parent.string());
   const uint64_t count = (uint64_t)windows * (uint64_t)(seq_len - 1) * (uint64_t)n_vocab;
   dtype_ = count * 4 <= kF32Limit ? DType::F32 : DType::F16;
   FQ_CHECK(count * dtype_size(dtype_) <= kLimit,

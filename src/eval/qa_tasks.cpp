@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
+#include "core/json_guard.h"
 #include "flatquant/error.h"
 #include "io/tokenizer_unicode.h"
 
@@ -202,6 +203,7 @@ std::vector<QaDoc> load_task_file(QaTask t, const std::string& path, int64_t lim
     start = end + 1;
     if (l.find_first_not_of(" \t\r") == std::string_view::npos) continue;
     const std::string where = fmt::format("{}:{}", path, line);
+    check_json_depth(l, where);
     json row = json::parse(l.begin(), l.end(), nullptr, /*allow_exceptions=*/false);
     FQ_CHECK(!row.is_discarded(), "{}: not valid JSON", where);
     docs.push_back(build_doc(t, row, where));

@@ -1,6 +1,8 @@
 #include "io/convert.h"
 
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <cstdlib>
 
 #include "core/fs.h"
@@ -41,6 +43,14 @@ const char* torch_dtype_name(DType t) {
 void write_hf_dir(HfModel& m, const std::string& out_dir, bool force, DType dtype, bool progress) {
   FQ_CHECK(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
            "{}: output dtype {} is not supported (f32, f16 or bf16)", out_dir, dtype_name(dtype));
+  // The runtime refuses non-finite weights (load_hf_weights); refuse them here too, before anything is
+  // written, and values that the narrower output dtype would turn into infinities.
+  const float limit = dtype == DType::F16 ? 65504.0f : std::numeric_limits<float>::max();
+  for (const HfTensor& t : m.tensors)
+    for (size_t k = 0; k < t.data.size(); ++k)
+      if (!(std::fabs(t.data[k]) <= limit))
+        fail("{}: tensor '{}': element {} is {} ({})", m.source, t.name, k, t.data[k],
+             std::isfinite(t.data[k]) ? fmt::format("out of range for {}", dtype_name(dtype)) : "not finite");
   AtomicDir dir(out_dir, force);
   m.cfg.torch_dtype = torch_dtype_name(dtype);
 

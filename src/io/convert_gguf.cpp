@@ -122,7 +122,7 @@ HfModel import_gguf(const std::string& path) {
       {"feed_forward_length", cfg.n_ff},          {"attention.head_count", cfg.n_head},
       {"attention.head_count_kv", cfg.n_head_kv}, {"context_length", cfg.n_ctx}};
   for (const auto& [k, v] : dims)
-    if (v <= 0 || v > (int64_t)1 << 32) fail("{}: metadata '{}{}': {} is out of range", path, a, k, v);
+    if (v <= 0 || v > INT32_MAX) fail("{}: metadata '{}{}': {} is out of range", path, a, k, v);
   if (cfg.n_head % cfg.n_head_kv != 0)
     fail("{}: metadata '{}attention.head_count' {} is not a multiple of head_count_kv {}", path, a,
          cfg.n_head, cfg.n_head_kv);
@@ -165,6 +165,11 @@ HfModel import_gguf(const std::string& path) {
     std::vector<int64_t> shape;
     int64_t permute_heads;
   };
+  // Every layer has at least 9 tensors: refuse a block_count the tensor table cannot hold before the
+  // per-layer list is built (a corrupt count of 2^32 would otherwise allocate gigabytes).
+  if ((uint64_t)cfg.n_layer > g.tensors().size() / 9)
+    fail("{}: metadata '{}block_count' is {} but the file has only {} tensors", path, a, cfg.n_layer,
+         g.tensors().size());
   const int64_t E = cfg.n_embd, F = cfg.n_ff, Q = cfg.n_head * cfg.head_dim,
                 KV = cfg.n_head_kv * cfg.head_dim;
   std::vector<Item> items;
@@ -221,6 +226,10 @@ HfModel import_gguf(const std::string& path) {
   int64_t done = 0;
   for (const Item& it : items) {
     std::vector<float> data = g.read_f32(g.get_tensor(it.gguf));
+    // NaN/Inf weights (or quantization scales) would make every output NaN; the runtime refuses them too.
+    for (size_t k = 0; k < data.size(); ++k)
+      if (!std::isfinite(data[k]))
+        fail("{}: tensor '{}': element {} is {} (not finite)", path, it.gguf, k, data[k]);
     if (it.permute_heads > 0) {
       const int64_t n_in = it.shape.size() == 2 ? it.shape[1] : 1;
       data = rope_interleaved_to_halves(data, it.permute_heads, cfg.head_dim, n_in);

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/json_guard.h"
 #include "flatquant/error.h"
 
 namespace fq {
@@ -75,7 +76,7 @@ TensorInfo parse_tensor_entry(const std::string& path, const std::string& name, 
     } else if (d.is_number_integer()) {
       throw bad(fmt::format("shape[{}] = {} is negative", i, d.get<int64_t>()));
     } else {
-      throw bad(fmt::format("shape[{}] must be a non-negative integer (found {})", i, d.dump()));
+      throw bad(fmt::format("shape[{}] must be a non-negative integer (found {})", i, json_excerpt(d)));
     }
   }
 
@@ -84,7 +85,7 @@ TensorInfo parse_tensor_entry(const std::string& path, const std::string& name, 
   if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
       !(*off)[1].is_number_unsigned())
     throw bad(
-        fmt::format("'data_offsets' must be two non-negative integers [begin, end] (found {})", off->dump()));
+        fmt::format("'data_offsets' must be two non-negative integers [begin, end] (found {})", json_excerpt(*off)));
   t.begin = (*off)[0].get<uint64_t>();
   t.end = (*off)[1].get<uint64_t>();
   if (t.begin > t.end) throw bad(fmt::format("data_offsets [{}, {}]: begin is after end", t.begin, t.end));
@@ -135,6 +136,7 @@ SafeTensors::SafeTensors(const std::string& path) : file_(path) {
   // nlohmann keeps the last of duplicate keys silently; a parser callback sees every top-level key.
   std::set<std::string> seen;
   std::string duplicate;
+  check_json_depth(std::string_view(hdr, n), path + ": header");
   json j;
   try {
     j = json::parse(
@@ -276,7 +278,9 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
   } else if (file_exists(index)) {
     json j;
     try {
-      j = json::parse(read_file(index));
+      const std::string text = read_file(index);
+      check_json_depth(text, index);
+      j = json::parse(text);
     } catch (const json::exception& e) {
       fail("{}: not valid JSON: {}", index, json_error_text(e));
     }

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "core/fs.h"
+#include "core/json_guard.h"
 #include "flatquant/error.h"
 #include "io/tokenizer_loaders.h"
 
@@ -41,7 +42,9 @@ bool ends_with(const std::string& s, const std::string& suf) {
 
 json read_json(const std::string& path) {
   try {
-    return json::parse(read_file(path));
+    const std::string text = read_file(path);
+    check_json_depth(text, path);
+    return json::parse(text);
   } catch (const json::exception& e) {
     fail("{}: invalid JSON: {}", path, e.what());
   }
@@ -61,7 +64,7 @@ int32_t special_from_config(const json& cfg, const char* key, const Tokenizer& t
   else if (v.is_object() && v.contains("content") && v["content"].is_string())
     s = v["content"].get<std::string>();
   else
-    fail("{}: {}: expected a string or {{\"content\": ...}}, found {}", path, key, v.dump().substr(0, 80));
+    fail("{}: {}: expected a string or {{\"content\": ...}}, found {}", path, key, json_excerpt(v));
   const int32_t id = tok.token_to_id(s);
   return id >= 0 ? id : kUnknown;
 }
@@ -71,7 +74,7 @@ int32_t id_from_config(const json& cfg, const char* key, const std::string& path
   const json& v = cfg[key];
   if (v.is_array() && !v.empty()) return id_from_config(json{{key, v[0]}}, key, path);  // several EOS: the first
   FQ_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < (1LL << 31),
-           "{}: {}: expected a non-negative integer, found {}", path, key, v.dump().substr(0, 80));
+           "{}: {}: expected a non-negative integer, found {}", path, key, json_excerpt(v));
   return v.get<int32_t>();
 }
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
+#include "core/json_guard.h"
 #include "flatquant/error.h"
 #include "io/tokenizer_hf_pipeline.h"
 #include "io/tokenizer_loaders.h"
@@ -108,13 +109,13 @@ void HfBpeTokenizer::load_model(const json& m, const std::string& what) {
   FQ_CHECK(m.contains("vocab") && m["vocab"].is_object(), "{}: model.vocab: missing or not an object", what);
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     FQ_CHECK(!m.contains(k) || m[k].is_null() || (m[k].is_string() && m[k].get<std::string>().empty()),
-             "{}: model.{}: {} is not supported (expected null)", what, k, m.contains(k) ? m[k].dump() : "");
+             "{}: model.{}: {} is not supported (expected null)", what, k, m.contains(k) ? json_excerpt(m[k]) : "");
   }
   const json& vocab = m["vocab"];
   int64_t max_id = -1;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     FQ_CHECK(it.value().is_number_integer() && it.value().get<int64_t>() >= 0 && it.value().get<int64_t>() < (1 << 30),
-             "{}: model.vocab['{}']: id {} is not a valid non-negative integer", what, it.key(), it.value().dump());
+             "{}: model.vocab['{}']: id {} is not a valid non-negative integer", what, it.key(), json_excerpt(it.value()));
     max_id = std::max(max_id, it.value().get<int64_t>());
   }
   id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
@@ -155,7 +156,7 @@ void HfBpeTokenizer::load_model(const json& m, const std::string& what) {
     } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
       a = e[0].get<std::string>(), b = e[1].get<std::string>();
     } else {
-      fail("{}: model.merges[{}]: expected \"a b\" or [\"a\", \"b\"], found {}", what, i, e.dump().substr(0, 80));
+      fail("{}: model.merges[{}]: expected \"a b\" or [\"a\", \"b\"], found {}", what, i, json_excerpt(e));
     }
     const int32_t ia = id_of(a, i), ib = id_of(b, i), im = id_of(a + b, i);
     merges_.emplace(pair_key(ia, ib), std::make_pair(static_cast<int32_t>(i), im));  // first rank wins
@@ -395,6 +396,7 @@ std::string HfBpeTokenizer::decode(const std::vector<int32_t>& ids) const {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_hf_json_text(std::string_view text, const std::string& what) {
+  check_json_depth(text, what);
   json root;
   try {
     root = json::parse(text.begin(), text.end());

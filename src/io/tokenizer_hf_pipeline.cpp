@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_guard.h"
 #include "flatquant/error.h"
 #include "io/tokenizer_hf_common.h"
 #include "io/tokenizer_unicode.h"
@@ -87,16 +88,16 @@ const json& field(const json& j, const char* key, const std::string& what) {
 }
 std::string str_field(const json& j, const char* key, const std::string& what) {
   const json& v = field(j, key, what);
-  FQ_CHECK(v.is_string(), "{}.{}: expected a string, found {}", what, key, v.dump().substr(0, 80));
+  FQ_CHECK(v.is_string(), "{}.{}: expected a string, found {}", what, key, json_excerpt(v));
   return v.get<std::string>();
 }
 bool bool_field(const json& j, const char* key, bool def, const std::string& what) {
   if (!j.contains(key) || j[key].is_null()) return def;
-  FQ_CHECK(j[key].is_boolean(), "{}.{}: expected a boolean, found {}", what, key, j[key].dump().substr(0, 80));
+  FQ_CHECK(j[key].is_boolean(), "{}.{}: expected a boolean, found {}", what, key, json_excerpt(j[key]));
   return j[key].get<bool>();
 }
 std::string type_of(const json& j, const std::string& what) {
-  FQ_CHECK(j.is_object(), "{}: expected an object, found {}", what, j.dump().substr(0, 80));
+  FQ_CHECK(j.is_object(), "{}: expected an object, found {}", what, json_excerpt(j));
   return str_field(j, "type", what);
 }
 
@@ -106,7 +107,7 @@ Pattern::Pattern(const json& j, const std::string& what) {
   } else if (j.is_object() && j.contains("String") && j["String"].is_string()) {
     lit_ = j["String"].get<std::string>();
   } else {
-    fail("{}: expected {{\"String\": ...}} or {{\"Regex\": ...}}, found {}", what, j.dump().substr(0, 80));
+    fail("{}: expected {{\"String\": ...}} or {{\"Regex\": ...}}, found {}", what, json_excerpt(j));
   }
 }
 
@@ -143,7 +144,7 @@ Behavior parse_behavior(const json& j, const std::string& what) {
   if (b == "MergedWithNext") return Behavior::kMergedWithNext;
   if (b == "Contiguous") return Behavior::kContiguous;
   fail("{}.behavior: unsupported '{}' (expected Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous)",
-       what, j.dump());
+       what, json_excerpt(j));
 }
 
 struct Seg {

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "core/fs.h"
+#include "core/json_guard.h"
 #include "core/sha256.h"
 #include "flatquant/error.h"
 #include "io/safetensors.h"
@@ -270,6 +271,7 @@ KronPair read_kron(TensorReader& r, const std::string& name, int64_t dim) {
 
 json read_json_file(const std::string& path) {
   const std::string text = read_file(path);
+  check_json_depth(text, path);
   try {
     return json::parse(text);
   } catch (const json::exception& e) {
@@ -364,11 +366,15 @@ std::string sha256_file(const std::string& path) {
 bool is_artifact_dir(const std::string& dir) {
   const std::string m = path_join(dir, kManifestFile);
   if (!is_directory(dir) || !file_exists(m)) return false;
+  // A manifest that cannot be read as JSON counts as an artifact's: load_artifact then names the file and
+  // the problem, instead of the directory being taken for an HF model with "missing tensor" errors.
   try {
-    const json j = json::parse(read_file(m));
+    const std::string text = read_file(m);
+    check_json_depth(text, m);
+    const json j = json::parse(text);
     return j.is_object() && j.contains("format") && j["format"] == kFormatName;
   } catch (const std::exception&) {
-    return false;
+    return true;
   }
 }
 

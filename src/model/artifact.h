@@ -75,7 +75,8 @@ struct Artifact {
   const std::vector<float>& head() const { return lm_head.empty() ? tok_embd : lm_head; }
 };
 
-// True when `dir/manifest.json` exists and says format "flatquant-artifact".
+// True when `dir/manifest.json` exists and says format "flatquant-artifact", or cannot be parsed (so that
+// load_artifact reports the broken manifest).
 bool is_artifact_dir(const std::string& dir);
 
 // Writes `dir` atomically (temp dir + rename; an existing artifact directory is replaced, any other existing

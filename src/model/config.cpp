@@ -6,9 +6,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
+#include "core/json_guard.h"
 #include "flatquant/error.h"
 
 namespace fq {
@@ -42,7 +44,7 @@ bool present(const json& j, const char* key) {
 int64_t get_int(const json& j, const char* key, const std::string& path) {
   if (!present(j, key)) fail("{}: missing field '{}'", path, key);
   const json& v = j.at(key);
-  if (!v.is_number_integer()) fail("{}: field '{}': expected an integer (found {})", path, key, v.dump());
+  if (!v.is_number_integer()) fail("{}: field '{}': expected an integer (found {})", path, key, json_excerpt(v));
   return v.get<int64_t>();
 }
 
@@ -53,7 +55,7 @@ int64_t get_int_or(const json& j, const char* key, const std::string& path, int6
 double get_num(const json& j, const char* key, const std::string& path, const char* where = "") {
   if (!present(j, key)) fail("{}: missing field '{}{}'", path, where, key);
   const json& v = j.at(key);
-  if (!v.is_number()) fail("{}: field '{}{}': expected a number (found {})", path, where, key, v.dump());
+  if (!v.is_number()) fail("{}: field '{}{}': expected a number (found {})", path, where, key, json_excerpt(v));
   return v.get<double>();
 }
 
@@ -64,21 +66,21 @@ double get_num_or(const json& j, const char* key, const std::string& path, doubl
 bool get_bool_or(const json& j, const char* key, const std::string& path, bool dflt) {
   if (!present(j, key)) return dflt;
   const json& v = j.at(key);
-  if (!v.is_boolean()) fail("{}: field '{}': expected true or false (found {})", path, key, v.dump());
+  if (!v.is_boolean()) fail("{}: field '{}': expected true or false (found {})", path, key, json_excerpt(v));
   return v.get<bool>();
 }
 
 std::string get_str_or(const json& j, const char* key, const std::string& path, const std::string& dflt) {
   if (!present(j, key)) return dflt;
   const json& v = j.at(key);
-  if (!v.is_string()) fail("{}: field '{}': expected a string (found {})", path, key, v.dump());
+  if (!v.is_string()) fail("{}: field '{}': expected a string (found {})", path, key, json_excerpt(v));
   return v.get<std::string>();
 }
 
 // rope_scaling (transformers 4.x) or rope_parameters (5.x): an object with "rope_type" (or the older "type").
 RopeScaling parse_rope(const json& r, const std::string& path, const char* field) {
   RopeScaling rs;
-  if (!r.is_object()) fail("{}: field '{}': expected an object or null (found {})", path, field, r.dump());
+  if (!r.is_object()) fail("{}: field '{}': expected an object or null (found {})", path, field, json_excerpt(r));
   std::string type = "default";
   if (present(r, "rope_type"))
     type = get_str_or(r, "rope_type", path, type);
@@ -100,7 +102,7 @@ RopeScaling parse_rope(const json& r, const std::string& path, const char* field
     const json& o = r.at("original_max_position_embeddings");
     if (!o.is_number_integer() || o.get<int64_t>() <= 0)
       fail("{}: field '{}original_max_position_embeddings': expected a positive integer (found {})", path,
-           where, o.dump());
+           where, json_excerpt(o));
     rs.original_max_position_embeddings = o.get<int64_t>();
     // The llama3 ramp divides by (high - low); equal factors would divide by zero.
     if (!(rs.high_freq_factor > rs.low_freq_factor) || !(rs.low_freq_factor > 0))
@@ -120,7 +122,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
   if (!present(j, "architectures")) fail("{}: missing field 'architectures'", path);
   const json& archs = j.at("architectures");
   if (!archs.is_array() || archs.empty() || !archs[0].is_string())
-    fail("{}: field 'architectures': expected a list of names (found {})", path, archs.dump());
+    fail("{}: field 'architectures': expected a list of names (found {})", path, json_excerpt(archs));
   c.architecture = archs[0].get<std::string>();
   const Arch* arch = nullptr;
   for (const auto& a : kArchs)
@@ -138,8 +140,10 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
   c.n_head = get_int(j, "num_attention_heads", path);
   c.n_ff = get_int(j, "intermediate_size", path);
   c.n_ctx = get_int(j, "max_position_embeddings", path);
+  // Sizes beyond int32 are no real model and would overflow products like vocab x hidden downstream.
   auto positive = [&](int64_t v, const char* key) {
     if (v <= 0) fail("{}: field '{}': must be positive (found {})", path, key, v);
+    if (v > INT32_MAX) fail("{}: field '{}': {} is too large (at most {})", path, key, v, INT32_MAX);
   };
   positive(c.n_vocab, "vocab_size");
   positive(c.n_embd, "hidden_size");
@@ -172,7 +176,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
   if (present(j, "rope_parameters")) {
     const json& rp = j.at("rope_parameters");
     if (!rp.is_object())
-      fail("{}: field 'rope_parameters': expected an object or null (found {})", path, rp.dump());
+      fail("{}: field 'rope_parameters': expected an object or null (found {})", path, json_excerpt(rp));
     if (present(rp, "rope_theta")) c.rope_theta = get_num(rp, "rope_theta", path, "rope_parameters.");
     c.rope_scaling = parse_rope(rp, path, "rope_parameters");
   }
@@ -216,11 +220,11 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& path) {
       for (const auto& x : e) {
         if (!x.is_number_integer())
           fail("{}: field 'eos_token_id': expected an integer or a list of integers (found {})", path,
-               e.dump());
+               json_excerpt(e));
         c.eos_ids.push_back(x.get<int64_t>());
       }
     } else {
-      fail("{}: field 'eos_token_id': expected an integer or a list of integers (found {})", path, e.dump());
+      fail("{}: field 'eos_token_id': expected an integer or a list of integers (found {})", path, json_excerpt(e));
     }
   }
   auto check_id = [&](int64_t id, const char* key) {
@@ -236,6 +240,7 @@ ModelConfig ModelConfig::load(const std::string& config_json_path) {
   const std::string text = read_file(config_json_path);
   json j;
   try {
+    check_json_depth(text, config_json_path);
     j = json::parse(text);
   } catch (const json::exception& e) {
     std::string m = e.what();

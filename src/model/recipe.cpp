@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
+#include "core/json_guard.h"
 #include "flatquant/error.h"
 
 namespace fq {
@@ -32,7 +33,7 @@ T get_field(const json& j, const char* key, const std::string& source, const cha
   } else {
     ok = v.is_string();
   }
-  FQ_CHECK(ok, "{}: field '{}': expected {}, found {}", source, key, expected, v.dump());
+  FQ_CHECK(ok, "{}: field '{}': expected {}, found {}", source, key, expected, json_excerpt(v));
   return v.get<T>();
 }
 
@@ -78,7 +79,7 @@ Recipe Recipe::from_json(const json& j, const std::string& source) {
   if (j.contains("gptq")) {
     const json& g = j.at("gptq");
     const std::string gs = source + ": gptq";
-    FQ_CHECK(g.is_object(), "{}: field 'gptq': expected an object, found {}", source, g.dump());
+    FQ_CHECK(g.is_object(), "{}: field 'gptq': expected an object, found {}", source, json_excerpt(g));
     for (auto it = g.begin(); it != g.end(); ++it) {
       FQ_CHECK(it.key() == "blocksize" || it.key() == "percdamp" || it.key() == "act_order" || it.key() == "mse",
                "{}: unknown field 'gptq.{}'", source, it.key());
@@ -168,7 +169,9 @@ Recipe load_recipe(const std::string& name_or_path) {
   FQ_CHECK(file_exists(name_or_path), "{}: recipe file not found", name_or_path);
   json j;
   try {
-    j = json::parse(read_file(name_or_path));
+    const std::string text = read_file(name_or_path);
+    check_json_depth(text, name_or_path);
+    j = json::parse(text);
   } catch (const json::exception& e) {
     fail("{}: invalid JSON: {}", name_or_path, e.what());
   }

@@ -81,6 +81,10 @@ ModelWeights load_hf_weights(const std::string& dir) {
       fail("{}: missing tensor 'lm_head.weight' (config.json has tie_word_embeddings false)", dir);
     w.lm_head = ld.read("lm_head.weight", {c.n_vocab, c.n_embd});
   }
+  // num_hidden_layers comes from config.json: make sure the file has that many layers before allocating.
+  const std::string last = TensorNames::layer((int)c.n_layer - 1, "input_layernorm.weight");
+  if (!store.has(last))
+    fail("{}: missing tensor '{}' (config.json has num_hidden_layers {})", dir, last, c.n_layer);
   w.layers.resize((size_t)c.n_layer);
   for (int i = 0; i < (int)c.n_layer; ++i) {
     LayerWeights& L = w.layers[(size_t)i];

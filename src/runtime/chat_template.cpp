@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
+#include "core/json_guard.h"
 #include "flatquant/error.h"
 
 namespace fq::runtime {
@@ -153,7 +154,9 @@ ChatTemplate load_chat_template(const std::string& model_dir) {
   FQ_CHECK(file_exists(path), "{}: not found, so there is no chat_template; {}", path, kTemplateHint);
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_file(path));
+    const std::string text = read_file(path);
+    check_json_depth(text, path);
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON ({})", path, e.what());
   }

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fs.h"
+#include "core/json_guard.h"
 #include "flatquant/error.h"
 #include "io/utf8_stream.h"
 
@@ -157,7 +158,9 @@ std::vector<int32_t> collect_eos_ids(const std::string& model_dir, const ModelCo
   if (file_exists(gen)) {
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(read_file(gen));
+      const std::string text = read_file(gen);
+      check_json_depth(text, gen);
+      j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
       fail("{}: not valid JSON ({})", gen, e.what());
     }
@@ -167,11 +170,11 @@ std::vector<int32_t> collect_eos_ids(const std::string& model_dir, const ModelCo
         ids.push_back(e.get<int32_t>());
       } else if (e.is_array()) {
         for (const auto& x : e) {
-          FQ_CHECK(x.is_number_integer(), "{}: eos_token_id: expected integers, found {}", gen, x.dump());
+          FQ_CHECK(x.is_number_integer(), "{}: eos_token_id: expected integers, found {}", gen, json_excerpt(x));
           ids.push_back(x.get<int32_t>());
         }
       } else {
-        FQ_CHECK(e.is_null(), "{}: eos_token_id: expected an integer or a list, found {}", gen, e.dump());
+        FQ_CHECK(e.is_null(), "{}: eos_token_id: expected an integer or a list, found {}", gen, json_excerpt(e));
       }
     }
   }

@@ -1,0 +1,56 @@
+// Inputs found by the fuzz targets (fuzz/, docs/hardening.md), kept as regression tests: each must now be
+// refused with a one-line fq::Error naming the file and the field, within the memory a normal run needs.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "flatquant/error.h"
+#include "io/convert.h"
+#include "io/tiny_model_dir.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "test_util.h"
+
+namespace fq {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// fuzz_gguf, out-of-memory: llama.block_count 16384001 in a file of 11 tensors made import_gguf build a
+// per-layer list of 180M entries (> 2 GB) before looking for the tensors.
+TEST(FuzzRegression, GgufHugeBlockCount) {
+  const std::string p = test::source_path("tests/data/fuzz/gguf/oom_block_count.gguf");
+  const std::string e = error_of([&] { import_gguf(p); });
+  EXPECT_NE(e.find("oom_block_count.gguf: metadata 'llama.block_count' is 16384001 but the file has only 11 tensors"),
+            std::string::npos)
+      << e;
+}
+
+// The same class of bug in config.json: num_hidden_layers is checked against the tensors before the layer
+// array is allocated, and sizes beyond int32 are refused.
+TEST(FuzzRegression, ConfigHugeLayerCount) {
+  test::TempDir t;
+  auto cfg = test::tiny_config_json();
+  test::write_tiny_model(t.path(), cfg);
+  cfg["num_hidden_layers"] = 1000000000;
+  write_file_atomic(t.file("config.json"), cfg.dump());
+  EXPECT_NE(error_of([&] { load_hf_weights(t.path()); })
+                .find("missing tensor 'model.layers.999999999.input_layernorm.weight' (config.json has "
+                      "num_hidden_layers 1000000000)"),
+            std::string::npos);
+  cfg["num_hidden_layers"] = 1LL << 40;
+  write_file_atomic(t.file("config.json"), cfg.dump());
+  EXPECT_NE(error_of([&] { load_hf_weights(t.path()); }).find("field 'num_hidden_layers': 1099511627776 is too large"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace fq
