@@ -3,7 +3,7 @@
 # FlatQuant-GPTQ; perplexity on the WikiText-2 test (seq-len 512) and on in-domain stories sampled from the FP
 # model (seeds 0..199), all methods calibrated on a disjoint sample (seeds 100000..100399).
 #   scripts/results_stories260K.sh OUT_DIR      (needs a build with LibTorch: BIN=build-torch/flatquant)
-# Finished artifacts in OUT_DIR are kept (rerun to continue). EPOCHS, NSAMPLES, WIKI_WINDOWS, THREADS adjust it.
+# Finished artifacts in OUT_DIR are kept (rerun to continue). EPOCHS, NSAMPLES, WIKI_WINDOWS, THREADS, DEVICE adjust it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: $0 OUT_DIR}
@@ -17,7 +17,8 @@ sched="--set calib.nsamples=${NSAMPLES:-32} --set calib.seqlen=512 --set calib.e
 cal() {
   local name=$1; shift
   local t0=$(date +%s)
-  $bin calibrate --model "$model" --calib-data "$out/stories_calib.txt" --threads ${THREADS:-2} $sched "$@" \
+  $bin calibrate --model "$model" --calib-data "$out/stories_calib.txt" --device ${DEVICE:-cpu} \
+    --threads ${THREADS:-2} $sched "$@" \
     --out "$out/$name" 2> "$out/calib_$name.log"
   echo "$name: calibrated in $(( $(date +%s) - t0 )) s" >&2
 }
