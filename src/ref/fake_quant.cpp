@@ -23,10 +23,9 @@ void row_range(const float* x, int64_t n, float* mx, float* mn) {
   *mn = lo;
 }
 
-}  // namespace
-
-float quantize_sym_row(const float* x, int64_t n, int bits, float clip_max, float clip_min, int8_t* q) {
-  check_bits(bits, "quantize_sym_row");
+// The symmetric per-row scale both entry points use (clip factors applied; 1 for an all-zero row) and the
+// code range [lo, hi] of `bits`.
+float sym_row_scale(const float* x, int64_t n, int bits, float clip_max, float clip_min, float* lo, float* hi) {
   const int qmax = (1 << (bits - 1)) - 1;
   float rowmax, rowmin;
   row_range(x, n, &rowmax, &rowmin);
@@ -34,7 +33,17 @@ float quantize_sym_row(const float* x, int64_t n, int bits, float clip_max, floa
   const float amax = std::max(std::fabs(xmin), xmax);
   float scale = amax / static_cast<float>(qmax);
   if (scale == 0.0f) scale = 1.0f;
-  const float lo = static_cast<float>(-qmax - 1), hi = static_cast<float>(qmax);
+  *lo = static_cast<float>(-qmax - 1);
+  *hi = static_cast<float>(qmax);
+  return scale;
+}
+
+}  // namespace
+
+float quantize_sym_row(const float* x, int64_t n, int bits, float clip_max, float clip_min, int8_t* q) {
+  check_bits(bits, "quantize_sym_row");
+  float lo, hi;
+  const float scale = sym_row_scale(x, n, bits, clip_max, clip_min, &lo, &hi);
   for (int64_t i = 0; i < n; ++i) {
     const float r = std::nearbyint(x[i] / scale);
     q[i] = static_cast<int8_t>(std::min(std::max(r, lo), hi));
@@ -44,14 +53,8 @@ float quantize_sym_row(const float* x, int64_t n, int bits, float clip_max, floa
 
 float fake_quant_sym_row(const float* x, int64_t n, int bits, float clip_max, float clip_min, float* y) {
   check_bits(bits, "fake_quant_sym_row");
-  const int qmax = (1 << (bits - 1)) - 1;
-  float rowmax, rowmin;
-  row_range(x, n, &rowmax, &rowmin);
-  const float xmax = rowmax * clip_max, xmin = rowmin * clip_min;
-  const float amax = std::max(std::fabs(xmin), xmax);
-  float scale = amax / static_cast<float>(qmax);
-  if (scale == 0.0f) scale = 1.0f;
-  const float lo = static_cast<float>(-qmax - 1), hi = static_cast<float>(qmax);
+  float lo, hi;
+  const float scale = sym_row_scale(x, n, bits, clip_max, clip_min, &lo, &hi);
   for (int64_t i = 0; i < n; ++i) {
     const float r = std::min(std::max(std::nearbyint(x[i] / scale), lo), hi);
     y[i] = r * scale;
