@@ -103,8 +103,7 @@ double median(std::vector<double> v) {
 
 int run(const Options& o) {
   FQ_CHECK(o.random.empty() != o.model.empty(), "bench: give exactly one of --random and --model");
-  FQ_CHECK(o.engine == "fp16",
-           "--engine {}: not available yet (fp16 only; the W4A4KV4 backend plugs into the same engine later)",
+  FQ_CHECK(o.engine == "fp16" || o.engine == "w4a4kv4", "--engine: expected fp16 or w4a4kv4, found \"{}\"",
            o.engine);
   FQ_CHECK(o.prefill >= 1 && o.decode >= 1 && o.repeat >= 1,
            "bench: --prefill, --decode and --repeat must be positive (found {}, {}, {})", o.prefill, o.decode,
@@ -125,9 +124,16 @@ int run(const Options& o) {
   const double t_load = now_s();
   if (!o.random.empty()) {
     ModelConfig cfg = preset(o.random);
-    eng = std::make_unique<runtime::CudaEngine>(cfg, o.seed, eo);
+    eng = std::make_unique<runtime::CudaEngine>(cfg, o.seed, eo, o.engine == "w4a4kv4");
     name = "random:" + o.random;
+  } else if (is_artifact_dir(o.model)) {
+    FQ_CHECK(o.engine == "w4a4kv4", "--model {}: a quantized artifact runs with --engine w4a4kv4", o.model);
+    const Artifact a = load_artifact(o.model);
+    eng = std::make_unique<runtime::CudaEngine>(a, eo);
+    name = o.model;
   } else {
+    FQ_CHECK(o.engine == "fp16", "--model {}: an HF model runs with --engine fp16 (w4a4kv4 needs an artifact)",
+             o.model);
     const ModelWeights w = load_hf_weights(o.model);
     eng = std::make_unique<runtime::CudaEngine>(w, eo);
     name = o.model;
@@ -164,8 +170,11 @@ int run(const Options& o) {
     const double dec_ms = (now_s() - t0) * 1e3 / static_cast<double>(o.decode);
 
     const runtime::EngineInfo info = eng->info();
-    // KV bytes one step reads, averaged over the decode (K and V, fp16).
-    const double kv_step = static_cast<double>(B) * cfg.n_layer * 2.0 * cfg.n_head_kv * cfg.head_dim * 2.0 *
+    // KV bytes one step reads, averaged over the decode (K and V: fp16, or 4-bit codes + fp32 scale and zero
+    // per (token, head)).
+    const double kv_head_bytes =
+        o.engine == "w4a4kv4" ? cfg.head_dim / 2.0 + 8.0 : cfg.head_dim * 2.0;
+    const double kv_step = static_cast<double>(B) * cfg.n_layer * 2.0 * cfg.n_head_kv * kv_head_bytes *
                            (static_cast<double>(o.prefill) + 0.5 * static_cast<double>(o.decode));
     nlohmann::json r;
     r["batch"] = B;
@@ -258,7 +267,9 @@ Runner register_bench(CLI::App& app) {
                       "Random weights with the shapes of llama-3-8b, qwen2.5-7b or an HF directory's config");
   auto* m = sub->add_option("--model", o->model, "HF model directory (real weights)");
   r->excludes(m);
-  sub->add_option("--engine", o->engine, "fp16 (w4a4kv4: later)")->capture_default_str();
+  sub->add_option("--engine", o->engine,
+                  "fp16 (FP16 weights and KV) or w4a4kv4 (random packed weights, or --model ARTIFACT_DIR)")
+      ->capture_default_str();
   sub->add_option("--batch", o->batches, "Comma-separated batch sizes")->capture_default_str();
   sub->add_option("--prefill", o->prefill, "Prompt tokens per sequence")->capture_default_str();
   sub->add_option("--decode", o->decode, "Greedy tokens decoded after the prompt")->capture_default_str();

@@ -1,7 +1,8 @@
-// `flatquant eval --model DIR [--quant fake|real] --tasks piqa,hellaswag,... --data-dir DIR [--limit N] [--batch-size N]
+// `flatquant eval --model DIR [--quant fake|real] [--device cpu|cuda] --tasks piqa,hellaswag,... --data-dir DIR [--limit N] [--batch-size N]
 //                 [--threads N] [--add-bos] [--json] [--log-items FILE]`
 // Zero-shot accuracy by lm-evaluation-harness's protocol (src/eval/qa_*.h, docs/eval.md) on the CPU
-// reference decoder (HF directory) or the artifact runtime (quantized artifact): <data-dir>/<task>.jsonl holds each task's Hugging Face rows.
+// reference decoder (HF directory) or the artifact runtime (quantized artifact), or with --device cuda on the
+// CUDA engine (FP16 / W4A4KV4): <data-dir>/<task>.jsonl holds each task's Hugging Face rows.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -22,7 +23,7 @@ namespace fq::cli {
 namespace {
 
 struct Options {
-  std::string model, quant, tasks = "piqa,hellaswag,arc_easy,arc_challenge,winogrande,lambada_openai", data_dir, log_items;
+  std::string model, quant, device = "cpu", tasks = "piqa,hellaswag,arc_easy,arc_challenge,winogrande,lambada_openai", data_dir, log_items;
   int64_t limit = 0, batch_size = 64;
   int threads = 0;
   bool json = false, add_bos = false;
@@ -64,7 +65,7 @@ int run(const Options& o) {
   for (eval::QaTask t : tasks)
     docs.push_back(eval::load_task_file(t, path_join(o.data_dir, std::string(eval::task_name(t)) + ".jsonl"), o.limit));
 
-  ModelSource src(o.model, o.quant);
+  ModelSource src(o.model, o.quant, o.device);
   const ModelConfig& cfg = src.cfg();
   const auto tok = load_tokenizer(o.model);
   FQ_CHECK(tok->n_vocab() <= cfg.n_vocab, "{}: the tokenizer has {} tokens but the model vocabulary has {}",
@@ -111,8 +112,8 @@ int run(const Options& o) {
   }
   fmt::print("average  {:.2f} (x100; acc_norm for piqa/hellaswag/arc, acc for winogrande/lambada; over {} task{})\n",
              out.average, out.tasks.size(), out.tasks.size() == 1 ? "" : "s");
-  fmt::print("time     {:.1f} s, {} requests ({:.1f} requests/s, {} token positions run, {} threads)\n",
-             out.seconds, suite.requests.size(), rps, ll.tokens_run(), n_threads);
+  fmt::print("time     {:.1f} s, {} requests ({:.1f} requests/s, {} token positions run, {})\n",
+             out.seconds, suite.requests.size(), rps, ll.tokens_run(), src.compute(n_threads));
   if (!o.log_items.empty()) fmt::print("items    {}\n", o.log_items);
   return 0;
 }
@@ -124,6 +125,7 @@ Runner register_eval(CLI::App& app) {
   auto* sub = app.add_subcommand("eval", "Zero-shot accuracy (lm-evaluation-harness protocol) on QA tasks");
   sub->add_option("--model", o->model, "HF model directory or flatquant artifact directory")->required();
   add_quant_flag(sub, o->quant);
+  add_device_flag(sub, o->device);
   sub->add_option("--tasks", o->tasks, "Comma-separated tasks")->capture_default_str();
   sub->add_option("--data-dir", o->data_dir, "Directory with <task>.jsonl (the tasks' HF rows)")->required();
   sub->add_option("--limit", o->limit, "Evaluate only the first N documents of each task (0: all)");

@@ -1,6 +1,7 @@
 // The --model of ppl / eval / generate / chat: an HF model directory (fp32 reference decoder, or with
 // --device cuda the FP16 CUDA engine) or a quantized artifact directory (ref::QuantDecoder, --quant
-// fake|real). One place decides which, so every command treats them alike.
+// fake|real; with --device cuda the W4A4KV4 CUDA engine, which is real quantization). One place decides
+// which, so every command treats them alike.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <memory>
@@ -30,7 +31,8 @@ inline void add_quant_flag(CLI::App* sub, std::string& quant) {
 
 // The --device flag of ppl / generate / chat.
 inline void add_device_flag(CLI::App* sub, std::string& device) {
-  sub->add_option("--device", device, "cpu (reference decoder) or cuda (FP16 CUDA engine, HF models)")
+  sub->add_option("--device", device,
+                  "cpu (reference decoders) or cuda (CUDA engine: FP16 for HF models, W4A4KV4 for artifacts)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
 }
@@ -43,13 +45,15 @@ class ModelSource {
     FQ_CHECK(is_directory(dir),
              "{}: not a directory (expected an HF model directory or a flatquant artifact)", dir);
     artifact_ = is_artifact_dir(dir);
-    FQ_CHECK(!(cuda_ && artifact_),
-             "--device cuda: {} is a quantized artifact; the CUDA engine runs FP16 HF models for now", dir);
+    FQ_CHECK(!(cuda_ && artifact_ && quant_flag == "fake"),
+             "--quant fake: the CUDA engine runs artifacts with real (integer) quantization; use --quant real "
+             "or --device cpu");
     std::string why;
     FQ_CHECK(!cuda_ || runtime::cuda_engine_available(&why), "--device cuda: {}", why);
     if (artifact_) {
       art_ = load_artifact(dir);
-      quant_ = quant_flag.empty() ? ref::QuantMode::kFake : ref::parse_quant_mode(quant_flag);
+      quant_ = quant_flag.empty() ? (cuda_ ? ref::QuantMode::kReal : ref::QuantMode::kFake)
+                                  : ref::parse_quant_mode(quant_flag);
       cfg_ = art_.cfg;
     } else {
       FQ_CHECK(quant_flag.empty(),
@@ -70,6 +74,12 @@ class ModelSource {
   // The decoder behind each interface, and its thread count. For an artifact the decoder holds its own
   // prepared copy of the weights, so the loaded tensors are released afterwards (one decoder per source).
   std::unique_ptr<eval::CausalLM> causal_lm(int64_t max_ctx, int threads, int* n_threads) {
+    if (artifact_ && cuda_) {
+      *n_threads = 0;
+      auto lm = std::make_unique<eval::CudaCausalLM>(art_, max_ctx);
+      release();
+      return lm;
+    }
     if (artifact_) {
       auto lm = std::make_unique<eval::QuantCausalLM>(art_, quant_, max_ctx, threads);
       *n_threads = lm->decoder().n_threads();
@@ -85,18 +95,33 @@ class ModelSource {
     return lm;
   }
   std::unique_ptr<eval::PrefixLM> prefix_lm(int64_t max_ctx, int threads, int* n_threads) {
+    if (artifact_ && cuda_) {
+      *n_threads = 0;
+      auto lm = std::make_unique<eval::CudaPrefixLM>(art_, max_ctx);
+      release();
+      return lm;
+    }
     if (artifact_) {
       auto lm = std::make_unique<eval::QuantPrefixLM>(art_, quant_, max_ctx, threads);
       *n_threads = lm->decoder().n_threads();
       release();
       return lm;
     }
-    FQ_CHECK(!cuda_, "--device cuda: not available for this command yet");
+    if (cuda_) {
+      *n_threads = 0;
+      return std::make_unique<eval::CudaPrefixLM>(w_, max_ctx);
+    }
     auto lm = std::make_unique<eval::RefPrefixLM>(w_, max_ctx, threads);
     *n_threads = lm->decoder().n_threads();
     return lm;
   }
   std::unique_ptr<runtime::DecoderModel> decoder_model(int64_t max_ctx, int threads, int* n_threads) {
+    if (artifact_ && cuda_) {
+      *n_threads = 0;
+      auto m = std::make_unique<runtime::CudaDecoderModel>(art_, max_ctx);
+      release();
+      return m;
+    }
     if (artifact_) {
       auto m = std::make_unique<runtime::QuantDecoderModel>(art_, quant_, max_ctx, threads);
       *n_threads = m->n_threads();
@@ -113,7 +138,8 @@ class ModelSource {
   }
   // Where it runs, for the timing lines: "N threads" or the CUDA engine.
   std::string compute(int n_threads) const {
-    return cuda_ ? std::string("cuda fp16 engine") : fmt::format("{} threads", n_threads);
+    if (cuda_) return artifact_ ? "cuda w4a4kv4 engine" : "cuda fp16 engine";
+    return fmt::format("{} threads", n_threads);
   }
   bool cuda() const { return cuda_; }
 

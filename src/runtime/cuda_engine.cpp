@@ -23,7 +23,10 @@ namespace {
 CudaEngine::CudaEngine(const ModelWeights&, const EngineOptions&) {
   no_cuda();
 }
-CudaEngine::CudaEngine(const ModelConfig&, uint64_t, const EngineOptions&) {
+CudaEngine::CudaEngine(const ModelConfig&, uint64_t, const EngineOptions&, bool) {
+  no_cuda();
+}
+CudaEngine::CudaEngine(const Artifact&, const EngineOptions&) {
   no_cuda();
 }
 CudaEngine::~CudaEngine() = default;
@@ -71,17 +74,25 @@ bool cuda_engine_available(std::string* why) {
 #else  // FLATQUANT_WITH_CUDA
 
 #include <cublasLt.h>
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <map>
 #include <tuple>
 
 #include "core/dtype.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/engine_kernels.h"
+#include "kernels/cuda/kron.h"
 #include "kernels/cuda/layer_ops.h"
+#include "kernels/cuda/qgemm.h"
+#include "kernels/cuda/quant.h"
+#include "kernels/cuda/w4a4_ops.h"
 #include "ops/cuda_check.h"
+#include "ref/kron.h"
 #include "ref/rope.h"
 
 namespace fq::runtime {
@@ -132,6 +143,28 @@ struct LayerDev {
   size_t o_wqkv = 0, o_wo = 0, o_wgu = 0, o_wdown = 0, o_bqkv = 0, o_n1 = 0, o_n2 = 0;
 };
 
+// W4A4KV4 backend: one online Kronecker transform (absent: L = 0). A, B fp32 for the few-token kernel; A16
+// (A as fp16) and Bt16 (B^T as fp16) for the two tensor-core GEMMs of prefill.
+struct KronDev {
+  int64_t L = 0, R = 0;
+  size_t o_A = 0, o_B = 0, o_A16 = 0, o_Bt16 = 0;
+  float *A = nullptr, *B = nullptr;
+  uint16_t *A16 = nullptr, *Bt16 = nullptr;
+};
+
+struct QLayerDev {
+  // Packed int4 weights [N, K/2] (fused q|k|v and gate|up rows) and fp32 per-channel scales.
+  uint8_t *wqkv = nullptr, *wo = nullptr, *wgu = nullptr, *wdown = nullptr;
+  float *sqkv = nullptr, *so = nullptr, *sgu = nullptr, *sdown = nullptr;
+  float *bqkv = nullptr, *n1 = nullptr, *n2 = nullptr;
+  float *po = nullptr, *kmat = nullptr, *kinv = nullptr;  // [H, H], [D, D], [D, D] or nullptr
+  size_t o_wqkv = 0, o_wo = 0, o_wgu = 0, o_wdown = 0, o_sqkv = 0, o_so = 0, o_sgu = 0, o_sdown = 0, o_bqkv = 0,
+         o_n1 = 0, o_n2 = 0, o_po = 0, o_kmat = 0, o_kinv = 0;
+  KronDev ln, ug, dn;
+  cuda::SymClips qkv_clips, gu_clips, o_clip, down_clip;
+  cuda::Kv4Clip kv_clip;
+};
+
 struct GemmPlan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -180,11 +213,26 @@ struct CudaEngine::Impl {
   bool profiling = false;
   std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t> > > prof_events;
 
+  // ---- W4A4KV4 backend (quant == true) ----
+  bool quant = false;
+  cublasHandle_t blas = nullptr;  // strided-batched GEMM of the prefill Kronecker transform
+  std::vector<QLayerDev> qlayers;
+  std::vector<cuda::Kv4Layer> kv4;
+  int64_t kv_rows = 0;             // rows of the fp16 K/V read-back buffers (prefill attention)
+  float* tf = nullptr;             // [max_tokens, HB] fp32: normed / transformed / attention rows
+  float* tf2 = nullptr;            // [kKronFewRows, HB] fp32: the few-token transform output
+  uint16_t* t16 = nullptr;         // [max_tokens, HB] fp16: first GEMM of the prefill transform
+  uint8_t* xq = nullptr;           // packed activations, up to 3 copies [copy][rows][K/2]
+  float* sxq = nullptr;            // their scales [copy][rows]
+  uint16_t *kf16 = nullptr, *vf16 = nullptr;  // [kv_rows, KV, D] fp16 K/V read back for prefill attention
+  static constexpr int64_t kKronFewRows = 16;  // up to this many rows: kron_transform_f32, else two GEMMs
+
   Impl(const ModelConfig& c, const EngineOptions& opt) : cfg(c), o(opt) {}
   ~Impl();
 
   void init_device();
   void plan_memory();
+  void plan_workspace(size_t attn_bytes);
   void upload(const ModelWeights& w);
   void randomize(uint64_t seed);
   void finish_init();
@@ -223,6 +271,17 @@ struct CudaEngine::Impl {
 
   void layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
                   int64_t slot0, int64_t p0);
+
+  // W4A4KV4 backend.
+  void plan_memory_quant(const Artifact* a);
+  void upload_quant(const Artifact& a);
+  void randomize_quant(uint64_t seed);
+  void resolve(KronDev& k);
+  // fp32 rows [rows, L*R] (few rows) or fp16 rows (more) -> transformed fp32 rows (returned pointer).
+  const float* kron(const KronDev& k, const float* src32, const uint16_t* src16, int64_t rows);
+  void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name);
+  void qlayer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
+                   int64_t slot0, int64_t p0);
   void decode_body(int64_t batch);
   void run_step(int64_t batch);  // graph replay (captured on the second use) or eager
   void check_flags(const char* where);
@@ -237,6 +296,7 @@ CudaEngine::Impl::~Impl() {
     cublasLtMatmulDescDestroy(p.op);
   }
   if (h_in) cudaFreeHost(h_in);
+  if (blas) cublasDestroy(blas);
   if (lt) cublasLtDestroy(lt);
   if (stream) cudaStreamDestroy(stream);
 }
@@ -321,6 +381,11 @@ void CudaEngine::Impl::plan_memory() {
         attn_bytes,
         cuda::decode_attention_f16_workspace_bytes(
             b, H, D, cuda::decode_attention_f16_plan(b, H, KV, o.max_ctx, prop.multiProcessorCount)));
+  plan_workspace(attn_bytes);
+}
+
+void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
+  const size_t h2 = sizeof(uint16_t), f4 = sizeof(float);
   const size_t mt = static_cast<size_t>(max_tokens), mb = static_cast<size_t>(o.max_batch);
   const size_t o_x = sarena.reserve(mt * E * f4), o_hb = sarena.reserve(mt * HB * h2),
                o_big = sarena.reserve(mt * BIG * h2), o_logits = sarena.reserve(max_logit_rows * V * f4),
@@ -328,7 +393,28 @@ void CudaEngine::Impl::plan_memory() {
                o_next = sarena.reserve(mb * 4),
                o_hist = sarena.reserve(static_cast<size_t>(o.max_ctx) * mb * 4), o_flags = sarena.reserve(16),
                o_attn = sarena.reserve(std::max<size_t>(attn_bytes, 16)), o_lt = sarena.reserve(kLtWorkspace);
+  size_t o_tf = 0, o_tf2 = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0;
+  if (quant) {
+    const size_t copies_k = static_cast<size_t>(std::max({3 * E, HD, F}));
+    kv_rows = std::max(max_tokens, o.max_ctx);
+    o_tf = sarena.reserve(mt * HB * f4);
+    o_tf2 = sarena.reserve(static_cast<size_t>(kKronFewRows * HB) * f4);
+    o_t16 = sarena.reserve(mt * HB * h2);
+    o_xq = sarena.reserve(mt * copies_k / 2);
+    o_sxq = sarena.reserve(3 * mt * f4);
+    o_kf = sarena.reserve(static_cast<size_t>(kv_rows * KV * D) * h2);
+    o_vf = sarena.reserve(static_cast<size_t>(kv_rows * KV * D) * h2);
+  }
   sarena.allocate("the workspace");
+  if (quant) {
+    tf = sarena.at<float>(o_tf);
+    tf2 = sarena.at<float>(o_tf2);
+    t16 = sarena.at<uint16_t>(o_t16);
+    xq = sarena.at<uint8_t>(o_xq);
+    sxq = sarena.at<float>(o_sxq);
+    kf16 = sarena.at<uint16_t>(o_kf);
+    vf16 = sarena.at<uint16_t>(o_vf);
+  }
   x = sarena.at<float>(o_x);
   hb = sarena.at<uint16_t>(o_hb);
   big = sarena.at<uint16_t>(o_big);
@@ -505,7 +591,12 @@ void CudaEngine::Impl::decode_body(int64_t batch) {
     ck(cuda::embedding(embd, DType::F16, V, E, in_tok(), batch, x, DType::F32, d_flags + 1, stream),
        "embedding");
   });
-  for (int64_t il = 0; il < L; ++il) layer_body(il, batch, true, batch, batch, 1, 0, 0);
+  for (int64_t il = 0; il < L; ++il) {
+    if (quant)
+      qlayer_body(il, batch, true, batch, batch, 1, 0, 0);
+    else
+      layer_body(il, batch, true, batch, batch, 1, 0, 0);
+  }
   op("final_norm", [&] {
     ck(cuda::rmsnorm(x, DType::F32, E, norm, batch, E, static_cast<float>(cfg.rms_eps), hb, DType::F16,
                      stream),
@@ -563,6 +654,404 @@ void CudaEngine::Impl::check_flags(const char* where) {
   }
 }
 
+// ---- W4A4KV4 backend --------------------------------------------------------------------------------------
+
+void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
+  const size_t h2 = sizeof(uint16_t), f4 = sizeof(float);
+  FQ_CHECK(E % 2 == 0 && F % 2 == 0 && HD % 2 == 0,
+           "CudaEngine W4A4: n_embd {}, n_ff {} and n_head * head_dim {} must be even (packed int4 pairs)", E, F,
+           HD);
+  FQ_CHECK(std::max({E, F, HD}) <= cuda::kQgemmMaxK, "CudaEngine W4A4: a linear's input ({}) exceeds {}",
+           std::max({E, F, HD}), cuda::kQgemmMaxK);
+  FQ_CHECK(blas == nullptr, "CudaEngine: planned twice");
+  if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: cublasCreate failed");
+  if (cublasSetStream(blas, stream) != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: cublasSetStream failed");
+  qlayers.resize(static_cast<size_t>(L));
+  // Transform layout: the artifact's, or (random weights) every transform a FlatQuant artifact has, with the
+  // original's Kronecker factor sizes.
+  auto dims = [&](KronDev& k, const KronPair* p, int64_t n) {
+    if (p) {
+      k.L = p->present() ? p->L : 0;
+      k.R = p->present() ? p->R : 0;
+    } else {
+      const ref::KronDims d = ref::decompose_dim(n);
+      k.L = d.left;
+      k.R = d.right;
+    }
+    FQ_CHECK(k.L * k.R <= 40960, "CudaEngine W4A4: a {} x {} Kronecker transform is larger than 40960", k.L, k.R);
+  };
+  o_embd = warena.reserve(static_cast<size_t>(V * E) * h2);
+  auto reserve_kron = [&](KronDev& k) {
+    if (!k.L) return;
+    k.o_A = warena.reserve(static_cast<size_t>(k.L * k.L) * f4);
+    k.o_B = warena.reserve(static_cast<size_t>(k.R * k.R) * f4);
+    k.o_A16 = warena.reserve(static_cast<size_t>(k.L * k.L) * h2);
+    k.o_Bt16 = warena.reserve(static_cast<size_t>(k.R * k.R) * h2);
+  };
+  for (int64_t i = 0; i < L; ++i) {
+    QLayerDev& l = qlayers[static_cast<size_t>(i)];
+    const ArtifactLayer* al = a ? &a->layers[static_cast<size_t>(i)] : nullptr;
+    dims(l.ln, al ? &al->ln_trans : nullptr, E);
+    dims(l.ug, al ? &al->up_gate_trans : nullptr, E);
+    dims(l.dn, al ? &al->down_trans : nullptr, F);
+    l.o_wqkv = warena.reserve(static_cast<size_t>(QKV * E / 2));
+    l.o_sqkv = warena.reserve(static_cast<size_t>(QKV) * f4);
+    l.o_wo = warena.reserve(static_cast<size_t>(E * HD / 2));
+    l.o_so = warena.reserve(static_cast<size_t>(E) * f4);
+    l.o_wgu = warena.reserve(static_cast<size_t>(2 * F * E / 2));
+    l.o_sgu = warena.reserve(static_cast<size_t>(2 * F) * f4);
+    l.o_wdown = warena.reserve(static_cast<size_t>(E * F / 2));
+    l.o_sdown = warena.reserve(static_cast<size_t>(E) * f4);
+    if (cfg.attn_bias) l.o_bqkv = warena.reserve(static_cast<size_t>(QKV) * f4);
+    l.o_n1 = warena.reserve(static_cast<size_t>(E) * f4);
+    l.o_n2 = warena.reserve(static_cast<size_t>(E) * f4);
+    if (!al || !al->o_trans.empty()) l.o_po = warena.reserve(static_cast<size_t>(H * H) * f4) + 1;
+    if (!al || !al->kcache_trans.empty()) {
+      l.o_kmat = warena.reserve(static_cast<size_t>(D * D) * f4) + 1;
+      l.o_kinv = warena.reserve(static_cast<size_t>(D * D) * f4) + 1;
+    }
+    reserve_kron(l.ln);
+    reserve_kron(l.ug);
+    reserve_kron(l.dn);
+  }
+  if (!cfg.tie_embeddings) o_head = warena.reserve(static_cast<size_t>(V * E) * h2);
+  o_norm = warena.reserve(static_cast<size_t>(E) * f4);
+  o_inv_freq = warena.reserve(static_cast<size_t>(D / 2) * f4);
+  warena.allocate("the W4A4 weights");
+  embd = warena.at<uint16_t>(o_embd);
+  head = cfg.tie_embeddings ? embd : warena.at<uint16_t>(o_head);
+  norm = warena.at<float>(o_norm);
+  inv_freq = warena.at<float>(o_inv_freq);
+  // Optional tensors were reserved at offset + 1 (0 = absent).
+  auto opt = [&](size_t off) { return off ? warena.at<float>(off - 1) : nullptr; };
+  for (auto& l : qlayers) {
+    l.wqkv = warena.at<uint8_t>(l.o_wqkv);
+    l.sqkv = warena.at<float>(l.o_sqkv);
+    l.wo = warena.at<uint8_t>(l.o_wo);
+    l.so = warena.at<float>(l.o_so);
+    l.wgu = warena.at<uint8_t>(l.o_wgu);
+    l.sgu = warena.at<float>(l.o_sgu);
+    l.wdown = warena.at<uint8_t>(l.o_wdown);
+    l.sdown = warena.at<float>(l.o_sdown);
+    l.bqkv = cfg.attn_bias ? warena.at<float>(l.o_bqkv) : nullptr;
+    l.n1 = warena.at<float>(l.o_n1);
+    l.n2 = warena.at<float>(l.o_n2);
+    l.po = opt(l.o_po);
+    l.kmat = opt(l.o_kmat);
+    l.kinv = opt(l.o_kinv);
+    resolve(l.ln);
+    resolve(l.ug);
+    resolve(l.dn);
+  }
+  step_weight_bytes = warena.size() - (cfg.tie_embeddings ? 0 : static_cast<size_t>(V * E) * h2);
+
+  // KV4 cache: per layer K and V codes [slot][ctx][KV][D/2], scale and zero [slot][ctx][KV] fp32.
+  const size_t cells = static_cast<size_t>(o.max_batch * o.max_ctx * KV), codes = cells * static_cast<size_t>(D / 2);
+  std::vector<std::array<size_t, 6>> offs(static_cast<size_t>(L));
+  for (auto& of : offs) {
+    of[0] = karena.reserve(codes);
+    of[1] = karena.reserve(cells * f4);
+    of[2] = karena.reserve(cells * f4);
+    of[3] = karena.reserve(codes);
+    of[4] = karena.reserve(cells * f4);
+    of[5] = karena.reserve(cells * f4);
+  }
+  karena.allocate("the KV4 cache");
+  kv4.resize(static_cast<size_t>(L));
+  for (size_t i = 0; i < offs.size(); ++i) {
+    cuda::Kv4Layer& c = kv4[i];
+    c.k = karena.at<uint8_t>(offs[i][0]);
+    c.k_scale = karena.at<float>(offs[i][1]);
+    c.k_zero = karena.at<float>(offs[i][2]);
+    c.v = karena.at<uint8_t>(offs[i][3]);
+    c.v_scale = karena.at<float>(offs[i][4]);
+    c.v_zero = karena.at<float>(offs[i][5]);
+    c.n_slots = o.max_batch;
+    c.max_ctx = o.max_ctx;
+    c.n_head_kv = KV;
+    c.head_dim = D;
+  }
+  size_t attn_bytes = 0;
+  for (int64_t b = 1; b <= o.max_batch; ++b)
+    attn_bytes = std::max(attn_bytes, cuda::decode_attention_workspace_bytes(
+                                          b, H, D, cuda::decode_attention_plan(b, H, KV, o.max_ctx,
+                                                                               prop.multiProcessorCount)));
+  plan_workspace(attn_bytes);
+}
+
+void CudaEngine::Impl::resolve(KronDev& k) {
+  if (!k.L) return;
+  k.A = warena.at<float>(k.o_A);
+  k.B = warena.at<float>(k.o_B);
+  k.A16 = warena.at<uint16_t>(k.o_A16);
+  k.Bt16 = warena.at<uint16_t>(k.o_Bt16);
+}
+
+namespace {
+cuda::SymClips clips_of(std::initializer_list<const QLinear*> ls) {
+  cuda::SymClips c;
+  c.n = 0;
+  for (const QLinear* l : ls) {
+    c.max[c.n] = l->act_clip_max;
+    c.min[c.n] = l->act_clip_min;
+    ++c.n;
+  }
+  return c;
+}
+}  // namespace
+
+void CudaEngine::Impl::upload_quant(const Artifact& a) {
+  FQ_CHECK(static_cast<int64_t>(a.layers.size()) == L, "CudaEngine: {} layers in the artifact, config says {}",
+           a.layers.size(), L);
+  auto put = [&](void* dst, const void* src, size_t bytes, const char* name, int il) {
+    ck(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), fmt::format("upload layer {} {}", il, name).c_str());
+  };
+  auto cat_u8 = [&](uint8_t* dst, std::initializer_list<const QLinear*> ls, int64_t in, const char* name, int il) {
+    size_t off = 0;
+    for (const QLinear* l : ls) {
+      FQ_CHECK(l->bits == 4 && l->in == in && static_cast<int64_t>(l->qweight.size()) == l->out * in / 2 &&
+                   static_cast<int64_t>(l->scales.size()) == l->out,
+               "CudaEngine: layer {} {}: expected a 4-bit [{} x {}] linear", il, name, l->out, in);
+      put(dst + off, l->qweight.data(), l->qweight.size(), name, il);
+      off += l->qweight.size();
+    }
+  };
+  auto cat_f = [&](float* dst, std::initializer_list<const std::vector<float>*> vs, size_t expect, const char* name,
+                   int il) {
+    std::vector<float> f;
+    for (const auto* v : vs) f.insert(f.end(), v->begin(), v->end());
+    FQ_CHECK(f.size() == expect, "CudaEngine: layer {} {}: {} values, expected {}", il, name, f.size(), expect);
+    put(dst, f.data(), f.size() * 4, name, il);
+  };
+  auto put_kron = [&](const KronDev& k, const KronPair& p, const char* name, int il) {
+    if (!k.L) return;
+    cat_f(k.A, {&p.left}, static_cast<size_t>(k.L * k.L), name, il);
+    cat_f(k.B, {&p.right}, static_cast<size_t>(k.R * k.R), name, il);
+  };
+  std::vector<uint16_t> buf;
+  auto put16 = [&](uint16_t* dst, const std::vector<float>& v, const char* name) {
+    FQ_CHECK(static_cast<int64_t>(v.size()) == V * E, "CudaEngine: {}: {} values, expected {}", name, v.size(), V * E);
+    buf.resize(v.size());
+    for (size_t i = 0; i < v.size(); ++i) buf[i] = f32_to_f16(v[i]);
+    put(dst, buf.data(), buf.size() * 2, name, -1);
+  };
+  put16(embd, a.tok_embd, "tok_embd");
+  if (!cfg.tie_embeddings) put16(head, a.head(), "lm_head");
+  cat_f(norm, {&a.norm}, static_cast<size_t>(E), "norm", -1);
+  for (int64_t i = 0; i < L; ++i) {
+    const ArtifactLayer& s = a.layers[static_cast<size_t>(i)];
+    QLayerDev& d = qlayers[static_cast<size_t>(i)];
+    const int il = static_cast<int>(i);
+    cat_u8(d.wqkv, {&s.q, &s.k, &s.v}, E, "q/k/v_proj", il);
+    cat_f(d.sqkv, {&s.q.scales, &s.k.scales, &s.v.scales}, static_cast<size_t>(QKV), "q/k/v scales", il);
+    cat_u8(d.wo, {&s.o}, HD, "o_proj", il);
+    cat_f(d.so, {&s.o.scales}, static_cast<size_t>(E), "o_proj scales", il);
+    cat_u8(d.wgu, {&s.gate, &s.up}, E, "gate/up_proj", il);
+    cat_f(d.sgu, {&s.gate.scales, &s.up.scales}, static_cast<size_t>(2 * F), "gate/up scales", il);
+    cat_u8(d.wdown, {&s.down}, F, "down_proj", il);
+    cat_f(d.sdown, {&s.down.scales}, static_cast<size_t>(E), "down_proj scales", il);
+    if (cfg.attn_bias) {
+      const std::vector<float> zq(static_cast<size_t>(HD), 0.0f), zk(static_cast<size_t>(KV * D), 0.0f);
+      cat_f(d.bqkv, {s.q.bias.empty() ? &zq : &s.q.bias, s.k.bias.empty() ? &zk : &s.k.bias,
+                     s.v.bias.empty() ? &zk : &s.v.bias},
+            static_cast<size_t>(QKV), "q/k/v bias", il);
+    }
+    cat_f(d.n1, {&s.attn_norm}, static_cast<size_t>(E), "input_layernorm", il);
+    cat_f(d.n2, {&s.ffn_norm}, static_cast<size_t>(E), "post_attention_layernorm", il);
+    if (d.po) cat_f(d.po, {&s.o_trans}, static_cast<size_t>(H * H), "o_trans", il);
+    if (d.kmat) {
+      cat_f(d.kmat, {&s.kcache_trans}, static_cast<size_t>(D * D), "kcache_trans", il);
+      cat_f(d.kinv, {&s.kcache_inv_t}, static_cast<size_t>(D * D), "kcache_trans inv_t", il);
+    }
+    put_kron(d.ln, s.ln_trans, "ln_trans", il);
+    put_kron(d.ug, s.up_gate_trans, "up_gate_trans", il);
+    put_kron(d.dn, s.down_trans, "down_trans", il);
+    d.qkv_clips = clips_of({&s.q, &s.k, &s.v});
+    d.gu_clips = clips_of({&s.gate, &s.up});
+    d.o_clip = clips_of({&s.o});
+    d.down_clip = clips_of({&s.down});
+    d.kv_clip = {s.k_clip_max, s.k_clip_min, s.v_clip_max, s.v_clip_min};
+  }
+  for (auto& l : qlayers)
+    for (KronDev* k : {&l.ln, &l.ug, &l.dn})
+      if (k->L) {
+        ck(cuda::f32_to_f16_matrix(k->A, k->L, k->L, false, k->A16, stream), "transform to fp16");
+        ck(cuda::f32_to_f16_matrix(k->B, k->R, k->R, true, k->Bt16, stream), "transform to fp16");
+      }
+}
+
+void CudaEngine::Impl::randomize_quant(uint64_t seed) {
+  uint64_t k = seed * 1000003u + 17;
+  auto bytes = [&](uint8_t* p, int64_t n) { ck(cuda::fill_random_u8(p, n, ++k, stream), "random fill"); };
+  // Codes uniform in [-8, 7] have std ~4.6: scale 0.0043 gives weights of std ~0.02 as the FP16 engine.
+  auto val = [&](float* p, int64_t n, float v) { ck(cuda::fill_f32(p, n, v, stream), "fill"); };
+  auto nrm = [&](float* p, int64_t n, float mean, float sd) {
+    ck(cuda::fill_normal_f32(p, n, ++k, mean, sd, stream), "random fill");
+  };
+  ck(cuda::fill_normal_f16(embd, V * E, ++k, 0.02f, stream), "random fill");
+  if (!cfg.tie_embeddings) ck(cuda::fill_normal_f16(head, V * E, ++k, 0.02f, stream), "random fill");
+  val(norm, E, 1.0f);
+  const cuda::SymClips one3{3, {1.0f, 1.0f, 1.0f}, {1.0f, 1.0f, 1.0f}};
+  for (auto& l : qlayers) {
+    bytes(l.wqkv, QKV * E / 2);
+    bytes(l.wo, E * HD / 2);
+    bytes(l.wgu, 2 * F * E / 2);
+    bytes(l.wdown, E * F / 2);
+    val(l.sqkv, QKV, 0.0043f);
+    val(l.so, E, 0.0043f);
+    val(l.sgu, 2 * F, 0.0043f);
+    val(l.sdown, E, 0.0043f);
+    if (l.bqkv) val(l.bqkv, QKV, 0.0f);
+    val(l.n1, E, 1.0f);
+    val(l.n2, E, 1.0f);
+    // Random transforms scaled like orthogonal ones (entries ~ 1/sqrt(n)).
+    nrm(l.po, H * H, 0.0f, 1.0f / std::sqrt(static_cast<float>(H)));
+    nrm(l.kmat, D * D, 0.0f, 1.0f / std::sqrt(static_cast<float>(D)));
+    nrm(l.kinv, D * D, 0.0f, 1.0f / std::sqrt(static_cast<float>(D)));
+    for (KronDev* t : {&l.ln, &l.ug, &l.dn}) {
+      nrm(t->A, t->L * t->L, 0.0f, 1.0f / std::sqrt(static_cast<float>(t->L)));
+      nrm(t->B, t->R * t->R, 0.0f, 1.0f / std::sqrt(static_cast<float>(t->R)));
+      ck(cuda::f32_to_f16_matrix(t->A, t->L, t->L, false, t->A16, stream), "transform to fp16");
+      ck(cuda::f32_to_f16_matrix(t->B, t->R, t->R, true, t->Bt16, stream), "transform to fp16");
+    }
+    l.qkv_clips = one3;
+    l.gu_clips = one3;
+    l.gu_clips.n = 2;
+    l.o_clip = one3;
+    l.o_clip.n = 1;
+    l.down_clip = l.o_clip;
+  }
+}
+
+const float* CudaEngine::Impl::kron(const KronDev& k, const float* src32, const uint16_t* src16, int64_t rows) {
+  if (rows <= kKronFewRows) {
+    op("kron_transform", [&] {
+      ck(cuda::kron_transform_f32(src32, rows, k.L * k.R, k.A, k.L, k.B, k.R, tf2, stream), "Kronecker transform");
+    });
+    return tf2;
+  }
+  // Y1 = X B for all rows at once ([rows * L, R] x [R, R]), then per token Y = A^T Y1 (strided batched,
+  // column-major: C[R, L] = Y1_t^T[R, L] . A, A read as the transpose of its row-major storage).
+  gemm(src16, rows * k.L, k.R, k.Bt16, k.R, t16, false, false, "kron_gemm");
+  const float alpha = 1.0f, beta = 0.0f;
+  op("kron_gemm", [&] {
+    const cublasStatus_t st = cublasGemmStridedBatchedEx(
+        blas, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(k.R), static_cast<int>(k.L), static_cast<int>(k.L),
+        &alpha, t16, CUDA_R_16F, static_cast<int>(k.R), k.L * k.R, k.A16, CUDA_R_16F, static_cast<int>(k.L), 0,
+        &beta, tf, CUDA_R_32F, static_cast<int>(k.R), k.L * k.R, static_cast<int>(rows), CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: Kronecker transform GEMM failed (status {})", static_cast<int>(st));
+  });
+  return tf;
+}
+
+void CudaEngine::Impl::quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips,
+                                const char* name) {
+  op(name, [&] { ck(cuda::quantize_sym_int4_multi(src, rows, K, K, clips, xq, sxq, stream), name); });
+}
+
+void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq,
+                                   int64_t n_tok, int64_t slot0, int64_t p0) {
+  const QLayerDev& w = qlayers[static_cast<size_t>(il)];
+  const cuda::Kv4Layer& c = kv4[static_cast<size_t>(il)];
+  const float eps = static_cast<float>(cfg.rms_eps);
+  const bool few = rows <= kKronFewRows;
+  // RMSNorm, the Kronecker transform and the per-consumer quantized copies of one input.
+  auto norm_quant = [&](const float* nw, const KronDev& k, const cuda::SymClips& clips) {
+    const bool f16 = k.L && !few;  // the GEMM route reads fp16
+    op("rmsnorm", [&] {
+      ck(cuda::rmsnorm(x, DType::F32, E, nw, rows, E, eps, f16 ? static_cast<void*>(hb) : tf,
+                       f16 ? DType::F16 : DType::F32, stream),
+         "rmsnorm");
+    });
+    const float* src = k.L ? kron(k, tf, hb, rows) : tf;
+    quantize(src, rows, E, clips, "quantize");
+  };
+  auto acts = [&](int n, std::initializer_list<int64_t> ends, int64_t K) {
+    cuda::QgemmActs a;
+    a.n = n;
+    int i = 0;
+    for (int64_t e : ends) {
+      a.qx[i] = xq + static_cast<size_t>(i * rows * K / 2);
+      a.sx[i] = sxq + i * rows;
+      a.end[i] = e;
+      ++i;
+    }
+    return a;
+  };
+
+  // ---- attention
+  norm_quant(w.n1, w.ln, w.qkv_clips);
+  op("qkv_gemm", [&] {
+    ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(3, {HD, HD + KV * D, QKV}, E), w.wqkv, w.sqkv, nullptr, big, rows,
+                                       QKV, E, stream),
+       "q/k/v W4A4 GEMM");
+  });
+  op("rope_ktrans", [&] {
+    ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0, decode ? in_pos() : nullptr,
+                                    w.bqkv, H, KV, D, inv_freq, w.kinv, w.kmat, stream),
+       "q/k/v RoPE + K transform");
+  });
+  op("kv4_append", [&] {
+    ck(cuda::kv4_append(c, big + HD, big + HD + KV * D, DType::F16, decode ? batch : n_seq, decode ? 1 : n_tok,
+                        QKV, decode ? 0 : slot0, decode ? 0 : p0, decode ? in_pos() : nullptr, d_flags, w.kv_clip,
+                        stream),
+       "KV4 append");
+  });
+  if (decode) {
+    const cuda::DecodeAttnPlan dp = cuda::decode_attention_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
+    op("decode_attention", [&] {
+      ck(cuda::decode_attention(c, big, DType::F16, QKV, batch, H, in_len(), tf, DType::F32, dp, attn_ws, d_flags,
+                                stream),
+         "decode attention");
+    });
+  } else {
+    // Prefill attention on the chunk's q and the cache's K/V read back to fp16 (the values decode reads).
+    const int64_t np = p0 + n_tok, kvd = KV * D;
+    const int64_t per_call = std::max<int64_t>(1, std::min(n_seq, kv_rows / np));
+    for (int64_t s0 = 0; s0 < n_seq; s0 += per_call) {
+      const int64_t ns = std::min(per_call, n_seq - s0);
+      op("kv4_dequant", [&] {
+        ck(cuda::kv4_dequant_f16(c, slot0 + s0, ns, np, kf16, vf16, stream), "KV4 read-back");
+      });
+      op("prefill_attention", [&] {
+        ck(cuda::prefill_attention(big + s0 * n_tok * QKV, kf16, vf16, ns, n_tok, p0, H, KV, D, QKV, n_tok * QKV,
+                                   kvd, np * kvd, tf + s0 * n_tok * HD, DType::F32, stream),
+           "prefill attention");
+      });
+    }
+  }
+  if (w.po) {
+    op("head_mix_quant", [&] {
+      ck(cuda::head_mix_quant_int4(tf, rows, H, D, HD, w.po, w.o_clip.max[0], w.o_clip.min[0], xq, sxq, stream),
+         "o_proj input transform");
+    });
+  } else {
+    op("quantize", [&] { ck(cuda::quantize_sym_int4_multi(tf, rows, HD, HD, w.o_clip, xq, sxq, stream), "quantize"); });
+  }
+  op("o_gemm", [&] {
+    ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wo, w.so, x, x, rows, E, HD, stream), "o_proj W4A4 GEMM");
+  });
+
+  // ---- MLP
+  norm_quant(w.n2, w.ug, w.gu_clips);
+  op("gate_up_gemm", [&] {
+    ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(2, {F, 2 * F}, E), w.wgu, w.sgu, nullptr, big, rows, 2 * F, E, stream),
+       "gate/up W4A4 GEMM");
+  });
+  const bool f16 = w.dn.L && !few;
+  op("swiglu", [&] {
+    ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, f16 ? static_cast<void*>(hb) : tf,
+                    f16 ? DType::F16 : DType::F32, stream),
+       "swiglu");
+  });
+  const float* src = w.dn.L ? kron(w.dn, tf, hb, rows) : tf;
+  quantize(src, rows, F, w.down_clip, "quantize");
+  op("down_gemm", [&] {
+    ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream), "down_proj W4A4 GEMM");
+  });
+}
+
 // ---- public API -----------------------------------------------------------------------------------------
 
 CudaEngine::CudaEngine(const ModelWeights& w, const EngineOptions& o)
@@ -573,11 +1062,31 @@ CudaEngine::CudaEngine(const ModelWeights& w, const EngineOptions& o)
   impl_->finish_init();
 }
 
-CudaEngine::CudaEngine(const ModelConfig& cfg, uint64_t seed, const EngineOptions& o)
+CudaEngine::CudaEngine(const ModelConfig& cfg, uint64_t seed, const EngineOptions& o, bool quantized)
     : impl_(std::make_unique<Impl>(cfg, o)) {
+  impl_->quant = quantized;
   impl_->init_device();
-  impl_->plan_memory();
-  impl_->randomize(seed);
+  if (quantized) {
+    impl_->plan_memory_quant(nullptr);
+    impl_->randomize_quant(seed);
+  } else {
+    impl_->plan_memory();
+    impl_->randomize(seed);
+  }
+  impl_->finish_init();
+}
+
+CudaEngine::CudaEngine(const Artifact& a, const EngineOptions& o) : impl_(std::make_unique<Impl>(a.cfg, o)) {
+  const Recipe& r = a.recipe;
+  FQ_CHECK(r.w_bits == 4 && r.a_bits == 4 && r.a_sym && r.w_sym && r.k_bits == 4 && r.v_bits == 4 && !r.k_sym &&
+               !r.v_sym,
+           "--device cuda: recipe '{}' (w{} a{} k{} v{}) is not supported by the CUDA engine yet (W4A4KV4 only: "
+           "symmetric 4-bit weights and activations, asymmetric 4-bit KV); use the CPU runtime (--device cpu)",
+           r.name, r.w_bits, r.a_bits, r.k_bits, r.v_bits);
+  impl_->quant = true;
+  impl_->init_device();
+  impl_->plan_memory_quant(&a);
+  impl_->upload_quant(a);
   impl_->finish_init();
 }
 
@@ -591,6 +1100,7 @@ const EngineOptions& CudaEngine::options() const {
 
 EngineInfo CudaEngine::info() const {
   EngineInfo i;
+  i.backend = impl_->quant ? "w4a4kv4" : "fp16";
   i.weight_bytes = impl_->warena.size();
   i.step_weight_bytes = impl_->step_weight_bytes;
   i.kv_bytes = impl_->karena.size();
@@ -668,7 +1178,12 @@ void CudaEngine::prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok, in
                            m.stream),
            "embedding");
     });
-    for (int64_t il = 0; il < m.L; ++il) m.layer_body(il, rows, false, n_seq, n_seq, t, slot0, p);
+    for (int64_t il = 0; il < m.L; ++il) {
+      if (m.quant)
+        m.qlayer_body(il, rows, false, n_seq, n_seq, t, slot0, p);
+      else
+        m.layer_body(il, rows, false, n_seq, n_seq, t, slot0, p);
+    }
     const bool last = c0 + t == n_tok;
     if (!out || (!all_logits && !last)) continue;
     const float eps = static_cast<float>(m.cfg.rms_eps);

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "model/artifact.h"
 #include "model/config.h"
 #include "model/weights.h"
 
@@ -42,6 +43,7 @@ struct OpTime {
 };
 
 struct EngineInfo {
+  std::string backend;           // "fp16" or "w4a4kv4"
   size_t weight_bytes = 0;       // all device weights (the embedding included)
   size_t step_weight_bytes = 0;  // bytes of weights one decode step reads (layers + head + norms)
   size_t kv_bytes = 0;           // the whole KV cache
@@ -57,7 +59,13 @@ class CudaEngine {
   // Uploads `w` (fp32 host) as fp16. Throws fq::Error without CUDA / GPU or when the model does not fit.
   CudaEngine(const ModelWeights& w, const EngineOptions& o);
   // Random weights drawn on the device: N(0, 0.02) matrices, norms 1, biases 0 (as the seeds' --random_mode).
-  CudaEngine(const ModelConfig& cfg, uint64_t seed, const EngineOptions& o);
+  // quantized: the W4A4KV4 backend with random packed int4 weights (uniform codes, scale 0.0043 ~ std 0.02),
+  // random Kronecker / o / K transforms and clip factors 1 — the same kernels and bytes as a real artifact.
+  CudaEngine(const ModelConfig& cfg, uint64_t seed, const EngineOptions& o, bool quantized = false);
+  // The W4A4KV4 backend for a quantized artifact (docs/runtime.md): packed int4 weights, online transforms,
+  // 4-bit KV cache; embedding and LM head fp16. Throws fq::Error for a recipe other than W4A4KV4 (symmetric
+  // 4-bit weights and activations, asymmetric 4-bit K and V).
+  CudaEngine(const Artifact& a, const EngineOptions& o);
   ~CudaEngine();
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;

@@ -1,11 +1,13 @@
-// The CUDA engine behind the two model interfaces of the CLI: eval::CausalLM (ppl, all logits of a window)
-// and runtime::DecoderModel (generate/chat: prefill, then one graph-replayed step per token). One sequence,
-// cache slot 0. Logits come back to the host as fp32.
+// The CUDA engine behind the model interfaces of the CLI: eval::CausalLM (ppl, all logits of a window),
+// eval::PrefixLM (eval: cached prefixes) and runtime::DecoderModel (generate/chat: prefill, then one
+// graph-replayed step per token). One sequence, cache slot 0. Logits come back to the host as fp32. Each takes
+// an HF model (FP16 engine) or a quantized artifact (W4A4KV4 engine).
 #pragma once
 #include <algorithm>
 #include <memory>
 
 #include "eval/causal_lm.h"
+#include "eval/loglik.h"
 #include "runtime/cuda_engine.h"
 #include "runtime/generator.h"
 
@@ -25,6 +27,7 @@ class CudaDecoderModel : public DecoderModel {
  public:
   // `w` is uploaded (it may be freed afterwards).
   CudaDecoderModel(const ModelWeights& w, int64_t max_ctx) : eng_(w, single_sequence_options(max_ctx)) {}
+  CudaDecoderModel(const Artifact& a, int64_t max_ctx) : eng_(a, single_sequence_options(max_ctx)) {}
   int64_t n_vocab() const override { return eng_.config().n_vocab; }
   int64_t max_ctx() const override { return eng_.options().max_ctx; }
   void reset() override { eng_.reset(); }
@@ -47,11 +50,29 @@ namespace fq::eval {
 class CudaCausalLM : public CausalLM {
  public:
   CudaCausalLM(const ModelWeights& w, int64_t max_ctx) : eng_(w, runtime::single_sequence_options(max_ctx)) {}
+  CudaCausalLM(const Artifact& a, int64_t max_ctx) : eng_(a, runtime::single_sequence_options(max_ctx)) {}
   int64_t n_vocab() const override { return eng_.config().n_vocab; }
   int64_t max_ctx() const override { return eng_.options().max_ctx; }
   void reset() override { eng_.reset(); }
   void forward(const int32_t* tokens, int64_t n, float* logits) override {
     eng_.prefill(tokens, 1, n, 0, logits, true);
+  }
+  runtime::CudaEngine& engine() { return eng_; }
+
+ private:
+  runtime::CudaEngine eng_;
+};
+
+class CudaPrefixLM : public PrefixLM {
+ public:
+  CudaPrefixLM(const ModelWeights& w, int64_t max_ctx) : eng_(w, runtime::single_sequence_options(max_ctx)) {}
+  CudaPrefixLM(const Artifact& a, int64_t max_ctx) : eng_(a, runtime::single_sequence_options(max_ctx)) {}
+  int64_t n_vocab() const override { return eng_.config().n_vocab; }
+  int64_t max_ctx() const override { return eng_.options().max_ctx; }
+  int64_t pos() const override { return eng_.pos(0); }
+  void rewind(int64_t p) override { eng_.rewind(0, p); }
+  void forward(const int32_t* tokens, int64_t n, float* logits) override {
+    if (n > 0) eng_.prefill(tokens, 1, n, 0, logits, true);
   }
   runtime::CudaEngine& engine() { return eng_; }
 

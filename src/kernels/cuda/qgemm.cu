@@ -72,9 +72,9 @@ __device__ __forceinline__ float epilogue(int acc, float sxm, float swn, const T
 // Two adjacent outputs (n, n + 1) of row m from 256x sums a0, a1; `vec` says both exist and the pair (y,
 // residual, sw) is aligned for one 2-element access.
 template <typename T>
-__device__ __forceinline__ void store_pair(T* y, const T* residual, int64_t N, int64_t m, int64_t n, bool vec,
-                                           float sxm, const float* __restrict__ sw, int a0, int a1) {
-  const int64_t i = m * N + n;
+__device__ __forceinline__ void store_pair(T* y, const T* residual, int64_t N, int64_t ldy, int64_t m, int64_t n,
+                                           bool vec, float sxm, const float* __restrict__ sw, int a0, int a1) {
+  const int64_t i = m * ldy + n;
   if (vec) {
     const float2 s = *reinterpret_cast<const float2*>(sw + n);
     float r0 = 0.0f, r1 = 0.0f;
@@ -125,7 +125,7 @@ template <int BM, int BN, int WM, int WN, int STAGES, typename T>
 __global__ void __launch_bounds__(WM* WN * 32)
     qgemm_prefill_kernel(const uint8_t* __restrict__ qx, const float* __restrict__ sx,
                          const uint8_t* __restrict__ qw, const float* __restrict__ sw, const T* residual, T* y,
-                         int M, int N, int64_t row_bytes, bool vec) {
+                         int M, int N, int64_t ldy, int64_t row_bytes, bool vec) {
   constexpr int kThreads = WM * WN * 32;
   constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
   constexpr int MT = TM / 16, NT = TN / 8;   // mma tiles per warp
@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(WM* WN * 32)
       for (int b = 0; b < NT; ++b) {
         const int n = n0 + wn * TN + b * 8 + 2 * t;
         if (n >= N) continue;
-        store_pair(y, residual, N, m, n, vec && n + 1 < N, sxm, sw, acc[a][b][2 * h], acc[a][b][2 * h + 1]);
+        store_pair(y, residual, N, ldy, m, n, vec && n + 1 < N, sxm, sw, acc[a][b][2 * h], acc[a][b][2 * h + 1]);
       }
     }
 }
@@ -262,9 +262,8 @@ __device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
 // W warps per block (one row group, K split W ways), U steps per loop iteration, NT token tiles of 8.
 template <int W, int U, int NT, typename T>
 __global__ void __launch_bounds__(W * 32)
-    qgemm_decode_kernel(const uint8_t* __restrict__ qx, const float* __restrict__ sx,
-                        const uint8_t* __restrict__ qw, const float* __restrict__ sw, const T* residual, T* y,
-                        int M, int N, int64_t row_bytes) {
+    qgemm_decode_kernel(QgemmActs acts, const uint8_t* __restrict__ qw, const float* __restrict__ sw,
+                        const T* residual, T* y, int M, int N, int64_t ldy, int64_t row_bytes) {
   constexpr int kThreads = W * 32;
   constexpr int E = 256 / kThreads;  // (weight row, token) outputs of the group per thread in the epilogue
   static_assert(256 % kThreads == 0, "at most 8 warps");
@@ -272,6 +271,11 @@ __global__ void __launch_bounds__(W * 32)
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n_base = static_cast<int>(blockIdx.x) * 16;
+  // The activation copy of this block's 16 output rows (segment boundaries are multiples of 16).
+  int seg = 0;
+  while (seg + 1 < acts.n && n_base >= acts.end[seg]) ++seg;
+  const uint8_t* __restrict__ qx = acts.qx[seg];
+  const float* __restrict__ sx = acts.sx[seg];
   const int64_t chunks = row_bytes / 16;
   const int64_t steps = (chunks + 3) / 4;
   const int64_t s_begin = warp * steps / W, s_end = (warp + 1) * steps / W;
@@ -354,24 +358,24 @@ __global__ void __launch_bounds__(W * 32)
   for (int e = 0; e < E; ++e) {
     const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
     if (mine[e]) {
-      const int64_t i = static_cast<int64_t>(m) * N + n_base + r;
+      const int64_t i = static_cast<int64_t>(m) * ldy + n_base + r;
       y[i] = from_f32<T>(epilogue(v[e] >> 8, sx_e[e], sw_e[e], residual, i));
     }
   }
 }
 
 template <int W, int U, typename T>
-cudaError_t launch_decode(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual,
-                          T* y, int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
+cudaError_t launch_decode(const QgemmActs& acts, const uint8_t* qw, const float* sw, const T* residual, T* y,
+                          int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream) {
   const int64_t groups = (N + 15) / 16;
   if (groups > 0x7fffffff) return cudaErrorInvalidValue;
   const int m = static_cast<int>(M), n = static_cast<int>(N);
   if (M <= 8)
     qgemm_decode_kernel<W, U, 1, T>
-        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n, K / 2);
+        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(acts, qw, sw, residual, y, m, n, ldy, K / 2);
   else
     qgemm_decode_kernel<W, U, 2, T>
-        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(qx, sx, qw, sw, residual, y, m, n, K / 2);
+        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(acts, qw, sw, residual, y, m, n, ldy, K / 2);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -382,10 +386,11 @@ cudaError_t launch_decode(const uint8_t* qx, const float* sx, const uint8_t* qw,
 template <typename T>
 __global__ void qgemm_fallback_kernel(const uint8_t* __restrict__ qx, const float* __restrict__ sx,
                                       const uint8_t* __restrict__ qw, const float* __restrict__ sw,
-                                      const T* residual, T* y, int64_t M, int64_t N, int64_t row_bytes) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= M * N) return;
-  const int64_t m = i / N, n = i % N;
+                                      const T* residual, T* y, int64_t M, int64_t N, int64_t ldy,
+                                      int64_t row_bytes) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (o >= M * N) return;
+  const int64_t m = o / N, n = o % N, i = m * ldy + n;
   const uint8_t* x = qx + m * row_bytes;
   const uint8_t* w = qw + n * row_bytes;
   int acc = 0;
@@ -406,24 +411,25 @@ enum class Kind { kGemv, kDecode, kPrefill, kFallback };
 
 constexpr int64_t kGemvMaxM = 2;
 
-Kind choose(const void* qx, const void* qw, int64_t M, int64_t K, bool f16) {
+Kind choose(const void* qx, const void* qw, int64_t M, int64_t K, bool f16, bool dense = true) {
   const bool aligned = reinterpret_cast<uintptr_t>(qx) % 16 == 0 && reinterpret_cast<uintptr_t>(qw) % 16 == 0;
   if (K % 32 != 0 || !aligned) return Kind::kFallback;
   // qgemv takes an fp32 residual only: the fp16 entry point uses the mma kernel at every small M.
-  if (M <= kGemvMaxM && !f16) return Kind::kGemv;
+  if (M <= kGemvMaxM && !f16 && dense) return Kind::kGemv;
   if (M <= kQgemmDecodeMaxM) return Kind::kDecode;
   return Kind::kPrefill;
 }
 
+// y rows have stride ldy >= N (a column range of a wider output when ldy > N; residual likewise).
 template <typename T>
 cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual, T* y,
-                int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
-  if (M < 1 || N < 1 || K < 2 || K % 2 != 0 || K > kQgemmMaxK) return cudaErrorInvalidValue;
+                int64_t M, int64_t N, int64_t K, int64_t ldy, cudaStream_t stream) {
+  if (M < 1 || N < 1 || K < 2 || K % 2 != 0 || K > kQgemmMaxK || ldy < N) return cudaErrorInvalidValue;
   if (M > 0x7fffffff || N > 0x7fffffff) return cudaErrorInvalidValue;
   if (!qx || !sx || !qw || !sw || !y) return cudaErrorInvalidValue;
   const int64_t row_bytes = K / 2;
   constexpr bool kF16 = sizeof(T) == 2;
-  switch (choose(qx, qw, M, K, kF16)) {
+  switch (choose(qx, qw, M, K, kF16, ldy == N || M == 1)) {
     case Kind::kGemv:
       if constexpr (!kF16) return qgemv_w4a4(qx, sx, qw, sw, residual, y, nullptr, M, N, K, stream);
       return cudaErrorInvalidValue;  // unreachable: choose() never picks it for fp16
@@ -431,20 +437,25 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
       const int64_t blocks = (M * N + 255) / 256;
       if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
       qgemm_fallback_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(qx, sx, qw, sw, residual, y, M,
-                                                                                  N, row_bytes);
+                                                                                  N, ldy, row_bytes);
       break;
     }
-    case Kind::kDecode:
-      return launch_decode<kDecodeWarps, kDecodeUnroll, T>(qx, sx, qw, sw, residual, y, M, N, K, stream);
+    case Kind::kDecode: {
+      QgemmActs acts;
+      acts.qx[0] = qx;
+      acts.sx[0] = sx;
+      acts.end[0] = N;
+      return launch_decode<kDecodeWarps, kDecodeUnroll, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream);
+    }
     case Kind::kPrefill: {
       // Paired accesses need an even N and 2-element alignment of y, residual and sw.
       const uintptr_t pair = 2 * sizeof(T);
-      const bool vec = N % 2 == 0 && reinterpret_cast<uintptr_t>(y) % pair == 0 &&
+      const bool vec = N % 2 == 0 && ldy % 2 == 0 && reinterpret_cast<uintptr_t>(y) % pair == 0 &&
                        reinterpret_cast<uintptr_t>(residual) % pair == 0 &&
                        reinterpret_cast<uintptr_t>(sw) % sizeof(float2) == 0;
       const dim3 grid(static_cast<unsigned>((N + 127) / 128), static_cast<unsigned>((M + 127) / 128));
       qgemm_prefill_kernel<128, 128, 2, 2, 4, T><<<grid, 128, 0, stream>>>(
-          qx, sx, qw, sw, residual, y, static_cast<int>(M), static_cast<int>(N), row_bytes, vec);
+          qx, sx, qw, sw, residual, y, static_cast<int>(M), static_cast<int>(N), ldy, row_bytes, vec);
       break;
     }
   }
@@ -452,7 +463,47 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
   return cudaSuccess;
 }
 
+// Several activation copies over column segments: one decode launch when every boundary is a multiple of 16
+// (its row groups), else one launch per segment into the column range of y.
+template <typename T>
+cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, const T* residual, T* y, int64_t M,
+                      int64_t N, int64_t K, cudaStream_t stream) {
+  if (a.n < 1 || a.n > 3 || a.end[a.n - 1] != N || M < 1 || N < 1 || K < 2 || K % 2 != 0)
+    return cudaErrorInvalidValue;
+  bool one_launch = M <= kQgemmDecodeMaxM && K % 32 == 0 && K <= kQgemmMaxK && N <= 0x7fffffff &&
+                    reinterpret_cast<uintptr_t>(qw) % 16 == 0 && sw && y;
+  int64_t start = 0;
+  for (int s = 0; s < a.n; ++s) {
+    if (!a.qx[s] || !a.sx[s] || a.end[s] <= start) return cudaErrorInvalidValue;
+    one_launch = one_launch && reinterpret_cast<uintptr_t>(a.qx[s]) % 16 == 0 && a.end[s] % 16 == 0;
+    start = a.end[s];
+  }
+  if (a.n == 1) return run<T>(a.qx[0], a.sx[0], qw, sw, residual, y, M, N, K, N, stream);
+  if (one_launch) return launch_decode<kDecodeWarps, kDecodeUnroll, T>(a, qw, sw, residual, y, M, N, N, K, stream);
+  start = 0;
+  for (int s = 0; s < a.n; ++s) {
+    const int64_t ns = a.end[s] - start;
+    FQ_CUDA_RETURN_IF_ERROR(run<T>(a.qx[s], a.sx[s], qw + start * (K / 2), sw + start,
+                                   residual ? residual + start : nullptr, y + start, M, ns, K, N, stream));
+    start = a.end[s];
+  }
+  return cudaSuccess;
+}
+
 }  // namespace
+
+cudaError_t qgemm_w4a4_multi_cuda(const QgemmActs& acts, const uint8_t* qw, const float* sw,
+                                  const float* residual, float* y, int64_t M, int64_t N, int64_t K,
+                                  cudaStream_t stream) {
+  return run_multi<float>(acts, qw, sw, residual, y, M, N, K, stream);
+}
+
+cudaError_t qgemm_w4a4_multi_cuda_f16(const QgemmActs& acts, const uint8_t* qw, const float* sw,
+                                      const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
+                                      cudaStream_t stream) {
+  return run_multi<__half>(acts, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y),
+                           M, N, K, stream);
+}
 
 const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t K, bool f16_out) {
   switch (choose(qx, qw, M, K, f16_out)) {
@@ -470,14 +521,14 @@ const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, in
 cudaError_t qgemm_w4a4_cuda(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                             const float* residual, float* y, int64_t M, int64_t N, int64_t K,
                             cudaStream_t stream) {
-  return run<float>(qx, sx, qw, sw, residual, y, M, N, K, stream);
+  return run<float>(qx, sx, qw, sw, residual, y, M, N, K, N, stream);
 }
 
 cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                                 const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
                                 cudaStream_t stream) {
   return run<__half>(qx, sx, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y), M,
-                     N, K, stream);
+                     N, K, N, stream);
 }
 
 }  // namespace fq::cuda

@@ -39,6 +39,24 @@ cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_
                                 const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
                                 cudaStream_t stream);
 
+// Several activations over column segments of one weight matrix: the fused q|k|v and gate|up weights of the
+// W4A4 engine, whose consumers share one transformed input but each has its own clip pair, hence its own
+// quantized copy. Columns [0, end[0]) use qx[0]/sx[0], [end[0], end[1]) qx[1]/sx[1], ... ; end[n-1] = N.
+// Every copy is [M, K/2] / [M] as above. Results equal qgemm_w4a4_cuda(_f16) run per segment (one decode
+// launch when M <= 16 and every boundary is a multiple of 16, else one launch per segment).
+struct QgemmActs {
+  int n = 1;
+  const uint8_t* qx[3] = {nullptr, nullptr, nullptr};
+  const float* sx[3] = {nullptr, nullptr, nullptr};
+  int64_t end[3] = {0, 0, 0};
+};
+cudaError_t qgemm_w4a4_multi_cuda(const QgemmActs& acts, const uint8_t* qw, const float* sw,
+                                  const float* residual, float* y, int64_t M, int64_t N, int64_t K,
+                                  cudaStream_t stream);
+cudaError_t qgemm_w4a4_multi_cuda_f16(const QgemmActs& acts, const uint8_t* qw, const float* sw,
+                                      const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
+                                      cudaStream_t stream);
+
 // Which kernel the entry point (f16_out: the fp16 one) runs for these operands: "qgemv", "decode",
 // "prefill" or "fallback" (tests and the benchmark report it). Host-only, launches nothing.
 const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t K, bool f16_out);

@@ -1,0 +1,66 @@
+// Kernels of the W4A4KV4 engine backend (src/runtime/cuda_engine.cpp, docs/runtime.md) that the FP16 path
+// does not have: the per-token Kronecker transform for few tokens (decode), the per-token int4 quantizer that
+// emits one packed copy per consumer clip (q/k/v and gate/up share one transformed input but each has its own
+// LAC pair), q/k/v bias + RoPE + FlatQuant's K transform, KV4 cache read-back to fp16 for prefill attention,
+// and random packed weights for benchmarks. Raw device pointers, sizes in elements, fp16 as uint16_t (IEEE half
+// bits). Launchers check their arguments before any CUDA call (cudaErrorInvalidValue, nothing launched), are
+// asynchronous on `stream` and CUDA-graph safe. CPU references: named at each function.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/attention.h"
+
+namespace fq::cuda {
+
+// ---- per-token Kronecker transform, few tokens --------------------------------------------------------------
+// ref::kron_transform without s: y[t] = vec(A^T · reshape(x[t], L, R) · B) (B nullptr = identity). x [n_tok,
+// L*R] fp32 (row stride x_stride), y [n_tok, L*R] fp32 contiguous. Grid: (token, block of kKronRows rows of
+// A^T X), so one token spreads over L / kKronRows CTAs (decode has 1..16 tokens); fp32 sums in the reference's
+// order (k, then l increasing). L*R*4 bytes must fit in shared memory (L*R <= 40960).
+cudaError_t kron_transform_f32(const float* x, int64_t n_tok, int64_t x_stride, const float* A, int64_t L,
+                               const float* B, int64_t R, float* y, cudaStream_t stream);
+
+// ---- per-token symmetric int4 quantization, one copy per clip pair -----------------------------------------
+// For c < n_clips: ref::quantize_sym_int4 of x [rows, cols] (row stride x_stride, fp32) with clip pair c ->
+// packed + c * rows * cols / 2 ([rows, cols/2]) and scales + c * rows ([rows]). The row's min/max is read once
+// for all copies. cols even, 1 <= n_clips <= 3.
+struct SymClips {
+  int n = 1;
+  float max[3] = {1.0f, 1.0f, 1.0f};
+  float min[3] = {1.0f, 1.0f, 1.0f};
+};
+cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, int64_t x_stride,
+                                    const SymClips& clips, uint8_t* packed, float* scales, cudaStream_t stream);
+
+// ---- q/k/v bias + RoPE + K transform (in place) --------------------------------------------------------------
+// qkv: [rows, (n_head + 2 n_head_kv) * head_dim] fp16, row stride qkv_stride (q heads, k heads, v heads, as the
+// fused QKV GEMM writes them). Row r is token r % n_tok of sequence r / n_tok at position (d_pos ?
+// d_pos[r / n_tok] : pos0) + r % n_tok. Per row, in fp32, one fp16 rounding at the end (reference:
+// QuantDecoder::layer): + bias (fp32 [(n_head + 2 n_head_kv) * head_dim] or nullptr) on q, k and v; RoPE
+// (ref::rope_apply, angle inv_freq[i] * float(p)) on q and k; then, when q_mat / k_mat (fp32 [head_dim,
+// head_dim] row-major) are given, every q head <- q_head · q_mat and every k head <- k_head · k_mat
+// (ref::rowvec_matmul: sums over d in increasing order). head_dim even, <= 256.
+cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok,
+                                   int64_t pos0, const int32_t* d_pos, const float* bias, int64_t n_head,
+                                   int64_t n_head_kv, int64_t head_dim, const float* inv_freq,
+                                   const float* q_mat, const float* k_mat, cudaStream_t stream);
+
+// ---- KV4 cache read-back ------------------------------------------------------------------------------------
+// k_out, v_out [n_seq, n_pos, n_head_kv, head_dim] fp16 = ref::dequantize_kv_asym_int4 of slots slot0 ..
+// slot0 + n_seq - 1, positions [0, n_pos) (rounded to fp16). Prefill attention then runs on exactly the values
+// that decode attention reads (and that the CPU runtime's fake-quantized cache holds).
+cudaError_t kv4_dequant_f16(const Kv4Layer& c, int64_t slot0, int64_t n_seq, int64_t n_pos, uint16_t* k_out,
+                            uint16_t* v_out, cudaStream_t stream);
+
+// ---- random data without host memory (benchmarks) ----------------------------------------------------------
+// dst[i] = a uniform byte from a hash of (seed, i): packed int4 codes uniform in [-8, 7].
+cudaError_t fill_random_u8(uint8_t* dst, int64_t n, uint64_t seed, cudaStream_t stream);
+// dst[i] = mean + stddev * z_i, z_i ~ N(0, 1) from a hash of (seed, i), fp32.
+cudaError_t fill_normal_f32(float* dst, int64_t n, uint64_t seed, float mean, float stddev, cudaStream_t stream);
+// dst[i] = f16(src[i]) (fp32 -> IEEE half bits), or with transpose: src [n, n] row-major -> dst = src^T.
+cudaError_t f32_to_f16_matrix(const float* src, int64_t rows, int64_t cols, bool transpose, uint16_t* dst,
+                              cudaStream_t stream);
+
+}  // namespace fq::cuda

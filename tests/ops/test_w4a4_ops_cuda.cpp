@@ -1,0 +1,244 @@
+// The W4A4KV4 engine's kernels (src/kernels/cuda/w4a4_ops.h, qgemm.h's multi-activation entry) against their
+// CPU references, on random inputs and the shapes (non-powers of two included). Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/dtype.h"
+#include "ops_util.h"
+#include "ref/kron.h"
+#include "ref/qgemm.h"
+#include "ref/quant.h"
+#include "ref/quant_ops.h"
+#include "ref/rope.h"
+
+#ifdef FLATQUANT_WITH_CUDA
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/qgemm.h"
+#include "kernels/cuda/w4a4_ops.h"
+#endif
+
+namespace fq {
+namespace {
+
+#ifdef FLATQUANT_WITH_CUDA
+using test::DeviceBuffer;
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, std::fabs(double(x)));
+  return m;
+}
+
+// The Kronecker transform of 1..16 tokens: the reference's operation order without FMA -> agreement to a few
+// ulps of the largest value (nvcc and the host compiler may still differ in the order of nothing else).
+TEST(W4A4Ops, KronTransformMatchesReference) {
+  FQ_REQUIRE_CUDA();
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{4, 43}, {24, 24}, {56, 64}, {86, 128},
+                                                           {112, 128}, {128, 148}, {1, 40}};
+  for (auto [L, R] : shapes)
+    for (int64_t n : {1, 5, 16}) {
+      const int64_t dim = L * R, stride = dim + 6;
+      const auto x = test::random_activations(static_cast<size_t>(n * stride), 11 + static_cast<uint32_t>(L));
+      const auto A = test::random_matrix(L, 3), B = test::random_matrix(R, 4);
+      for (bool with_b : {true, false}) {
+        std::vector<float> ref(static_cast<size_t>(n * dim));
+        ref::kron_transform(x.data(), n, stride, nullptr, A.data(), L, with_b ? B.data() : nullptr, R, ref.data());
+        DeviceBuffer<float> dx(x), dA(A), dB(B), dy(ref.size());
+        ASSERT_EQ(cuda::kron_transform_f32(dx.get(), n, stride, dA.get(), L, with_b ? dB.get() : nullptr, R, dy.get(),
+                                           nullptr),
+                  cudaSuccess);
+        const std::vector<float> got = dy.download();
+        double md = 0;
+        for (size_t i = 0; i < got.size(); ++i) md = std::max(md, std::fabs(double(got[i]) - double(ref[i])));
+        EXPECT_LE(md, 1e-5 * max_abs(ref)) << L << "x" << R << " n " << n << " B " << with_b;
+      }
+    }
+}
+
+// One min/max, one copy per clip pair: bytes and scales equal ref::quantize_sym_int4 per clip exactly.
+TEST(W4A4Ops, QuantizeMultiEqualsReferencePerClip) {
+  FQ_REQUIRE_CUDA();
+  for (int64_t cols : {2, 24, 172, 4096, 14336})
+    for (int64_t rows : {1, 3, 17}) {
+      const int64_t stride = cols + 4;
+      const auto x = test::random_activations(static_cast<size_t>(rows * stride), 5 + static_cast<uint32_t>(cols));
+      cuda::SymClips c;
+      c.n = 3;
+      const float mx[3] = {1.0f, 0.9f, 0.7f}, mn[3] = {1.0f, 0.8f, 0.95f};
+      std::copy(mx, mx + 3, c.max);
+      std::copy(mn, mn + 3, c.min);
+      DeviceBuffer<float> dx(x), ds(static_cast<size_t>(3 * rows));
+      DeviceBuffer<uint8_t> dp(static_cast<size_t>(3 * rows * cols / 2));
+      ASSERT_EQ(cuda::quantize_sym_int4_multi(dx.get(), rows, cols, stride, c, dp.get(), ds.get(), nullptr),
+                cudaSuccess);
+      const auto gp = dp.download();
+      const auto gs = ds.download();
+      for (int k = 0; k < 3; ++k) {
+        std::vector<uint8_t> rp(static_cast<size_t>(rows * cols / 2));
+        std::vector<float> rs(static_cast<size_t>(rows));
+        ref::quantize_sym_int4(x.data(), rows, cols, stride, mx[k], mn[k], rp.data(), rs.data());
+        EXPECT_TRUE(std::equal(rp.begin(), rp.end(), gp.begin() + k * rows * cols / 2)) << cols << " copy " << k;
+        EXPECT_TRUE(std::equal(rs.begin(), rs.end(), gs.begin() + k * rows)) << cols << " copy " << k;
+      }
+    }
+}
+
+// Bias + RoPE + the K transform on a fused q|k|v fp16 buffer, against the same steps in fp32 on the host
+// (QuantDecoder's order: bias, rope_apply, rowvec_matmul), compared after the fp16 rounding.
+TEST(W4A4Ops, RopeKTransformMatchesReference) {
+  FQ_REQUIRE_CUDA();
+  struct Case {
+    int64_t H, KV, d, n_seq, n_tok;
+    bool bias, mats, dpos;
+  };
+  for (const Case& k : {Case{9, 3, 64, 1, 7, true, true, false}, Case{28, 4, 128, 2, 3, false, true, false},
+                        Case{32, 8, 128, 4, 1, false, true, true}, Case{4, 2, 8, 3, 1, true, false, true}}) {
+    const int64_t QKV = (k.H + 2 * k.KV) * k.d, stride = QKV + 8, rows = k.n_seq * k.n_tok;
+    const auto xf = test::random_activations(static_cast<size_t>(rows * stride), 21, 4.0f);
+    std::vector<uint16_t> x16(xf.size());
+    for (size_t i = 0; i < xf.size(); ++i) x16[i] = f32_to_f16(xf[i]);
+    const auto bias = test::random_activations(static_cast<size_t>(QKV), 22, 1.0f);
+    const auto qm = test::random_matrix(k.d, 23), km = test::random_matrix(k.d, 24);
+    const std::vector<float> inv = ref::rope_inv_freq(k.d, 10000.0, {});
+    std::vector<int32_t> pos(static_cast<size_t>(k.n_seq));
+    for (int64_t s = 0; s < k.n_seq; ++s) pos[static_cast<size_t>(s)] = static_cast<int32_t>(3 + 5 * s);
+    const int64_t pos0 = 11;
+    DeviceBuffer<uint16_t> dq(x16);
+    DeviceBuffer<float> db(bias), dqm(qm), dkm(km), dinv(inv);
+    DeviceBuffer<int32_t> dpos(pos);
+    ASSERT_EQ(cuda::qkv_rope_transform_f16(dq.get(), stride, rows, k.n_tok, pos0, k.dpos ? dpos.get() : nullptr,
+                                           k.bias ? db.get() : nullptr, k.H, k.KV, k.d, dinv.get(),
+                                           k.mats ? dqm.get() : nullptr, k.mats ? dkm.get() : nullptr, nullptr),
+              cudaSuccess);
+    const auto got = dq.download();
+    double md = 0, mr = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t p = (k.dpos ? pos[static_cast<size_t>(r / k.n_tok)] : pos0) + r % k.n_tok;
+      std::vector<float> row(static_cast<size_t>(QKV));
+      for (int64_t i = 0; i < QKV; ++i)
+        row[static_cast<size_t>(i)] = f16_to_f32(x16[static_cast<size_t>(r * stride + i)]) +
+                                      (k.bias ? bias[static_cast<size_t>(i)] : 0.0f);
+      std::vector<float> co(static_cast<size_t>(k.d / 2)), si(co.size());
+      for (size_t i = 0; i < co.size(); ++i) {
+        const float ang = inv[i] * static_cast<float>(p);
+        co[i] = std::cos(ang);
+        si[i] = std::sin(ang);
+      }
+      ref::rope_apply(row.data(), k.H + k.KV, k.d, co.data(), si.data());
+      if (k.mats) {
+        ref::rowvec_matmul(row.data(), k.H, qm.data(), k.d);
+        ref::rowvec_matmul(row.data() + k.H * k.d, k.KV, km.data(), k.d);
+      }
+      for (int64_t i = 0; i < QKV; ++i) {
+        const double g = f16_to_f32(got[static_cast<size_t>(r * stride + i)]);
+        md = std::max(md, std::fabs(g - row[static_cast<size_t>(i)]));
+        mr = std::max(mr, std::fabs(double(row[static_cast<size_t>(i)])));
+      }
+      for (int64_t i = QKV; i < stride; ++i)  // the padding is untouched
+        EXPECT_EQ(got[static_cast<size_t>(r * stride + i)], x16[static_cast<size_t>(r * stride + i)]);
+    }
+    EXPECT_LE(md, 2e-3 * mr) << "H " << k.H << " d " << k.d;
+  }
+}
+
+// kv4_append, then the read-back equals ref::dequantize_kv_asym_int4 of ref::quantize_kv_asym_int4.
+TEST(W4A4Ops, Kv4DequantMatchesReference) {
+  FQ_REQUIRE_CUDA();
+  const int64_t slots = 3, ctx = 20, KV = 3, d = 64, n_seq = 2, n_tok = 13, slot0 = 1;
+  cuda::Kv4Layer c;
+  const size_t cells = static_cast<size_t>(slots * ctx * KV);
+  DeviceBuffer<uint8_t> kc(cells * d / 2), vc(cells * d / 2);
+  DeviceBuffer<float> ks(cells), kz(cells), vs(cells), vz(cells);
+  c = {kc.get(), ks.get(), kz.get(), vc.get(), vs.get(), vz.get(), slots, ctx, KV, d};
+  const auto k = test::random_activations(static_cast<size_t>(n_seq * n_tok * KV * d), 31);
+  const auto v = test::random_activations(static_cast<size_t>(n_seq * n_tok * KV * d), 32);
+  DeviceBuffer<float> dk(k), dv(v);
+  ASSERT_EQ(cuda::kv4_append(c, dk.get(), dv.get(), DType::F32, n_seq, n_tok, KV * d, slot0, 0, nullptr, nullptr,
+                             cuda::Kv4Clip{}, nullptr),
+            cudaSuccess);
+  DeviceBuffer<uint16_t> ko(static_cast<size_t>(n_seq * n_tok * KV * d)), vo(ko.bytes() / 2);
+  ASSERT_EQ(cuda::kv4_dequant_f16(c, slot0, n_seq, n_tok, ko.get(), vo.get(), nullptr), cudaSuccess);
+  const auto gk = ko.download(), gv = vo.download();
+  for (int w = 0; w < 2; ++w) {
+    const auto& src = w ? v : k;
+    const int64_t rows = n_seq * n_tok;
+    std::vector<uint8_t> p(static_cast<size_t>(rows * KV * d / 2));
+    std::vector<float> s(static_cast<size_t>(rows * KV)), z(s.size()), deq(src.size());
+    ref::quantize_kv_asym_int4(src.data(), rows, KV, d, KV * d, 1.0f, 1.0f, p.data(), s.data(), z.data());
+    ref::dequantize_kv_asym_int4(p.data(), s.data(), z.data(), rows, KV, d, deq.data());
+    const auto& got = w ? gv : gk;
+    for (size_t i = 0; i < deq.size(); ++i)
+      ASSERT_EQ(got[i], f32_to_f16(deq[i])) << (w ? "V" : "K") << " element " << i;
+  }
+  EXPECT_EQ(cuda::kv4_dequant_f16(c, 2, 2, n_tok, ko.get(), vo.get(), nullptr), cudaErrorInvalidValue);
+}
+
+// Several activation copies over column segments == ref::qgemm_w4a4 per segment, bit for bit (one decode launch
+// for 16-aligned boundaries, per-segment launches with a row stride otherwise; fp32 and fp16 outputs).
+TEST(W4A4Ops, QgemmMultiActivationEqualsPerSegmentReference) {
+  FQ_REQUIRE_CUDA();
+  struct Case {
+    int64_t M, K;
+    std::vector<int64_t> ends;
+  };
+  const std::vector<Case> cases = {{1, 256, {64, 96, 128}},   {5, 512, {512, 640, 768}}, {16, 128, {48, 80}},
+                                   {33, 256, {256, 320, 384}}, {2, 172, {24, 40, 56}},   {20, 64, {72, 88, 104}},
+                                   {3, 96, {40, 56, 72}}};
+  for (const Case& k : cases) {
+    const int n = static_cast<int>(k.ends.size());
+    const int64_t N = k.ends.back(), kb = k.K / 2;
+    const auto qw = test::random_packed(static_cast<size_t>(N * kb), 41);
+    const auto sw = test::random_scales(static_cast<size_t>(N), 42);
+    const auto qx = test::random_packed(static_cast<size_t>(n * k.M * kb), 43);
+    const auto sx = test::random_scales(static_cast<size_t>(n * k.M), 44);
+    const auto res = test::random_activations(static_cast<size_t>(k.M * N), 45);
+    std::vector<float> ref(static_cast<size_t>(k.M * N));
+    int64_t start = 0;
+    for (int s = 0; s < n; ++s) {
+      const int64_t ns = k.ends[static_cast<size_t>(s)] - start;
+      std::vector<float> part(static_cast<size_t>(k.M * ns));
+      ref::qgemm_w4a4(qx.data() + s * k.M * kb, sx.data() + s * k.M, qw.data() + start * kb, sw.data() + start,
+                      nullptr, k.M, ns, k.K, part.data());
+      for (int64_t m = 0; m < k.M; ++m)
+        for (int64_t j = 0; j < ns; ++j)
+          ref[static_cast<size_t>(m * N + start + j)] = part[static_cast<size_t>(m * ns + j)];
+      start = k.ends[static_cast<size_t>(s)];
+    }
+    DeviceBuffer<uint8_t> dqw(qw), dqx(qx);
+    DeviceBuffer<float> dsw(sw), dsx(sx), dy(ref.size());
+    cuda::QgemmActs a;
+    a.n = n;
+    for (int s = 0; s < n; ++s) {
+      a.qx[s] = dqx.get() + s * k.M * kb;
+      a.sx[s] = dsx.get() + s * k.M;
+      a.end[s] = k.ends[static_cast<size_t>(s)];
+    }
+    ASSERT_EQ(cuda::qgemm_w4a4_multi_cuda(a, dqw.get(), dsw.get(), nullptr, dy.get(), k.M, N, k.K, nullptr),
+              cudaSuccess);
+    EXPECT_EQ(dy.download(), ref) << "M " << k.M << " K " << k.K << " N " << N;
+    // fp16 output with an fp16 residual: ref + residual in fp32, then rounded.
+    std::vector<uint16_t> r16(res.size());
+    for (size_t i = 0; i < res.size(); ++i) r16[i] = f32_to_f16(res[i]);
+    DeviceBuffer<uint16_t> dr(r16), dy16(r16.size());
+    ASSERT_EQ(cuda::qgemm_w4a4_multi_cuda_f16(a, dqw.get(), dsw.get(), dr.get(), dy16.get(), k.M, N, k.K, nullptr),
+              cudaSuccess);
+    const auto g16 = dy16.download();
+    for (size_t i = 0; i < ref.size(); ++i)
+      ASSERT_EQ(g16[i], f32_to_f16(ref[i] + f16_to_f32(r16[i]))) << "fp16 M " << k.M << " element " << i;
+  }
+  cuda::QgemmActs bad;
+  bad.n = 2;
+  bad.end[0] = 8;
+  bad.end[1] = 4;  // not increasing
+  EXPECT_EQ(cuda::qgemm_w4a4_multi_cuda(bad, nullptr, nullptr, nullptr, nullptr, 1, 4, 64, nullptr),
+            cudaErrorInvalidValue);
+}
+#else
+TEST(W4A4Ops, NeedsCuda) { GTEST_SKIP() << "built without CUDA"; }
+#endif
+
+}  // namespace
+}  // namespace fq
