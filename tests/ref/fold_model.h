@@ -107,8 +107,10 @@ inline ref::KronDims kron_dims_or_flat(int64_t n) {
   }
 }
 
-// Random transforms for every layer; `diag` adds per-channel scales s in [0.5, 2].
-inline ModelTransformsD random_transforms(const ModelConfig& c, uint64_t seed, bool diag = true) {
+// Random transforms for every layer; `diag` adds per-channel scales s in [0.5, 2]; singular values of every
+// matrix in [sigma_lo, sigma_hi] (close to 1: nearly orthogonal, so the 4-bit model stays close to the FP one).
+inline ModelTransformsD random_transforms(const ModelConfig& c, uint64_t seed, bool diag = true, double sigma_lo = 0.6,
+                                          double sigma_hi = 1.6) {
   std::mt19937_64 g(seed);
   std::uniform_real_distribution<double> us(0.5, 2.0);
   auto kron = [&](int64_t n) {
@@ -116,8 +118,8 @@ inline ModelTransformsD random_transforms(const ModelConfig& c, uint64_t seed, b
     const ref::KronDims d = kron_dims_or_flat(n);
     k.L = d.left;
     k.R = d.right;
-    k.A = random_invertible(k.L, g);
-    k.B = random_invertible(k.R, g);
+    k.A = random_invertible(k.L, g, sigma_lo, sigma_hi);
+    k.B = random_invertible(k.R, g, sigma_lo, sigma_hi);
     k.s.assign((size_t)n, 1.0);
     if (diag)
       for (auto& x : k.s) x = us(g);
@@ -129,9 +131,9 @@ inline ModelTransformsD random_transforms(const ModelConfig& c, uint64_t seed, b
     l.ln = kron(c.n_embd);
     l.up_gate = kron(c.n_embd);
     l.down = kron(c.n_ff);
-    l.Po = random_invertible(c.n_head, g);
-    l.Pv = random_invertible(c.head_dim, g);
-    l.Pk = random_invertible(c.head_dim, g);
+    l.Po = random_invertible(c.n_head, g, sigma_lo, sigma_hi);
+    l.Pv = random_invertible(c.head_dim, g, sigma_lo, sigma_hi);
+    l.Pk = random_invertible(c.head_dim, g, sigma_lo, sigma_hi);
     t.layers.push_back(std::move(l));
   }
   return t;

@@ -1,12 +1,16 @@
 // The W4A4KV4 backend of the CUDA engine (CudaEngine(const Artifact&), docs/runtime.md) against the CPU artifact
-// runtime ref::QuantDecoder on the same artifact: all-position prefill logits (the two-GEMM transform route,
-// and chunked prefill through the few-token route with p0 > 0), teacher-forced decode steps, batch 3 at
-// different positions, graph replay == eager launches, random quantized weights, recipe errors, and the CLI.
-// Artifacts: stories260K and a tiny GQA model with q/k/v biases, each folded with random invertible transforms
-// (tests/ref/fold_model.h) and with a different activation clip per linear (so q/k/v and gate/up need their own
-// quantized copies). The error measure is norm_err = max |gpu - cpu| / max |cpu| over the compared logits;
-// both runtimes use integer GEMMs, but the GPU rounds q/k/v, gate/up and the prefill transform to fp16, which
-// moves some 4-bit codes by one step. Skips without a GPU.
+// runtime ref::QuantDecoder on the same artifact: all-position prefill logits (the two-GEMM transform route, and
+// chunked prefill through the few-token route with p0 > 0), teacher-forced decode steps, batch 3 at different
+// positions, graph replay == eager launches, random quantized weights, recipe errors.
+// Artifacts: stories260K (real weights, real text) and tiny random models with GQA and q/k/v biases, folded with
+// random invertible transforms (tests/ref/fold_model.h) and a different activation clip per linear (so q/k/v and
+// gate/up need their own quantized copies).
+// W4A4 logits are chaotic in the last bits of their inputs: a 4-bit code flips when a value moves across a
+// rounding boundary, and the flip is a whole step. Rounding only the embedding to fp16 moves the CPU runtime's
+// own logits by max|d| / max|ref| ~ 0.2-0.5 on these models. So logits are compared by the mean KL divergence
+// per position against that band: KL(cpu || gpu) must stay within a small multiple of KL(cpu || cpu with the
+// embedding and head rounded to fp16), the perturbation the GPU starts from; and the perplexities must agree.
+// A wrong transform, clip, cache position or segment shows up far outside the band. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,7 +21,9 @@
 
 #include "../ref/fold_model.h"
 #include "engine_test_util.h"
+#include "core/dtype.h"
 #include "flatquant/error.h"
+#include "io/tokenizer.h"
 #include "model/weights.h"
 #include "ref/quant_decoder.h"
 #include "ref/random_model.h"
@@ -44,11 +50,14 @@ void vary_clips(Artifact& a) {
   }
 }
 
+// Nearly orthogonal random transforms without diagonal scales (as a rotation-based method would have them): the
+// 4-bit model stays usable, so perplexities mean something.
 Artifact make_quant_artifact(const ModelWeights& w, uint64_t seed) {
   test::ArtifactOptions opt;
   opt.act_clip = 0.95f;
   opt.kv_clip = 0.97f;
-  Artifact a = test::make_artifact(w, test::random_transforms(w.cfg, seed), test::test_recipe("w4a4kv4", 4, 4, 4), opt);
+  Artifact a = test::make_artifact(w, test::random_transforms(w.cfg, seed, false, 0.9, 1.1),
+                                   test::test_recipe("w4a4kv4", 4, 4, 4), opt);
   vary_clips(a);
   return a;
 }
@@ -67,59 +76,132 @@ double mean_nll(const std::vector<float>& logits, const std::vector<int32_t>& to
   return s / static_cast<double>(tok.size() - 1);
 }
 
-struct Tolerances {
-  double logits = 5e-2;  // norm_err of every logit row
-  double ppl = 1e-2;     // relative perplexity difference over the prompt
-  double margin = 3e-2;  // greedy ties: top two within this fraction of max |logit|
-};
+// Mean over rows of KL(softmax(p) || softmax(q)).
+double mean_kl(const std::vector<float>& p, const std::vector<float>& q, int64_t V) {
+  const size_t rows = p.size() / static_cast<size_t>(V);
+  double total = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    const float* a = p.data() + r * static_cast<size_t>(V);
+    const float* b = q.data() + r * static_cast<size_t>(V);
+    double ma = a[0], mb = b[0];
+    for (int64_t i = 1; i < V; ++i) ma = std::max(ma, double(a[i])), mb = std::max(mb, double(b[i]));
+    double za = 0, zb = 0;
+    for (int64_t i = 0; i < V; ++i) za += std::exp(a[i] - ma), zb += std::exp(b[i] - mb);
+    double kl = 0;
+    for (int64_t i = 0; i < V; ++i) {
+      const double la = a[i] - ma - std::log(za), lb = b[i] - mb - std::log(zb);
+      kl += std::exp(la) * (la - lb);
+    }
+    total += kl;
+  }
+  return total / static_cast<double>(rows);
+}
 
-// Prefill n_prompt tokens in chunks of `chunk` (all logits), then n_steps teacher-forced steps; each compared
-// with QuantDecoder (real mode: the same integer arithmetic) and the perplexity with fake mode too.
-void check_against_cpu(const Artifact& a, int64_t n_prompt, int64_t n_steps, int64_t chunk, uint32_t seed,
-                       const Tolerances& tol) {
-  const int64_t V = a.cfg.n_vocab;
-  const std::vector<int32_t> toks = random_tokens(n_prompt, V, seed);
-  QuantDecoder real(a, QuantMode::kReal, n_prompt + n_steps, 2), fake(a, QuantMode::kFake, n_prompt, 2);
+// The artifact with the embedding and head rounded to fp16 (the GPU's copies).
+Artifact f16_embedding(Artifact a) {
+  for (auto* v : {&a.tok_embd, &a.lm_head})
+    for (auto& x : *v) x = f16_to_f32(f32_to_f16(x));
+  return a;
+}
+
+constexpr double kBandFactor = 4.0;  // KL(cpu || gpu) <= kBandFactor * KL(cpu || cpu_f16) + kKlFloor
+constexpr double kKlFloor = 2e-3;
+
+// Prefill `toks` in chunks of `chunk` rows (all logits), then n_steps teacher-forced steps; each compared with
+// QuantDecoder (real mode: the same integer arithmetic) by the KL band above; perplexities against real and fake.
+void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int64_t n_steps, int64_t chunk,
+                       double ppl_tol) {
+  const int64_t V = a.cfg.n_vocab, n = static_cast<int64_t>(toks.size());
+  const Artifact a16 = f16_embedding(a);
+  QuantDecoder real(a, QuantMode::kReal, n + n_steps, 2), band(a16, QuantMode::kReal, n + n_steps, 2),
+      fake(a, QuantMode::kFake, n, 2);
   ASSERT_EQ(real.mode(), QuantMode::kReal);
-  std::vector<float> lr(static_cast<size_t>(n_prompt * V)), lf(lr.size()), got(lr.size());
-  real.forward(toks.data(), n_prompt, lr.data());
-  fake.forward(toks.data(), n_prompt, lf.data());
+  std::vector<float> lr(static_cast<size_t>(n * V)), lb(lr.size()), lf(lr.size()), got(lr.size());
+  real.forward(toks.data(), n, lr.data());
+  band.forward(toks.data(), n, lb.data());
+  fake.forward(toks.data(), n, lf.data());
 
   EngineOptions o;
-  o.max_ctx = n_prompt + n_steps;
+  o.max_ctx = n + n_steps;
   o.max_tokens = chunk;
   o.max_logit_rows = chunk;
   CudaEngine eng(a, o);
   EXPECT_EQ(eng.info().backend, "w4a4kv4");
-  eng.prefill(toks.data(), 1, n_prompt, 0, got.data(), true);
-  const double e = norm_err(got.data(), lr.data(), lr.size());
+  eng.prefill(toks.data(), 1, n, 0, got.data(), true);
+  const double kl = mean_kl(lr, got, V), kl_band = mean_kl(lr, lb, V);
   const double pg = std::exp(mean_nll(got, toks, V)), pr = std::exp(mean_nll(lr, toks, V)),
                pf = std::exp(mean_nll(lf, toks, V));
-  std::printf("  prefill %lld tokens (chunk %lld): norm_err vs real %.3e, vs fake %.3e; ppl gpu %.4f real %.4f fake %.4f\n",
-              static_cast<long long>(n_prompt), static_cast<long long>(chunk), e,
-              norm_err(got.data(), lf.data(), lf.size()), pg, pr, pf);
-  EXPECT_LT(e, tol.logits);
-  EXPECT_NEAR(pg / pf, 1.0, tol.ppl);
-  EXPECT_NEAR(pg / pr, 1.0, tol.ppl);
-  for (int64_t t = 0; t < n_prompt; ++t)
-    expect_same_greedy(got.data() + t * V, lr.data() + t * V, V, "prefill position " + std::to_string(t), tol.margin);
+  std::printf(
+      "  prefill %lld tokens (chunk %lld): KL(cpu||gpu) %.3e, band KL(cpu||cpu_f16) %.3e; norm_err %.3e (band %.3e); "
+      "ppl gpu %.4f real %.4f fake %.4f\n",
+      static_cast<long long>(n), static_cast<long long>(chunk), kl, kl_band, norm_err(got.data(), lr.data(), lr.size()),
+      norm_err(lb.data(), lr.data(), lr.size()), pg, pr, pf);
+  EXPECT_LE(kl, kBandFactor * kl_band + kKlFloor);
+  EXPECT_NEAR(pg / pf, 1.0, ppl_tol);
+  EXPECT_NEAR(pg / pr, 1.0, ppl_tol);
 
-  std::vector<float> r1(static_cast<size_t>(V)), g1(r1.size());
-  int32_t next = runtime::argmax(lr.data() + (n_prompt - 1) * V, V);
-  double worst = 0;
+  std::vector<float> sr, sb, sg;
+  std::vector<float> r1(static_cast<size_t>(V)), b1(r1.size()), g1(r1.size());
+  int32_t next = runtime::argmax(lr.data() + (n - 1) * V, V);
   for (int64_t s = 0; s < n_steps; ++s) {
     real.forward(&next, 1, r1.data());
+    band.forward(&next, 1, b1.data());
     int32_t greedy = -1;
     eng.step(&next, 1, g1.data(), &greedy);
-    const double es = norm_err(g1.data(), r1.data(), r1.size());
-    worst = std::max(worst, es);
-    EXPECT_LT(es, tol.logits) << "decode step " << s;
-    expect_same_greedy(g1.data(), r1.data(), V, "decode step " + std::to_string(s), tol.margin);
     EXPECT_EQ(greedy, runtime::argmax(g1.data(), V));
+    sr.insert(sr.end(), r1.begin(), r1.end());
+    sb.insert(sb.end(), b1.begin(), b1.end());
+    sg.insert(sg.end(), g1.begin(), g1.end());
     next = runtime::argmax(r1.data(), V);
   }
-  std::printf("  %lld decode steps: worst norm_err vs real %.3e\n", static_cast<long long>(n_steps), worst);
-  EXPECT_EQ(eng.pos(0), n_prompt + n_steps);
+  if (n_steps > 0) {
+    const double kls = mean_kl(sr, sg, V), kls_band = mean_kl(sr, sb, V);
+    std::printf("  %lld decode steps: KL(cpu||gpu) %.3e, band %.3e\n", static_cast<long long>(n_steps), kls, kls_band);
+    EXPECT_LE(kls, kBandFactor * kls_band + kKlFloor);
+  }
+  EXPECT_EQ(eng.pos(0), n + n_steps);
+}
+
+std::vector<int32_t> story_tokens(const std::string& dir) {
+  return load_tokenizer(dir)->encode_with_bos(
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+      "friends. One day, she saw a big red ball under a tree. She ran to get it, but a small dog got there "
+      "first. The dog wagged its tail and looked at Lily. Lily smiled and said, \"Do you want to play with me?\" "
+      "The dog barked happily. They played with the ball all day long. When the sun went down, Lily went home. "
+      "She told her mom about her new friend. Her mom was happy and gave her a big hug.");
+}
+
+// The band can fail (CPU only, runs everywhere): artifacts with a layout mistake of the kind an engine could make
+// (a transform read transposed) land outside it. Subtler mistakes (q times Pk instead of Pk^{-T} with nearly
+// orthogonal Pk: KL 0.84 vs the band's 0.58 here) hide in the chaos of this tiny head_dim-8 model; the op tests
+// (each kernel exact or within ulps of its reference) and the WikiText-2 perplexity gate on a calibrated artifact
+// (scripts/device/w4a4.sh) cover those.
+TEST(CudaQuantEngine, KlBandDetectsMistakes) {
+  const std::string dir = model_dir("stories260K");
+  FQ_REQUIRE_FILE(path_join(dir, "config.json"));
+  const Artifact a = make_quant_artifact(load_hf_weights(dir), 5);
+  const std::vector<int32_t> text = story_tokens(dir);
+  const int64_t V = a.cfg.n_vocab, n = static_cast<int64_t>(text.size());
+  auto logits = [&](const Artifact& x) {
+    QuantDecoder d(x, QuantMode::kReal, n, 2);
+    std::vector<float> l(static_cast<size_t>(n * V));
+    d.forward(text.data(), n, l.data());
+    return l;
+  };
+  const std::vector<float> ref = logits(a), band = logits(f16_embedding(a));
+  const double limit = kBandFactor * mean_kl(ref, band, V) + kKlFloor;
+  auto transpose = [](std::vector<float>& m, int64_t dim) {
+    for (int64_t i = 0; i < dim; ++i)
+      for (int64_t j = i + 1; j < dim; ++j)
+        std::swap(m[static_cast<size_t>(i * dim + j)], m[static_cast<size_t>(j * dim + i)]);
+  };
+  Artifact ln_t = a, o_t = a;
+  for (auto& l : ln_t.layers) transpose(l.ln_trans.left, l.ln_trans.L);
+  for (auto& l : o_t.layers) transpose(l.o_trans, a.cfg.n_head);
+  const double k1 = mean_kl(ref, logits(ln_t), V), k2 = mean_kl(ref, logits(o_t), V);
+  std::printf("  band limit %.3e; ln_trans left transposed %.3e, o_trans transposed %.3e\n", limit, k1, k2);
+  EXPECT_GT(k1, limit);
+  EXPECT_GT(k2, limit);
 }
 
 TEST(CudaQuantEngine, Stories260KMatchesCpuRuntime) {
@@ -127,8 +209,10 @@ TEST(CudaQuantEngine, Stories260KMatchesCpuRuntime) {
   const std::string dir = model_dir("stories260K");
   FQ_REQUIRE_FILE(path_join(dir, "config.json"));
   const Artifact a = make_quant_artifact(load_hf_weights(dir), 5);
-  check_against_cpu(a, 48, 12, 64, 1, {});  // 48 rows: the two-GEMM transform route
-  check_against_cpu(a, 48, 4, 12, 2, {});   // chunks of 12 rows: the few-token route, p0 > 0
+  const std::vector<int32_t> text = story_tokens(dir);
+  ASSERT_GE(text.size(), 100u);
+  check_against_cpu(a, text, 16, 256, 0.02);  // all rows at once: the two-GEMM transform route
+  check_against_cpu(a, text, 4, 12, 0.02);    // chunks of 12 rows: the few-token route, p0 > 0
 }
 
 TEST(CudaQuantEngine, GqaBiasChunkedPrefillMatchesCpuRuntime) {
@@ -137,8 +221,8 @@ TEST(CudaQuantEngine, GqaBiasChunkedPrefillMatchesCpuRuntime) {
   c.n_embd = 48;
   c.n_ff = 72;
   const Artifact a = make_quant_artifact(test::random_model(c, 11), 12);
-  check_against_cpu(a, 40, 8, 40, 3, {});
-  check_against_cpu(a, 40, 8, 7, 4, {});
+  check_against_cpu(a, random_tokens(40, c.n_vocab, 3), 8, 40, 0.05);
+  check_against_cpu(a, random_tokens(40, c.n_vocab, 4), 8, 7, 0.05);
 }
 
 // Three slots at different positions decode in one batched step; each row equals its own CPU decoder.
@@ -151,25 +235,35 @@ TEST(CudaQuantEngine, Batch3AtDifferentPositions) {
   o.max_batch = 3;
   o.max_ctx = 32;
   CudaEngine eng(a, o);
-  std::vector<std::unique_ptr<QuantDecoder>> cpu;
+  const Artifact a16 = f16_embedding(a);
+  std::vector<std::unique_ptr<QuantDecoder>> cpu, band;
   std::vector<int32_t> next(3);
   for (int64_t s = 0; s < 3; ++s) {
     const auto t = random_tokens(lens[s], V, 30 + static_cast<uint32_t>(s));
     std::vector<float> lg(static_cast<size_t>(V)), lc(lg.size() * static_cast<size_t>(lens[s]));
     eng.prefill(t.data(), 1, lens[s], s, lg.data(), false);
     cpu.push_back(std::make_unique<QuantDecoder>(a, QuantMode::kReal, 32, 1));
+    band.push_back(std::make_unique<QuantDecoder>(a16, QuantMode::kReal, 32, 1));
     cpu.back()->forward(t.data(), lens[s], lc.data());
+    band.back()->forward(t.data(), lens[s], nullptr);
     next[static_cast<size_t>(s)] = runtime::argmax(lc.data() + (lens[s] - 1) * V, V);
   }
-  std::vector<float> got(static_cast<size_t>(3 * V)), r(static_cast<size_t>(V));
+  std::vector<float> got(static_cast<size_t>(3 * V)), r(static_cast<size_t>(V)), b(r.size());
+  std::vector<float> all_r, all_b, all_g;
   for (int step = 0; step < 6; ++step) {
     eng.step(next.data(), 3, got.data(), nullptr);
     for (int64_t s = 0; s < 3; ++s) {
       cpu[static_cast<size_t>(s)]->forward(&next[static_cast<size_t>(s)], 1, r.data());
-      EXPECT_LT(norm_err(got.data() + s * V, r.data(), r.size()), 5e-2) << "slot " << s << " step " << step;
+      band[static_cast<size_t>(s)]->forward(&next[static_cast<size_t>(s)], 1, b.data());
+      all_r.insert(all_r.end(), r.begin(), r.end());
+      all_b.insert(all_b.end(), b.begin(), b.end());
+      all_g.insert(all_g.end(), got.begin() + s * V, got.begin() + (s + 1) * V);
       next[static_cast<size_t>(s)] = runtime::argmax(r.data(), V);
     }
   }
+  const double kl = mean_kl(all_r, all_g, V), kl_band = mean_kl(all_r, all_b, V);
+  std::printf("  batch 3 decode: KL(cpu||gpu) %.3e, band %.3e\n", kl, kl_band);
+  EXPECT_LE(kl, kBandFactor * kl_band + kKlFloor);
   for (int64_t s = 0; s < 3; ++s) EXPECT_EQ(eng.pos(s), lens[s] + 6);
 }
 
