@@ -190,18 +190,24 @@ int run(const Options& o) {
     r["first_tokens"] =
         std::vector<int32_t>(out.begin(), out.begin() + std::min<int64_t>(B * 4, B * o.decode));
     if (o.profile) {
-      for (int64_t b = 0; b < B; ++b) eng->rewind(b, o.prefill);
-      const std::vector<runtime::OpTime> ops = eng->profile_step(first.data(), B);
-      nlohmann::json pj = nlohmann::json::array();
+      auto table = [](const std::vector<runtime::OpTime>& ops, double* total) {
+        nlohmann::json pj = nlohmann::json::array();
+        *total = 0;
+        for (const auto& t : ops) *total += t.ms;
+        for (const auto& t : ops)
+          pj.push_back({{"op", t.name},
+                        {"ms", t.ms},
+                        {"calls", t.calls},
+                        {"pct", 100.0 * t.ms / std::max(*total, 1e-12)}});
+        return pj;
+      };
       double total = 0;
-      for (const auto& t : ops) total += t.ms;
-      for (const auto& t : ops)
-        pj.push_back({{"op", t.name},
-                      {"ms", t.ms},
-                      {"calls", t.calls},
-                      {"pct", 100.0 * t.ms / std::max(total, 1e-12)}});
-      r["profile_uncaptured_step"] = pj;
+      for (int64_t b = 0; b < B; ++b) eng->rewind(b, o.prefill);
+      r["profile_uncaptured_step"] = table(eng->profile_step(first.data(), B), &total);
       r["profile_total_ms"] = total;
+      eng->reset();
+      r["profile_prefill"] = table(eng->profile_prefill(prompt.data(), B, o.prefill), &total);
+      r["profile_prefill_total_ms"] = total;
     }
     results.push_back(r);
     if (!o.json)
@@ -213,9 +219,12 @@ int run(const Options& o) {
           r["decode_tok_s"].get<double>(), r["weights_TBps"].get<double>(),
           r["weights_kv_TBps"].get<double>());
     if (!o.json && o.profile)
-      for (const auto& p : r["profile_uncaptured_step"])
-        fmt::print("    {:<20} {:8.3f} ms {:5.1f}% ({} calls)\n", p["op"].get<std::string>(),
-                   p["ms"].get<double>(), p["pct"].get<double>(), p["calls"].get<int64_t>());
+      for (const char* key : {"profile_uncaptured_step", "profile_prefill"}) {
+        fmt::print("  {}:\n", key);
+        for (const auto& p : r[key])
+          fmt::print("    {:<20} {:8.3f} ms {:5.1f}% ({} calls)\n", p["op"].get<std::string>(),
+                     p["ms"].get<double>(), p["pct"].get<double>(), p["calls"].get<int64_t>());
+      }
   }
 
   const runtime::EngineInfo info = eng->info();

@@ -60,6 +60,9 @@ void CudaEngine::decode_greedy(const int32_t*, int64_t, int64_t, int32_t*) {
 std::vector<OpTime> CudaEngine::profile_step(const int32_t*, int64_t) {
   no_cuda();
 }
+std::vector<OpTime> CudaEngine::profile_prefill(const int32_t*, int64_t, int64_t) {
+  no_cuda();
+}
 void CudaEngine::synchronize() {
   no_cuda();
 }
@@ -143,10 +146,12 @@ struct LayerDev {
   size_t o_wqkv = 0, o_wo = 0, o_wgu = 0, o_wdown = 0, o_bqkv = 0, o_n1 = 0, o_n2 = 0;
 };
 
-// W4A4KV4 backend: one online Kronecker transform (absent: L = 0). A, B fp32 for the few-token kernel; A16
-// (A as fp16) and Bt16 (B^T as fp16) for the two tensor-core GEMMs of prefill.
+// W4A4KV4 backend: one online Kronecker transform (absent: L = 0; has_b false: B = identity, the o_proj head
+// mix with A = Po, L = H, R = head_dim). A, B fp32 for the few-token kernels; A16 (A as fp16) and Bt16 (B^T as
+// fp16) for the tensor-core GEMMs of prefill. fused: the decode path runs the fused cluster kernel.
 struct KronDev {
   int64_t L = 0, R = 0;
+  bool has_b = true, fused = false;
   size_t o_A = 0, o_B = 0, o_A16 = 0, o_Bt16 = 0;
   float *A = nullptr, *B = nullptr;
   uint16_t *A16 = nullptr, *Bt16 = nullptr;
@@ -157,10 +162,10 @@ struct QLayerDev {
   uint8_t *wqkv = nullptr, *wo = nullptr, *wgu = nullptr, *wdown = nullptr;
   float *sqkv = nullptr, *so = nullptr, *sgu = nullptr, *sdown = nullptr;
   float *bqkv = nullptr, *n1 = nullptr, *n2 = nullptr;
-  float *po = nullptr, *kmat = nullptr, *kinv = nullptr;  // [H, H], [D, D], [D, D] or nullptr
+  float *kmat = nullptr, *kinv = nullptr;  // [D, D] each or nullptr
   size_t o_wqkv = 0, o_wo = 0, o_wgu = 0, o_wdown = 0, o_sqkv = 0, o_so = 0, o_sgu = 0, o_sdown = 0, o_bqkv = 0,
-         o_n1 = 0, o_n2 = 0, o_po = 0, o_kmat = 0, o_kinv = 0;
-  KronDev ln, ug, dn;
+         o_n1 = 0, o_n2 = 0, o_kmat = 0, o_kinv = 0;
+  KronDev ln, ug, dn, om;  // ln_trans, up_gate_trans, down_trans, o_trans (om: L = H or 0)
   cuda::SymClips qkv_clips, gu_clips, o_clip, down_clip;
   cuda::Kv4Clip kv_clip;
 };
@@ -277,6 +282,7 @@ struct CudaEngine::Impl {
   void upload_quant(const Artifact& a);
   void randomize_quant(uint64_t seed);
   void resolve(KronDev& k);
+  void to_f16(const KronDev& k);
   // fp32 rows [rows, L*R] (few rows) or fp16 rows (more) -> transformed fp32 rows (returned pointer).
   const float* kron(const KronDev& k, const float* src32, const uint16_t* src16, int64_t rows);
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name);
@@ -285,6 +291,9 @@ struct CudaEngine::Impl {
   void decode_body(int64_t batch);
   void run_step(int64_t batch);  // graph replay (captured on the second use) or eager
   void check_flags(const char* where);
+  // Runs `run` un-captured with cudaEvents around each op; positions are restored afterwards.
+  template <typename Fn>
+  std::vector<OpTime> profile(Fn&& run);
 };
 
 CudaEngine::Impl::~Impl() {
@@ -681,11 +690,13 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     FQ_CHECK(k.L * k.R <= 40960, "CudaEngine W4A4: a {} x {} Kronecker transform is larger than 40960", k.L, k.R);
   };
   o_embd = warena.reserve(static_cast<size_t>(V * E) * h2);
-  auto reserve_kron = [&](KronDev& k) {
+  auto reserve_kron = [&](KronDev& k, int64_t K) {
+    k.fused = cuda::fused_quant_supported(k.L, k.R, K, o.device);
     if (!k.L) return;
     k.o_A = warena.reserve(static_cast<size_t>(k.L * k.L) * f4);
-    k.o_B = warena.reserve(static_cast<size_t>(k.R * k.R) * f4);
     k.o_A16 = warena.reserve(static_cast<size_t>(k.L * k.L) * h2);
+    if (!k.has_b) return;
+    k.o_B = warena.reserve(static_cast<size_t>(k.R * k.R) * f4);
     k.o_Bt16 = warena.reserve(static_cast<size_t>(k.R * k.R) * h2);
   };
   for (int64_t i = 0; i < L; ++i) {
@@ -705,14 +716,17 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     if (cfg.attn_bias) l.o_bqkv = warena.reserve(static_cast<size_t>(QKV) * f4);
     l.o_n1 = warena.reserve(static_cast<size_t>(E) * f4);
     l.o_n2 = warena.reserve(static_cast<size_t>(E) * f4);
-    if (!al || !al->o_trans.empty()) l.o_po = warena.reserve(static_cast<size_t>(H * H) * f4) + 1;
+    l.om.has_b = false;
+    l.om.L = !al || !al->o_trans.empty() ? H : 0;
+    l.om.R = l.om.L ? D : 0;
     if (!al || !al->kcache_trans.empty()) {
       l.o_kmat = warena.reserve(static_cast<size_t>(D * D) * f4) + 1;
       l.o_kinv = warena.reserve(static_cast<size_t>(D * D) * f4) + 1;
     }
-    reserve_kron(l.ln);
-    reserve_kron(l.ug);
-    reserve_kron(l.dn);
+    reserve_kron(l.ln, E);
+    reserve_kron(l.ug, E);
+    reserve_kron(l.dn, F);
+    reserve_kron(l.om, HD);
   }
   if (!cfg.tie_embeddings) o_head = warena.reserve(static_cast<size_t>(V * E) * h2);
   o_norm = warena.reserve(static_cast<size_t>(E) * f4);
@@ -736,12 +750,12 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     l.bqkv = cfg.attn_bias ? warena.at<float>(l.o_bqkv) : nullptr;
     l.n1 = warena.at<float>(l.o_n1);
     l.n2 = warena.at<float>(l.o_n2);
-    l.po = opt(l.o_po);
     l.kmat = opt(l.o_kmat);
     l.kinv = opt(l.o_kinv);
     resolve(l.ln);
     resolve(l.ug);
     resolve(l.dn);
+    resolve(l.om);
   }
   step_weight_bytes = warena.size() - (cfg.tie_embeddings ? 0 : static_cast<size_t>(V * E) * h2);
 
@@ -782,8 +796,9 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
 void CudaEngine::Impl::resolve(KronDev& k) {
   if (!k.L) return;
   k.A = warena.at<float>(k.o_A);
-  k.B = warena.at<float>(k.o_B);
   k.A16 = warena.at<uint16_t>(k.o_A16);
+  if (!k.has_b) return;
+  k.B = warena.at<float>(k.o_B);
   k.Bt16 = warena.at<uint16_t>(k.o_Bt16);
 }
 
@@ -824,6 +839,7 @@ void CudaEngine::Impl::upload_quant(const Artifact& a) {
     put(dst, f.data(), f.size() * 4, name, il);
   };
   auto put_kron = [&](const KronDev& k, const KronPair& p, const char* name, int il) {
+    // (the o_proj mix has its own upload below)
     if (!k.L) return;
     cat_f(k.A, {&p.left}, static_cast<size_t>(k.L * k.L), name, il);
     cat_f(k.B, {&p.right}, static_cast<size_t>(k.R * k.R), name, il);
@@ -858,7 +874,7 @@ void CudaEngine::Impl::upload_quant(const Artifact& a) {
     }
     cat_f(d.n1, {&s.attn_norm}, static_cast<size_t>(E), "input_layernorm", il);
     cat_f(d.n2, {&s.ffn_norm}, static_cast<size_t>(E), "post_attention_layernorm", il);
-    if (d.po) cat_f(d.po, {&s.o_trans}, static_cast<size_t>(H * H), "o_trans", il);
+    if (d.om.L) cat_f(d.om.A, {&s.o_trans}, static_cast<size_t>(H * H), "o_trans", il);
     if (d.kmat) {
       cat_f(d.kmat, {&s.kcache_trans}, static_cast<size_t>(D * D), "kcache_trans", il);
       cat_f(d.kinv, {&s.kcache_inv_t}, static_cast<size_t>(D * D), "kcache_trans inv_t", il);
@@ -872,12 +888,15 @@ void CudaEngine::Impl::upload_quant(const Artifact& a) {
     d.down_clip = clips_of({&s.down});
     d.kv_clip = {s.k_clip_max, s.k_clip_min, s.v_clip_max, s.v_clip_min};
   }
+  ck(cudaDeviceSynchronize(), "upload");  // the fp16 copies below run on `stream`
   for (auto& l : qlayers)
-    for (KronDev* k : {&l.ln, &l.ug, &l.dn})
-      if (k->L) {
-        ck(cuda::f32_to_f16_matrix(k->A, k->L, k->L, false, k->A16, stream), "transform to fp16");
-        ck(cuda::f32_to_f16_matrix(k->B, k->R, k->R, true, k->Bt16, stream), "transform to fp16");
-      }
+    for (KronDev* k : {&l.ln, &l.ug, &l.dn, &l.om}) to_f16(*k);
+}
+
+void CudaEngine::Impl::to_f16(const KronDev& k) {
+  if (!k.L) return;
+  ck(cuda::f32_to_f16_matrix(k.A, k.L, k.L, false, k.A16, stream), "transform to fp16");
+  if (k.has_b) ck(cuda::f32_to_f16_matrix(k.B, k.R, k.R, true, k.Bt16, stream), "transform to fp16");
 }
 
 void CudaEngine::Impl::randomize_quant(uint64_t seed) {
@@ -905,14 +924,12 @@ void CudaEngine::Impl::randomize_quant(uint64_t seed) {
     val(l.n1, E, 1.0f);
     val(l.n2, E, 1.0f);
     // Random transforms scaled like orthogonal ones (entries ~ 1/sqrt(n)).
-    nrm(l.po, H * H, 0.0f, 1.0f / std::sqrt(static_cast<float>(H)));
     nrm(l.kmat, D * D, 0.0f, 1.0f / std::sqrt(static_cast<float>(D)));
     nrm(l.kinv, D * D, 0.0f, 1.0f / std::sqrt(static_cast<float>(D)));
-    for (KronDev* t : {&l.ln, &l.ug, &l.dn}) {
+    for (KronDev* t : {&l.ln, &l.ug, &l.dn, &l.om}) {
       nrm(t->A, t->L * t->L, 0.0f, 1.0f / std::sqrt(static_cast<float>(t->L)));
-      nrm(t->B, t->R * t->R, 0.0f, 1.0f / std::sqrt(static_cast<float>(t->R)));
-      ck(cuda::f32_to_f16_matrix(t->A, t->L, t->L, false, t->A16, stream), "transform to fp16");
-      ck(cuda::f32_to_f16_matrix(t->B, t->R, t->R, true, t->Bt16, stream), "transform to fp16");
+      if (t->has_b) nrm(t->B, t->R * t->R, 0.0f, 1.0f / std::sqrt(static_cast<float>(t->R)));
+      to_f16(*t);
     }
     l.qkv_clips = one3;
     l.gu_clips = one3;
@@ -932,12 +949,16 @@ const float* CudaEngine::Impl::kron(const KronDev& k, const float* src32, const 
   }
   // Y1 = X B for all rows at once ([rows * L, R] x [R, R]), then per token Y = A^T Y1 (strided batched,
   // column-major: C[R, L] = Y1_t^T[R, L] . A, A read as the transpose of its row-major storage).
-  gemm(src16, rows * k.L, k.R, k.Bt16, k.R, t16, false, false, "kron_gemm");
+  const uint16_t* y1 = src16;
+  if (k.has_b) {
+    gemm(src16, rows * k.L, k.R, k.Bt16, k.R, t16, false, false, "kron_gemm");
+    y1 = t16;
+  }
   const float alpha = 1.0f, beta = 0.0f;
   op("kron_gemm", [&] {
     const cublasStatus_t st = cublasGemmStridedBatchedEx(
         blas, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(k.R), static_cast<int>(k.L), static_cast<int>(k.L),
-        &alpha, t16, CUDA_R_16F, static_cast<int>(k.R), k.L * k.R, k.A16, CUDA_R_16F, static_cast<int>(k.L), 0,
+        &alpha, y1, CUDA_R_16F, static_cast<int>(k.R), k.L * k.R, k.A16, CUDA_R_16F, static_cast<int>(k.L), 0,
         &beta, tf, CUDA_R_32F, static_cast<int>(k.R), k.L * k.R, static_cast<int>(rows), CUBLAS_COMPUTE_32F,
         CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: Kronecker transform GEMM failed (status {})", static_cast<int>(st));
@@ -956,8 +977,27 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   const cuda::Kv4Layer& c = kv4[static_cast<size_t>(il)];
   const float eps = static_cast<float>(cfg.rms_eps);
   const bool few = rows <= kKronFewRows;
+  // Few rows (decode): one fused cluster kernel per input (prologue + transform + quantized copies).
+  auto fused = [&](cuda::FusedQuantArgs f, const KronDev& k, int64_t K, const cuda::SymClips& clips) {
+    f.A = k.A;
+    f.L = k.L;
+    f.B = k.B;
+    f.R = k.R;
+    f.clips = clips;
+    op("fused_quant", [&] { ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream), "fused transform + quantize"); });
+  };
   // RMSNorm, the Kronecker transform and the per-consumer quantized copies of one input.
   auto norm_quant = [&](const float* nw, const KronDev& k, const cuda::SymClips& clips) {
+    if (few && k.fused) {
+      cuda::FusedQuantArgs f;
+      f.in = cuda::FusedIn::kRmsNorm;
+      f.x = x;
+      f.x_stride = E;
+      f.norm_w = nw;
+      f.eps = eps;
+      fused(f, k, E, clips);
+      return;
+    }
     const bool f16 = k.L && !few;  // the GEMM route reads fp16
     op("rmsnorm", [&] {
       ck(cuda::rmsnorm(x, DType::F32, E, nw, rows, E, eps, f16 ? static_cast<void*>(hb) : tf,
@@ -998,6 +1038,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
                         stream),
        "KV4 append");
   });
+  // The attention output: fp16 for the prefill head-mix GEMM, else fp32.
+  const bool attn16 = w.om.L && !few;
   if (decode) {
     const cuda::DecodeAttnPlan dp = cuda::decode_attention_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
     op("decode_attention", [&] {
@@ -1015,19 +1057,20 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
         ck(cuda::kv4_dequant_f16(c, slot0 + s0, ns, np, kf16, vf16, stream), "KV4 read-back");
       });
       op("prefill_attention", [&] {
+        void* out = attn16 ? static_cast<void*>(hb + s0 * n_tok * HD) : static_cast<void*>(tf + s0 * n_tok * HD);
         ck(cuda::prefill_attention(big + s0 * n_tok * QKV, kf16, vf16, ns, n_tok, p0, H, KV, D, QKV, n_tok * QKV,
-                                   kvd, np * kvd, tf + s0 * n_tok * HD, DType::F32, stream),
+                                   kvd, np * kvd, out, attn16 ? DType::F16 : DType::F32, stream),
            "prefill attention");
       });
     }
   }
-  if (w.po) {
-    op("head_mix_quant", [&] {
-      ck(cuda::head_mix_quant_int4(tf, rows, H, D, HD, w.po, w.o_clip.max[0], w.o_clip.min[0], xq, sxq, stream),
-         "o_proj input transform");
-    });
+  if (few && w.om.fused) {
+    cuda::FusedQuantArgs f;
+    f.x = tf;
+    f.x_stride = HD;
+    fused(f, w.om, HD, w.o_clip);
   } else {
-    op("quantize", [&] { ck(cuda::quantize_sym_int4_multi(tf, rows, HD, HD, w.o_clip, xq, sxq, stream), "quantize"); });
+    quantize(w.om.L ? kron(w.om, tf, hb, rows) : tf, rows, HD, w.o_clip, "quantize");
   }
   op("o_gemm", [&] {
     ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wo, w.so, x, x, rows, E, HD, stream), "o_proj W4A4 GEMM");
@@ -1039,14 +1082,22 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(2, {F, 2 * F}, E), w.wgu, w.sgu, nullptr, big, rows, 2 * F, E, stream),
        "gate/up W4A4 GEMM");
   });
-  const bool f16 = w.dn.L && !few;
-  op("swiglu", [&] {
-    ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, f16 ? static_cast<void*>(hb) : tf,
-                    f16 ? DType::F16 : DType::F32, stream),
-       "swiglu");
-  });
-  const float* src = w.dn.L ? kron(w.dn, tf, hb, rows) : tf;
-  quantize(src, rows, F, w.down_clip, "quantize");
+  if (few && w.dn.fused) {
+    cuda::FusedQuantArgs f;
+    f.in = cuda::FusedIn::kSwiGLU;
+    f.gate = big;
+    f.up = big + F;
+    f.gu_stride = 2 * F;
+    fused(f, w.dn, F, w.down_clip);
+  } else {
+    const bool f16 = w.dn.L && !few;
+    op("swiglu", [&] {
+      ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, f16 ? static_cast<void*>(hb) : tf,
+                      f16 ? DType::F16 : DType::F32, stream),
+         "swiglu");
+    });
+    quantize(w.dn.L ? kron(w.dn, tf, hb, rows) : tf, rows, F, w.down_clip, "quantize");
+  }
   op("down_gemm", [&] {
     ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream), "down_proj W4A4 GEMM");
   });
@@ -1261,12 +1312,21 @@ void CudaEngine::decode_greedy(const int32_t* tokens, int64_t batch, int64_t n_s
 }
 
 std::vector<OpTime> CudaEngine::profile_step(const int32_t* tokens, int64_t batch) {
-  Impl& m = *impl_;
-  std::vector<int64_t> saved(m.pos.begin(), m.pos.begin() + batch);
+  return impl_->profile([&] { step(tokens, batch, nullptr, nullptr); });
+}
+
+std::vector<OpTime> CudaEngine::profile_prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok) {
+  return impl_->profile([&] { prefill(tokens, n_seq, n_tok, 0, nullptr, false); });
+}
+
+template <typename Fn>
+std::vector<OpTime> CudaEngine::Impl::profile(Fn&& run) {
+  Impl& m = *this;
+  std::vector<int64_t> saved(m.pos);
   m.profiling = true;
   m.prof_events.clear();
   try {
-    step(tokens, batch, nullptr, nullptr);
+    run();
   } catch (...) {
     m.profiling = false;
     throw;
@@ -1284,7 +1344,7 @@ std::vector<OpTime> CudaEngine::profile_step(const int32_t* tokens, int64_t batc
     ++it->calls;
   }
   m.prof_events.clear();
-  for (int64_t b = 0; b < batch; ++b) m.pos[static_cast<size_t>(b)] = saved[static_cast<size_t>(b)];
+  m.pos = saved;
   return r;
 }
 

@@ -98,6 +98,9 @@ class CudaEngine {
   // Device time per op of one un-captured decode step for slots 0 .. batch-1 (cudaEvents around each op; the
   // step is then undone with rewind, so the cache and positions are unchanged).
   std::vector<OpTime> profile_step(const int32_t* tokens, int64_t batch);
+  // The same for a prefill of n_seq x n_tok tokens into slots 0 .. n_seq-1 (from position 0; every slot's
+  // position is restored afterwards, the cache contents are not).
+  std::vector<OpTime> profile_prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok);
 
   void synchronize();
 

@@ -12,7 +12,9 @@
 #include "ref/qgemm.h"
 #include "ref/quant.h"
 #include "ref/quant_ops.h"
+#include "ref/rmsnorm.h"
 #include "ref/rope.h"
+#include "ref/swiglu.h"
 
 #ifdef FLATQUANT_WITH_CUDA
 #include "kernels/cuda/attention.h"
@@ -56,6 +58,98 @@ TEST(W4A4Ops, KronTransformMatchesReference) {
         EXPECT_LE(md, 1e-5 * max_abs(ref)) << L << "x" << R << " n " << n << " B " << with_b;
       }
     }
+}
+
+// The fused decode pipeline (prologue + transform + quantized copies, one cluster per token) against the
+// reference chain ref::rmsnorm / ref::swiglu -> ref::kron_transform -> ref::quantize_sym_int4 per clip. The
+// prologue's sums run in another order than the reference (fp32 block reduction vs double), so a value may land
+// on the other side of a rounding boundary: scales agree to 1e-5, codes differ by at most one step, rarely.
+TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
+  FQ_REQUIRE_CUDA();
+  struct Case {
+    cuda::FusedIn in;
+    int64_t L, R;  // L = 0: no transform
+    bool with_b;
+    int64_t K;
+  };
+  const std::vector<Case> cases = {
+      {cuda::FusedIn::kRmsNorm, 64, 64, true, 4096},  {cuda::FusedIn::kRmsNorm, 56, 64, true, 3584},
+      {cuda::FusedIn::kSwiGLU, 112, 128, true, 14336}, {cuda::FusedIn::kSwiGLU, 4, 43, true, 172},
+      {cuda::FusedIn::kPlain, 32, 128, false, 4096},   {cuda::FusedIn::kPlain, 9, 64, false, 576},
+      {cuda::FusedIn::kRmsNorm, 0, 0, false, 24},      {cuda::FusedIn::kSwiGLU, 128, 148, true, 18944},
+      {cuda::FusedIn::kPlain, 0, 0, false, 4096}};
+  int device = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  for (const Case& k : cases) {
+    if (!cuda::fused_quant_supported(k.L, k.R, k.K, device)) GTEST_SKIP() << "needs sm_90 (thread-block clusters)";
+    for (int64_t rows : {1, 3, 16}) {
+      const int64_t K = k.K, xs = K + 8;
+      const auto x = test::random_activations(static_cast<size_t>(rows * xs), 61 + static_cast<uint32_t>(K));
+      const auto w = test::random_activations(static_cast<size_t>(K), 62, 1.0f);
+      const auto A = test::random_matrix(std::max<int64_t>(k.L, 1), 63), B = test::random_matrix(std::max<int64_t>(k.R, 1), 64);
+      std::vector<uint16_t> gu16(static_cast<size_t>(rows * 2 * K));
+      const auto gu = test::random_activations(gu16.size(), 65, 3.0f);
+      for (size_t i = 0; i < gu.size(); ++i) gu16[i] = f32_to_f16(gu[i]);
+      // Reference chain.
+      std::vector<float> pro(static_cast<size_t>(rows * K)), tr(pro.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        float* o = pro.data() + r * K;
+        if (k.in == cuda::FusedIn::kRmsNorm) {
+          ref::rmsnorm(x.data() + r * xs, w.data(), 1, K, 1e-5f, o);
+        } else if (k.in == cuda::FusedIn::kSwiGLU) {
+          std::vector<float> g(static_cast<size_t>(K)), u(g.size());
+          for (int64_t i = 0; i < K; ++i)
+            g[static_cast<size_t>(i)] = f16_to_f32(gu16[static_cast<size_t>(r * 2 * K + i)]),
+            u[static_cast<size_t>(i)] = f16_to_f32(gu16[static_cast<size_t>(r * 2 * K + K + i)]);
+          ref::swiglu(g.data(), u.data(), K, o);
+        } else {
+          std::copy(x.begin() + r * xs, x.begin() + r * xs + K, o);
+        }
+      }
+      if (k.L > 0)
+        ref::kron_transform(pro.data(), rows, K, nullptr, A.data(), k.L, k.with_b ? B.data() : nullptr, k.R, tr.data());
+      else
+        tr = pro;
+      cuda::FusedQuantArgs f;
+      f.in = k.in;
+      f.eps = 1e-5f;
+      f.L = k.L;
+      f.R = k.R;
+      f.clips.n = 2;
+      f.clips.max[1] = 0.9f;
+      f.clips.min[1] = 0.85f;
+      DeviceBuffer<float> dx(x), dw(w), dA(A), dB(B), ds(static_cast<size_t>(2 * rows));
+      DeviceBuffer<uint16_t> dgu(gu16);
+      DeviceBuffer<uint8_t> dp(static_cast<size_t>(2 * rows * K / 2));
+      f.x = dx.get();
+      f.x_stride = xs;
+      f.norm_w = dw.get();
+      f.gate = dgu.get();
+      f.up = dgu.get() + K;
+      f.gu_stride = 2 * K;
+      f.A = k.L ? dA.get() : nullptr;
+      f.B = k.L && k.with_b ? dB.get() : nullptr;
+      ASSERT_EQ(cuda::fused_quant_int4(f, rows, K, dp.get(), ds.get(), nullptr), cudaSuccess);
+      const auto gp = dp.download();
+      const auto gs = ds.download();
+      for (int cp = 0; cp < 2; ++cp) {
+        std::vector<uint8_t> rp(static_cast<size_t>(rows * K / 2));
+        std::vector<float> rs(static_cast<size_t>(rows));
+        ref::quantize_sym_int4(tr.data(), rows, K, K, f.clips.max[cp], f.clips.min[cp], rp.data(), rs.data());
+        int64_t off_by_one = 0;
+        for (int64_t r = 0; r < rows; ++r)
+          EXPECT_NEAR(gs[static_cast<size_t>(cp * rows + r)], rs[static_cast<size_t>(r)], 1e-5 * rs[static_cast<size_t>(r)])
+              << "K " << K << " row " << r;
+        for (size_t i = 0; i < rp.size(); ++i)
+          for (int h = 0; h < 2; ++h) {
+            const int a = ((gp[cp * rp.size() + i] >> (4 * h)) & 0xF) ^ 8, b = ((rp[i] >> (4 * h)) & 0xF) ^ 8;
+            ASSERT_LE(std::abs(a - b), 1) << "K " << K << " copy " << cp << " byte " << i;
+            off_by_one += a != b;
+          }
+        EXPECT_LE(off_by_one, std::max<int64_t>(2, rows * K / 200)) << "K " << K << " L " << k.L;
+      }
+    }
+  }
 }
 
 // One min/max, one copy per clip pair: bytes and scales equal ref::quantize_sym_int4 per clip exactly.

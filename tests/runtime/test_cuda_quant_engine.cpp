@@ -109,8 +109,7 @@ constexpr double kKlFloor = 2e-3;
 
 // Prefill `toks` in chunks of `chunk` rows (all logits), then n_steps teacher-forced steps; each compared with
 // QuantDecoder (real mode: the same integer arithmetic) by the KL band above; perplexities against real and fake.
-void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int64_t n_steps, int64_t chunk,
-                       double ppl_tol) {
+void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int64_t n_steps, int64_t chunk) {
   const int64_t V = a.cfg.n_vocab, n = static_cast<int64_t>(toks.size());
   const Artifact a16 = f16_embedding(a);
   QuantDecoder real(a, QuantMode::kReal, n + n_steps, 2), band(a16, QuantMode::kReal, n + n_steps, 2),
@@ -130,15 +129,17 @@ void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int6
   eng.prefill(toks.data(), 1, n, 0, got.data(), true);
   const double kl = mean_kl(lr, got, V), kl_band = mean_kl(lr, lb, V);
   const double pg = std::exp(mean_nll(got, toks, V)), pr = std::exp(mean_nll(lr, toks, V)),
-               pf = std::exp(mean_nll(lf, toks, V));
+               pf = std::exp(mean_nll(lf, toks, V)), pb = std::exp(mean_nll(lb, toks, V));
   std::printf(
       "  prefill %lld tokens (chunk %lld): KL(cpu||gpu) %.3e, band KL(cpu||cpu_f16) %.3e; norm_err %.3e (band %.3e); "
-      "ppl gpu %.4f real %.4f fake %.4f\n",
+      "ppl gpu %.4f real %.4f fake %.4f band %.4f\n",
       static_cast<long long>(n), static_cast<long long>(chunk), kl, kl_band, norm_err(got.data(), lr.data(), lr.size()),
-      norm_err(lb.data(), lr.data(), lr.size()), pg, pr, pf);
+      norm_err(lb.data(), lr.data(), lr.size()), pg, pr, pf, pb);
   EXPECT_LE(kl, kBandFactor * kl_band + kKlFloor);
-  EXPECT_NEAR(pg / pf, 1.0, ppl_tol);
-  EXPECT_NEAR(pg / pr, 1.0, ppl_tol);
+  // Perplexity over a short text moves with the same chaos (the full WikiText-2 gate is 0.5 %).
+  const double ppl_band = kBandFactor * std::fabs(std::log(pb / pr)) + 0.02;
+  EXPECT_LE(std::fabs(std::log(pg / pr)), ppl_band);
+  EXPECT_LE(std::fabs(std::log(pg / pf)), ppl_band);
 
   std::vector<float> sr, sb, sg;
   std::vector<float> r1(static_cast<size_t>(V)), b1(r1.size()), g1(r1.size());
@@ -211,8 +212,8 @@ TEST(CudaQuantEngine, Stories260KMatchesCpuRuntime) {
   const Artifact a = make_quant_artifact(load_hf_weights(dir), 5);
   const std::vector<int32_t> text = story_tokens(dir);
   ASSERT_GE(text.size(), 100u);
-  check_against_cpu(a, text, 16, 256, 0.02);  // all rows at once: the two-GEMM transform route
-  check_against_cpu(a, text, 4, 12, 0.02);    // chunks of 12 rows: the few-token route, p0 > 0
+  check_against_cpu(a, text, 16, 256);  // all rows at once: the two-GEMM transform route
+  check_against_cpu(a, text, 4, 12);    // chunks of 12 rows: the few-token route, p0 > 0
 }
 
 TEST(CudaQuantEngine, GqaBiasChunkedPrefillMatchesCpuRuntime) {
@@ -221,8 +222,8 @@ TEST(CudaQuantEngine, GqaBiasChunkedPrefillMatchesCpuRuntime) {
   c.n_embd = 48;
   c.n_ff = 72;
   const Artifact a = make_quant_artifact(test::random_model(c, 11), 12);
-  check_against_cpu(a, random_tokens(40, c.n_vocab, 3), 8, 40, 0.05);
-  check_against_cpu(a, random_tokens(40, c.n_vocab, 4), 8, 7, 0.05);
+  check_against_cpu(a, random_tokens(40, c.n_vocab, 3), 8, 40);
+  check_against_cpu(a, random_tokens(40, c.n_vocab, 4), 8, 7);
 }
 
 // Three slots at different positions decode in one batched step; each row equals its own CPU decoder.

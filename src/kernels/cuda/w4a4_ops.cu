@@ -1,12 +1,14 @@
 // W4A4KV4 engine kernels (w4a4_ops.h). Each mirrors a CPU reference named in the header; fp32 sums are
 // written with explicit-rounding intrinsics (no FMA contraction) so that they follow the reference's
 // operations.
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/quant_common.cuh"
+#include "kernels/cuda/reduce.cuh"
 #include "kernels/cuda/w4a4_ops.h"
 
 namespace fq::cuda {
@@ -57,6 +59,113 @@ __global__ void __launch_bounds__(kKronThreads)
     }
     yt[(i0 + ii) * R + j] = acc;
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// fused_quant_int4: grid (cluster CTAs, tokens), cluster (n_cta, 1, 1). Shared: X [K] (the prologue's output),
+// Ac [L][rb] (this CTA's columns of A), T [rb][R], Y [rb][R]; rb rows of A^T X B per CTA (even when R is odd,
+// so that every slice starts on a packed byte). Without a transform the CTA owns `chunk` elements of X.
+constexpr int kFusedThreads = 512;
+
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_quant_kernel(FusedQuantArgs a, int K, int rb, int chunk, int64_t rows, uint8_t* __restrict__ packed,
+                       float* __restrict__ scales) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ float sm[];
+  __shared__ float red[2 * detail::kWarp];
+  __shared__ float part[2];
+  const int c = static_cast<int>(cluster.block_rank()), n_cta = static_cast<int>(cluster.num_blocks());
+  const int64_t t = blockIdx.y;
+  const int L = static_cast<int>(a.L), R = static_cast<int>(a.R);
+  float* X = sm;
+  // 1. Prologue: the token's input row, in the reference's operations.
+  if (a.in == FusedIn::kSwiGLU) {
+    const __half* g = reinterpret_cast<const __half*>(a.gate) + t * a.gu_stride;
+    const __half* u = reinterpret_cast<const __half*>(a.up) + t * a.gu_stride;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+      const float gv = __half2float(g[i]), uv = __half2float(u[i]);
+      X[i] = __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), uv);
+    }
+  } else {
+    const float* xr = a.x + t * a.x_stride;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+      const float v = xr[i];
+      X[i] = v;
+      ss = fmaf(v, v, ss);
+    }
+    if (a.in == FusedIn::kRmsNorm) {
+      ss = detail::block_reduce(ss, red, detail::SumOp());
+      const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(K)), a.eps)));
+      for (int i = threadIdx.x; i < K; i += blockDim.x) X[i] = __fmul_rn(a.norm_w[i], __fmul_rn(X[i], inv));
+    }
+  }
+  __syncthreads();
+  // 2. This CTA's slice of vec(A^T X B) (or of X).
+  const float* src;
+  int e0, e1;
+  if (L > 0) {
+    float* Ac = X + K;
+    float* T = Ac + L * rb;
+    float* Y = T + rb * R;
+    const int i0 = min(L, c * rb), i1 = min(L, i0 + rb), nr = i1 - i0;
+    for (int idx = threadIdx.x; idx < L * rb; idx += blockDim.x) {
+      const int k = idx / rb, ii = idx % rb;
+      Ac[idx] = ii < nr ? a.A[k * L + i0 + ii] : 0.0f;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nr * R; idx += blockDim.x) {
+      const int ii = idx / R, l = idx % R;
+      float acc = 0.0f;
+      for (int k = 0; k < L; ++k) acc = __fadd_rn(acc, __fmul_rn(Ac[k * rb + ii], X[k * R + l]));
+      T[idx] = acc;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nr * R; idx += blockDim.x) {
+      float acc = T[idx];
+      if (a.B) {
+        const int ii = idx / R, j = idx % R;
+        acc = 0.0f;
+        for (int l = 0; l < R; ++l) acc = __fadd_rn(acc, __fmul_rn(T[ii * R + l], a.B[l * R + j]));
+      }
+      Y[idx] = acc;
+    }
+    __syncthreads();
+    src = Y;
+    e0 = i0 * R;
+    e1 = i1 * R;
+  } else {
+    e0 = min(K, c * chunk);
+    e1 = min(K, e0 + chunk);
+    src = X + e0;
+  }
+  // 3. The row's min/max over the cluster (0 is neutral: the scale takes max(., 0) / min(., 0)).
+  float vmax = 0.0f, vmin = 0.0f;
+  for (int i = threadIdx.x; i < e1 - e0; i += blockDim.x) {
+    vmax = fmaxf(vmax, src[i]);
+    vmin = fminf(vmin, src[i]);
+  }
+  detail::block_minmax(vmax, vmin, red);
+  if (threadIdx.x == 0) part[0] = vmax, part[1] = vmin;
+  cluster.sync();
+  vmax = 0.0f, vmin = 0.0f;
+  for (int r = 0; r < n_cta; ++r) {
+    const float* p = cluster.map_shared_rank(part, r);
+    vmax = fmaxf(vmax, p[0]);
+    vmin = fminf(vmin, p[1]);
+  }
+  // 4. One packed copy per clip pair.
+  for (int cp = 0; cp < a.clips.n; ++cp) {
+    const float scale = detail::sym_int4_scale(vmax, vmin, a.clips.max[cp], a.clips.min[cp]);
+    uint8_t* out = packed + (cp * rows + t) * (K / 2) + e0 / 2;
+    for (int j = threadIdx.x; j < (e1 - e0) / 2; j += blockDim.x)
+      out[j] = detail::pack2(detail::sym_int4_code(src[2 * j], scale), detail::sym_int4_code(src[2 * j + 1], scale));
+    if (c == 0 && threadIdx.x == 0) scales[cp * rows + t] = scale;
+  }
+  cluster.sync();  // the other CTAs may still read `part`
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -210,6 +319,73 @@ cudaError_t kron_transform_f32(const float* x, int64_t n_tok, int64_t x_stride, 
   kron_transform_kernel<<<grid, kKronThreads, smem, stream>>>(x, x_stride, A, static_cast<int>(L), B,
                                                                static_cast<int>(R), y);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
+  return cudaSuccess;
+}
+
+namespace {
+// Rows of A^T X B per CTA (even when R is odd) and the CTAs that need; elements per CTA without a transform.
+void fused_split(int64_t L, int64_t R, int64_t K, int* rb, int* chunk, int* n_cta) {
+  if (L > 0) {
+    int r = static_cast<int>((L + kFusedCluster - 1) / kFusedCluster);
+    if (R % 2 != 0 && r % 2 != 0) ++r;
+    *rb = r;
+    *chunk = 0;
+    *n_cta = static_cast<int>((L + r - 1) / r);
+  } else {
+    int ch = static_cast<int>((K + kFusedCluster - 1) / kFusedCluster);
+    ch += ch % 2;
+    *rb = 0;
+    *chunk = ch;
+    *n_cta = static_cast<int>((K + ch - 1) / ch);
+  }
+}
+
+size_t fused_smem(int64_t L, int64_t R, int64_t K) {
+  int rb, chunk, n;
+  fused_split(L, R, K, &rb, &chunk, &n);
+  return static_cast<size_t>(K + (L > 0 ? L * rb + 2 * rb * R : 0)) * sizeof(float);
+}
+}  // namespace
+
+bool fused_quant_supported(int64_t L, int64_t R, int64_t K, int device) {
+  int major = 0, optin = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  if (major < 9 || K < 2 || K % 2 != 0 || K > kKronMaxElems || (L > 0 && L * R != K)) return false;
+  return fused_smem(L, R, K) + 1024 <= static_cast<size_t>(optin);
+}
+
+cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
+                             cudaStream_t stream) {
+  if (rows < 0 || K < 2 || K % 2 != 0 || K > kKronMaxElems || rows > 65535 || a.clips.n < 1 || a.clips.n > 3 ||
+      (a.L > 0 && (a.L * a.R != K || !a.A)) || a.L < 0 || (rows > 0 && (!packed || !scales)) ||
+      (a.in == FusedIn::kSwiGLU && (!a.gate || !a.up || a.gu_stride < K)) ||
+      (a.in != FusedIn::kSwiGLU && (!a.x || a.x_stride < K)) || (a.in == FusedIn::kRmsNorm && !a.norm_w))
+    return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  int rb, chunk, n_cta;
+  fused_split(a.L, a.R, K, &rb, &chunk, &n_cta);
+  const size_t smem = fused_smem(a.L, a.R, K);
+  if (smem > 48 * 1024)
+    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem)));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(n_cta), static_cast<unsigned>(rows));
+  cfg.blockDim = dim3(kFusedThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(n_cta);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, fused_quant_kernel, a, static_cast<int>(K), rb, chunk, rows,
+                                             packed, scales));
   return cudaSuccess;
 }
 

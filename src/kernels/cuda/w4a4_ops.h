@@ -34,6 +34,34 @@ struct SymClips {
 cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, int64_t x_stride,
                                     const SymClips& clips, uint8_t* packed, float* scales, cudaStream_t stream);
 
+// ---- fused input pipeline of a W4A4 linear, few tokens (decode) -----------------------------------------------
+// Per token, in one kernel: the prologue (RMSNorm of an fp32 row: ref::rmsnorm with the weight; or SwiGLU of
+// fp16 gate/up rows: silu(g) * u; or a plain fp32 row), then the Kronecker transform vec(A^T X B) (L = 0: none;
+// B nullptr: identity, the o_proj head mix), then quantize_sym_int4_multi's copies. A thread-block cluster of up
+// to kFusedCluster CTAs shares one token: each computes a slice of rows of A^T X B, the row's min/max is reduced
+// over the cluster through distributed shared memory, then each CTA packs its slice. Needs sm_90 (clusters);
+// fused_quant_supported() says whether this device and shape can run it. K <= 40960.
+constexpr int kFusedCluster = 8;
+enum class FusedIn { kRmsNorm, kSwiGLU, kPlain };
+struct FusedQuantArgs {
+  FusedIn in = FusedIn::kPlain;
+  const float* x = nullptr;  // kRmsNorm / kPlain: fp32 [rows, K], row stride x_stride
+  int64_t x_stride = 0;
+  const float* norm_w = nullptr;  // kRmsNorm: [K]
+  float eps = 0.0f;
+  const uint16_t* gate = nullptr;  // kSwiGLU: fp16 rows, stride gu_stride
+  const uint16_t* up = nullptr;
+  int64_t gu_stride = 0;
+  const float* A = nullptr;  // [L, L] or nullptr (L = 0)
+  int64_t L = 0;
+  const float* B = nullptr;  // [R, R] or nullptr (identity)
+  int64_t R = 0;
+  SymClips clips;
+};
+bool fused_quant_supported(int64_t L, int64_t R, int64_t K, int device);
+cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
+                             cudaStream_t stream);
+
 // ---- q/k/v bias + RoPE + K transform (in place) --------------------------------------------------------------
 // qkv: [rows, (n_head + 2 n_head_kv) * head_dim] fp16, row stride qkv_stride (q heads, k heads, v heads, as the
 // fused QKV GEMM writes them). Row r is token r % n_tok of sequence r / n_tok at position (d_pos ?
