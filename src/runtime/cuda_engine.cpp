@@ -162,9 +162,10 @@ struct QLayerDev {
   uint8_t *wqkv = nullptr, *wo = nullptr, *wgu = nullptr, *wdown = nullptr;
   float *sqkv = nullptr, *so = nullptr, *sgu = nullptr, *sdown = nullptr;
   float *bqkv = nullptr, *n1 = nullptr, *n2 = nullptr;
-  float *kmat = nullptr, *kinv = nullptr;  // [D, D] each or nullptr
+  float *kmat = nullptr, *kinv = nullptr;         // [D, D] each or nullptr
+  uint16_t *kmat16 = nullptr, *kinv16 = nullptr;  // fp16 copies (prefill's batched GEMM)
   size_t o_wqkv = 0, o_wo = 0, o_wgu = 0, o_wdown = 0, o_sqkv = 0, o_so = 0, o_sgu = 0, o_sdown = 0, o_bqkv = 0,
-         o_n1 = 0, o_n2 = 0, o_kmat = 0, o_kinv = 0;
+         o_n1 = 0, o_n2 = 0, o_kmat = 0, o_kinv = 0, o_kmat16 = 0, o_kinv16 = 0;
   KronDev ln, ug, dn, om;  // ln_trans, up_gate_trans, down_trans, o_trans (om: L = H or 0)
   cuda::SymClips qkv_clips, gu_clips, o_clip, down_clip;
   cuda::Kv4Clip kv_clip;
@@ -283,6 +284,7 @@ struct CudaEngine::Impl {
   void randomize_quant(uint64_t seed);
   void resolve(KronDev& k);
   void to_f16(const KronDev& k);
+  void kmat_to_f16(const QLayerDev& l);
   // fp32 rows [rows, L*R] (few rows) or fp16 rows (more) -> transformed fp32 rows (returned pointer).
   const float* kron(const KronDev& k, const float* src32, const uint16_t* src16, int64_t rows);
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name);
@@ -722,6 +724,8 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     if (!al || !al->kcache_trans.empty()) {
       l.o_kmat = warena.reserve(static_cast<size_t>(D * D) * f4) + 1;
       l.o_kinv = warena.reserve(static_cast<size_t>(D * D) * f4) + 1;
+      l.o_kmat16 = warena.reserve(static_cast<size_t>(D * D) * h2);
+      l.o_kinv16 = warena.reserve(static_cast<size_t>(D * D) * h2);
     }
     reserve_kron(l.ln, E);
     reserve_kron(l.ug, E);
@@ -752,6 +756,10 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     l.n2 = warena.at<float>(l.o_n2);
     l.kmat = opt(l.o_kmat);
     l.kinv = opt(l.o_kinv);
+    if (l.kmat) {
+      l.kmat16 = warena.at<uint16_t>(l.o_kmat16);
+      l.kinv16 = warena.at<uint16_t>(l.o_kinv16);
+    }
     resolve(l.ln);
     resolve(l.ug);
     resolve(l.dn);
@@ -889,8 +897,16 @@ void CudaEngine::Impl::upload_quant(const Artifact& a) {
     d.kv_clip = {s.k_clip_max, s.k_clip_min, s.v_clip_max, s.v_clip_min};
   }
   ck(cudaDeviceSynchronize(), "upload");  // the fp16 copies below run on `stream`
-  for (auto& l : qlayers)
+  for (auto& l : qlayers) {
     for (KronDev* k : {&l.ln, &l.ug, &l.dn, &l.om}) to_f16(*k);
+    kmat_to_f16(l);
+  }
+}
+
+void CudaEngine::Impl::kmat_to_f16(const QLayerDev& l) {
+  if (!l.kmat) return;
+  ck(cuda::f32_to_f16_matrix(l.kmat, D, D, false, l.kmat16, stream), "K transform to fp16");
+  ck(cuda::f32_to_f16_matrix(l.kinv, D, D, false, l.kinv16, stream), "K transform to fp16");
 }
 
 void CudaEngine::Impl::to_f16(const KronDev& k) {
@@ -931,6 +947,7 @@ void CudaEngine::Impl::randomize_quant(uint64_t seed) {
       if (t->has_b) nrm(t->B, t->R * t->R, 0.0f, 1.0f / std::sqrt(static_cast<float>(t->R)));
       to_f16(*t);
     }
+    kmat_to_f16(l);
     l.qkv_clips = one3;
     l.gu_clips = one3;
     l.gu_clips.n = 2;
@@ -1027,11 +1044,34 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
                                        QKV, E, stream),
        "q/k/v W4A4 GEMM");
   });
-  op("rope_ktrans", [&] {
-    ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0, decode ? in_pos() : nullptr,
-                                    w.bqkv, H, KV, D, inv_freq, w.kinv, w.kmat, stream),
-       "q/k/v RoPE + K transform");
-  });
+  const int64_t QK = (H + KV) * D;
+  if (!few && w.kmat && QK <= HB) {
+    // Prefill: RoPE into t16, then q <- q Pk^{-T} and k <- k Pk as batched tensor-core GEMMs back into big
+    // (per token, column-major: C[D, heads] = M^T . X^T with M read as its row-major storage).
+    op("rope", [&] {
+      ck(cuda::qkv_rope_transform_f16(big, QKV, rows, n_tok, p0, nullptr, w.bqkv, H, KV, D, inv_freq, nullptr,
+                                      nullptr, stream, t16, QK),
+         "q/k/v RoPE");
+    });
+    op("k_transform_gemm", [&] {
+      const float alpha = 1.0f, beta = 0.0f;
+      for (int part = 0; part < 2; ++part) {
+        const int heads = static_cast<int>(part ? KV : H);
+        const cublasStatus_t st = cublasGemmStridedBatchedEx(
+            blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(D), heads, static_cast<int>(D), &alpha,
+            part ? w.kmat16 : w.kinv16, CUDA_R_16F, static_cast<int>(D), 0, t16 + (part ? HD : 0), CUDA_R_16F,
+            static_cast<int>(D), QK, &beta, big + (part ? HD : 0), CUDA_R_16F, static_cast<int>(D), QKV,
+            static_cast<int>(rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: K transform GEMM failed (status {})", static_cast<int>(st));
+      }
+    });
+  } else {
+    op("rope_ktrans", [&] {
+      ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0,
+                                      decode ? in_pos() : nullptr, w.bqkv, H, KV, D, inv_freq, w.kinv, w.kmat, stream),
+         "q/k/v RoPE + K transform");
+    });
+  }
   op("kv4_append", [&] {
     ck(cuda::kv4_append(c, big + HD, big + HD + KV * D, DType::F16, decode ? batch : n_seq, decode ? 1 : n_tok,
                         QKV, decode ? 0 : slot0, decode ? 0 : p0, decode ? in_pos() : nullptr, d_flags, w.kv_clip,

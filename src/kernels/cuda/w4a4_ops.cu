@@ -63,8 +63,8 @@ __global__ void __launch_bounds__(kKronThreads)
 
 // ---------------------------------------------------------------------------------------------------------
 // fused_quant_int4: grid (cluster CTAs, tokens), cluster (n_cta, 1, 1). Shared: X [K] (the prologue's output),
-// Ac [L][rb] (this CTA's columns of A), T [rb][R], Y [rb][R]; rb rows of A^T X B per CTA (even when R is odd,
-// so that every slice starts on a packed byte). Without a transform the CTA owns `chunk` elements of X.
+// Ac [L][rb] (this CTA's columns of A), T [rb][R], Y [rb][R], B [R][R]; rb rows of A^T X B per CTA (even when R
+// is odd, so that every slice starts on a packed byte). Without a transform the CTA owns `chunk` elements of X.
 constexpr int kFusedThreads = 512;
 
 __global__ void __launch_bounds__(kFusedThreads)
@@ -103,37 +103,61 @@ __global__ void __launch_bounds__(kFusedThreads)
     }
   }
   __syncthreads();
-  // 2. This CTA's slice of vec(A^T X B) (or of X).
+  // 2. This CTA's slice of vec(A^T X B) (or of X). Each thread owns one column (l of T, j of Y) and up to four
+  // rows at a time in registers, so every shared X / B element it loads feeds four products.
   const float* src;
   int e0, e1;
   if (L > 0) {
     float* Ac = X + K;
     float* T = Ac + L * rb;
     float* Y = T + rb * R;
+    float* Bs = Y + rb * R;  // B staged in shared memory (R * R floats) when given
     const int i0 = min(L, c * rb), i1 = min(L, i0 + rb), nr = i1 - i0;
     for (int idx = threadIdx.x; idx < L * rb; idx += blockDim.x) {
       const int k = idx / rb, ii = idx % rb;
       Ac[idx] = ii < nr ? a.A[k * L + i0 + ii] : 0.0f;
     }
+    if (a.B)
+      for (int idx = threadIdx.x; idx < R * R; idx += blockDim.x) Bs[idx] = a.B[idx];
     __syncthreads();
-    for (int idx = threadIdx.x; idx < nr * R; idx += blockDim.x) {
-      const int ii = idx / R, l = idx % R;
-      float acc = 0.0f;
-      for (int k = 0; k < L; ++k) acc = __fadd_rn(acc, __fmul_rn(Ac[k * rb + ii], X[k * R + l]));
-      T[idx] = acc;
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < nr * R; idx += blockDim.x) {
-      float acc = T[idx];
-      if (a.B) {
-        const int ii = idx / R, j = idx % R;
-        acc = 0.0f;
-        for (int l = 0; l < R; ++l) acc = __fadd_rn(acc, __fmul_rn(T[ii * R + l], a.B[l * R + j]));
+    const int bd = static_cast<int>(blockDim.x);
+    const int G = R >= bd ? 1 : bd / R;                        // row groups
+    const int g = R >= bd ? 0 : static_cast<int>(threadIdx.x) / R;
+    const int col0 = R >= bd ? static_cast<int>(threadIdx.x) : static_cast<int>(threadIdx.x) % R;
+    const int col_step = R >= bd ? bd : R;
+    // T[ii][l] = sum_k A[k][i0 + ii] X[k][l]
+    for (int l = col0; g < G && l < R; l += col_step)
+      for (int r0 = g; r0 < nr; r0 += 4 * G) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int k = 0; k < L; ++k) {
+          const float xv = X[k * R + l];
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[q] = __fadd_rn(acc[q], __fmul_rn(Ac[k * rb + min(r0 + q * G, rb - 1)], xv));
+        }
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          if (r0 + q * G < nr) T[(r0 + q * G) * R + l] = acc[q];
       }
-      Y[idx] = acc;
-    }
     __syncthreads();
-    src = Y;
+    // Y[ii][j] = sum_l T[ii][l] B[l][j]
+    if (a.B) {
+      for (int j = col0; g < G && j < R; j += col_step)
+        for (int r0 = g; r0 < nr; r0 += 4 * G) {
+          float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          for (int l = 0; l < R; ++l) {
+            const float bv = Bs[l * R + j];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[q] = __fadd_rn(acc[q], __fmul_rn(T[min(r0 + q * G, nr - 1) * R + l], bv));
+          }
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            if (r0 + q * G < nr) Y[(r0 + q * G) * R + j] = acc[q];
+        }
+      __syncthreads();
+      src = Y;
+    } else {
+      src = T;
+    }
     e0 = i0 * R;
     e1 = i1 * R;
   } else {
@@ -198,7 +222,7 @@ __global__ void __launch_bounds__(kRopeThreads)
     rope_transform_kernel(__half* qkv, int64_t qkv_stride, int64_t n_tok, int64_t pos0,
                           const int32_t* __restrict__ d_pos, const float* __restrict__ bias, int n_head,
                           int n_kv, int d, const float* __restrict__ inv_freq, const float* __restrict__ q_mat,
-                          const float* __restrict__ k_mat) {
+                          const float* __restrict__ k_mat, __half* out, int64_t out_stride) {
   __shared__ float v[256], r[256], cs[256];
   const int hh = blockIdx.x;
   const int64_t row = blockIdx.y;
@@ -229,6 +253,7 @@ __global__ void __launch_bounds__(kRopeThreads)
   }
   __syncthreads();
   const float* M = hh < n_head ? q_mat : k_mat;
+  __half* o = out ? out + row * out_stride + static_cast<int64_t>(hh) * d : h;
   for (int e = threadIdx.x; e < d; e += blockDim.x) {
     float acc;
     if (M) {
@@ -237,7 +262,7 @@ __global__ void __launch_bounds__(kRopeThreads)
     } else {
       acc = r[e];
     }
-    h[e] = __float2half_rn(acc);
+    o[e] = __float2half_rn(acc);
   }
 }
 
@@ -343,7 +368,7 @@ void fused_split(int64_t L, int64_t R, int64_t K, int* rb, int* chunk, int* n_ct
 size_t fused_smem(int64_t L, int64_t R, int64_t K) {
   int rb, chunk, n;
   fused_split(L, R, K, &rb, &chunk, &n);
-  return static_cast<size_t>(K + (L > 0 ? L * rb + 2 * rb * R : 0)) * sizeof(float);
+  return static_cast<size_t>(K + (L > 0 ? L * rb + 2 * rb * R + R * R : 0)) * sizeof(float);
 }
 }  // namespace
 
@@ -406,7 +431,9 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
 cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok,
                                    int64_t pos0, const int32_t* d_pos, const float* bias, int64_t n_head,
                                    int64_t n_head_kv, int64_t head_dim, const float* inv_freq,
-                                   const float* q_mat, const float* k_mat, cudaStream_t stream) {
+                                   const float* q_mat, const float* k_mat, cudaStream_t stream, uint16_t* qk_out,
+                                   int64_t qk_stride) {
+  if (qk_out && qk_stride < (n_head + n_head_kv) * head_dim) return cudaErrorInvalidValue;
   if (rows < 0 || n_tok < 1 || rows % n_tok != 0 || head_dim < 2 || head_dim % 2 != 0 || head_dim > 256 ||
       n_head < 1 || n_head_kv < 1 || qkv_stride < (n_head + 2 * n_head_kv) * head_dim || !inv_freq ||
       rows > 65535 * 1024LL || (rows > 0 && !qkv))
@@ -421,7 +448,8 @@ cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t ro
     rope_transform_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(nr)), kRopeThreads, 0,
                             stream>>>(reinterpret_cast<__half*>(qkv) + r0 * qkv_stride, qkv_stride, n_tok, pos0,
                                       dp, bias, static_cast<int>(n_head), static_cast<int>(n_head_kv),
-                                      static_cast<int>(head_dim), inv_freq, q_mat, k_mat);
+                                      static_cast<int>(head_dim), inv_freq, q_mat, k_mat,
+                                      qk_out ? reinterpret_cast<__half*>(qk_out) + r0 * qk_stride : nullptr, qk_stride);
     FQ_CUDA_RETURN_LAUNCH_ERROR();
   }
   return cudaSuccess;
