@@ -61,9 +61,10 @@ TEST(W4A4Ops, KronTransformMatchesReference) {
 }
 
 // The fused decode pipeline (prologue + transform + quantized copies, one cluster per token) against the
-// reference chain ref::rmsnorm / ref::swiglu -> ref::kron_transform -> ref::quantize_sym_int4 per clip. The
-// prologue's sums run in another order than the reference (fp32 block reduction vs double), so a value may land
-// on the other side of a rounding boundary: scales agree to 1e-5, codes differ by at most one step, rarely.
+// reference chain ref::rmsnorm / ref::swiglu -> ref::kron_transform -> ref::quantize_sym_int4 per clip, with
+// clusters of 8 and of the largest size the device schedules. The prologue's sums run in another order than the
+// reference (fp32 block reduction vs double) and the transform uses FMAs, so a value may land on the other side
+// of a rounding boundary: scales agree to 1e-5, codes differ by at most one step, rarely.
 TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
   FQ_REQUIRE_CUDA();
   struct Case {
@@ -81,7 +82,9 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
   int device = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   for (const Case& k : cases) {
-    if (!cuda::fused_quant_supported(k.L, k.R, k.K, device)) GTEST_SKIP() << "needs sm_90 (thread-block clusters)";
+    const int cluster = cuda::fused_quant_cluster(k.L, k.R, k.K, device);
+    if (!cluster) GTEST_SKIP() << "needs sm_90 (thread-block clusters)";
+    for (int cl : {8, cluster})
     for (int64_t rows : {1, 3, 16}) {
       const int64_t K = k.K, xs = K + 8;
       const auto x = test::random_activations(static_cast<size_t>(rows * xs), 61 + static_cast<uint32_t>(K));
@@ -118,6 +121,7 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
       f.clips.n = 2;
       f.clips.max[1] = 0.9f;
       f.clips.min[1] = 0.85f;
+      f.cluster = cl;
       DeviceBuffer<float> dx(x), dw(w), dA(A), dB(B), ds(static_cast<size_t>(2 * rows));
       DeviceBuffer<uint16_t> dgu(gu16);
       DeviceBuffer<uint8_t> dp(static_cast<size_t>(2 * rows * K / 2));

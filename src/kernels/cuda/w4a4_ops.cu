@@ -104,7 +104,8 @@ __global__ void __launch_bounds__(kFusedThreads)
   }
   __syncthreads();
   // 2. This CTA's slice of vec(A^T X B) (or of X). Each thread owns one column (l of T, j of Y) and up to four
-  // rows at a time in registers, so every shared X / B element it loads feeds four products.
+  // rows at a time in registers, so every shared X / B element it loads feeds four products. The reference's
+  // summation order, with fused multiply-adds (one rounding per term instead of two).
   const float* src;
   int e0, e1;
   if (L > 0) {
@@ -132,7 +133,7 @@ __global__ void __launch_bounds__(kFusedThreads)
         for (int k = 0; k < L; ++k) {
           const float xv = X[k * R + l];
 #pragma unroll
-          for (int q = 0; q < 4; ++q) acc[q] = __fadd_rn(acc[q], __fmul_rn(Ac[k * rb + min(r0 + q * G, rb - 1)], xv));
+          for (int q = 0; q < 4; ++q) acc[q] = fmaf(Ac[k * rb + min(r0 + q * G, rb - 1)], xv, acc[q]);
         }
 #pragma unroll
         for (int q = 0; q < 4; ++q)
@@ -147,7 +148,7 @@ __global__ void __launch_bounds__(kFusedThreads)
           for (int l = 0; l < R; ++l) {
             const float bv = Bs[l * R + j];
 #pragma unroll
-            for (int q = 0; q < 4; ++q) acc[q] = __fadd_rn(acc[q], __fmul_rn(T[min(r0 + q * G, nr - 1) * R + l], bv));
+            for (int q = 0; q < 4; ++q) acc[q] = fmaf(T[min(r0 + q * G, nr - 1) * R + l], bv, acc[q]);
           }
 #pragma unroll
           for (int q = 0; q < 4; ++q)
@@ -349,15 +350,15 @@ cudaError_t kron_transform_f32(const float* x, int64_t n_tok, int64_t x_stride, 
 
 namespace {
 // Rows of A^T X B per CTA (even when R is odd) and the CTAs that need; elements per CTA without a transform.
-void fused_split(int64_t L, int64_t R, int64_t K, int* rb, int* chunk, int* n_cta) {
+void fused_split(int64_t L, int64_t R, int64_t K, int cl, int* rb, int* chunk, int* n_cta) {
   if (L > 0) {
-    int r = static_cast<int>((L + kFusedCluster - 1) / kFusedCluster);
+    int r = static_cast<int>((L + cl - 1) / cl);
     if (R % 2 != 0 && r % 2 != 0) ++r;
     *rb = r;
     *chunk = 0;
     *n_cta = static_cast<int>((L + r - 1) / r);
   } else {
-    int ch = static_cast<int>((K + kFusedCluster - 1) / kFusedCluster);
+    int ch = static_cast<int>((K + cl - 1) / cl);
     ch += ch % 2;
     *rb = 0;
     *chunk = ch;
@@ -365,38 +366,69 @@ void fused_split(int64_t L, int64_t R, int64_t K, int* rb, int* chunk, int* n_ct
   }
 }
 
-size_t fused_smem(int64_t L, int64_t R, int64_t K) {
+size_t fused_smem(int64_t L, int64_t R, int64_t K, int cl) {
   int rb, chunk, n;
-  fused_split(L, R, K, &rb, &chunk, &n);
+  fused_split(L, R, K, cl, &rb, &chunk, &n);
   return static_cast<size_t>(K + (L > 0 ? L * rb + 2 * rb * R + R * R : 0)) * sizeof(float);
 }
 }  // namespace
 
-bool fused_quant_supported(int64_t L, int64_t R, int64_t K, int device) {
+int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device) {
   int major = 0, optin = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
     (void)cudaGetLastError();
-    return false;
+    return 0;
   }
-  if (major < 9 || K < 2 || K % 2 != 0 || K > kKronMaxElems || (L > 0 && L * R != K)) return false;
-  return fused_smem(L, R, K) + 1024 <= static_cast<size_t>(optin);
+  if (major < 9 || K < 2 || K % 2 != 0 || K > kKronMaxElems || (L > 0 && L * R != K)) return 0;
+  for (int cl : {16, kFusedCluster}) {
+    const size_t smem = fused_smem(L, R, K, cl);
+    if (smem + 1024 > static_cast<size_t>(optin)) continue;
+    if (cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem)) != cudaSuccess ||
+        (cl > 8 && cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
+                       cudaSuccess)) {
+      (void)cudaGetLastError();
+      continue;
+    }
+    int rb, chunk, n_cta;
+    fused_split(L, R, K, cl, &rb, &chunk, &n_cta);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>(n_cta), 1);
+    cfg.blockDim = dim3(kFusedThreads);
+    cfg.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(n_cta);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, fused_quant_kernel, &cfg) == cudaSuccess && clusters > 0) return cl;
+    (void)cudaGetLastError();
+  }
+  return 0;
 }
 
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
                              cudaStream_t stream) {
   if (rows < 0 || K < 2 || K % 2 != 0 || K > kKronMaxElems || rows > 65535 || a.clips.n < 1 || a.clips.n > 3 ||
+      (a.cluster != 8 && a.cluster != 16) ||
       (a.L > 0 && (a.L * a.R != K || !a.A)) || a.L < 0 || (rows > 0 && (!packed || !scales)) ||
       (a.in == FusedIn::kSwiGLU && (!a.gate || !a.up || a.gu_stride < K)) ||
       (a.in != FusedIn::kSwiGLU && (!a.x || a.x_stride < K)) || (a.in == FusedIn::kRmsNorm && !a.norm_w))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   int rb, chunk, n_cta;
-  fused_split(a.L, a.R, K, &rb, &chunk, &n_cta);
-  const size_t smem = fused_smem(a.L, a.R, K);
+  fused_split(a.L, a.R, K, a.cluster, &rb, &chunk, &n_cta);
+  const size_t smem = fused_smem(a.L, a.R, K, a.cluster);
+  // (fused_quant_cluster() set the shared-memory and cluster-size attributes; set again for direct callers)
   if (smem > 48 * 1024)
     FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(smem)));
+  if (a.cluster > 8)
+    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(n_cta), static_cast<unsigned>(rows));
   cfg.blockDim = dim3(kFusedThreads);

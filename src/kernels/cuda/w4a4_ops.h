@@ -38,9 +38,10 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
 // Per token, in one kernel: the prologue (RMSNorm of an fp32 row: ref::rmsnorm with the weight; or SwiGLU of
 // fp16 gate/up rows: silu(g) * u; or a plain fp32 row), then the Kronecker transform vec(A^T X B) (L = 0: none;
 // B nullptr: identity, the o_proj head mix), then quantize_sym_int4_multi's copies. A thread-block cluster of up
-// to kFusedCluster CTAs shares one token: each computes a slice of rows of A^T X B, the row's min/max is reduced
-// over the cluster through distributed shared memory, then each CTA packs its slice. Needs sm_90 (clusters);
-// fused_quant_supported() says whether this device and shape can run it. K <= 40960.
+// to `cluster` (8 or 16) CTAs shares one token: each computes a slice of rows of A^T X B, the row's min/max is
+// reduced over the cluster through distributed shared memory, then each CTA packs its slice. Needs sm_90
+// (clusters); fused_quant_cluster() returns the largest cluster size this device can schedule for the shape
+// (16, 8) or 0 when it cannot run it. K <= 40960. Sums in the reference's order with fused multiply-adds.
 constexpr int kFusedCluster = 8;
 enum class FusedIn { kRmsNorm, kSwiGLU, kPlain };
 struct FusedQuantArgs {
@@ -57,8 +58,9 @@ struct FusedQuantArgs {
   const float* B = nullptr;  // [R, R] or nullptr (identity)
   int64_t R = 0;
   SymClips clips;
+  int cluster = kFusedCluster;
 };
-bool fused_quant_supported(int64_t L, int64_t R, int64_t K, int device);
+int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device);
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
                              cudaStream_t stream);
 
