@@ -152,7 +152,7 @@ struct LayerDev {
 struct KronDev {
   int64_t L = 0, R = 0;
   bool has_b = true;
-  int fused = 0;  // cluster size of the fused decode kernel (0: not available)
+  int fused = 0, fused8 = 0;  // cluster sizes of the fused decode kernel: largest, and 8 (0: not available)
   size_t o_A = 0, o_B = 0, o_A16 = 0, o_Bt16 = 0;
   float *A = nullptr, *B = nullptr;
   uint16_t *A16 = nullptr, *Bt16 = nullptr;
@@ -695,6 +695,7 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
   o_embd = warena.reserve(static_cast<size_t>(V * E) * h2);
   auto reserve_kron = [&](KronDev& k, int64_t K) {
     k.fused = cuda::fused_quant_cluster(k.L, k.R, K, o.device);
+    k.fused8 = cuda::fused_quant_cluster(k.L, k.R, K, o.device, 8);
     if (!k.L) return;
     k.o_A = warena.reserve(static_cast<size_t>(k.L * k.L) * f4);
     k.o_A16 = warena.reserve(static_cast<size_t>(k.L * k.L) * h2);
@@ -1002,7 +1003,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     f.B = k.B;
     f.R = k.R;
     f.clips = clips;
-    f.cluster = k.fused;
+    // One wave: clusters of 16 while rows x 16 CTAs fit on the SMs, else 8.
+    f.cluster = k.fused == 16 && (rows * 16 <= prop.multiProcessorCount || !k.fused8) ? 16 : k.fused8;
     op("fused_quant", [&] { ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream), "fused transform + quantize"); });
   };
   // RMSNorm, the Kronecker transform and the per-consumer quantized copies of one input.

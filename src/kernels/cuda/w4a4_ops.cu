@@ -373,7 +373,7 @@ size_t fused_smem(int64_t L, int64_t R, int64_t K, int cl) {
 }
 }  // namespace
 
-int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device) {
+int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device, int max_cluster) {
   int major = 0, optin = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
@@ -381,11 +381,12 @@ int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device) {
     return 0;
   }
   if (major < 9 || K < 2 || K % 2 != 0 || K > kKronMaxElems || (L > 0 && L * R != K)) return 0;
-  for (int cl : {16, kFusedCluster}) {
+  for (int cl : {16, 8}) {
+    if (cl > max_cluster) continue;
     const size_t smem = fused_smem(L, R, K, cl);
     if (smem + 1024 > static_cast<size_t>(optin)) continue;
-    if (cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem)) != cudaSuccess ||
+    if (cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - 1024) !=
+            cudaSuccess ||
         (cl > 8 && cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
                        cudaSuccess)) {
       (void)cudaGetLastError();
@@ -423,10 +424,16 @@ cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, u
   int rb, chunk, n_cta;
   fused_split(a.L, a.R, K, a.cluster, &rb, &chunk, &n_cta);
   const size_t smem = fused_smem(a.L, a.R, K, a.cluster);
-  // (fused_quant_cluster() set the shared-memory and cluster-size attributes; set again for direct callers)
-  if (smem > 48 * 1024)
-    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem)));
+  // The attribute is always the device's whole opt-in shared memory (less the static part), so launches of any
+  // shape never lower it under another's needs.
+  if (smem > 48 * 1024) {
+    int device = 0, optin = 0;
+    FQ_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+    FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (smem + 1024 > static_cast<size_t>(optin)) return cudaErrorInvalidValue;
+    FQ_CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - 1024));
+  }
   if (a.cluster > 8)
     FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   cudaLaunchConfig_t cfg = {};

@@ -40,8 +40,8 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
 // B nullptr: identity, the o_proj head mix), then quantize_sym_int4_multi's copies. A thread-block cluster of up
 // to `cluster` (8 or 16) CTAs shares one token: each computes a slice of rows of A^T X B, the row's min/max is
 // reduced over the cluster through distributed shared memory, then each CTA packs its slice. Needs sm_90
-// (clusters); fused_quant_cluster() returns the largest cluster size this device can schedule for the shape
-// (16, 8) or 0 when it cannot run it. K <= 40960. Sums in the reference's order with fused multiply-adds.
+// (clusters); fused_quant_cluster() returns the largest cluster size (16 or 8, at most max_cluster) this device
+// can schedule for the shape, or 0 when it cannot run it. K <= 40960. Sums in the reference's order with fused multiply-adds.
 constexpr int kFusedCluster = 8;
 enum class FusedIn { kRmsNorm, kSwiGLU, kPlain };
 struct FusedQuantArgs {
@@ -60,7 +60,7 @@ struct FusedQuantArgs {
   SymClips clips;
   int cluster = kFusedCluster;
 };
-int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device);
+int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device, int max_cluster = 16);
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
                              cudaStream_t stream);
 
