@@ -63,8 +63,9 @@ __global__ void __launch_bounds__(kKronThreads)
 
 // ---------------------------------------------------------------------------------------------------------
 // fused_quant_int4: grid (cluster CTAs, tokens), cluster (n_cta, 1, 1). Shared: X [K] (the prologue's output),
-// Ac [L][rb] (this CTA's columns of A), T [rb][R], Y [rb][R], B [R][R]; rb rows of A^T X B per CTA (even when R
-// is odd, so that every slice starts on a packed byte). Without a transform the CTA owns `chunk` elements of X.
+// Ac [L][rb] (this CTA's columns of A), T [rb][R], Y [rb][R], B [R][R], partial sums (< 512); rb rows of
+// A^T X B per CTA (even when R is odd, so that every slice starts on a packed byte). Without a transform the CTA
+// owns `chunk` elements of X.
 constexpr int kFusedThreads = 512;
 
 __global__ void __launch_bounds__(kFusedThreads)
@@ -103,9 +104,8 @@ __global__ void __launch_bounds__(kFusedThreads)
     }
   }
   __syncthreads();
-  // 2. This CTA's slice of vec(A^T X B) (or of X). Each thread owns one column (l of T, j of Y) and up to four
-  // rows at a time in registers, so every shared X / B element it loads feeds four products. The reference's
-  // summation order, with fused multiply-adds (one rounding per term instead of two).
+  // 2. This CTA's slice of vec(A^T X B) (or of X), fp32 with fused multiply-adds (the sums run in another
+  // order than the reference's; results agree to rounding).
   const float* src;
   int e0, e1;
   if (L > 0) {
@@ -121,40 +121,51 @@ __global__ void __launch_bounds__(kFusedThreads)
     if (a.B)
       for (int idx = threadIdx.x; idx < R * R; idx += blockDim.x) Bs[idx] = a.B[idx];
     __syncthreads();
-    const int bd = static_cast<int>(blockDim.x);
-    const int G = R >= bd ? 1 : bd / R;                        // row groups
-    const int g = R >= bd ? 0 : static_cast<int>(threadIdx.x) / R;
-    const int col0 = R >= bd ? static_cast<int>(threadIdx.x) : static_cast<int>(threadIdx.x) % R;
-    const int col_step = R >= bd ? bd : R;
-    // T[ii][l] = sum_k A[k][i0 + ii] X[k][l]
-    for (int l = col0; g < G && l < R; l += col_step)
-      for (int r0 = g; r0 < nr; r0 += 4 * G) {
+    // Every output (ii, col) of the slice is one dot product of length L (T) or R (Y). Outputs go to threads;
+    // when there are fewer outputs than threads, the sum is split S ways (S a power of two) and the parts are
+    // added in shared memory. Each part runs four independent accumulators, so loads overlap.
+    const int bd = static_cast<int>(blockDim.x), n_out = nr * R;
+    int S = 1;
+    while (S < 8 && n_out * S * 2 <= bd) S *= 2;
+    const int part = static_cast<int>(threadIdx.x) / max(n_out, 1), o0 = static_cast<int>(threadIdx.x) % max(n_out, 1);
+    float* scratch = Bs + (a.B ? R * R : 0);  // [S - 1][n_out] partial sums
+    auto dot_pass = [&](bool second) {
+      const int len = second ? R : L;
+      const int k0 = part * len / S, k1 = (part + 1) * len / S;
+      for (int o = o0; part < S && o < n_out; o += (S > 1 ? n_out : bd)) {
+        const int ii = o / R, col = o % R;
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int k = 0; k < L; ++k) {
-          const float xv = X[k * R + l];
+        int k = k0;
+        if (!second) {
+          for (; k + 3 < k1; k += 4)
 #pragma unroll
-          for (int q = 0; q < 4; ++q) acc[q] = fmaf(Ac[k * rb + min(r0 + q * G, rb - 1)], xv, acc[q]);
+            for (int q = 0; q < 4; ++q) acc[q] = fmaf(Ac[(k + q) * rb + ii], X[(k + q) * R + col], acc[q]);
+          for (; k < k1; ++k) acc[0] = fmaf(Ac[k * rb + ii], X[k * R + col], acc[0]);
+        } else {
+          for (; k + 3 < k1; k += 4)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[q] = fmaf(T[ii * R + k + q], Bs[(k + q) * R + col], acc[q]);
+          for (; k < k1; ++k) acc[0] = fmaf(T[ii * R + k], Bs[k * R + col], acc[0]);
         }
-#pragma unroll
-        for (int q = 0; q < 4; ++q)
-          if (r0 + q * G < nr) T[(r0 + q * G) * R + l] = acc[q];
+        const float v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        if (part == 0)
+          (second ? Y : T)[o] = v;
+        else
+          scratch[(part - 1) * n_out + o] = v;
       }
-    __syncthreads();
-    // Y[ii][j] = sum_l T[ii][l] B[l][j]
-    if (a.B) {
-      for (int j = col0; g < G && j < R; j += col_step)
-        for (int r0 = g; r0 < nr; r0 += 4 * G) {
-          float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-          for (int l = 0; l < R; ++l) {
-            const float bv = Bs[l * R + j];
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[q] = fmaf(T[min(r0 + q * G, nr - 1) * R + l], bv, acc[q]);
-          }
-#pragma unroll
-          for (int q = 0; q < 4; ++q)
-            if (r0 + q * G < nr) Y[(r0 + q * G) * R + j] = acc[q];
-        }
       __syncthreads();
+      if (S > 1) {
+        for (int o = threadIdx.x; o < n_out; o += bd) {
+          float v = (second ? Y : T)[o];
+          for (int p2 = 1; p2 < S; ++p2) v += scratch[(p2 - 1) * n_out + o];
+          (second ? Y : T)[o] = v;
+        }
+        __syncthreads();
+      }
+    };
+    dot_pass(false);
+    if (a.B) {
+      dot_pass(true);
       src = Y;
     } else {
       src = T;
@@ -258,8 +269,14 @@ __global__ void __launch_bounds__(kRopeThreads)
   for (int e = threadIdx.x; e < d; e += blockDim.x) {
     float acc;
     if (M) {
-      acc = 0.0f;
-      for (int j = 0; j < d; ++j) acc = __fadd_rn(acc, __fmul_rn(r[j], M[j * d + e]));
+      // Eight independent partial sums keep eight matrix loads in flight (the decode launch is latency-bound).
+      float p[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+      int j = 0;
+      for (; j + 7 < d; j += 8)
+#pragma unroll
+        for (int q = 0; q < 8; ++q) p[q] = fmaf(r[j + q], __ldg(M + (j + q) * d + e), p[q]);
+      for (; j < d; ++j) p[0] = fmaf(r[j], __ldg(M + j * d + e), p[0]);
+      acc = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
     } else {
       acc = r[e];
     }
@@ -369,7 +386,8 @@ void fused_split(int64_t L, int64_t R, int64_t K, int cl, int* rb, int* chunk, i
 size_t fused_smem(int64_t L, int64_t R, int64_t K, int cl) {
   int rb, chunk, n;
   fused_split(L, R, K, cl, &rb, &chunk, &n);
-  return static_cast<size_t>(K + (L > 0 ? L * rb + 2 * rb * R + R * R : 0)) * sizeof(float);
+  // X, A's columns, T, Y, B, and the partial sums of split dot products ((S - 1) * n_out < kFusedThreads).
+  return static_cast<size_t>(K + (L > 0 ? L * rb + 2 * rb * R + R * R + kFusedThreads : 0)) * sizeof(float);
 }
 }  // namespace
 

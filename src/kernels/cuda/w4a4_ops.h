@@ -41,7 +41,8 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
 // to `cluster` (8 or 16) CTAs shares one token: each computes a slice of rows of A^T X B, the row's min/max is
 // reduced over the cluster through distributed shared memory, then each CTA packs its slice. Needs sm_90
 // (clusters); fused_quant_cluster() returns the largest cluster size (16 or 8, at most max_cluster) this device
-// can schedule for the shape, or 0 when it cannot run it. K <= 40960. Sums in the reference's order with fused multiply-adds.
+// can schedule for the shape, or 0 when it cannot run it. K <= 40960. fp32 sums with fused multiply-adds, split
+// and reordered for parallelism (results agree with the reference to rounding).
 constexpr int kFusedCluster = 8;
 enum class FusedIn { kRmsNorm, kSwiGLU, kPlain };
 struct FusedQuantArgs {
@@ -71,7 +72,7 @@ cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, u
 // QuantDecoder::layer): + bias (fp32 [(n_head + 2 n_head_kv) * head_dim] or nullptr) on q, k and v; RoPE
 // (ref::rope_apply, angle inv_freq[i] * float(p)) on q and k; then, when q_mat / k_mat (fp32 [head_dim,
 // head_dim] row-major) are given, every q head <- q_head · q_mat and every k head <- k_head · k_mat
-// (ref::rowvec_matmul: sums over d in increasing order). head_dim even, <= 256. With qk_out, the q and k heads
+// (ref::rowvec_matmul; fp32, eight interleaved partial sums with fused multiply-adds). head_dim even, <= 256. With qk_out, the q and k heads
 // go there instead ([rows, (n_head + n_head_kv) * head_dim], row stride qk_stride; v stays in qkv): the engine's
 // prefill then applies the K transform as a batched tensor-core GEMM back into qkv.
 cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok,
