@@ -5,10 +5,11 @@
 #include <functional>
 #include <string>
 
-#include "flatquant/error.h"
 #include "core/sha256.h"
+#include "flatquant/error.h"
 #include "io/convert.h"
 #include "io/tiny_model_dir.h"
+#include "model/artifact.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "test_util.h"
@@ -30,8 +31,10 @@ std::string error_of(const std::function<void()>& f) {
 TEST(FuzzRegression, GgufHugeBlockCount) {
   const std::string p = test::source_path("tests/data/fuzz/gguf/oom_block_count.gguf");
   const std::string e = error_of([&] { import_gguf(p); });
-  EXPECT_NE(e.find("oom_block_count.gguf: metadata 'llama.block_count' is 16384001 but the file has only 11 tensors"),
-            std::string::npos)
+  EXPECT_NE(
+      e.find(
+          "oom_block_count.gguf: metadata 'llama.block_count' is 16384001 but the file has only 11 tensors"),
+      std::string::npos)
       << e;
 }
 
@@ -49,7 +52,9 @@ TEST(FuzzRegression, ConfigHugeLayerCount) {
             std::string::npos);
   cfg["num_hidden_layers"] = 1LL << 40;
   write_file_atomic(t.file("config.json"), cfg.dump());
-  EXPECT_NE(error_of([&] { load_hf_weights(t.path()); }).find("field 'num_hidden_layers': 1099511627776 is too large"),
+  EXPECT_NE(error_of([&] {
+              load_hf_weights(t.path());
+            }).find("field 'num_hidden_layers': 1099511627776 is too large"),
             std::string::npos);
 }
 
@@ -65,6 +70,30 @@ TEST(FuzzRegression, Sha256OfEmptyView) {
   h.update(std::string_view("abc"));
   h.update(nullptr, 0);
   EXPECT_EQ(h.finish_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+// Found by reading load_artifact while fuzz_artifact ran (the inputs are directories: manifest.json,
+// model.safetensors, config.json with valid checksums; made with fuzz/make_seeds.py's artifact helpers).
+// num_hidden_layers 2000000000 in model_config and config.json, 27 tensors: the layer array (~2.4 TB) was
+// allocated before any layer tensor was looked up.
+TEST(FuzzRegression, ArtifactHugeLayerCount) {
+  const std::string d = test::source_path("tests/data/fuzz/artifact/huge_layer_count");
+  const std::string e = error_of([&] { load_artifact(d); });
+  EXPECT_NE(e.find("model.safetensors: 27 tensors cannot hold num_hidden_layers 2000000000 of manifest.json "
+                   "model_config (each layer has at least 18)"),
+            std::string::npos)
+      << e;
+}
+
+// UBSan signed overflow: ln_trans.left of shape [2^62, 0] (a valid empty tensor) made the factor check
+// compute 2^62 * 4. Each factor is now checked against the dimension first.
+TEST(FuzzRegression, ArtifactKronFactorOverflow) {
+  const std::string d = test::source_path("tests/data/fuzz/artifact/kron_factor_overflow");
+  const std::string e = error_of([&] { load_artifact(d); });
+  EXPECT_NE(e.find("tensors 'model.layers.0.self_attn.ln_trans.left' [4611686018427387904,0] and '.right' "
+                   "[4,4]: factor sizes 4611686018427387904 x 4 != dimension 8"),
+            std::string::npos)
+      << e;
 }
 
 }  // namespace
