@@ -342,9 +342,126 @@ def seeds_json():
     put("qa_jsonl", "blank_lines.jsonl", "\n \n\t\n")
 
 
+# ---- quantized artifact (docs/artifact_format.md) ----
+ART_SEP = b"\0FQ-FILE\0"  # fuzz/fuzz_artifact.cpp: <mode> manifest.json SEP model.safetensors [SEP config.json]
+
+
+def art_config(model_type, tied):
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[model_type]
+    c = {"architectures": [arch], "model_type": model_type, "vocab_size": 8, "hidden_size": 8,
+         "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
+         "intermediate_size": 16, "max_position_embeddings": 16, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+         "rope_scaling": None, "tie_word_embeddings": tied, "hidden_act": "silu", "torch_dtype": "float32",
+         "dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
+    if model_type == "llama":
+        c.update({"attention_bias": False, "mlp_bias": False})
+    else:
+        c["use_sliding_window"] = False
+    return c
+
+
+def art_recipe(name, w, a, kv):
+    return {"name": name, "w_bits": w, "w_sym": True, "w_group": -1, "a_bits": a, "a_sym": True,
+            "k_bits": kv, "k_sym": False, "v_bits": kv, "v_sym": False, "lwc": w < 16, "lac": a < 16,
+            "add_diag": True, "diag_alpha": 0.3, "param": "svd", "train_transforms": True,
+            "weight_quantizer": "rtn",
+            "gptq": {"blocksize": 128, "percdamp": 0.01, "act_order": False, "mse": False}}
+
+
+def art_tensors(cfg, w_bits, transforms):
+    """The tensor list of a 1-layer artifact for cfg (E 8, H 2 x d 4, KV 1, F 16, V 8)."""
+    E, F, V, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["head_dim"]
+    H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    t, k = [], [0]
+
+    def f32(name, shape):
+        n = 1
+        for x in shape:
+            n *= x
+        k[0] += 1
+        t.append((name, "F32", shape, f32s(n, 0.05, k[0])))
+
+    f32("model.embed_tokens.weight", [V, E])
+    f32("model.norm.weight", [E])
+    if not cfg["tie_word_embeddings"]:
+        f32("lm_head.weight", [V, E])
+    p = "model.layers.0."
+    f32(p + "input_layernorm.weight", [E])
+    f32(p + "post_attention_layernorm.weight", [E])
+    shapes = {"q": (H * d, E), "k": (KV * d, E), "v": (KV * d, E), "o": (E, H * d), "gate": (F, E), "up": (F, E),
+              "down": (E, F)}
+    for lin in ["q", "k", "v", "o", "gate", "up", "down"]:
+        out, inn = shapes[lin]
+        lp = p + ("self_attn." if lin in "qkvo" else "mlp.") + lin + "_proj"
+        if w_bits == 4:
+            t.append((lp + ".qweight", "U8", [out, inn // 2], bytes((i * 37 + 11) % 256 for i in range(out * inn // 2))))
+            f32(lp + ".scales", [out])
+        elif w_bits == 8:
+            t.append((lp + ".qweight", "I8", [out, inn], bytes((i * 29 + 3) % 256 for i in range(out * inn))))
+            f32(lp + ".scales", [out])
+        else:
+            f32(lp + ".weight", [out, inn])
+        if lin in "qkv" and cfg["model_type"] == "qwen2":
+            f32(lp + ".bias", [out])
+        t.append((lp + ".act_clip", "F32", [2], struct.pack("<2f", 0.9, 0.8)))
+    if transforms:
+        for name, (l, r) in [("self_attn.ln_trans", (2, 4)), ("mlp.up_gate_trans", (4, 2)), ("mlp.down_trans", (4, 4))]:
+            f32(p + name + ".left", [l, l])
+            f32(p + name + ".right", [r, r])
+        f32(p + "self_attn.o_trans.matrix", [H, H])
+        f32(p + "self_attn.kcache_trans.matrix", [d, d])
+        f32(p + "self_attn.kcache_trans.inv_t", [d, d])
+    t.append((p + "self_attn.k_cache.clip", "F32", [2], struct.pack("<2f", 0.95, 0.85)))
+    t.append((p + "self_attn.v_cache.clip", "F32", [2], struct.pack("<2f", 1.0, 1.0)))
+    return t
+
+
+def art_manifest(cfg, recipe, files, method="flatquant", version=1):
+    import hashlib
+    m = {"format": "flatquant-artifact", "format_version": version, "writer": "flatquant 0.1.0",
+         "method": method, "recipe": recipe, "model_config": cfg, "tokenizer_files": [],
+         "files": {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in files.items()},
+         "calibration": {"epochs": 1, "nsamples": 4}, "layer_losses": [0.25]}
+    return json.dumps(m, indent=1).encode()
+
+
+def art_input(mode, manifest, tensors, config=None):
+    out = bytes([mode]) + manifest + ART_SEP + tensors
+    assert out.count(ART_SEP) == 1
+    return out + (ART_SEP + config if config is not None else b"")
+
+
+def seeds_artifact():
+    # Mode 0: the harness recomputes the checksums; config.json is the manifest's model_config unless given.
+    cfg = art_config("llama", True)
+    st = safetensors(art_tensors(cfg, 4, True), {"format": "pt", "flatquant": "flatquant-artifact"})
+    cj = json.dumps(cfg, indent=2).encode()
+    rec = art_recipe("w4a4kv4", 4, 4, 4)
+    man = art_manifest(cfg, rec, {"model.safetensors": st, "config.json": cj})
+    put("artifact", "w4a4kv4_llama.bin", art_input(0, man, st))
+    # Mode 7: written unchanged; the checksums above match these exact bytes, so it loads too.
+    put("artifact", "w4a4kv4_llama_exact.bin", art_input(7, man, st, cj))
+    # ... and with the checksum of another tensor file of the same size, and a truncated tensor file: the
+    # sha256 and size checks.
+    flipped = st[:-1] + bytes([st[-1] ^ 1])
+    put("artifact", "stale_sha256.bin", art_input(7, art_manifest(cfg, rec, {"model.safetensors": flipped, "config.json": cj}), st, cj))
+    put("artifact", "truncated_tensors.bin", art_input(0, man, st[: len(st) // 2]))
+    put("artifact", "format_version_2.bin", art_input(0, art_manifest(cfg, rec, {"model.safetensors": st, "config.json": cj}, version=2), st))
+    # Qwen2 (q/k/v biases), untied head, 8-bit weights, no transforms.
+    cfg = art_config("qwen2", False)
+    st = safetensors(art_tensors(cfg, 8, False))
+    put("artifact", "w8a8_qwen2.bin", art_input(0, art_manifest(cfg, art_recipe("w8a8", 8, 8, 16), {"model.safetensors": st, "config.json": b""}), st))
+    # 16-bit weights with transforms (method "fp").
+    cfg = art_config("llama", True)
+    st = safetensors(art_tensors(cfg, 16, True))
+    put("artifact", "w16a16kv4.bin", art_input(0, art_manifest(cfg, art_recipe("w16a16kv4", 16, 16, 4), {"model.safetensors": st, "config.json": b""}, method="fp"), st))
+    put("artifact", "manifest_only.bin", b"\0" + man)
+
+
 if __name__ == "__main__":
     seeds_safetensors()
     seeds_gguf()
     seeds_llama2c()
     seeds_sentencepiece()
     seeds_json()
+    seeds_artifact()

@@ -69,6 +69,9 @@ void Sha256::block(const uint8_t* p) {
 }
 
 void Sha256::update(const void* data, size_t n) {
+  // Nothing to add; also keeps (nullptr, 0) -- an empty std::string_view -- away from memcpy, whose
+  // pointer arguments must not be null even for 0 bytes.
+  if (n == 0) return;
   const auto* p = static_cast<const uint8_t*>(data);
   total_ += n;
   if (buf_len_ > 0) {

@@ -185,6 +185,7 @@ class TensorReader {
   }
   const std::string& path() const { return path_; }
   bool has(const std::string& name) const { return st_.find(name) != nullptr; }
+  size_t count() const { return st_.tensors().size(); }
   const TensorInfo* info(const std::string& name) const { return st_.find(name); }
 
   std::vector<float> f32(const std::string& name, const std::vector<int64_t>& shape) {
@@ -262,8 +263,11 @@ KronPair read_kron(TensorReader& r, const std::string& name, int64_t dim) {
            shape_str(left->shape), shape_str(right->shape));
   k.L = left->shape[0];
   k.R = right->shape[0];
-  FQ_CHECK(k.L * k.R == dim, "{}: tensors '{}.left' {} and '.right' {}: factor sizes {} x {} != dimension {}",
-           r.path(), name, shape_str(left->shape), shape_str(right->shape), k.L, k.R, dim);
+  // Each factor is at most the dimension (<= INT32_MAX, so the product cannot overflow); a shape like
+  // [2^62, 0] is a valid empty tensor and must not reach the multiplication.
+  FQ_CHECK(k.L <= dim && k.R <= dim && k.L * k.R == dim,
+           "{}: tensors '{}.left' {} and '.right' {}: factor sizes {} x {} != dimension {}", r.path(), name,
+           shape_str(left->shape), shape_str(right->shape), k.L, k.R, dim);
   k.left = r.f32(name + ".left", {k.L, k.L});
   k.right = r.f32(name + ".right", {k.R, k.R});
   return k;
@@ -507,6 +511,14 @@ Artifact load_artifact(const std::string& dir) {
   a.tok_embd = r.f32("model.embed_tokens.weight", {c.n_vocab, c.n_embd});
   a.norm = r.f32("model.norm.weight", {c.n_embd});
   if (!c.tie_embeddings) a.lm_head = r.f32("lm_head.weight", {c.n_vocab, c.n_embd});
+  // A layer has at least kMinLayerTensors tensors (two norms, seven linears of two or more, two KV clips):
+  // a layer count the file cannot hold is refused before the layers are allocated (num_hidden_layers may be
+  // up to INT32_MAX, a few TB of ArtifactLayer).
+  constexpr int64_t kMinLayerTensors = 18;
+  FQ_CHECK(c.n_layer <= (int64_t)(r.count() / kMinLayerTensors),
+           "{}: {} tensors cannot hold num_hidden_layers {} of manifest.json model_config (each layer has at "
+           "least {})",
+           r.path(), r.count(), c.n_layer, kMinLayerTensors);
   a.layers.resize((size_t)c.n_layer);
   for (int il = 0; il < (int)c.n_layer; ++il) {
     ArtifactLayer& l = a.layers[il];
