@@ -57,6 +57,9 @@ void CudaEngine::step(const int32_t*, int64_t, float*, int32_t*) {
 void CudaEngine::decode_greedy(const int32_t*, int64_t, int64_t, int32_t*) {
   no_cuda();
 }
+void CudaEngine::step_sample(const int32_t*, int64_t, const DeviceSampling&, uint64_t, int32_t*) {
+  no_cuda();
+}
 std::vector<OpTime> CudaEngine::profile_step(const int32_t*, int64_t) {
   no_cuda();
 }
@@ -93,6 +96,7 @@ bool cuda_engine_available(std::string* why) {
 #include "kernels/cuda/layer_ops.h"
 #include "kernels/cuda/qgemm.h"
 #include "kernels/cuda/quant.h"
+#include "kernels/cuda/sampling.h"
 #include "kernels/cuda/w4a4_ops.h"
 #include "ops/cuda_check.h"
 #include "ref/kron.h"
@@ -213,7 +217,11 @@ struct CudaEngine::Impl {
   int32_t* h_in = nullptr;  // pinned mirror of d_in
 
   std::vector<int64_t> pos;
-  std::map<int64_t, cudaGraphExec_t> graphs;
+  // Captured decode steps by (batch, sampling): argmax, or cuda::sample with these parameters.
+  using GraphKey = std::tuple<int64_t, bool, float, int32_t, float, uint64_t>;
+  std::map<GraphKey, cudaGraphExec_t> graphs;
+  uint64_t* d_rng_step = nullptr;  // the sampling RNG's step counter (uploaded before each sampled step)
+  uint64_t* h_rng_step = nullptr;  // pinned
   std::map<std::tuple<int64_t, int64_t, int64_t, bool, bool>, GemmPlan> plans;
 
   // Profiling (profile_step): events around each op, aggregated by name.
@@ -291,8 +299,9 @@ struct CudaEngine::Impl {
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name);
   void qlayer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
                    int64_t slot0, int64_t p0);
-  void decode_body(int64_t batch);
-  void run_step(int64_t batch);  // graph replay (captured on the second use) or eager
+  // sp: sample with these parameters instead of the argmax (nullptr: greedy).
+  void decode_body(int64_t batch, const cuda::SampleParams* sp = nullptr);
+  void run_step(int64_t batch, const cuda::SampleParams* sp = nullptr);  // graph replay (captured on the second use) or eager
   void check_flags(const char* where);
   // Runs `run` un-captured with cudaEvents around each op; positions are restored afterwards.
   template <typename Fn>
@@ -308,6 +317,7 @@ CudaEngine::Impl::~Impl() {
     cublasLtMatmulDescDestroy(p.op);
   }
   if (h_in) cudaFreeHost(h_in);
+  if (h_rng_step) cudaFreeHost(h_rng_step);
   if (blas) cublasDestroy(blas);
   if (lt) cublasLtDestroy(lt);
   if (stream) cudaStreamDestroy(stream);
@@ -403,7 +413,7 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
                o_big = sarena.reserve(mt * BIG * h2), o_logits = sarena.reserve(max_logit_rows * V * f4),
                o_tok = sarena.reserve(mt * 4), o_in = sarena.reserve(3 * mb * 4),
                o_next = sarena.reserve(mb * 4),
-               o_hist = sarena.reserve(static_cast<size_t>(o.max_ctx) * mb * 4), o_flags = sarena.reserve(16),
+               o_hist = sarena.reserve(static_cast<size_t>(o.max_ctx) * mb * 4), o_flags = sarena.reserve(16), o_rng = sarena.reserve(8),
                o_attn = sarena.reserve(std::max<size_t>(attn_bytes, 16)), o_lt = sarena.reserve(kLtWorkspace);
   size_t o_tf = 0, o_tf2 = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0;
   if (quant) {
@@ -439,6 +449,8 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
   attn_ws = sarena.at<void>(o_attn);
   lt_ws = sarena.at<void>(o_lt);
   ck(cudaMallocHost(reinterpret_cast<void**>(&h_in), 3 * mb * sizeof(int32_t)), "cudaMallocHost");
+  ck(cudaMallocHost(reinterpret_cast<void**>(&h_rng_step), sizeof(uint64_t)), "cudaMallocHost");
+  d_rng_step = sarena.at<uint64_t>(o_rng);
   ck(cudaMemsetAsync(d_in, 0, 3 * mb * 4, stream), "memset");
   ck(cudaMemsetAsync(d_flags, 0, 16, stream), "memset");
 }
@@ -598,7 +610,7 @@ void CudaEngine::Impl::layer_body(int64_t il, int64_t rows, bool decode, int64_t
   gemm(hb, rows, F, w.wdown, E, x, true, true, "down_gemm");
 }
 
-void CudaEngine::Impl::decode_body(int64_t batch) {
+void CudaEngine::Impl::decode_body(int64_t batch, const cuda::SampleParams* sp) {
   op("embedding", [&] {
     ck(cuda::embedding(embd, DType::F16, V, E, in_tok(), batch, x, DType::F32, d_flags + 1, stream),
        "embedding");
@@ -615,7 +627,12 @@ void CudaEngine::Impl::decode_body(int64_t batch) {
        "final norm");
   });
   gemm(hb, batch, E, head, V, logits, true, false, "lm_head");
-  op("argmax", [&] { ck(cuda::argmax(logits, DType::F32, batch, V, V, d_next, stream), "argmax"); });
+  if (sp)
+    op("sample", [&] {
+      ck(cuda::sample(logits, DType::F32, batch, V, V, *sp, 0, d_rng_step, d_next, stream), "sampling");
+    });
+  else
+    op("argmax", [&] { ck(cuda::argmax(logits, DType::F32, batch, V, V, d_next, stream), "argmax"); });
   op("advance", [&] {
     ck(cuda::decode_advance(d_next, in_tok(), in_pos(), in_len(), batch, d_hist, o.max_ctx, d_flags + 2,
                             stream),
@@ -623,23 +640,25 @@ void CudaEngine::Impl::decode_body(int64_t batch) {
   });
 }
 
-void CudaEngine::Impl::run_step(int64_t batch) {
+void CudaEngine::Impl::run_step(int64_t batch, const cuda::SampleParams* sp) {
   if (!o.cuda_graphs || profiling) {
-    decode_body(batch);
+    decode_body(batch, sp);
     return;
   }
-  auto it = graphs.find(batch);
+  const GraphKey key = sp ? GraphKey{batch, true, sp->temperature, sp->top_k, sp->top_p, sp->seed}
+                          : GraphKey{batch, false, 0.0f, 0, 0.0f, 0};
+  auto it = graphs.find(key);
   if (it != graphs.end()) {
     ck(cudaGraphLaunch(it->second, stream), "cudaGraphLaunch");
     return;
   }
   // First step of this batch size: run it eagerly (loads the kernels, picks the GEMM algorithms), then
   // capture the same launches for the next steps.
-  decode_body(batch);
+  decode_body(batch, sp);
   cudaGraph_t g = nullptr;
   ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
   try {
-    decode_body(batch);
+    decode_body(batch, sp);
   } catch (...) {
     cudaStreamEndCapture(stream, &g);
     if (g) cudaGraphDestroy(g);
@@ -650,7 +669,7 @@ void CudaEngine::Impl::run_step(int64_t batch) {
   const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
   cudaGraphDestroy(g);
   ck(e, "cudaGraphInstantiate");
-  graphs.emplace(batch, exec);
+  graphs.emplace(key, exec);
 }
 
 void CudaEngine::Impl::check_flags(const char* where) {
@@ -1325,6 +1344,41 @@ void CudaEngine::step(const int32_t* tokens, int64_t batch, float* out, int32_t*
   if (greedy)
     m.ck(cudaMemcpyAsync(greedy, m.d_next, batch * 4, cudaMemcpyDeviceToHost, m.stream), "download tokens");
   m.check_flags("step");  // synchronizes: h_in may be rewritten by the next step
+  for (int64_t b = 0; b < batch; ++b) ++m.pos[static_cast<size_t>(b)];
+}
+
+void CudaEngine::step_sample(const int32_t* tokens, int64_t batch, const DeviceSampling& sp, uint64_t rng_step,
+                             int32_t* next) {
+  Impl& m = *impl_;
+  FQ_CHECK(batch >= 1 && batch <= m.o.max_batch, "CudaEngine step: batch {} outside [1, {}]", batch,
+           m.o.max_batch);
+  FQ_CHECK(next != nullptr, "CudaEngine step_sample: no output buffer");
+  FQ_CHECK(sp.top_p > 0.0f && sp.top_p <= 1.0f && std::isfinite(sp.temperature),
+           "CudaEngine step_sample: top_p must be in (0, 1] and the temperature finite (found {}, {})", sp.top_p,
+           sp.temperature);
+  for (int64_t b = 0; b < batch; ++b)
+    FQ_CHECK(m.pos[static_cast<size_t>(b)] + 1 <= m.o.max_ctx,
+             "CudaEngine step: context overflow: slot {} holds {} tokens, max_ctx {}", b,
+             m.pos[static_cast<size_t>(b)], m.o.max_ctx);
+  check_tokens(tokens, batch, m.V, "step");
+  const int64_t mb = m.o.max_batch;
+  for (int64_t b = 0; b < batch; ++b) {
+    m.h_in[b] = tokens[b];
+    m.h_in[mb + b] = static_cast<int32_t>(m.pos[static_cast<size_t>(b)]);
+    m.h_in[2 * mb + b] = static_cast<int32_t>(m.pos[static_cast<size_t>(b)] + 1);
+  }
+  *m.h_rng_step = rng_step;
+  m.ck(cudaMemcpyAsync(m.d_in, m.h_in, 3 * mb * 4, cudaMemcpyHostToDevice, m.stream), "upload step");
+  m.ck(cudaMemcpyAsync(m.d_rng_step, m.h_rng_step, sizeof(uint64_t), cudaMemcpyHostToDevice, m.stream),
+       "upload RNG step");
+  cuda::SampleParams p;
+  p.temperature = sp.temperature;
+  p.top_k = sp.top_k;
+  p.top_p = sp.top_p;
+  p.seed = sp.seed;
+  m.run_step(batch, &p);
+  m.ck(cudaMemcpyAsync(next, m.d_next, batch * 4, cudaMemcpyDeviceToHost, m.stream), "download tokens");
+  m.check_flags("step");  // synchronizes
   for (int64_t b = 0; b < batch; ++b) ++m.pos[static_cast<size_t>(b)];
 }
 

@@ -35,6 +35,15 @@ struct EngineOptions {
   int device = 0;
 };
 
+// Sampling on the device (cuda::sample: temperature -> top-k -> top-p -> one Philox draw keyed by (seed, slot,
+// step)); temperature <= 0 or top_k == 1 is the argmax.
+struct DeviceSampling {
+  float temperature = 1.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+};
+
 // Per-op device time of one un-captured step (profile_step): name -> milliseconds, in first-seen order.
 struct OpTime {
   std::string name;
@@ -89,6 +98,12 @@ class CudaEngine {
   // One decode step for slots 0 .. batch-1: tokens[batch] (host) at the slots' positions. logits (host fp32
   // [batch, n_vocab], may be nullptr) and greedy (host int32 [batch], may be nullptr) are filled on return.
   void step(const int32_t* tokens, int64_t batch, float* logits, int32_t* greedy);
+
+  // One decode step for slots 0 .. batch-1 whose next tokens are drawn on the device inside the captured graph
+  // (one graph per batch size and sampling parameters): next[batch] (host) receives them; only the token ids
+  // cross to the host. rng_step keys the draw (use a new value per step).
+  void step_sample(const int32_t* tokens, int64_t batch, const DeviceSampling& sp, uint64_t rng_step,
+                   int32_t* next);
 
   // n_steps greedy steps for slots 0 .. batch-1 starting from tokens[batch]: each step's argmax is fed back
   // on the device (graph replays back to back, no host work in between). out: [n_steps, batch] host, may be

@@ -4,6 +4,7 @@
 // an HF model (FP16 engine) or a quantized artifact (W4A4KV4 engine).
 #pragma once
 #include <algorithm>
+#include <climits>
 #include <memory>
 
 #include "eval/causal_lm.h"
@@ -36,6 +37,17 @@ class CudaDecoderModel : public DecoderModel {
       eng_.step(tokens, 1, last_logits, nullptr);
     else
       eng_.prefill(tokens, 1, n, 0, last_logits, false);
+  }
+  bool samples_on_device() const override { return true; }
+  int32_t append_sample(int32_t token, const SamplerOptions& o, uint64_t step) override {
+    DeviceSampling d;
+    d.temperature = static_cast<float>(o.temperature);
+    d.top_k = o.top_p <= 0.0 ? 1 : static_cast<int32_t>(std::min<int64_t>(o.top_k, INT32_MAX));
+    d.top_p = o.top_p <= 0.0 ? 1.0f : static_cast<float>(std::min(o.top_p, 1.0));
+    d.seed = o.seed;
+    int32_t next = -1;
+    eng_.step_sample(&token, 1, d, step, &next);
+    return next;
   }
   CudaEngine& engine() { return eng_; }
 

@@ -11,6 +11,10 @@
 
 namespace fq::runtime {
 
+int32_t DecoderModel::append_sample(int32_t, const SamplerOptions&, uint64_t) {
+  fail("this model does not sample on a device (samples_on_device() is false)");
+}
+
 void RefDecoderModel::append(const int32_t* tokens, int64_t n, float* last_logits) {
   FQ_ASSERT(n >= 1);
   // Only the last position's logits are needed: skip the LM head (n_vocab x n_embd per token) for the rest.
@@ -114,9 +118,12 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
     r.text += s;
     if (on_text) on_text(s);
   };
+  // Device sampling when the model has it and no repetition penalty (which needs the history) is asked for.
+  const bool on_device = model_.samples_on_device() && sampler.options().repetition_penalty == 1.0;
+  uint64_t rng_step = 0;
   bool done = false;
+  int32_t id = sampler.sample(logits_.data(), model_.n_vocab(), history);
   while (!done) {
-    const int32_t id = sampler.sample(logits_.data(), model_.n_vocab(), history);
     r.tokens.push_back(id);
     history.push_back(id);
     if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) != opt.eos_ids.end()) {
@@ -135,8 +142,13 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
       r.reason = StopReason::kContextFull;
       done = true;
     } else {
-      model_.append(&id, 1, logits_.data());
+      int32_t next = -1;
+      if (on_device)
+        next = model_.append_sample(id, sampler.options(), rng_step++);
+      else
+        model_.append(&id, 1, logits_.data());
       cached_.push_back(id);
+      id = on_device ? next : sampler.sample(logits_.data(), model_.n_vocab(), history);
     }
   }
   if (!stops.stopped()) {

@@ -27,6 +27,12 @@ class DecoderModel {
   virtual void reset() = 0;
   // Appends n >= 1 tokens to the cache and writes the logits of the last one to last_logits[n_vocab].
   virtual void append(const int32_t* tokens, int64_t n, float* last_logits) = 0;
+  // Models that draw the next token on their own device (the CUDA engine: inside the captured decode graph,
+  // so only the token id reaches the host) return true, and append_sample() appends `token` and returns the
+  // next token drawn with o's temperature / top-k / top-p / seed at RNG step `step` (no repetition penalty:
+  // the generator keeps host sampling when one is asked for).
+  virtual bool samples_on_device() const { return false; }
+  virtual int32_t append_sample(int32_t token, const SamplerOptions& o, uint64_t step);
 };
 
 // The fp32 CPU reference decoder (src/ref/decoder.h) as a DecoderModel.

@@ -25,6 +25,11 @@
 #include "engine_test_util.h"
 #include "test_util.h"
 
+#ifdef FLATQUANT_WITH_CUDA
+#include "../ops/ops_util.h"
+#include "kernels/cuda/sampling.h"
+#endif
+
 namespace fq {
 namespace {
 
@@ -253,6 +258,57 @@ TEST(CudaEngine, RandomDeviceWeightsAreDeterministic) {
   EXPECT_GT(info.step_weight_bytes, 0u);
   EXPECT_GE(info.weight_bytes, info.step_weight_bytes - c.n_vocab * c.n_embd * 2);
 }
+
+#ifdef FLATQUANT_WITH_CUDA
+// step_sample draws inside the captured graph: temperature 0 is the argmax of step(), and sampled tokens equal
+// cuda::sample run on the logits of a twin engine's step() with the same RNG step.
+TEST(CudaEngine, DeviceSamplingInTheGraph) {
+  FQ_REQUIRE_GPU();
+  const ModelWeights w = gqa_llama3_model();
+  const int64_t V = w.cfg.n_vocab;
+  EngineOptions o;
+  o.max_ctx = 40;
+  CudaEngine a(w, o), b(w, o);
+  const std::vector<int32_t> toks = random_tokens(6, V, 70);
+  a.prefill(toks.data(), 1, 6, 0, nullptr, false);
+  b.prefill(toks.data(), 1, 6, 0, nullptr, false);
+  std::vector<float> lb(static_cast<size_t>(V));
+  int32_t tok = 3, na = -1, nb = -1;
+  runtime::DeviceSampling greedy;
+  greedy.temperature = 0.0f;
+  a.step_sample(&tok, 1, greedy, 0, &na);
+  b.step(&tok, 1, lb.data(), &nb);
+  EXPECT_EQ(na, nb);
+  runtime::DeviceSampling sp;
+  sp.temperature = 0.8f;
+  sp.top_k = 20;
+  sp.top_p = 0.9f;
+  sp.seed = 1234;
+  cuda::SampleParams p;
+  p.temperature = sp.temperature;
+  p.top_k = sp.top_k;
+  p.top_p = sp.top_p;
+  p.seed = sp.seed;
+  test::DeviceBuffer<float> dl(lb.size());
+  test::DeviceBuffer<int32_t> dout(1);
+  tok = na;
+  std::vector<int32_t> drawn;
+  for (uint64_t step = 1; step <= 8; ++step) {
+    a.step_sample(&tok, 1, sp, step, &na);
+    b.step(&tok, 1, lb.data(), nullptr);
+    dl.upload(lb);
+    ASSERT_EQ(cuda::sample(dl.get(), DType::F32, 1, V, V, p, step, nullptr, dout.get(), nullptr), cudaSuccess);
+    nb = dout.download()[0];
+    EXPECT_EQ(na, nb) << "step " << step;
+    drawn.push_back(na);
+    tok = na;
+  }
+  EXPECT_EQ(a.pos(0), 6 + 9);
+  runtime::DeviceSampling bad = sp;
+  bad.top_p = 0.0f;
+  EXPECT_THROW(a.step_sample(&tok, 1, bad, 9, &na), Error);
+}
+#endif
 
 TEST(CudaEngine, ProfileStepLeavesTheStateUnchanged) {
   FQ_REQUIRE_GPU();
