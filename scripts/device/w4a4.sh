@@ -28,7 +28,7 @@ if [ ! -f $FLATQUANT_MODELS/stories260K/config.json ]; then
     --force > /dev/null
 fi
 if [ "$STAGE" = build ] || [ "$STAGE" = all ]; then
-  ./build-dev/tests/flatquant_tests --gtest_filter="${FILTER:-W4A4Ops*:CudaQuantEngine*:CudaEngine*:Qgemm*:Kron*:Kv4*:DecodeAttn*}" \
+  ./build-dev/tests/flatquant_tests --gtest_filter="${FILTER:-W4A4Ops*:CudaQuantEngine*:CudaEngine*:Qgemm*:Kron*:Kv4*:DecodeAttn*:PrefillAttn*:LayerOps*:GemvF16*}" \
     > "$OUT/w4a4_tests.txt" 2>&1
   rc=$?
   grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED) |Failure|error|Expected|Which is|Value of|actual|norm_err|ppl gpu" \
@@ -41,6 +41,17 @@ if [ "$STAGE" = build ] || [ "$STAGE" = all ]; then
     for mode in "--device cpu --quant fake --threads 16" "--device cpu --quant real --threads 16" "--device cuda"; do
       echo "$n $mode: $($B ppl --model "$art" --data $W --seq-len 512 $mode --json 2>&1 | tail -1)"
     done | tee -a "$OUT/ppl_artifacts.txt"
+    # Generation speed on the artifact: CPU real quantization (16 threads) and the CUDA engine (sampling in the
+    # captured graph), greedy and sampled.
+    for mode in "--device cpu --quant real --threads 16" "--device cuda" "--device cuda --temperature 0.8 --top-p 0.95 --seed 7"; do
+      echo "$n generate $mode: $($B generate --model "$art" --prompt "Once upon a time" --max-tokens 400 --ctx 512 \
+        $mode --json 2>&1 | tail -1 | python3 -c 'import json, sys
+l = sys.stdin.read()
+try:
+    d = json.loads(l); print({k: v for k, v in d.items() if k != "text"}, repr(d["text"][:100]))
+except Exception:
+    print(l[:300])')"
+    done | tee -a "$OUT/generate_artifacts.txt"
   done
 fi
 if [ "$STAGE" = bench ] || [ "$STAGE" = all ]; then

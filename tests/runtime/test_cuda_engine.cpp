@@ -361,5 +361,31 @@ TEST(CudaEngineCli, PplDeviceCuda) {
   EXPECT_NEAR(p_gpu / p_cpu, 1.0, 5e-3) << "cpu " << p_cpu << " cuda " << p_gpu;
 }
 
+// `eval --device cuda` (cached-prefix scoring on the engine) agrees with the CPU reference: every task's
+// accuracy within one item (fp16 may swap two near-equal choices), or, without a GPU, a one-line error.
+TEST(CudaEngineCli, EvalDeviceCuda) {
+  const std::string dir = model_dir("stories260K");
+  FQ_REQUIRE_FILE(path_join(dir, "config.json"));
+  const std::string args = "eval --model " + dir + " --data-dir " + test::source_path("tests/data/qa") +
+                           " --tasks piqa,hellaswag,arc_easy,winogrande,lambada_openai --json";
+  std::string why;
+  const test::CliResult gpu = test::run_cli(args + " --device cuda");
+  if (!runtime::cuda_engine_available(&why)) {
+    EXPECT_NE(gpu.exit_code, 0);
+    EXPECT_NE(gpu.err.find("--device cuda: "), std::string::npos) << gpu.err;
+    EXPECT_EQ(std::count(gpu.err.begin(), gpu.err.end(), '\n'), 1) << gpu.err;
+    return;
+  }
+  const test::CliResult cpu = test::run_cli(args + " --device cpu");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  ASSERT_EQ(gpu.exit_code, 0) << gpu.err;
+  const auto jc = nlohmann::json::parse(cpu.out), jg = nlohmann::json::parse(gpu.out);
+  EXPECT_EQ(jg["device"], "cuda");
+  for (const auto& [task, r] : jc["tasks"].items()) {
+    const double n = r["n"].get<double>();
+    EXPECT_NEAR(jg["tasks"][task]["acc"].get<double>(), r["acc"].get<double>(), 1.0 / n + 1e-9) << task;
+  }
+}
+
 }  // namespace
 }  // namespace fq
