@@ -303,6 +303,9 @@ struct CudaEngine::Impl {
   void decode_body(int64_t batch, const cuda::SampleParams* sp = nullptr);
   void run_step(int64_t batch, const cuda::SampleParams* sp = nullptr);  // graph replay (captured on the second use) or eager
   void check_flags(const char* where);
+  // Checks a step's batch, room for n_steps more positions and token ids, then uploads tokens / positions /
+  // lengths (nothing is launched when a check fails).
+  void upload_step(const int32_t* tokens, int64_t batch, int64_t n_steps, const char* what);
   // Runs `run` un-captured with cudaEvents around each op; positions are restored afterwards.
   template <typename Fn>
   std::vector<OpTime> profile(Fn&& run);
@@ -1321,22 +1324,26 @@ void CudaEngine::prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok, in
   for (int64_t s = 0; s < n_seq; ++s) m.pos[static_cast<size_t>(slot0 + s)] = p0 + n_tok;
 }
 
+void CudaEngine::Impl::upload_step(const int32_t* tokens, int64_t batch, int64_t n_steps, const char* what) {
+  FQ_CHECK(batch >= 1 && batch <= o.max_batch, "CudaEngine {}: batch {} outside [1, {}]", what, batch, o.max_batch);
+  FQ_CHECK(n_steps >= 1, "CudaEngine {}: n_steps must be positive (found {})", what, n_steps);
+  for (int64_t b = 0; b < batch; ++b)
+    FQ_CHECK(pos[static_cast<size_t>(b)] + n_steps <= o.max_ctx,
+             "CudaEngine {}: context overflow: slot {} holds {} tokens, {} more exceed max_ctx {}", what, b,
+             pos[static_cast<size_t>(b)], n_steps, o.max_ctx);
+  check_tokens(tokens, batch, V, what);
+  const int64_t mb = o.max_batch;
+  for (int64_t b = 0; b < batch; ++b) {
+    h_in[b] = tokens[b];
+    h_in[mb + b] = static_cast<int32_t>(pos[static_cast<size_t>(b)]);
+    h_in[2 * mb + b] = static_cast<int32_t>(pos[static_cast<size_t>(b)] + 1);
+  }
+  ck(cudaMemcpyAsync(d_in, h_in, 3 * mb * 4, cudaMemcpyHostToDevice, stream), "upload step");
+}
+
 void CudaEngine::step(const int32_t* tokens, int64_t batch, float* out, int32_t* greedy) {
   Impl& m = *impl_;
-  FQ_CHECK(batch >= 1 && batch <= m.o.max_batch, "CudaEngine step: batch {} outside [1, {}]", batch,
-           m.o.max_batch);
-  for (int64_t b = 0; b < batch; ++b)
-    FQ_CHECK(m.pos[static_cast<size_t>(b)] + 1 <= m.o.max_ctx,
-             "CudaEngine step: context overflow: slot {} holds {} tokens, max_ctx {}", b,
-             m.pos[static_cast<size_t>(b)], m.o.max_ctx);
-  check_tokens(tokens, batch, m.V, "step");
-  const int64_t mb = m.o.max_batch;
-  for (int64_t b = 0; b < batch; ++b) {
-    m.h_in[b] = tokens[b];
-    m.h_in[mb + b] = static_cast<int32_t>(m.pos[static_cast<size_t>(b)]);
-    m.h_in[2 * mb + b] = static_cast<int32_t>(m.pos[static_cast<size_t>(b)] + 1);
-  }
-  m.ck(cudaMemcpyAsync(m.d_in, m.h_in, 3 * mb * 4, cudaMemcpyHostToDevice, m.stream), "upload step");
+  m.upload_step(tokens, batch, 1, "step");
   m.run_step(batch);
   if (out)
     m.ck(cudaMemcpyAsync(out, m.logits, batch * m.V * sizeof(float), cudaMemcpyDeviceToHost, m.stream),
@@ -1350,25 +1357,12 @@ void CudaEngine::step(const int32_t* tokens, int64_t batch, float* out, int32_t*
 void CudaEngine::step_sample(const int32_t* tokens, int64_t batch, const DeviceSampling& sp, uint64_t rng_step,
                              int32_t* next) {
   Impl& m = *impl_;
-  FQ_CHECK(batch >= 1 && batch <= m.o.max_batch, "CudaEngine step: batch {} outside [1, {}]", batch,
-           m.o.max_batch);
   FQ_CHECK(next != nullptr, "CudaEngine step_sample: no output buffer");
   FQ_CHECK(sp.top_p > 0.0f && sp.top_p <= 1.0f && std::isfinite(sp.temperature),
            "CudaEngine step_sample: top_p must be in (0, 1] and the temperature finite (found {}, {})", sp.top_p,
            sp.temperature);
-  for (int64_t b = 0; b < batch; ++b)
-    FQ_CHECK(m.pos[static_cast<size_t>(b)] + 1 <= m.o.max_ctx,
-             "CudaEngine step: context overflow: slot {} holds {} tokens, max_ctx {}", b,
-             m.pos[static_cast<size_t>(b)], m.o.max_ctx);
-  check_tokens(tokens, batch, m.V, "step");
-  const int64_t mb = m.o.max_batch;
-  for (int64_t b = 0; b < batch; ++b) {
-    m.h_in[b] = tokens[b];
-    m.h_in[mb + b] = static_cast<int32_t>(m.pos[static_cast<size_t>(b)]);
-    m.h_in[2 * mb + b] = static_cast<int32_t>(m.pos[static_cast<size_t>(b)] + 1);
-  }
+  m.upload_step(tokens, batch, 1, "step");
   *m.h_rng_step = rng_step;
-  m.ck(cudaMemcpyAsync(m.d_in, m.h_in, 3 * mb * 4, cudaMemcpyHostToDevice, m.stream), "upload step");
   m.ck(cudaMemcpyAsync(m.d_rng_step, m.h_rng_step, sizeof(uint64_t), cudaMemcpyHostToDevice, m.stream),
        "upload RNG step");
   cuda::SampleParams p;
@@ -1384,21 +1378,7 @@ void CudaEngine::step_sample(const int32_t* tokens, int64_t batch, const DeviceS
 
 void CudaEngine::decode_greedy(const int32_t* tokens, int64_t batch, int64_t n_steps, int32_t* out) {
   Impl& m = *impl_;
-  FQ_CHECK(batch >= 1 && batch <= m.o.max_batch, "CudaEngine decode: batch {} outside [1, {}]", batch,
-           m.o.max_batch);
-  FQ_CHECK(n_steps >= 1, "CudaEngine decode: n_steps must be positive (found {})", n_steps);
-  for (int64_t b = 0; b < batch; ++b)
-    FQ_CHECK(m.pos[static_cast<size_t>(b)] + n_steps <= m.o.max_ctx,
-             "CudaEngine decode: context overflow: slot {} holds {} tokens, {} steps exceed max_ctx {}", b,
-             m.pos[static_cast<size_t>(b)], n_steps, m.o.max_ctx);
-  check_tokens(tokens, batch, m.V, "decode");
-  const int64_t mb = m.o.max_batch;
-  for (int64_t b = 0; b < batch; ++b) {
-    m.h_in[b] = tokens[b];
-    m.h_in[mb + b] = static_cast<int32_t>(m.pos[static_cast<size_t>(b)]);
-    m.h_in[2 * mb + b] = static_cast<int32_t>(m.pos[static_cast<size_t>(b)] + 1);
-  }
-  m.ck(cudaMemcpyAsync(m.d_in, m.h_in, 3 * mb * 4, cudaMemcpyHostToDevice, m.stream), "upload step");
+  m.upload_step(tokens, batch, n_steps, "decode");
   m.ck(cudaMemsetAsync(m.d_flags + 2, 0, 4, m.stream), "reset step counter");
   for (int64_t i = 0; i < n_steps; ++i) m.run_step(batch);
   if (out)

@@ -333,6 +333,17 @@ TEST(CudaEngine, ProfileStepLeavesTheStateUnchanged) {
   EXPECT_EQ(la, lb);
 }
 
+// Without a usable GPU a `--device cuda` command must fail with one `--device cuda: ...` line; returns true then
+// (the caller stops), false when a GPU is there.
+bool no_gpu_one_line_error(const test::CliResult& r) {
+  std::string why;
+  if (runtime::cuda_engine_available(&why)) return false;
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--device cuda: "), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  return true;
+}
+
 // `--device cuda` through the CLI: the same perplexity as the CPU reference with a GPU, else a one-line
 // error.
 TEST(CudaEngineCli, PplDeviceCuda) {
@@ -345,14 +356,8 @@ TEST(CudaEngineCli, PplDeviceCuda) {
       "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
       "One day she saw a big red ball under a tree and she ran to get it. Her mom smiled.\n");
   const std::string args = "ppl --model " + dir + " --data " + data + " --seq-len 32 --json";
-  std::string why;
   const test::CliResult gpu = test::run_cli(args + " --device cuda");
-  if (!runtime::cuda_engine_available(&why)) {
-    EXPECT_NE(gpu.exit_code, 0);
-    EXPECT_NE(gpu.err.find("--device cuda: "), std::string::npos) << gpu.err;
-    EXPECT_EQ(std::count(gpu.err.begin(), gpu.err.end(), '\n'), 1) << gpu.err;
-    return;
-  }
+  if (no_gpu_one_line_error(gpu)) return;
   const test::CliResult cpu = test::run_cli(args + " --device cpu");
   ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
   ASSERT_EQ(gpu.exit_code, 0) << gpu.err;
@@ -368,14 +373,8 @@ TEST(CudaEngineCli, EvalDeviceCuda) {
   FQ_REQUIRE_FILE(path_join(dir, "config.json"));
   const std::string args = "eval --model " + dir + " --data-dir " + test::source_path("tests/data/qa") +
                            " --tasks piqa,hellaswag,arc_easy,winogrande,lambada_openai --json";
-  std::string why;
   const test::CliResult gpu = test::run_cli(args + " --device cuda");
-  if (!runtime::cuda_engine_available(&why)) {
-    EXPECT_NE(gpu.exit_code, 0);
-    EXPECT_NE(gpu.err.find("--device cuda: "), std::string::npos) << gpu.err;
-    EXPECT_EQ(std::count(gpu.err.begin(), gpu.err.end(), '\n'), 1) << gpu.err;
-    return;
-  }
+  if (no_gpu_one_line_error(gpu)) return;
   const test::CliResult cpu = test::run_cli(args + " --device cpu");
   ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
   ASSERT_EQ(gpu.exit_code, 0) << gpu.err;

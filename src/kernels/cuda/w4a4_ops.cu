@@ -391,6 +391,24 @@ size_t fused_smem(int64_t L, int64_t R, int64_t K, int cl) {
 }
 }  // namespace
 
+namespace {
+// Grid (n_cta, rows) in clusters of (n_cta, 1, 1); *attr must outlive the returned config.
+cudaLaunchConfig_t fused_config(int n_cta, int64_t rows, size_t smem, cudaStream_t stream, cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(n_cta), static_cast<unsigned>(rows));
+  cfg.blockDim = dim3(kFusedThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = static_cast<unsigned>(n_cta);
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+}  // namespace
+
 int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device, int max_cluster) {
   int major = 0, optin = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
@@ -412,17 +430,8 @@ int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device, int max_clu
     }
     int rb, chunk, n_cta;
     fused_split(L, R, K, cl, &rb, &chunk, &n_cta);
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(static_cast<unsigned>(n_cta), 1);
-    cfg.blockDim = dim3(kFusedThreads);
-    cfg.dynamicSmemBytes = smem;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = static_cast<unsigned>(n_cta);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = fused_config(n_cta, 1, smem, nullptr, &attr);
     int clusters = 0;
     if (cudaOccupancyMaxActiveClusters(&clusters, fused_quant_kernel, &cfg) == cudaSuccess && clusters > 0) return cl;
     (void)cudaGetLastError();
@@ -454,18 +463,8 @@ cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, u
   }
   if (a.cluster > 8)
     FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(n_cta), static_cast<unsigned>(rows));
-  cfg.blockDim = dim3(kFusedThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(n_cta);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = fused_config(n_cta, rows, smem, stream, &attr);
   FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, fused_quant_kernel, a, static_cast<int>(K), rb, chunk, rows,
                                              packed, scales));
   return cudaSuccess;
