@@ -1,6 +1,6 @@
-// CudaEngine: the LibTorch-free CUDA inference engine of a Llama-family decoder (docs/runtime.md). FP16
-// weights and FP16 KV cache now (the honest baseline of issue 4); the W4A4 linear and KV4 backends plug in
-// later.
+// CudaEngine: the LibTorch-free CUDA inference engine of a Llama-family decoder (docs/runtime.md), with two
+// backends behind one API: FP16 weights and FP16 KV cache (the honest baseline), and W4A4KV4 for a quantized
+// artifact (packed int4 weights on INT8 tensor cores, FlatQuant's online transforms, 4-bit KV cache).
 //  - Weights live on the device in one arena: fused QKV [(H + 2 KV) d, E], fused gate|up [2 F, E], o, down,
 //    fp32 norms, embedding and head (tied: the embedding). Uploaded from ModelWeights (fp32 host, converted
 //    to fp16 one tensor at a time) or drawn on the device for random-weight benchmarks (no host copy).
