@@ -120,7 +120,6 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   };
   // Device sampling when the model has it and no repetition penalty (which needs the history) is asked for.
   const bool on_device = model_.samples_on_device() && sampler.options().repetition_penalty == 1.0;
-  uint64_t rng_step = 0;
   bool done = false;
   int32_t id = sampler.sample(logits_.data(), model_.n_vocab(), history);
   while (!done) {
@@ -144,7 +143,7 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
     } else {
       int32_t next = -1;
       if (on_device)
-        next = model_.append_sample(id, sampler.options(), rng_step++);
+        next = model_.append_sample(id, sampler.options(), rng_step_++);
       else
         model_.append(&id, 1, logits_.data());
       cached_.push_back(id);

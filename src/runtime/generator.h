@@ -108,6 +108,9 @@ class Generator {
   const Tokenizer& tok_;
   std::vector<int32_t> cached_;
   std::vector<float> logits_;
+  // Device sampling's RNG step: it keeps counting across generate() calls (chat turns), so no two draws of one
+  // seed share a key.
+  uint64_t rng_step_ = 0;
 };
 
 // The end-of-sequence ids of a model directory: config.json eos_token_id, generation_config.json
