@@ -231,13 +231,13 @@ __global__ void quant_multi_kernel(const float* __restrict__ x, int64_t cols, in
 constexpr int kRopeThreads = 128;
 
 __global__ void __launch_bounds__(kRopeThreads)
-    rope_transform_kernel(__half* qkv, int64_t qkv_stride, int64_t n_tok, int64_t pos0,
+    rope_transform_kernel(__half* qkv, int64_t qkv_stride, int64_t row0, int64_t n_tok, int64_t pos0,
                           const int32_t* __restrict__ d_pos, const float* __restrict__ bias, int n_head,
                           int n_kv, int d, const float* __restrict__ inv_freq, const float* __restrict__ q_mat,
                           const float* __restrict__ k_mat, __half* out, int64_t out_stride) {
   __shared__ float v[256], r[256], cs[256];
   const int hh = blockIdx.x;
-  const int64_t row = blockIdx.y;
+  const int64_t row = row0 + blockIdx.y;  // row of the whole call (launches cover at most 65535 rows)
   const int half = d / 2;
   __half* h = qkv + row * qkv_stride + static_cast<int64_t>(hh) * d;
   const float* bh = bias ? bias + static_cast<int64_t>(hh) * d : nullptr;
@@ -497,15 +497,14 @@ cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t ro
   if (rows == 0) return cudaSuccess;
   const int64_t heads = n_head + n_head_kv + (bias ? n_head_kv : 0);
   if (rows > 0x7FFFFFFF || heads > 0x7FFFFFFF) return cudaErrorInvalidValue;
-  // gridDim.y is limited to 65535: rows beyond that go in further launches.
-  for (int64_t r0 = 0; r0 < rows; r0 += 65535 / n_tok * n_tok) {
-    const int64_t nr = std::min<int64_t>(rows - r0, 65535 / n_tok * n_tok);
-    const int32_t* dp = d_pos ? d_pos + r0 / n_tok : nullptr;
+  // gridDim.y is limited to 65535: rows beyond that go in further launches (the kernel adds row0).
+  for (int64_t r0 = 0; r0 < rows; r0 += 65535) {
+    const int64_t nr = std::min<int64_t>(rows - r0, 65535);
     rope_transform_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(nr)), kRopeThreads, 0,
-                            stream>>>(reinterpret_cast<__half*>(qkv) + r0 * qkv_stride, qkv_stride, n_tok, pos0,
-                                      dp, bias, static_cast<int>(n_head), static_cast<int>(n_head_kv),
+                            stream>>>(reinterpret_cast<__half*>(qkv), qkv_stride, r0, n_tok, pos0, d_pos, bias,
+                                      static_cast<int>(n_head), static_cast<int>(n_head_kv),
                                       static_cast<int>(head_dim), inv_freq, q_mat, k_mat,
-                                      qk_out ? reinterpret_cast<__half*>(qk_out) + r0 * qk_stride : nullptr, qk_stride);
+                                      reinterpret_cast<__half*>(qk_out), qk_stride);
     FQ_CUDA_RETURN_LAUNCH_ERROR();
   }
   return cudaSuccess;
