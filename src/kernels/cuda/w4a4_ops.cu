@@ -127,12 +127,12 @@ __global__ void __launch_bounds__(kFusedThreads)
     const int bd = static_cast<int>(blockDim.x), n_out = nr * R;
     int S = 1;
     while (S < 8 && n_out * S * 2 <= bd) S *= 2;
-    const int part = static_cast<int>(threadIdx.x) / max(n_out, 1), o0 = static_cast<int>(threadIdx.x) % max(n_out, 1);
+    const int split = static_cast<int>(threadIdx.x) / max(n_out, 1), o0 = static_cast<int>(threadIdx.x) % max(n_out, 1);
     float* scratch = Bs + (a.B ? R * R : 0);  // [S - 1][n_out] partial sums
     auto dot_pass = [&](bool second) {
       const int len = second ? R : L;
-      const int k0 = part * len / S, k1 = (part + 1) * len / S;
-      for (int o = o0; part < S && o < n_out; o += (S > 1 ? n_out : bd)) {
+      const int k0 = split * len / S, k1 = (split + 1) * len / S;
+      for (int o = o0; split < S && o < n_out; o += (S > 1 ? n_out : bd)) {
         const int ii = o / R, col = o % R;
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         int k = k0;
@@ -148,10 +148,10 @@ __global__ void __launch_bounds__(kFusedThreads)
           for (; k < k1; ++k) acc[0] = fmaf(T[ii * R + k], Bs[k * R + col], acc[0]);
         }
         const float v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        if (part == 0)
+        if (split == 0)
           (second ? Y : T)[o] = v;
         else
-          scratch[(part - 1) * n_out + o] = v;
+          scratch[(split - 1) * n_out + o] = v;
       }
       __syncthreads();
       if (S > 1) {
