@@ -248,6 +248,7 @@ struct CudaEngine::Impl {
   void init_device();
   void plan_memory();
   void plan_workspace(size_t attn_bytes);
+  void allocate_weights(const char* what);
   void upload(const ModelWeights& w);
   void randomize(uint64_t seed);
   void finish_init();
@@ -359,6 +360,19 @@ void CudaEngine::Impl::init_device() {
   pos.assign(static_cast<size_t>(o.max_batch), 0);
 }
 
+// Both backends end their weight plan alike: the LM head (unless tied), the final norm and the RoPE table are
+// reserved last, the arena is allocated and the shared pointers resolved.
+void CudaEngine::Impl::allocate_weights(const char* what) {
+  if (!cfg.tie_embeddings) o_head = warena.reserve(static_cast<size_t>(V * E) * sizeof(uint16_t));
+  o_norm = warena.reserve(static_cast<size_t>(E) * sizeof(float));
+  o_inv_freq = warena.reserve(static_cast<size_t>(D / 2) * sizeof(float));
+  warena.allocate(what);
+  embd = warena.at<uint16_t>(o_embd);
+  head = cfg.tie_embeddings ? embd : warena.at<uint16_t>(o_head);
+  norm = warena.at<float>(o_norm);
+  inv_freq = warena.at<float>(o_inv_freq);
+}
+
 void CudaEngine::Impl::plan_memory() {
   const size_t h2 = sizeof(uint16_t), f4 = sizeof(float);
   layers.resize(static_cast<size_t>(L));
@@ -372,14 +386,7 @@ void CudaEngine::Impl::plan_memory() {
     l.o_n1 = warena.reserve(static_cast<size_t>(E) * f4);
     l.o_n2 = warena.reserve(static_cast<size_t>(E) * f4);
   }
-  if (!cfg.tie_embeddings) o_head = warena.reserve(static_cast<size_t>(V * E) * h2);
-  o_norm = warena.reserve(static_cast<size_t>(E) * f4);
-  o_inv_freq = warena.reserve(static_cast<size_t>(D / 2) * f4);
-  warena.allocate("weights");
-  embd = warena.at<uint16_t>(o_embd);
-  head = cfg.tie_embeddings ? embd : warena.at<uint16_t>(o_head);
-  norm = warena.at<float>(o_norm);
-  inv_freq = warena.at<float>(o_inv_freq);
+  allocate_weights("weights");
   for (auto& l : layers) {
     l.wqkv = warena.at<uint16_t>(l.o_wqkv);
     l.wo = warena.at<uint16_t>(l.o_wo);
@@ -756,14 +763,7 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     reserve_kron(l.dn, F);
     reserve_kron(l.om, HD);
   }
-  if (!cfg.tie_embeddings) o_head = warena.reserve(static_cast<size_t>(V * E) * h2);
-  o_norm = warena.reserve(static_cast<size_t>(E) * f4);
-  o_inv_freq = warena.reserve(static_cast<size_t>(D / 2) * f4);
-  warena.allocate("the W4A4 weights");
-  embd = warena.at<uint16_t>(o_embd);
-  head = cfg.tie_embeddings ? embd : warena.at<uint16_t>(o_head);
-  norm = warena.at<float>(o_norm);
-  inv_freq = warena.at<float>(o_inv_freq);
+  allocate_weights("the W4A4 weights");
   // Optional tensors were reserved at offset + 1 (0 = absent).
   auto opt = [&](size_t off) { return off ? warena.at<float>(off - 1) : nullptr; };
   for (auto& l : qlayers) {
