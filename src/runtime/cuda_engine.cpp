@@ -151,15 +151,16 @@ struct LayerDev {
 };
 
 // W4A4KV4 backend: one online Kronecker transform (absent: L = 0; has_b false: B = identity, the o_proj head
-// mix with A = Po, L = H, R = head_dim). A, B fp32 for the few-token kernels; A16 (A as fp16) and Bt16 (B^T as
-// fp16) for the tensor-core GEMMs of prefill. fused: the decode path runs the fused cluster kernel.
+// mix with A = Po, L = H, R = head_dim). A, B fp32 (uploaded; the source of the others); A16 (A as fp16) and
+// Bt16 (B^T as fp16) for the tensor-core GEMMs of prefill; Apk, Bpk for the fused decode kernel.
 struct KronDev {
   int64_t L = 0, R = 0;
   bool has_b = true;
-  int fused = 0, fused8 = 0;  // cluster sizes of the fused decode kernel: largest, and 8 (0: not available)
-  size_t o_A = 0, o_B = 0, o_A16 = 0, o_Bt16 = 0;
+  bool fused = false;  // the fused decode kernel fits the device (shared memory)
+  size_t o_A = 0, o_B = 0, o_A16 = 0, o_Bt16 = 0, o_Apk = 0, o_Bpk = 0;
   float *A = nullptr, *B = nullptr;
-  uint16_t *A16 = nullptr, *Bt16 = nullptr;
+  uint16_t *A16 = nullptr, *Bt16 = nullptr;  // fp16, for prefill's GEMMs: A, B^T
+  uint16_t *Apk = nullptr, *Bpk = nullptr;   // fp16, packed for the fused decode kernel (fused_pack_operand)
 };
 
 struct QLayerDev {
@@ -235,12 +236,11 @@ struct CudaEngine::Impl {
   std::vector<cuda::Kv4Layer> kv4;
   int64_t kv_rows = 0;             // rows of the fp16 K/V read-back buffers (prefill attention)
   float* tf = nullptr;             // [max_tokens, HB] fp32: normed / transformed / attention rows
-  float* tf2 = nullptr;            // [kKronFewRows, HB] fp32: the few-token transform output
   uint16_t* t16 = nullptr;         // [max_tokens, HB] fp16: first GEMM of the prefill transform
   uint8_t* xq = nullptr;           // packed activations, up to 3 copies [copy][rows][K/2]
   float* sxq = nullptr;            // their scales [copy][rows]
   uint16_t *kf16 = nullptr, *vf16 = nullptr;  // [kv_rows, KV, D] fp16 K/V read back for prefill attention
-  static constexpr int64_t kKronFewRows = 16;  // up to this many rows: kron_transform_f32, else two GEMMs
+  static constexpr int64_t kFusedRows = 16;  // up to this many rows: the fused decode kernel, else GEMMs
 
   Impl(const ModelConfig& c, const EngineOptions& opt) : cfg(c), o(opt) {}
   ~Impl();
@@ -296,7 +296,7 @@ struct CudaEngine::Impl {
   void to_f16(const KronDev& k);
   void kmat_to_f16(const QLayerDev& l);
   // fp32 rows [rows, L*R] (few rows) or fp16 rows (more) -> transformed fp32 rows (returned pointer).
-  const float* kron(const KronDev& k, const float* src32, const uint16_t* src16, int64_t rows);
+  const float* kron(const KronDev& k, const uint16_t* src16, int64_t rows);
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name);
   void qlayer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
                    int64_t slot0, int64_t p0);
@@ -425,12 +425,11 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
                o_next = sarena.reserve(mb * 4),
                o_hist = sarena.reserve(static_cast<size_t>(o.max_ctx) * mb * 4), o_flags = sarena.reserve(16), o_rng = sarena.reserve(8),
                o_attn = sarena.reserve(std::max<size_t>(attn_bytes, 16)), o_lt = sarena.reserve(kLtWorkspace);
-  size_t o_tf = 0, o_tf2 = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0;
+  size_t o_tf = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0;
   if (quant) {
     const size_t copies_k = static_cast<size_t>(std::max({3 * E, HD, F}));
     kv_rows = std::max(max_tokens, o.max_ctx);
     o_tf = sarena.reserve(mt * HB * f4);
-    o_tf2 = sarena.reserve(static_cast<size_t>(kKronFewRows * HB) * f4);
     o_t16 = sarena.reserve(mt * HB * h2);
     o_xq = sarena.reserve(mt * copies_k / 2);
     o_sxq = sarena.reserve(3 * mt * f4);
@@ -440,7 +439,6 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
   sarena.allocate("the workspace");
   if (quant) {
     tf = sarena.at<float>(o_tf);
-    tf2 = sarena.at<float>(o_tf2);
     t16 = sarena.at<uint16_t>(o_t16);
     xq = sarena.at<uint8_t>(o_xq);
     sxq = sarena.at<float>(o_sxq);
@@ -723,14 +721,15 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
   };
   o_embd = warena.reserve(static_cast<size_t>(V * E) * h2);
   auto reserve_kron = [&](KronDev& k, int64_t K) {
-    k.fused = cuda::fused_quant_cluster(k.L, k.R, K, o.device);
-    k.fused8 = cuda::fused_quant_cluster(k.L, k.R, K, o.device, 8);
+    k.fused = cuda::fused_quant_fits(k.L, k.R, K, k.L > 0 && k.has_b, o.device);
     if (!k.L) return;
     k.o_A = warena.reserve(static_cast<size_t>(k.L * k.L) * f4);
     k.o_A16 = warena.reserve(static_cast<size_t>(k.L * k.L) * h2);
+    k.o_Apk = warena.reserve(static_cast<size_t>(cuda::fused_operand_elems(k.L)) * h2);
     if (!k.has_b) return;
     k.o_B = warena.reserve(static_cast<size_t>(k.R * k.R) * f4);
     k.o_Bt16 = warena.reserve(static_cast<size_t>(k.R * k.R) * h2);
+    k.o_Bpk = warena.reserve(static_cast<size_t>(cuda::fused_operand_elems(k.R)) * h2);
   };
   for (int64_t i = 0; i < L; ++i) {
     QLayerDev& l = qlayers[static_cast<size_t>(i)];
@@ -829,9 +828,11 @@ void CudaEngine::Impl::resolve(KronDev& k) {
   if (!k.L) return;
   k.A = warena.at<float>(k.o_A);
   k.A16 = warena.at<uint16_t>(k.o_A16);
+  k.Apk = warena.at<uint16_t>(k.o_Apk);
   if (!k.has_b) return;
   k.B = warena.at<float>(k.o_B);
   k.Bt16 = warena.at<uint16_t>(k.o_Bt16);
+  k.Bpk = warena.at<uint16_t>(k.o_Bpk);
 }
 
 namespace {
@@ -936,7 +937,10 @@ void CudaEngine::Impl::kmat_to_f16(const QLayerDev& l) {
 void CudaEngine::Impl::to_f16(const KronDev& k) {
   if (!k.L) return;
   ck(cuda::f32_to_f16_matrix(k.A, k.L, k.L, false, k.A16, stream), "transform to fp16");
-  if (k.has_b) ck(cuda::f32_to_f16_matrix(k.B, k.R, k.R, true, k.Bt16, stream), "transform to fp16");
+  ck(cuda::fused_pack_operand(k.A, k.L, true, k.Apk, stream), "transform packing");
+  if (!k.has_b) return;
+  ck(cuda::f32_to_f16_matrix(k.B, k.R, k.R, true, k.Bt16, stream), "transform to fp16");
+  ck(cuda::fused_pack_operand(k.B, k.R, false, k.Bpk, stream), "transform packing");
 }
 
 void CudaEngine::Impl::randomize_quant(uint64_t seed) {
@@ -981,13 +985,7 @@ void CudaEngine::Impl::randomize_quant(uint64_t seed) {
   }
 }
 
-const float* CudaEngine::Impl::kron(const KronDev& k, const float* src32, const uint16_t* src16, int64_t rows) {
-  if (rows <= kKronFewRows) {
-    op("kron_transform", [&] {
-      ck(cuda::kron_transform_f32(src32, rows, k.L * k.R, k.A, k.L, k.B, k.R, tf2, stream), "Kronecker transform");
-    });
-    return tf2;
-  }
+const float* CudaEngine::Impl::kron(const KronDev& k, const uint16_t* src16, int64_t rows) {
   // Y1 = X B for all rows at once ([rows * L, R] x [R, R]), then per token Y = A^T Y1 (strided batched,
   // column-major: C[R, L] = Y1_t^T[R, L] . A, A read as the transpose of its row-major storage).
   const uint16_t* y1 = src16;
@@ -1017,16 +1015,14 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   const QLayerDev& w = qlayers[static_cast<size_t>(il)];
   const cuda::Kv4Layer& c = kv4[static_cast<size_t>(il)];
   const float eps = static_cast<float>(cfg.rms_eps);
-  const bool few = rows <= kKronFewRows;
-  // Few rows (decode): one fused cluster kernel per input (prologue + transform + quantized copies).
+  const bool few = rows <= kFusedRows;
+  // Few rows (decode): one fused kernel per input (prologue + transform + quantized copies).
   auto fused = [&](cuda::FusedQuantArgs f, const KronDev& k, int64_t K, const cuda::SymClips& clips) {
-    f.A = k.A;
+    f.a_pk = k.Apk;
     f.L = k.L;
-    f.B = k.B;
+    f.b_pk = k.Bpk;
     f.R = k.R;
     f.clips = clips;
-    // One wave: clusters of 16 while rows x 16 CTAs fit on the SMs, else 8.
-    f.cluster = k.fused == 16 && (rows * 16 <= prop.multiProcessorCount || !k.fused8) ? 16 : k.fused8;
     op("fused_quant", [&] { ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream), "fused transform + quantize"); });
   };
   // RMSNorm, the Kronecker transform and the per-consumer quantized copies of one input.
@@ -1041,13 +1037,13 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
       fused(f, k, E, clips);
       return;
     }
-    const bool f16 = k.L && !few;  // the GEMM route reads fp16
+    const bool f16 = k.L > 0;  // the GEMM route reads fp16
     op("rmsnorm", [&] {
       ck(cuda::rmsnorm(x, DType::F32, E, nw, rows, E, eps, f16 ? static_cast<void*>(hb) : tf,
                        f16 ? DType::F16 : DType::F32, stream),
          "rmsnorm");
     });
-    const float* src = k.L ? kron(k, tf, hb, rows) : tf;
+    const float* src = k.L ? kron(k, hb, rows) : tf;
     quantize(src, rows, E, clips, "quantize");
   };
   auto acts = [&](int n, std::initializer_list<int64_t> ends, int64_t K) {
@@ -1104,13 +1100,13 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
                         stream),
        "KV4 append");
   });
-  // The attention output: fp16 for the prefill head-mix GEMM, else fp32.
-  const bool attn16 = w.om.L && !few;
+  // The attention output: fp32 for the fused kernel or the plain quantizer, fp16 for the head-mix GEMM.
+  const bool o_fused = few && w.om.fused, attn16 = w.om.L && !o_fused;
   if (decode) {
     const cuda::DecodeAttnPlan dp = cuda::decode_attention_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
     op("decode_attention", [&] {
-      ck(cuda::decode_attention(c, big, DType::F16, QKV, batch, H, in_len(), tf, DType::F32, dp, attn_ws, d_flags,
-                                stream),
+      ck(cuda::decode_attention(c, big, DType::F16, QKV, batch, H, in_len(), attn16 ? static_cast<void*>(hb) : tf,
+                                attn16 ? DType::F16 : DType::F32, dp, attn_ws, d_flags, stream),
          "decode attention");
     });
   } else {
@@ -1130,13 +1126,13 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
       });
     }
   }
-  if (few && w.om.fused) {
+  if (o_fused) {
     cuda::FusedQuantArgs f;
     f.x = tf;
     f.x_stride = HD;
     fused(f, w.om, HD, w.o_clip);
   } else {
-    quantize(w.om.L ? kron(w.om, tf, hb, rows) : tf, rows, HD, w.o_clip, "quantize");
+    quantize(w.om.L ? kron(w.om, hb, rows) : tf, rows, HD, w.o_clip, "quantize");
   }
   op("o_gemm", [&] {
     ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wo, w.so, x, x, rows, E, HD, stream), "o_proj W4A4 GEMM");
@@ -1156,13 +1152,13 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     f.gu_stride = 2 * F;
     fused(f, w.dn, F, w.down_clip);
   } else {
-    const bool f16 = w.dn.L && !few;
+    const bool f16 = w.dn.L > 0;
     op("swiglu", [&] {
       ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, f16 ? static_cast<void*>(hb) : tf,
                       f16 ? DType::F16 : DType::F32, stream),
          "swiglu");
     });
-    quantize(w.dn.L ? kron(w.dn, tf, hb, rows) : tf, rows, F, w.down_clip, "quantize");
+    quantize(w.dn.L ? kron(w.dn, hb, rows) : tf, rows, F, w.down_clip, "quantize");
   }
   op("down_gemm", [&] {
     ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream), "down_proj W4A4 GEMM");

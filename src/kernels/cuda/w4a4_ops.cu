@@ -1,7 +1,6 @@
 // W4A4KV4 engine kernels (w4a4_ops.h). Each mirrors a CPU reference named in the header; fp32 sums are
 // written with explicit-rounding intrinsics (no FMA contraction) so that they follow the reference's
 // operations.
-#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -15,193 +14,187 @@ namespace fq::cuda {
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------
-// kron_transform_f32: grid (ceil(L / kKronRows), n_tok). Shared: X [L*R] (the token), Ac [L][kKronRows] (the
-// CTA's columns of A), T [kKronRows][R] (its rows of A^T X).
-constexpr int kKronRows = 4;
-constexpr int kKronThreads = 256;
-constexpr int64_t kKronMaxElems = 40960;
+// fused_quant_int4: one CTA per token. Shared memory: region 0 holds X16 [Lp][ldx] (fp16, the prologue's
+// output, zero-padded), then Y (fp32 [K], the transform's output, over X16 once it is consumed); then Tt
+// [Rp][ldt] (fp16 T^T, the right operand of A^T T). Row strides of 8 extra halves keep the 32-bit fragment
+// loads free of bank conflicts. Warp tasks are 16 x 32 output tiles (one m16 row of tiles, four n8 columns).
+constexpr int kFusedThreads = 512;
+constexpr int kFusedWarps = kFusedThreads / detail::kWarp;
 
-__global__ void __launch_bounds__(kKronThreads)
-    kron_transform_kernel(const float* __restrict__ x, int64_t x_stride, const float* __restrict__ A, int L,
-                          const float* __restrict__ B, int R, float* __restrict__ y) {
-  extern __shared__ float smem[];
-  const int n = L * R;
-  float* X = smem;
-  float* Ac = X + n;
-  float* T = Ac + L * kKronRows;
-  const int64_t t = blockIdx.y;
-  const int i0 = static_cast<int>(blockIdx.x) * kKronRows;
-  const float* xt = x + t * x_stride;
-  for (int c = threadIdx.x; c < n; c += blockDim.x) X[c] = xt[c];
-  for (int idx = threadIdx.x; idx < L * kKronRows; idx += blockDim.x) {
-    const int k = idx / kKronRows, ii = idx % kKronRows;
-    Ac[idx] = i0 + ii < L ? A[k * L + i0 + ii] : 0.0f;
+struct FusedShape {
+  int Lp = 0, Rp = 0, ldx = 0, ldt = 0;
+  size_t tt_off = 0, total = 0;
+};
+
+__host__ __device__ inline int round16(int64_t n) { return static_cast<int>((n + 15) / 16 * 16); }
+
+__host__ __device__ inline FusedShape fused_shape(int64_t L, int64_t R, int64_t K, bool with_b) {
+  FusedShape s;
+  size_t region0 = static_cast<size_t>(K) * 4;
+  if (L > 0) {
+    s.Lp = round16(L);
+    s.Rp = round16(R);
+    s.ldx = s.Rp + 8;
+    s.ldt = s.Lp + 8;
+    if (with_b) region0 = region0 > static_cast<size_t>(s.Lp) * s.ldx * 2 ? region0 : static_cast<size_t>(s.Lp) * s.ldx * 2;
   }
-  __syncthreads();
-  // T[ii][l] = sum_k A[k][i0 + ii] X[k][l]
-  for (int idx = threadIdx.x; idx < kKronRows * R; idx += blockDim.x) {
-    const int ii = idx / R, l = idx % R;
-    float acc = 0.0f;
-    for (int k = 0; k < L; ++k) acc = __fadd_rn(acc, __fmul_rn(Ac[k * kKronRows + ii], X[k * R + l]));
-    T[idx] = acc;
+  s.tt_off = (region0 + 15) / 16 * 16;
+  s.total = s.tt_off + (L > 0 ? static_cast<size_t>(s.Rp) * s.ldt * 2 : 0);
+  return s;
+}
+
+__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t lds32(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_quant_kernel(FusedQuantArgs a, int K, int64_t rows, uint8_t* __restrict__ packed,
+                       float* __restrict__ scales) {
+  extern __shared__ __align__(16) unsigned char smraw[];
+  __shared__ float red[2 * detail::kWarp];
+  const int64_t t = blockIdx.x;
+  const int L = static_cast<int>(a.L), R = static_cast<int>(a.R);
+  const bool with_b = a.b_pk != nullptr;
+  const FusedShape s = fused_shape(L, R, K, with_b);
+  float* Y = reinterpret_cast<float*>(smraw);
+  __half* X16 = reinterpret_cast<__half*>(smraw);
+  __half* Tt = reinterpret_cast<__half*>(smraw + s.tt_off);
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % detail::kWarp, warp = tid / detail::kWarp;
+  const int g = lane / 4, tq = lane % 4;
+
+  // 1. Prologue, in the reference's operations, into Y (fp32, no transform), X16 or Tt (fp16, zero-padded).
+  const __half* gr = reinterpret_cast<const __half*>(a.gate) + t * a.gu_stride;
+  const __half* ur = reinterpret_cast<const __half*>(a.up) + t * a.gu_stride;
+  const float* xr = a.x + t * a.x_stride;
+  float inv = 1.0f;
+  if (a.in == FusedIn::kRmsNorm) {
+    float ss = 0.0f;
+    for (int i = tid; i < K; i += kFusedThreads) ss = fmaf(xr[i], xr[i], ss);
+    ss = detail::block_reduce(ss, red, detail::SumOp());
+    inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(K)), a.eps)));
   }
-  __syncthreads();
-  float* yt = y + t * n;
-  for (int idx = threadIdx.x; idx < kKronRows * R; idx += blockDim.x) {
-    const int ii = idx / R, j = idx % R;
-    if (i0 + ii >= L) continue;
-    float acc;
-    if (B) {
-      acc = 0.0f;
-      for (int l = 0; l < R; ++l) acc = __fadd_rn(acc, __fmul_rn(T[ii * R + l], B[l * R + j]));
-    } else {
-      acc = T[idx];
+  auto value = [&](int e) -> float {
+    if (a.in == FusedIn::kSwiGLU) {
+      const float gv = __half2float(gr[e]), uv = __half2float(ur[e]);
+      return __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), uv);
     }
-    yt[(i0 + ii) * R + j] = acc;
+    return a.in == FusedIn::kRmsNorm ? __fmul_rn(a.norm_w[e], __fmul_rn(xr[e], inv)) : xr[e];
+  };
+  float vmax = 0.0f, vmin = 0.0f;  // 0 is neutral: the scale takes max(., 0) / min(., 0)
+  if (L == 0) {
+    for (int e = tid; e < K; e += kFusedThreads) {
+      const float v = value(e);
+      Y[e] = v;
+      vmax = fmaxf(vmax, v);
+      vmin = fminf(vmin, v);
+    }
+  } else {
+    const int Lp = s.Lp, Rp = s.Rp;
+    for (int e = tid; e < Lp * Rp; e += kFusedThreads) {
+      const int l = e / Rp, r = e - l * Rp;
+      const __half v = l < L && r < R ? __float2half_rn(value(l * R + r)) : __float2half_rn(0.0f);
+      if (with_b)
+        X16[l * s.ldx + r] = v;
+      else
+        Tt[r * s.ldt + l] = v;
+    }
+    __syncthreads();
+    const int ngroups = (Rp / 8 + 3) / 4;
+    // 2. T = X B (fp32 sums over k < Rp), written as fp16 T^T.
+    if (with_b) {
+      const int ks_n = Rp / 16;
+      for (int task = warp; task < (Lp / 16) * ngroups; task += kFusedWarps) {
+        const int mt = task / ngroups, nt0 = (task % ngroups) * 4, nn = min(4, Rp / 8 - nt0);
+        float c[4][4] = {};
+        for (int ks = 0; ks < ks_n; ++ks) {
+          const __half* xa = X16 + (mt * 16 + g) * s.ldx + ks * 16 + 2 * tq;
+          const uint32_t af[4] = {lds32(xa), lds32(xa + 8 * s.ldx), lds32(xa + 8), lds32(xa + 8 * s.ldx + 8)};
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (j < nn) {
+              const uint2 bf = __ldg(reinterpret_cast<const uint2*>(a.b_pk) + ((nt0 + j) * ks_n + ks) * 32 + lane);
+              mma_f16(c[j], af, bf.x, bf.y);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (j < nn) {
+            const int n = (nt0 + j) * 8 + 2 * tq, m = mt * 16 + g;
+            Tt[n * s.ldt + m] = __float2half_rn(c[j][0]);
+            Tt[(n + 1) * s.ldt + m] = __float2half_rn(c[j][1]);
+            Tt[n * s.ldt + m + 8] = __float2half_rn(c[j][2]);
+            Tt[(n + 1) * s.ldt + m + 8] = __float2half_rn(c[j][3]);
+          }
+      }
+      __syncthreads();
+    }
+    // 3. Y = A^T T (fp32), over X16 (consumed), with the row's min/max.
+    const int ks_n = Lp / 16;
+    for (int task = warp; task < (Lp / 16) * ngroups; task += kFusedWarps) {
+      const int mt = task / ngroups, nt0 = (task % ngroups) * 4, nn = min(4, Rp / 8 - nt0);
+      float c[4][4] = {};
+      for (int ks = 0; ks < ks_n; ++ks) {
+        const uint4 av = __ldg(reinterpret_cast<const uint4*>(a.a_pk) + (mt * ks_n + ks) * 32 + lane);
+        const uint32_t af[4] = {av.x, av.y, av.z, av.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (j < nn) {
+            const __half* tb = Tt + ((nt0 + j) * 8 + g) * s.ldt + ks * 16 + 2 * tq;
+            mma_f16(c[j], af, lds32(tb), lds32(tb + 8));
+          }
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (j < nn)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const int i = mt * 16 + g + (q >= 2 ? 8 : 0), n = (nt0 + j) * 8 + 2 * tq + (q & 1);
+            if (i < L && n < R) {
+              Y[i * R + n] = c[j][q];
+              vmax = fmaxf(vmax, c[j][q]);
+              vmin = fminf(vmin, c[j][q]);
+            }
+          }
+    }
+  }
+  // 4. The row's min/max (the reduction's barriers also publish Y), then one packed copy per clip pair.
+  detail::block_minmax(vmax, vmin, red);
+  for (int cp = 0; cp < a.clips.n; ++cp) {
+    const float scale = detail::sym_int4_scale(vmax, vmin, a.clips.max[cp], a.clips.min[cp]);
+    uint8_t* out = packed + (cp * rows + t) * (K / 2);
+    for (int j = tid; j < K / 2; j += kFusedThreads)
+      out[j] = detail::pack2(detail::sym_int4_code(Y[2 * j], scale), detail::sym_int4_code(Y[2 * j + 1], scale));
+    if (tid == 0) scales[cp * rows + t] = scale;
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// fused_quant_int4: grid (cluster CTAs, tokens), cluster (n_cta, 1, 1). Shared: X [K] (the prologue's output),
-// Ac [L][rb] (this CTA's columns of A), T [rb][R], Y [rb][R], B [R][R], partial sums (< 512); rb rows of
-// A^T X B per CTA (even when R is odd, so that every slice starts on a packed byte). Without a transform the CTA
-// owns `chunk` elements of X.
-constexpr int kFusedThreads = 512;
-
-__global__ void __launch_bounds__(kFusedThreads)
-    fused_quant_kernel(FusedQuantArgs a, int K, int rb, int chunk, int64_t rows, uint8_t* __restrict__ packed,
-                       float* __restrict__ scales) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  extern __shared__ float sm[];
-  __shared__ float red[2 * detail::kWarp];
-  __shared__ float part[2];
-  const int c = static_cast<int>(cluster.block_rank()), n_cta = static_cast<int>(cluster.num_blocks());
-  const int64_t t = blockIdx.y;
-  const int L = static_cast<int>(a.L), R = static_cast<int>(a.R);
-  float* X = sm;
-  // 1. Prologue: the token's input row, in the reference's operations.
-  if (a.in == FusedIn::kSwiGLU) {
-    const __half* g = reinterpret_cast<const __half*>(a.gate) + t * a.gu_stride;
-    const __half* u = reinterpret_cast<const __half*>(a.up) + t * a.gu_stride;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) {
-      const float gv = __half2float(g[i]), uv = __half2float(u[i]);
-      X[i] = __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), uv);
-    }
-  } else {
-    const float* xr = a.x + t * a.x_stride;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) {
-      const float v = xr[i];
-      X[i] = v;
-      ss = fmaf(v, v, ss);
-    }
-    if (a.in == FusedIn::kRmsNorm) {
-      ss = detail::block_reduce(ss, red, detail::SumOp());
-      const float inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(K)), a.eps)));
-      for (int i = threadIdx.x; i < K; i += blockDim.x) X[i] = __fmul_rn(a.norm_w[i], __fmul_rn(X[i], inv));
-    }
-  }
-  __syncthreads();
-  // 2. This CTA's slice of vec(A^T X B) (or of X), fp32 with fused multiply-adds (the sums run in another
-  // order than the reference's; results agree to rounding).
-  const float* src;
-  int e0, e1;
-  if (L > 0) {
-    float* Ac = X + K;
-    float* T = Ac + L * rb;
-    float* Y = T + rb * R;
-    float* Bs = Y + rb * R;  // B staged in shared memory (R * R floats) when given
-    const int i0 = min(L, c * rb), i1 = min(L, i0 + rb), nr = i1 - i0;
-    for (int idx = threadIdx.x; idx < L * rb; idx += blockDim.x) {
-      const int k = idx / rb, ii = idx % rb;
-      Ac[idx] = ii < nr ? a.A[k * L + i0 + ii] : 0.0f;
-    }
-    if (a.B)
-      for (int idx = threadIdx.x; idx < R * R; idx += blockDim.x) Bs[idx] = a.B[idx];
-    __syncthreads();
-    // Every output (ii, col) of the slice is one dot product of length L (T) or R (Y). Outputs go to threads;
-    // when there are fewer outputs than threads, the sum is split S ways (S a power of two) and the parts are
-    // added in shared memory. Each part runs four independent accumulators, so loads overlap.
-    const int bd = static_cast<int>(blockDim.x), n_out = nr * R;
-    int S = 1;
-    while (S < 8 && n_out * S * 2 <= bd) S *= 2;
-    const int split = static_cast<int>(threadIdx.x) / max(n_out, 1), o0 = static_cast<int>(threadIdx.x) % max(n_out, 1);
-    float* scratch = Bs + (a.B ? R * R : 0);  // [S - 1][n_out] partial sums
-    auto dot_pass = [&](bool second) {
-      const int len = second ? R : L;
-      const int k0 = split * len / S, k1 = (split + 1) * len / S;
-      for (int o = o0; split < S && o < n_out; o += (S > 1 ? n_out : bd)) {
-        const int ii = o / R, col = o % R;
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        int k = k0;
-        if (!second) {
-          for (; k + 3 < k1; k += 4)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[q] = fmaf(Ac[(k + q) * rb + ii], X[(k + q) * R + col], acc[q]);
-          for (; k < k1; ++k) acc[0] = fmaf(Ac[k * rb + ii], X[k * R + col], acc[0]);
-        } else {
-          for (; k + 3 < k1; k += 4)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[q] = fmaf(T[ii * R + k + q], Bs[(k + q) * R + col], acc[q]);
-          for (; k < k1; ++k) acc[0] = fmaf(T[ii * R + k], Bs[k * R + col], acc[0]);
-        }
-        const float v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        if (split == 0)
-          (second ? Y : T)[o] = v;
-        else
-          scratch[(split - 1) * n_out + o] = v;
-      }
-      __syncthreads();
-      if (S > 1) {
-        for (int o = threadIdx.x; o < n_out; o += bd) {
-          float v = (second ? Y : T)[o];
-          for (int p2 = 1; p2 < S; ++p2) v += scratch[(p2 - 1) * n_out + o];
-          (second ? Y : T)[o] = v;
-        }
-        __syncthreads();
-      }
-    };
-    dot_pass(false);
-    if (a.B) {
-      dot_pass(true);
-      src = Y;
+// fused_pack_operand: element d of the packed operand (see fused_quant_kernel's loads). left: 16 x 16 tiles
+// (m-tile, k-step) of A^T, 8 halves per lane ({row g, g+8} x {cols 2t, 2t+1}, then cols + 8); right: 16 x 8
+// tiles (n-tile, k-step) of B, 4 halves per lane (k 2t, 2t+1, 2t+8, 2t+9 of column g).
+__global__ void fused_pack_kernel(const float* __restrict__ M, int n, bool left, __half* __restrict__ dst) {
+  const int np = round16(n), tiles_k = np / 16;
+  const int64_t total = static_cast<int64_t>(np) * np;
+  for (int64_t d = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; d < total;
+       d += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = 0.0f;
+    if (left) {
+      const int tile = static_cast<int>(d / 256), w = static_cast<int>(d % 256), lane = w / 8, j = w % 8;
+      const int row = lane / 4 + ((j / 2) % 2) * 8, col = 2 * (lane % 4) + (j % 2) + (j / 4) * 8;
+      const int i = (tile / tiles_k) * 16 + row, l = (tile % tiles_k) * 16 + col;
+      if (i < n && l < n) v = M[static_cast<int64_t>(l) * n + i];  // A^T[i][l]
     } else {
-      src = T;
+      const int tile = static_cast<int>(d / 128), w = static_cast<int>(d % 128), lane = w / 4, j = w % 4;
+      const int k = (tile % tiles_k) * 16 + 2 * (lane % 4) + (j % 2) + (j / 2) * 8, c = (tile / tiles_k) * 8 + lane / 4;
+      if (k < n && c < n) v = M[static_cast<int64_t>(k) * n + c];  // B[k][c]
     }
-    e0 = i0 * R;
-    e1 = i1 * R;
-  } else {
-    e0 = min(K, c * chunk);
-    e1 = min(K, e0 + chunk);
-    src = X + e0;
+    dst[d] = __float2half_rn(v);
   }
-  // 3. The row's min/max over the cluster (0 is neutral: the scale takes max(., 0) / min(., 0)).
-  float vmax = 0.0f, vmin = 0.0f;
-  for (int i = threadIdx.x; i < e1 - e0; i += blockDim.x) {
-    vmax = fmaxf(vmax, src[i]);
-    vmin = fminf(vmin, src[i]);
-  }
-  detail::block_minmax(vmax, vmin, red);
-  if (threadIdx.x == 0) part[0] = vmax, part[1] = vmin;
-  cluster.sync();
-  vmax = 0.0f, vmin = 0.0f;
-  for (int r = 0; r < n_cta; ++r) {
-    const float* p = cluster.map_shared_rank(part, r);
-    vmax = fmaxf(vmax, p[0]);
-    vmin = fminf(vmin, p[1]);
-  }
-  // 4. One packed copy per clip pair.
-  for (int cp = 0; cp < a.clips.n; ++cp) {
-    const float scale = detail::sym_int4_scale(vmax, vmin, a.clips.max[cp], a.clips.min[cp]);
-    uint8_t* out = packed + (cp * rows + t) * (K / 2) + e0 / 2;
-    for (int j = threadIdx.x; j < (e1 - e0) / 2; j += blockDim.x)
-      out[j] = detail::pack2(detail::sym_int4_code(src[2 * j], scale), detail::sym_int4_code(src[2 * j + 1], scale));
-    if (c == 0 && threadIdx.x == 0) scales[cp * rows + t] = scale;
-  }
-  cluster.sync();  // the other CTAs may still read `part`
-#endif
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -347,126 +340,62 @@ unsigned grid_for(int64_t n, int threads) {
 
 }  // namespace
 
-cudaError_t kron_transform_f32(const float* x, int64_t n_tok, int64_t x_stride, const float* A, int64_t L,
-                               const float* B, int64_t R, float* y, cudaStream_t stream) {
-  if (n_tok < 0 || L < 1 || R < 1 || L * R > kKronMaxElems || x_stride < L * R || n_tok > 65535 || !A ||
-      (n_tok > 0 && (!x || !y)))
-    return cudaErrorInvalidValue;
-  if (n_tok == 0) return cudaSuccess;
-  const size_t smem = static_cast<size_t>(L * R + L * kKronRows + kKronRows * R) * sizeof(float);
-  if (smem > 48 * 1024)
-    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kron_transform_kernel,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem)));
-  const dim3 grid(static_cast<unsigned>((L + kKronRows - 1) / kKronRows), static_cast<unsigned>(n_tok));
-  kron_transform_kernel<<<grid, kKronThreads, smem, stream>>>(x, x_stride, A, static_cast<int>(L), B,
-                                                               static_cast<int>(R), y);
+int64_t fused_operand_elems(int64_t n) { return n < 1 ? 0 : static_cast<int64_t>(round16(n)) * round16(n); }
+
+cudaError_t fused_pack_operand(const float* M, int64_t n, bool left, uint16_t* dst, cudaStream_t stream) {
+  if (n < 1 || n > 4096 || !M || !dst) return cudaErrorInvalidValue;
+  fused_pack_kernel<<<grid_for(fused_operand_elems(n), 256), 256, 0, stream>>>(M, static_cast<int>(n), left,
+                                                                               reinterpret_cast<__half*>(dst));
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
 
-namespace {
-// Rows of A^T X B per CTA (even when R is odd) and the CTAs that need; elements per CTA without a transform.
-void fused_split(int64_t L, int64_t R, int64_t K, int cl, int* rb, int* chunk, int* n_cta) {
-  if (L > 0) {
-    int r = static_cast<int>((L + cl - 1) / cl);
-    if (R % 2 != 0 && r % 2 != 0) ++r;
-    *rb = r;
-    *chunk = 0;
-    *n_cta = static_cast<int>((L + r - 1) / r);
-  } else {
-    int ch = static_cast<int>((K + cl - 1) / cl);
-    ch += ch % 2;
-    *rb = 0;
-    *chunk = ch;
-    *n_cta = static_cast<int>((K + ch - 1) / ch);
-  }
-}
-
-size_t fused_smem(int64_t L, int64_t R, int64_t K, int cl) {
-  int rb, chunk, n;
-  fused_split(L, R, K, cl, &rb, &chunk, &n);
-  // X, A's columns, T, Y, B, and the partial sums of split dot products ((S - 1) * n_out < kFusedThreads).
-  return static_cast<size_t>(K + (L > 0 ? L * rb + 2 * rb * R + R * R + kFusedThreads : 0)) * sizeof(float);
-}
-}  // namespace
+size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, bool with_b) { return fused_shape(L, R, K, with_b).total; }
 
 namespace {
-// Grid (n_cta, rows) in clusters of (n_cta, 1, 1); *attr must outlive the returned config.
-cudaLaunchConfig_t fused_config(int n_cta, int64_t rows, size_t smem, cudaStream_t stream, cudaLaunchAttribute* attr) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(n_cta), static_cast<unsigned>(rows));
-  cfg.blockDim = dim3(kFusedThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  attr->id = cudaLaunchAttributeClusterDimension;
-  attr->val.clusterDim.x = static_cast<unsigned>(n_cta);
-  attr->val.clusterDim.y = 1;
-  attr->val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cfg;
-}
-}  // namespace
-
-int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device, int max_cluster) {
-  int major = 0, optin = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+// The device's opt-in shared memory per block less this kernel's static part, or 0.
+size_t fused_smem_limit(int device) {
+  int optin = 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
     (void)cudaGetLastError();
     return 0;
   }
-  if (major < 9 || K < 2 || K % 2 != 0 || K > kKronMaxElems || (L > 0 && L * R != K)) return 0;
-  for (int cl : {16, 8}) {
-    if (cl > max_cluster) continue;
-    const size_t smem = fused_smem(L, R, K, cl);
-    if (smem + 1024 > static_cast<size_t>(optin)) continue;
-    if (cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - 1024) !=
-            cudaSuccess ||
-        (cl > 8 && cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
-                       cudaSuccess)) {
-      (void)cudaGetLastError();
-      continue;
-    }
-    int rb, chunk, n_cta;
-    fused_split(L, R, K, cl, &rb, &chunk, &n_cta);
-    cudaLaunchAttribute attr;
-    const cudaLaunchConfig_t cfg = fused_config(n_cta, 1, smem, nullptr, &attr);
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, fused_quant_kernel, &cfg) == cudaSuccess && clusters > 0) return cl;
-    (void)cudaGetLastError();
-  }
-  return 0;
+  return optin > 1024 ? static_cast<size_t>(optin - 1024) : 0;
+}
+
+bool fused_shape_ok(int64_t L, int64_t R, int64_t K) {
+  return K >= 2 && K % 2 == 0 && K <= 0x7FFFFFFF && L >= 0 && (L == 0 || (R >= 1 && L * R == K && L <= 4096 && R <= 4096));
+}
+}  // namespace
+
+bool fused_quant_fits(int64_t L, int64_t R, int64_t K, bool with_b, int device) {
+  return fused_shape_ok(L, R, K) && fused_quant_smem(L, R, K, with_b) <= fused_smem_limit(device);
 }
 
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
                              cudaStream_t stream) {
-  if (rows < 0 || K < 2 || K % 2 != 0 || K > kKronMaxElems || rows > 65535 || a.clips.n < 1 || a.clips.n > 3 ||
-      (a.cluster != 8 && a.cluster != 16) ||
-      (a.L > 0 && (a.L * a.R != K || !a.A)) || a.L < 0 || (rows > 0 && (!packed || !scales)) ||
-      (a.in == FusedIn::kSwiGLU && (!a.gate || !a.up || a.gu_stride < K)) ||
+  const auto misaligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
+  if (rows < 0 || rows > 0x7FFFFFFF || !fused_shape_ok(a.L, a.R, K) || a.clips.n < 1 || a.clips.n > 3 ||
+      (a.L > 0 && (!a.a_pk || misaligned(a.a_pk, 16) || misaligned(a.b_pk, 8))) ||
+      (rows > 0 && (!packed || !scales)) || (a.in == FusedIn::kSwiGLU && (!a.gate || !a.up || a.gu_stride < K)) ||
       (a.in != FusedIn::kSwiGLU && (!a.x || a.x_stride < K)) || (a.in == FusedIn::kRmsNorm && !a.norm_w))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  int rb, chunk, n_cta;
-  fused_split(a.L, a.R, K, a.cluster, &rb, &chunk, &n_cta);
-  const size_t smem = fused_smem(a.L, a.R, K, a.cluster);
-  // The attribute is always the device's whole opt-in shared memory (less the static part), so launches of any
-  // shape never lower it under another's needs.
+  const size_t smem = fused_quant_smem(a.L, a.R, K, a.L > 0 && a.b_pk);
   if (smem > 48 * 1024) {
-    int device = 0, optin = 0;
+    int device = 0;
     FQ_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-    FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (smem + 1024 > static_cast<size_t>(optin)) return cudaErrorInvalidValue;
+    const size_t limit = fused_smem_limit(device);
+    if (smem > limit) return cudaErrorInvalidValue;
+    // Always the whole limit, so that launches of different shapes never lower it under another's needs.
     FQ_CUDA_RETURN_IF_ERROR(
-        cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - 1024));
+        cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit)));
   }
-  if (a.cluster > 8)
-    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = fused_config(n_cta, rows, smem, stream, &attr);
-  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, fused_quant_kernel, a, static_cast<int>(K), rb, chunk, rows,
-                                             packed, scales));
+  FusedQuantArgs k = a;
+  if (k.L == 0) k.b_pk = nullptr;
+  fused_quant_kernel<<<static_cast<unsigned>(rows), kFusedThreads, smem, stream>>>(k, static_cast<int>(K), rows,
+                                                                                   packed, scales);
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
 

@@ -1,5 +1,5 @@
 // Kernels of the W4A4KV4 engine backend (src/runtime/cuda_engine.cpp, docs/runtime.md) that the FP16 path
-// does not have: the per-token Kronecker transform for few tokens (decode), the per-token int4 quantizer that
+// does not have: the fused decode input pipeline (prologue + transform + quantize), the per-token int4 quantizer that
 // emits one packed copy per consumer clip (q/k/v and gate/up share one transformed input but each has its own
 // LAC pair), q/k/v bias + RoPE + FlatQuant's K transform, KV4 cache read-back to fp16 for prefill attention,
 // and random packed weights for benchmarks. Raw device pointers, sizes in elements, fp16 as uint16_t (IEEE half
@@ -14,14 +14,6 @@
 
 namespace fq::cuda {
 
-// ---- per-token Kronecker transform, few tokens --------------------------------------------------------------
-// ref::kron_transform without s: y[t] = vec(A^T · reshape(x[t], L, R) · B) (B nullptr = identity). x [n_tok,
-// L*R] fp32 (row stride x_stride), y [n_tok, L*R] fp32 contiguous. Grid: (token, block of kKronRows rows of
-// A^T X), so one token spreads over L / kKronRows CTAs (decode has 1..16 tokens); fp32 sums in the reference's
-// order (k, then l increasing). L*R*4 bytes must fit in shared memory (L*R <= 40960).
-cudaError_t kron_transform_f32(const float* x, int64_t n_tok, int64_t x_stride, const float* A, int64_t L,
-                               const float* B, int64_t R, float* y, cudaStream_t stream);
-
 // ---- per-token symmetric int4 quantization, one copy per clip pair -----------------------------------------
 // For c < n_clips: ref::quantize_sym_int4 of x [rows, cols] (row stride x_stride, fp32) with clip pair c ->
 // packed + c * rows * cols / 2 ([rows, cols/2]) and scales + c * rows ([rows]). The row's min/max is read once
@@ -35,15 +27,15 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
                                     const SymClips& clips, uint8_t* packed, float* scales, cudaStream_t stream);
 
 // ---- fused input pipeline of a W4A4 linear, few tokens (decode) -----------------------------------------------
-// Per token, in one kernel: the prologue (RMSNorm of an fp32 row: ref::rmsnorm with the weight; or SwiGLU of
-// fp16 gate/up rows: silu(g) * u; or a plain fp32 row), then the Kronecker transform vec(A^T X B) (L = 0: none;
-// B nullptr: identity, the o_proj head mix), then quantize_sym_int4_multi's copies. A thread-block cluster of up
-// to `cluster` (8 or 16) CTAs shares one token: each computes a slice of rows of A^T X B, the row's min/max is
-// reduced over the cluster through distributed shared memory, then each CTA packs its slice. Needs sm_90
-// (clusters); fused_quant_cluster() returns the largest cluster size (16 or 8, at most max_cluster) this device
-// can schedule for the shape, or 0 when it cannot run it. K <= 40960. fp32 sums with fused multiply-adds, split
-// and reordered for parallelism (results agree with the reference to rounding).
-constexpr int kFusedCluster = 8;
+// One CTA per token does, in one kernel: the prologue (RMSNorm of an fp32 row: ref::rmsnorm with the weight;
+// or SwiGLU of fp16 gate/up rows: silu(g) * u; or a plain fp32 row), the Kronecker transform vec(A^T X B) on
+// fp16 tensor cores (mma.sync m16n8k16, fp32 sums), then quantize_sym_int4_multi's copies. Rounding points are
+// those of the engine's prefill route (cuBLAS on fp16 operands): X and B are fp16, T = X B is rounded to fp16,
+// Y = A^T T is fp32. L = 0: no transform (quantized in fp32). No B: the o_proj head mix Y = A^T X.
+// The transform matrices come pre-packed by fused_pack_operand: zero-padded to multiples of 16 and stored in
+// mma fragment order, so that a warp loads each fragment with one coalesced load (A as the left operand of
+// A^T T, B as the right operand of X B). K even, K = L * R when L > 0; the shape must pass fused_quant_fits
+// (shared memory: about 2 round16(L) round16(R) bytes twice, plus 4 K).
 enum class FusedIn { kRmsNorm, kSwiGLU, kPlain };
 struct FusedQuantArgs {
   FusedIn in = FusedIn::kPlain;
@@ -54,14 +46,20 @@ struct FusedQuantArgs {
   const uint16_t* gate = nullptr;  // kSwiGLU: fp16 rows, stride gu_stride
   const uint16_t* up = nullptr;
   int64_t gu_stride = 0;
-  const float* A = nullptr;  // [L, L] or nullptr (L = 0)
+  const uint16_t* a_pk = nullptr;  // fused_pack_operand(A [L, L], left): 16-byte aligned, or nullptr (L = 0)
   int64_t L = 0;
-  const float* B = nullptr;  // [R, R] or nullptr (identity)
+  const uint16_t* b_pk = nullptr;  // fused_pack_operand(B [R, R], right): 8-byte aligned, or nullptr (identity)
   int64_t R = 0;
   SymClips clips;
-  int cluster = kFusedCluster;
 };
-int fused_quant_cluster(int64_t L, int64_t R, int64_t K, int device, int max_cluster = 16);
+// Elements of a packed n x n operand: round16(n)^2.
+int64_t fused_operand_elems(int64_t n);
+// M fp32 [n, n] row-major -> dst (fused_operand_elems(n) fp16). left: the operand A^T of Y = A^T T (M = A);
+// else the operand B of T = X B (M = B).
+cudaError_t fused_pack_operand(const float* M, int64_t n, bool left, uint16_t* dst, cudaStream_t stream);
+// Dynamic shared memory of one CTA, and whether the device can give it.
+size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, bool with_b);
+bool fused_quant_fits(int64_t L, int64_t R, int64_t K, bool with_b, int device);
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
                              cudaStream_t stream);
 
