@@ -720,8 +720,8 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     FQ_CHECK(k.L * k.R <= 40960, "CudaEngine W4A4: a {} x {} Kronecker transform is larger than 40960", k.L, k.R);
   };
   o_embd = warena.reserve(static_cast<size_t>(V * E) * h2);
-  auto reserve_kron = [&](KronDev& k, int64_t K) {
-    k.fused = cuda::fused_quant_fits(k.L, k.R, K, k.L > 0 && k.has_b, o.device);
+  auto reserve_kron = [&](KronDev& k, int64_t K, cuda::FusedIn in) {
+    k.fused = cuda::fused_quant_fits(k.L, k.R, K, in, k.L > 0 && k.has_b, o.device);
     if (!k.L) return;
     k.o_A = warena.reserve(static_cast<size_t>(k.L * k.L) * f4);
     k.o_A16 = warena.reserve(static_cast<size_t>(k.L * k.L) * h2);
@@ -757,10 +757,10 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
       l.o_kmat16 = warena.reserve(static_cast<size_t>(D * D) * h2);
       l.o_kinv16 = warena.reserve(static_cast<size_t>(D * D) * h2);
     }
-    reserve_kron(l.ln, E);
-    reserve_kron(l.ug, E);
-    reserve_kron(l.dn, F);
-    reserve_kron(l.om, HD);
+    reserve_kron(l.ln, E, cuda::FusedIn::kRmsNorm);
+    reserve_kron(l.ug, E, cuda::FusedIn::kRmsNorm);
+    reserve_kron(l.dn, F, cuda::FusedIn::kSwiGLU);
+    reserve_kron(l.om, HD, cuda::FusedIn::kPlain);
   }
   allocate_weights("the W4A4 weights");
   // Optional tensors were reserved at offset + 1 (0 = absent).
@@ -1023,7 +1023,10 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     f.b_pk = k.Bpk;
     f.R = k.R;
     f.clips = clips;
-    op("fused_quant", [&] { ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream), "fused transform + quantize"); });
+    // A programmatic dependent launch (sm_90): its constants load while the previous kernel runs.
+    op("fused_quant", [&] {
+      ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream, prop.major >= 9), "fused transform + quantize");
+    });
   };
   // RMSNorm, the Kronecker transform and the per-consumer quantized copies of one input.
   auto norm_quant = [&](const float* nw, const KronDev& k, const cuda::SymClips& clips) {

@@ -48,12 +48,12 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
       {cuda::FusedIn::kPlain, 32, 128, false, 4096},   {cuda::FusedIn::kPlain, 9, 64, false, 576},
       {cuda::FusedIn::kRmsNorm, 0, 0, false, 24},      {cuda::FusedIn::kSwiGLU, 128, 148, true, 18944},
       {cuda::FusedIn::kRmsNorm, 24, 24, true, 576},    {cuda::FusedIn::kPlain, 86, 128, true, 11008},
-      {cuda::FusedIn::kPlain, 0, 0, false, 4096}};
+      {cuda::FusedIn::kPlain, 0, 0, false, 4096},     {cuda::FusedIn::kSwiGLU, 160, 160, true, 25600}};
   int device = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   const auto h = [](double v) { return static_cast<double>(f16_to_f32(f32_to_f16(static_cast<float>(v)))); };
   for (const Case& k : cases) {
-    ASSERT_TRUE(cuda::fused_quant_fits(k.L, k.R, k.K, k.with_b, device)) << k.L << "x" << k.R;
+    ASSERT_TRUE(cuda::fused_quant_fits(k.L, k.R, k.K, k.in, k.with_b, device)) << k.L << "x" << k.R;
     for (int64_t rows : {1, 3, 16}) {
       const int64_t K = k.K, xs = K + 8, L = k.L, R = k.R;
       const auto x = test::random_activations(static_cast<size_t>(rows * xs), 61 + static_cast<uint32_t>(K));
@@ -127,7 +127,7 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
       f.gu_stride = 2 * K;
       f.a_pk = L ? dapk.get() : nullptr;
       f.b_pk = L && k.with_b ? dbpk.get() : nullptr;
-      ASSERT_EQ(cuda::fused_quant_int4(f, rows, K, dp.get(), ds.get(), nullptr), cudaSuccess);
+      ASSERT_EQ(cuda::fused_quant_int4(f, rows, K, dp.get(), ds.get(), nullptr, rows == 3), cudaSuccess);
       const auto gp = dp.download();
       const auto gs = ds.download();
       for (int cp = 0; cp < 2; ++cp) {
@@ -183,7 +183,7 @@ TEST(W4A4Ops, FusedQuantRejectsBadArguments) {
   EXPECT_EQ(cuda::fused_pack_operand(dx.get(), 0, true, pk.get(), nullptr), cudaErrorInvalidValue);
   int device = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  EXPECT_FALSE(cuda::fused_quant_fits(4096, 4096, 4096 * 4096, true, device));
+  EXPECT_FALSE(cuda::fused_quant_fits(4096, 4096, 4096 * 4096, cuda::FusedIn::kPlain, true, device));
 }
 
 // One min/max, one copy per clip pair: bytes and scales equal ref::quantize_sym_int4 per clip exactly.

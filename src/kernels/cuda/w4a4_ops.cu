@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/quant_common.cuh"
 #include "kernels/cuda/reduce.cuh"
@@ -14,32 +15,53 @@ namespace fq::cuda {
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------
-// fused_quant_int4: one CTA per token. Shared memory: region 0 holds X16 [Lp][ldx] (fp16, the prologue's
-// output, zero-padded), then Y (fp32 [K], the transform's output, over X16 once it is consumed); then Tt
-// [Rp][ldt] (fp16 T^T, the right operand of A^T T). Row strides of 8 extra halves keep the 32-bit fragment
-// loads free of bank conflicts. Warp tasks are 16 x 32 output tiles (one m16 row of tiles, four n8 columns).
+// fused_quant_int4: one CTA per token. Every global read of the kernel is one cp.async stage (all loads in
+// flight at once; the launch is latency-bound): first the constants (the RMSNorm weight and, when shared
+// memory allows, the packed transform operands), then, after pdl_wait(), the token's input row. Shared
+// memory (16-byte aligned regions): raw (the staged input row, then the RMSNorm weight) which Y (fp32 [K],
+// the transform's output) later overwrites (a separate region without a transform); apk, bpk (staged
+// operands); X16 [Lp][ldx] (fp16 X, zero-padded); Tt [Rp][ldt] (fp16 T^T, the right operand of A^T T). Row
+// strides of 8 extra halves keep the 32-bit fragment loads free of bank conflicts. Warp tasks are 16 x 32
+// output tiles (one m16 row of tiles, four n8 columns).
 constexpr int kFusedThreads = 512;
 constexpr int kFusedWarps = kFusedThreads / detail::kWarp;
 
 struct FusedShape {
   int Lp = 0, Rp = 0, ldx = 0, ldt = 0;
-  size_t tt_off = 0, total = 0;
+  bool stage_a = false, stage_b = false;
+  int64_t off_y = 0, off_apk = 0, off_bpk = 0, off_x16 = 0, off_tt = 0, total = 0;
 };
 
 __host__ __device__ inline int round16(int64_t n) { return static_cast<int>((n + 15) / 16 * 16); }
+inline int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
 
-__host__ __device__ inline FusedShape fused_shape(int64_t L, int64_t R, int64_t K, bool with_b) {
+// The layout of one CTA's shared memory; operands are staged while the total stays within `limit`.
+FusedShape fused_shape(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int64_t limit) {
   FusedShape s;
-  size_t region0 = static_cast<size_t>(K) * 4;
+  const int64_t raw = align16((in == FusedIn::kRmsNorm ? 8 : 4) * K);
   if (L > 0) {
     s.Lp = round16(L);
     s.Rp = round16(R);
     s.ldx = s.Rp + 8;
     s.ldt = s.Lp + 8;
-    if (with_b) region0 = region0 > static_cast<size_t>(s.Lp) * s.ldx * 2 ? region0 : static_cast<size_t>(s.Lp) * s.ldx * 2;
   }
-  s.tt_off = (region0 + 15) / 16 * 16;
-  s.total = s.tt_off + (L > 0 ? static_cast<size_t>(s.Rp) * s.ldt * 2 : 0);
+  for (int pass = 0; pass < 3; ++pass) {
+    s.stage_a = L > 0 && pass < 2;
+    s.stage_b = L > 0 && with_b && pass < 1;
+    int64_t o = raw;
+    s.off_y = L > 0 ? 0 : o;
+    if (L == 0) o += align16(4 * K);
+    s.off_apk = o;
+    if (s.stage_a) o += align16(2LL * s.Lp * s.Lp);
+    s.off_bpk = o;
+    if (s.stage_b) o += align16(2LL * s.Rp * s.Rp);
+    s.off_x16 = o;
+    if (L > 0 && with_b) o += align16(2LL * s.Lp * s.ldx);
+    s.off_tt = o;
+    if (L > 0) o += align16(2LL * s.Rp * s.ldt);
+    s.total = o;
+    if (s.total <= limit) break;
+  }
   return s;
 }
 
@@ -54,37 +76,52 @@ __device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], u
 __device__ __forceinline__ uint32_t lds32(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 __global__ void __launch_bounds__(kFusedThreads)
-    fused_quant_kernel(FusedQuantArgs a, int K, int64_t rows, uint8_t* __restrict__ packed,
+    fused_quant_kernel(FusedQuantArgs a, FusedShape s, int K, int64_t rows, uint8_t* __restrict__ packed,
                        float* __restrict__ scales) {
   extern __shared__ __align__(16) unsigned char smraw[];
   __shared__ float red[2 * detail::kWarp];
   const int64_t t = blockIdx.x;
   const int L = static_cast<int>(a.L), R = static_cast<int>(a.R);
   const bool with_b = a.b_pk != nullptr;
-  const FusedShape s = fused_shape(L, R, K, with_b);
-  float* Y = reinterpret_cast<float*>(smraw);
-  __half* X16 = reinterpret_cast<__half*>(smraw);
-  __half* Tt = reinterpret_cast<__half*>(smraw + s.tt_off);
+  float* raw = reinterpret_cast<float*>(smraw);
+  float* Y = reinterpret_cast<float*>(smraw + s.off_y);
+  const __half* apk = s.stage_a ? reinterpret_cast<const __half*>(smraw + s.off_apk) : reinterpret_cast<const __half*>(a.a_pk);
+  const __half* bpk = s.stage_b ? reinterpret_cast<const __half*>(smraw + s.off_bpk) : reinterpret_cast<const __half*>(a.b_pk);
+  __half* X16 = reinterpret_cast<__half*>(smraw + s.off_x16);
+  __half* Tt = reinterpret_cast<__half*>(smraw + s.off_tt);
   const int tid = static_cast<int>(threadIdx.x), lane = tid % detail::kWarp, warp = tid / detail::kWarp;
   const int g = lane / 4, tq = lane % 4;
 
-  // 1. Prologue, in the reference's operations, into Y (fp32, no transform), X16 or Tt (fp16, zero-padded).
-  const __half* gr = reinterpret_cast<const __half*>(a.gate) + t * a.gu_stride;
-  const __half* ur = reinterpret_cast<const __half*>(a.up) + t * a.gu_stride;
-  const float* xr = a.x + t * a.x_stride;
+  // 1. Stage the constants, then (after the previous kernel) the input row.
+  detail::pdl_trigger();
+  if (a.in == FusedIn::kRmsNorm) detail::stage_async(raw + K, a.norm_w, 4LL * K);
+  if (s.stage_a) detail::stage_async(smraw + s.off_apk, a.a_pk, 2LL * s.Lp * s.Lp);
+  if (s.stage_b) detail::stage_async(smraw + s.off_bpk, a.b_pk, 2LL * s.Rp * s.Rp);
+  detail::pdl_wait();
+  if (a.in == FusedIn::kSwiGLU) {
+    detail::stage_async(raw, a.gate + t * a.gu_stride, 2LL * K);
+    detail::stage_async(reinterpret_cast<__half*>(raw) + K, a.up + t * a.gu_stride, 2LL * K);
+  } else {
+    detail::stage_async(raw, a.x + t * a.x_stride, 4LL * K);
+  }
+  detail::async_wait_all();
+  __syncthreads();
+
+  // 2. Prologue, in the reference's operations, into Y (fp32, no transform), X16 or Tt (fp16, zero-padded).
+  const __half* g16 = reinterpret_cast<const __half*>(raw);
   float inv = 1.0f;
   if (a.in == FusedIn::kRmsNorm) {
     float ss = 0.0f;
-    for (int i = tid; i < K; i += kFusedThreads) ss = fmaf(xr[i], xr[i], ss);
+    for (int i = tid; i < K; i += kFusedThreads) ss = fmaf(raw[i], raw[i], ss);
     ss = detail::block_reduce(ss, red, detail::SumOp());
     inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(K)), a.eps)));
   }
   auto value = [&](int e) -> float {
     if (a.in == FusedIn::kSwiGLU) {
-      const float gv = __half2float(gr[e]), uv = __half2float(ur[e]);
+      const float gv = __half2float(g16[e]), uv = __half2float(g16[K + e]);
       return __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), uv);
     }
-    return a.in == FusedIn::kRmsNorm ? __fmul_rn(a.norm_w[e], __fmul_rn(xr[e], inv)) : xr[e];
+    return a.in == FusedIn::kRmsNorm ? __fmul_rn(raw[K + e], __fmul_rn(raw[e], inv)) : raw[e];
   };
   float vmax = 0.0f, vmin = 0.0f;  // 0 is neutral: the scale takes max(., 0) / min(., 0)
   if (L == 0) {
@@ -106,7 +143,7 @@ __global__ void __launch_bounds__(kFusedThreads)
     }
     __syncthreads();
     const int ngroups = (Rp / 8 + 3) / 4;
-    // 2. T = X B (fp32 sums over k < Rp), written as fp16 T^T.
+    // 3. T = X B (fp32 sums over k < Rp), written as fp16 T^T.
     if (with_b) {
       const int ks_n = Rp / 16;
       for (int task = warp; task < (Lp / 16) * ngroups; task += kFusedWarps) {
@@ -118,7 +155,8 @@ __global__ void __launch_bounds__(kFusedThreads)
 #pragma unroll
           for (int j = 0; j < 4; ++j)
             if (j < nn) {
-              const uint2 bf = __ldg(reinterpret_cast<const uint2*>(a.b_pk) + ((nt0 + j) * ks_n + ks) * 32 + lane);
+              const uint2* p = reinterpret_cast<const uint2*>(bpk) + ((nt0 + j) * ks_n + ks) * 32 + lane;
+              const uint2 bf = s.stage_b ? *p : __ldg(p);
               mma_f16(c[j], af, bf.x, bf.y);
             }
         }
@@ -132,15 +170,17 @@ __global__ void __launch_bounds__(kFusedThreads)
             Tt[(n + 1) * s.ldt + m + 8] = __float2half_rn(c[j][3]);
           }
       }
-      __syncthreads();
     }
-    // 3. Y = A^T T (fp32), over X16 (consumed), with the row's min/max.
+    // raw (read by the prologue) becomes Y; X16 and Tt must be complete.
+    __syncthreads();
+    // 4. Y = A^T T (fp32), with the row's min/max.
     const int ks_n = Lp / 16;
     for (int task = warp; task < (Lp / 16) * ngroups; task += kFusedWarps) {
       const int mt = task / ngroups, nt0 = (task % ngroups) * 4, nn = min(4, Rp / 8 - nt0);
       float c[4][4] = {};
       for (int ks = 0; ks < ks_n; ++ks) {
-        const uint4 av = __ldg(reinterpret_cast<const uint4*>(a.a_pk) + (mt * ks_n + ks) * 32 + lane);
+        const uint4* p = reinterpret_cast<const uint4*>(apk) + (mt * ks_n + ks) * 32 + lane;
+        const uint4 av = s.stage_a ? *p : __ldg(p);
         const uint32_t af[4] = {av.x, av.y, av.z, av.w};
 #pragma unroll
         for (int j = 0; j < 4; ++j)
@@ -163,13 +203,26 @@ __global__ void __launch_bounds__(kFusedThreads)
           }
     }
   }
-  // 4. The row's min/max (the reduction's barriers also publish Y), then one packed copy per clip pair.
+  // 5. The row's min/max (the reduction's barriers also publish Y), then one packed copy per clip pair, eight
+  // values (one 32-bit store) per thread and step when K allows.
   detail::block_minmax(vmax, vmin, red);
   for (int cp = 0; cp < a.clips.n; ++cp) {
     const float scale = detail::sym_int4_scale(vmax, vmin, a.clips.max[cp], a.clips.min[cp]);
     uint8_t* out = packed + (cp * rows + t) * (K / 2);
-    for (int j = tid; j < K / 2; j += kFusedThreads)
-      out[j] = detail::pack2(detail::sym_int4_code(Y[2 * j], scale), detail::sym_int4_code(Y[2 * j + 1], scale));
+    if (K % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 4 == 0) {
+      for (int j = tid; j < K / 8; j += kFusedThreads) {
+        uint32_t w = 0;
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          w |= static_cast<uint32_t>(detail::pack2(detail::sym_int4_code(Y[8 * j + 2 * q], scale),
+                                                   detail::sym_int4_code(Y[8 * j + 2 * q + 1], scale)))
+               << (8 * q);
+        reinterpret_cast<uint32_t*>(out)[j] = w;
+      }
+    } else {
+      for (int j = tid; j < K / 2; j += kFusedThreads)
+        out[j] = detail::pack2(detail::sym_int4_code(Y[2 * j], scale), detail::sym_int4_code(Y[2 * j + 1], scale));
+    }
     if (tid == 0) scales[cp * rows + t] = scale;
   }
 }
@@ -222,14 +275,19 @@ __global__ void quant_multi_kernel(const float* __restrict__ x, int64_t cols, in
 // qkv_rope_transform_f16: grid (heads, rows) with heads = n_head + n_head_kv (+ n_head_kv when there is a
 // bias, for v), one head vector per block.
 constexpr int kRopeThreads = 128;
+constexpr int kRopeStageMaxD = 128;  // matrices up to 128 x 128 fp32 (64 KB) are staged in shared memory
 
 __global__ void __launch_bounds__(kRopeThreads)
     rope_transform_kernel(__half* qkv, int64_t qkv_stride, int64_t row0, int64_t n_tok, int64_t pos0,
                           const int32_t* __restrict__ d_pos, const float* __restrict__ bias, int n_head,
                           int n_kv, int d, const float* __restrict__ inv_freq, const float* __restrict__ q_mat,
-                          const float* __restrict__ k_mat, __half* out, int64_t out_stride) {
+                          const float* __restrict__ k_mat, __half* out, int64_t out_stride, bool stage) {
   __shared__ float v[256], r[256], cs[256];
+  extern __shared__ __align__(16) float Ms[];  // the head's matrix, staged (d <= kRopeStageMaxD)
   const int hh = blockIdx.x;
+  const float* M = hh < n_head ? q_mat : k_mat;
+  // The matrix is a constant: its cp.async stage overlaps everything up to the product.
+  if (stage && M && hh < n_head + n_kv) detail::stage_async(Ms, M, 4LL * d * d);
   const int64_t row = row0 + blockIdx.y;  // row of the whole call (launches cover at most 65535 rows)
   const int half = d / 2;
   __half* h = qkv + row * qkv_stride + static_cast<int64_t>(hh) * d;
@@ -257,7 +315,12 @@ __global__ void __launch_bounds__(kRopeThreads)
     r[i + half] = __fadd_rn(__fmul_rn(b, co), __fmul_rn(a, s));
   }
   __syncthreads();
-  const float* M = hh < n_head ? q_mat : k_mat;
+  const float* Mr = M;
+  if (stage && M) {
+    detail::async_wait_all();
+    __syncthreads();
+    Mr = Ms;
+  }
   __half* o = out ? out + row * out_stride + static_cast<int64_t>(hh) * d : h;
   for (int e = threadIdx.x; e < d; e += blockDim.x) {
     float acc;
@@ -267,8 +330,8 @@ __global__ void __launch_bounds__(kRopeThreads)
       int j = 0;
       for (; j + 7 < d; j += 8)
 #pragma unroll
-        for (int q = 0; q < 8; ++q) p[q] = fmaf(r[j + q], __ldg(M + (j + q) * d + e), p[q]);
-      for (; j < d; ++j) p[0] = fmaf(r[j], __ldg(M + j * d + e), p[0]);
+        for (int q = 0; q < 8; ++q) p[q] = fmaf(r[j + q], Mr[(j + q) * d + e], p[q]);
+      for (; j < d; ++j) p[0] = fmaf(r[j], Mr[j * d + e], p[0]);
       acc = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
     } else {
       acc = r[e];
@@ -350,52 +413,64 @@ cudaError_t fused_pack_operand(const float* M, int64_t n, bool left, uint16_t* d
   return cudaSuccess;
 }
 
-size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, bool with_b) { return fused_shape(L, R, K, with_b).total; }
-
 namespace {
 // The device's opt-in shared memory per block less this kernel's static part, or 0.
-size_t fused_smem_limit(int device) {
+int64_t fused_smem_limit(int device) {
   int optin = 0;
   if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
     (void)cudaGetLastError();
     return 0;
   }
-  return optin > 1024 ? static_cast<size_t>(optin - 1024) : 0;
+  return optin > 1024 ? optin - 1024 : 0;
 }
 
 bool fused_shape_ok(int64_t L, int64_t R, int64_t K) {
-  return K >= 2 && K % 2 == 0 && K <= 0x7FFFFFFF && L >= 0 && (L == 0 || (R >= 1 && L * R == K && L <= 4096 && R <= 4096));
+  return K >= 2 && K % 2 == 0 && K <= (1 << 24) && L >= 0 &&
+         (L == 0 || (R >= 1 && L * R == K && L <= 4096 && R <= 4096));
 }
 }  // namespace
 
-bool fused_quant_fits(int64_t L, int64_t R, int64_t K, bool with_b, int device) {
-  return fused_shape_ok(L, R, K) && fused_quant_smem(L, R, K, with_b) <= fused_smem_limit(device);
+size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device) {
+  return static_cast<size_t>(fused_shape(L, R, K, in, with_b, fused_smem_limit(device)).total);
+}
+
+bool fused_quant_fits(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device) {
+  return fused_shape_ok(L, R, K) && fused_quant_smem(L, R, K, in, with_b, device) <= static_cast<size_t>(fused_smem_limit(device));
 }
 
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, bool pdl) {
   const auto misaligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
   if (rows < 0 || rows > 0x7FFFFFFF || !fused_shape_ok(a.L, a.R, K) || a.clips.n < 1 || a.clips.n > 3 ||
-      (a.L > 0 && (!a.a_pk || misaligned(a.a_pk, 16) || misaligned(a.b_pk, 8))) ||
-      (rows > 0 && (!packed || !scales)) || (a.in == FusedIn::kSwiGLU && (!a.gate || !a.up || a.gu_stride < K)) ||
-      (a.in != FusedIn::kSwiGLU && (!a.x || a.x_stride < K)) || (a.in == FusedIn::kRmsNorm && !a.norm_w))
+      (a.L > 0 && (!a.a_pk || misaligned(a.a_pk, 16) || misaligned(a.b_pk, 16))) ||
+      (rows > 0 && (!packed || !scales)) ||
+      (a.in == FusedIn::kSwiGLU && (!a.gate || !a.up || a.gu_stride < K || misaligned(a.gate, 4) || misaligned(a.up, 4) || a.gu_stride % 2 != 0)) ||
+      (a.in != FusedIn::kSwiGLU && (!a.x || a.x_stride < K || misaligned(a.x, 4))) ||
+      (a.in == FusedIn::kRmsNorm && (!a.norm_w || misaligned(a.norm_w, 4))))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  const size_t smem = fused_quant_smem(a.L, a.R, K, a.L > 0 && a.b_pk);
-  if (smem > 48 * 1024) {
-    int device = 0;
-    FQ_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-    const size_t limit = fused_smem_limit(device);
-    if (smem > limit) return cudaErrorInvalidValue;
-    // Always the whole limit, so that launches of different shapes never lower it under another's needs.
-    FQ_CUDA_RETURN_IF_ERROR(
-        cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit)));
-  }
+  int device = 0;
+  FQ_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  const int64_t limit = fused_smem_limit(device);
   FusedQuantArgs k = a;
   if (k.L == 0) k.b_pk = nullptr;
-  fused_quant_kernel<<<static_cast<unsigned>(rows), kFusedThreads, smem, stream>>>(k, static_cast<int>(K), rows,
-                                                                                   packed, scales);
-  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  const FusedShape sh = fused_shape(k.L, k.R, K, k.in, k.b_pk != nullptr, limit);
+  if (sh.total > limit) return cudaErrorInvalidValue;
+  // Always the whole limit, so that launches of different shapes never lower it under another's needs.
+  if (sh.total > 48 * 1024)
+    FQ_CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit)));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(rows));
+  cfg.blockDim = dim3(kFusedThreads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(sh.total);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, fused_quant_kernel, k, sh, static_cast<int>(K), rows, packed, scales));
   return cudaSuccess;
 }
 
@@ -426,14 +501,19 @@ cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t ro
   if (rows == 0) return cudaSuccess;
   const int64_t heads = n_head + n_head_kv + (bias ? n_head_kv : 0);
   if (rows > 0x7FFFFFFF || heads > 0x7FFFFFFF) return cudaErrorInvalidValue;
+  // The matrices are staged in shared memory when they fit (64 KB at head_dim 128).
+  const size_t smem = (q_mat || k_mat) && head_dim <= kRopeStageMaxD ? static_cast<size_t>(4 * head_dim * head_dim) : 0;
+  if (smem > 48 * 1024)  // always the largest size, so that no launch lowers it under another's needs
+    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(rope_transform_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 4 * kRopeStageMaxD * kRopeStageMaxD));
   // gridDim.y is limited to 65535: rows beyond that go in further launches (the kernel adds row0).
   for (int64_t r0 = 0; r0 < rows; r0 += 65535) {
     const int64_t nr = std::min<int64_t>(rows - r0, 65535);
-    rope_transform_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(nr)), kRopeThreads, 0,
+    rope_transform_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(nr)), kRopeThreads, smem,
                             stream>>>(reinterpret_cast<__half*>(qkv), qkv_stride, r0, n_tok, pos0, d_pos, bias,
                                       static_cast<int>(n_head), static_cast<int>(n_head_kv),
                                       static_cast<int>(head_dim), inv_freq, q_mat, k_mat,
-                                      reinterpret_cast<__half*>(qk_out), qk_stride);
+                                      reinterpret_cast<__half*>(qk_out), qk_stride, smem > 0);
     FQ_CUDA_RETURN_LAUNCH_ERROR();
   }
   return cudaSuccess;

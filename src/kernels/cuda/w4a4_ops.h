@@ -34,8 +34,10 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
 // Y = A^T T is fp32. L = 0: no transform (quantized in fp32). No B: the o_proj head mix Y = A^T X.
 // The transform matrices come pre-packed by fused_pack_operand: zero-padded to multiples of 16 and stored in
 // mma fragment order, so that a warp loads each fragment with one coalesced load (A as the left operand of
-// A^T T, B as the right operand of X B). K even, K = L * R when L > 0; the shape must pass fused_quant_fits
-// (shared memory: about 2 round16(L) round16(R) bytes twice, plus 4 K).
+// A^T T, B as the right operand of X B). Every global read is a cp.async stage: the constants (RMSNorm weight,
+// the packed operands while shared memory allows), then, after the previous grid (pdl: launched as a
+// programmatic dependent of it, so that the constants load while it runs), the token's row. K even, K = L * R
+// when L > 0; the shape must pass fused_quant_fits.
 enum class FusedIn { kRmsNorm, kSwiGLU, kPlain };
 struct FusedQuantArgs {
   FusedIn in = FusedIn::kPlain;
@@ -48,7 +50,7 @@ struct FusedQuantArgs {
   int64_t gu_stride = 0;
   const uint16_t* a_pk = nullptr;  // fused_pack_operand(A [L, L], left): 16-byte aligned, or nullptr (L = 0)
   int64_t L = 0;
-  const uint16_t* b_pk = nullptr;  // fused_pack_operand(B [R, R], right): 8-byte aligned, or nullptr (identity)
+  const uint16_t* b_pk = nullptr;  // fused_pack_operand(B [R, R], right): 16-byte aligned, or nullptr (identity)
   int64_t R = 0;
   SymClips clips;
 };
@@ -57,11 +59,11 @@ int64_t fused_operand_elems(int64_t n);
 // M fp32 [n, n] row-major -> dst (fused_operand_elems(n) fp16). left: the operand A^T of Y = A^T T (M = A);
 // else the operand B of T = X B (M = B).
 cudaError_t fused_pack_operand(const float* M, int64_t n, bool left, uint16_t* dst, cudaStream_t stream);
-// Dynamic shared memory of one CTA, and whether the device can give it.
-size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, bool with_b);
-bool fused_quant_fits(int64_t L, int64_t R, int64_t K, bool with_b, int device);
+// Dynamic shared memory of one CTA on `device`, and whether the device can give it.
+size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device);
+bool fused_quant_fits(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device);
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
-                             cudaStream_t stream);
+                             cudaStream_t stream, bool pdl = false);
 
 // ---- q/k/v bias + RoPE + K transform (in place) --------------------------------------------------------------
 // qkv: [rows, (n_head + 2 n_head_kv) * head_dim] fp16, row stride qkv_stride (q heads, k heads, v heads, as the
