@@ -1016,6 +1016,9 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   const cuda::Kv4Layer& c = kv4[static_cast<size_t>(il)];
   const float eps = static_cast<float>(cfg.rms_eps);
   const bool few = rows <= kFusedRows;
+  // Few rows: the fused kernels and the decode GEMMs are programmatic dependent launches (sm_90), so that each
+  // loads its constants (transforms, weights) while the previous kernel runs.
+  const bool pdl = few && prop.major >= 9;
   // Few rows (decode): one fused kernel per input (prologue + transform + quantized copies).
   auto fused = [&](cuda::FusedQuantArgs f, const KronDev& k, int64_t K, const cuda::SymClips& clips) {
     f.a_pk = k.Apk;
@@ -1023,9 +1026,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     f.b_pk = k.Bpk;
     f.R = k.R;
     f.clips = clips;
-    // A programmatic dependent launch (sm_90): its constants load while the previous kernel runs.
     op("fused_quant", [&] {
-      ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream, prop.major >= 9), "fused transform + quantize");
+      ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream, pdl), "fused transform + quantize");
     });
   };
   // RMSNorm, the Kronecker transform and the per-consumer quantized copies of one input.
@@ -1066,7 +1068,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   norm_quant(w.n1, w.ln, w.qkv_clips);
   op("qkv_gemm", [&] {
     ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(3, {HD, HD + KV * D, QKV}, E), w.wqkv, w.sqkv, nullptr, big, rows,
-                                       QKV, E, stream),
+                                       QKV, E, stream, pdl),
        "q/k/v W4A4 GEMM");
   });
   const int64_t QK = (H + KV) * D;
@@ -1138,13 +1140,14 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     quantize(w.om.L ? kron(w.om, hb, rows) : tf, rows, HD, w.o_clip, "quantize");
   }
   op("o_gemm", [&] {
-    ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wo, w.so, x, x, rows, E, HD, stream), "o_proj W4A4 GEMM");
+    ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wo, w.so, x, x, rows, E, HD, stream, pdl), "o_proj W4A4 GEMM");
   });
 
   // ---- MLP
   norm_quant(w.n2, w.ug, w.gu_clips);
   op("gate_up_gemm", [&] {
-    ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(2, {F, 2 * F}, E), w.wgu, w.sgu, nullptr, big, rows, 2 * F, E, stream),
+    ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(2, {F, 2 * F}, E), w.wgu, w.sgu, nullptr, big, rows, 2 * F, E, stream,
+                                       pdl),
        "gate/up W4A4 GEMM");
   });
   if (few && w.dn.fused) {
@@ -1164,7 +1167,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     quantize(w.dn.L ? kron(w.dn, hb, rows) : tf, rows, F, w.down_clip, "quantize");
   }
   op("down_gemm", [&] {
-    ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream), "down_proj W4A4 GEMM");
+    ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream, pdl), "down_proj W4A4 GEMM");
   });
 }
 

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/qgemm.h"
 #include "kernels/cuda/qgemv.h"
@@ -271,6 +272,8 @@ __global__ void __launch_bounds__(W * 32)
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n_base = static_cast<int>(blockIdx.x) * 16;
+  detail::pdl_trigger();
+  detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
   // The activation copy of this block's 16 output rows (segment boundaries are multiples of 16).
   int seg = 0;
   while (seg + 1 < acts.n && n_base >= acts.end[seg]) ++seg;
@@ -366,17 +369,25 @@ __global__ void __launch_bounds__(W * 32)
 
 template <int W, int U, typename T>
 cudaError_t launch_decode(const QgemmActs& acts, const uint8_t* qw, const float* sw, const T* residual, T* y,
-                          int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream) {
+                          int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream, bool pdl) {
   const int64_t groups = (N + 15) / 16;
   if (groups > 0x7fffffff) return cudaErrorInvalidValue;
   const int m = static_cast<int>(M), n = static_cast<int>(N);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(groups));
+  cfg.blockDim = dim3(W * 32);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
   if (M <= 8)
-    qgemm_decode_kernel<W, U, 1, T>
-        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(acts, qw, sw, residual, y, m, n, ldy, K / 2);
+    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, qgemm_decode_kernel<W, U, 1, T>, acts, qw, sw, residual, y, m, n,
+                                               ldy, K / 2));
   else
-    qgemm_decode_kernel<W, U, 2, T>
-        <<<static_cast<unsigned>(groups), W * 32, 0, stream>>>(acts, qw, sw, residual, y, m, n, ldy, K / 2);
-  FQ_CUDA_RETURN_LAUNCH_ERROR();
+    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, qgemm_decode_kernel<W, U, 2, T>, acts, qw, sw, residual, y, m, n,
+                                               ldy, K / 2));
   return cudaSuccess;
 }
 
@@ -414,8 +425,8 @@ constexpr int64_t kGemvMaxM = 2;
 Kind choose(const void* qx, const void* qw, int64_t M, int64_t K, bool f16, bool dense = true) {
   const bool aligned = reinterpret_cast<uintptr_t>(qx) % 16 == 0 && reinterpret_cast<uintptr_t>(qw) % 16 == 0;
   if (K % 32 != 0 || !aligned) return Kind::kFallback;
-  // qgemv takes an fp32 residual only: the fp16 entry point uses the mma kernel at every small M.
-  if (M <= kGemvMaxM && !f16 && dense) return Kind::kGemv;
+  (void)f16;
+  if (M <= kGemvMaxM && dense) return Kind::kGemv;
   if (M <= kQgemmDecodeMaxM) return Kind::kDecode;
   return Kind::kPrefill;
 }
@@ -423,16 +434,20 @@ Kind choose(const void* qx, const void* qw, int64_t M, int64_t K, bool f16, bool
 // y rows have stride ldy >= N (a column range of a wider output when ldy > N; residual likewise).
 template <typename T>
 cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual, T* y,
-                int64_t M, int64_t N, int64_t K, int64_t ldy, cudaStream_t stream) {
+                int64_t M, int64_t N, int64_t K, int64_t ldy, cudaStream_t stream, bool pdl) {
   if (M < 1 || N < 1 || K < 2 || K % 2 != 0 || K > kQgemmMaxK || ldy < N) return cudaErrorInvalidValue;
   if (M > 0x7fffffff || N > 0x7fffffff) return cudaErrorInvalidValue;
   if (!qx || !sx || !qw || !sw || !y) return cudaErrorInvalidValue;
   const int64_t row_bytes = K / 2;
   constexpr bool kF16 = sizeof(T) == 2;
   switch (choose(qx, qw, M, K, kF16, ldy == N || M == 1)) {
-    case Kind::kGemv:
-      if constexpr (!kF16) return qgemv_w4a4(qx, sx, qw, sw, residual, y, nullptr, M, N, K, stream);
-      return cudaErrorInvalidValue;  // unreachable: choose() never picks it for fp16
+    case Kind::kGemv: {
+      QgemmActs acts;
+      acts.qx[0] = qx;
+      acts.sx[0] = sx;
+      acts.end[0] = N;
+      return qgemv_w4a4_segments(acts, qw, sw, residual, y, nullptr, kF16, M, N, K, ldy, stream, pdl);
+    }
     case Kind::kFallback: {
       const int64_t blocks = (M * N + 255) / 256;
       if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
@@ -445,7 +460,7 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
       acts.qx[0] = qx;
       acts.sx[0] = sx;
       acts.end[0] = N;
-      return launch_decode<kDecodeWarps, kDecodeUnroll, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream);
+      return launch_decode<kDecodeWarps, kDecodeUnroll, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
     }
     case Kind::kPrefill: {
       // Paired accesses need an even N and 2-element alignment of y, residual and sw.
@@ -467,7 +482,7 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
 // (its row groups), else one launch per segment into the column range of y.
 template <typename T>
 cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, const T* residual, T* y, int64_t M,
-                      int64_t N, int64_t K, cudaStream_t stream) {
+                      int64_t N, int64_t K, cudaStream_t stream, bool pdl) {
   if (a.n < 1 || a.n > 3 || a.end[a.n - 1] != N || M < 1 || N < 1 || K < 2 || K % 2 != 0)
     return cudaErrorInvalidValue;
   bool one_launch = M <= kQgemmDecodeMaxM && K % 32 == 0 && K <= kQgemmMaxK && N <= 0x7fffffff &&
@@ -478,13 +493,16 @@ cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, co
     one_launch = one_launch && reinterpret_cast<uintptr_t>(a.qx[s]) % 16 == 0 && a.end[s] % 16 == 0;
     start = a.end[s];
   }
-  if (a.n == 1) return run<T>(a.qx[0], a.sx[0], qw, sw, residual, y, M, N, K, N, stream);
-  if (one_launch) return launch_decode<kDecodeWarps, kDecodeUnroll, T>(a, qw, sw, residual, y, M, N, N, K, stream);
+  if (a.n == 1) return run<T>(a.qx[0], a.sx[0], qw, sw, residual, y, M, N, K, N, stream, pdl);
+  if (one_launch && M <= kGemvMaxM)
+    return qgemv_w4a4_segments(a, qw, sw, residual, y, nullptr, sizeof(T) == 2, M, N, K, N, stream, pdl);
+  if (one_launch)
+    return launch_decode<kDecodeWarps, kDecodeUnroll, T>(a, qw, sw, residual, y, M, N, N, K, stream, pdl);
   start = 0;
   for (int s = 0; s < a.n; ++s) {
     const int64_t ns = a.end[s] - start;
     FQ_CUDA_RETURN_IF_ERROR(run<T>(a.qx[s], a.sx[s], qw + start * (K / 2), sw + start,
-                                   residual ? residual + start : nullptr, y + start, M, ns, K, N, stream));
+                                   residual ? residual + start : nullptr, y + start, M, ns, K, N, stream, pdl));
     start = a.end[s];
   }
   return cudaSuccess;
@@ -494,15 +512,15 @@ cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, co
 
 cudaError_t qgemm_w4a4_multi_cuda(const QgemmActs& acts, const uint8_t* qw, const float* sw,
                                   const float* residual, float* y, int64_t M, int64_t N, int64_t K,
-                                  cudaStream_t stream) {
-  return run_multi<float>(acts, qw, sw, residual, y, M, N, K, stream);
+                                  cudaStream_t stream, bool pdl) {
+  return run_multi<float>(acts, qw, sw, residual, y, M, N, K, stream, pdl);
 }
 
 cudaError_t qgemm_w4a4_multi_cuda_f16(const QgemmActs& acts, const uint8_t* qw, const float* sw,
                                       const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
-                                      cudaStream_t stream) {
+                                      cudaStream_t stream, bool pdl) {
   return run_multi<__half>(acts, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y),
-                           M, N, K, stream);
+                           M, N, K, stream, pdl);
 }
 
 const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t K, bool f16_out) {
@@ -520,15 +538,15 @@ const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, in
 
 cudaError_t qgemm_w4a4_cuda(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                             const float* residual, float* y, int64_t M, int64_t N, int64_t K,
-                            cudaStream_t stream) {
-  return run<float>(qx, sx, qw, sw, residual, y, M, N, K, N, stream);
+                            cudaStream_t stream, bool pdl) {
+  return run<float>(qx, sx, qw, sw, residual, y, M, N, K, N, stream, pdl);
 }
 
 cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                                 const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
-                                cudaStream_t stream) {
+                                cudaStream_t stream, bool pdl) {
   return run<__half>(qx, sx, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y), M,
-                     N, K, N, stream);
+                     N, K, N, stream, pdl);
 }
 
 }  // namespace fq::cuda

@@ -5,7 +5,7 @@
 // bench/results/qgemm_notes.md.
 //
 // One entry point chooses the kernel (qgemm_w4a4_kernel_name says which):
-// - M <= 2, fp32 output: "qgemv", the dp4a GEMV (qgemv.h), which streams weights fastest at tiny M.
+// - M <= 2: "qgemv", the dp4a GEMV (qgemv.h), which streams weights fastest at tiny M.
 // - M <= 16: "decode", weights streamed from HBM straight into registers, the tokens padded to 8 or 16
 //   columns of the mma, K split over the 8 warps of a block.
 // - M > 16: "prefill", 128x128 block tiles (4 warps, 2 blocks per SM), the packed int4 tiles copied with a
@@ -26,18 +26,20 @@ constexpr int64_t kQgemmDecodeMaxM = 16;
 // qx: packed int4 activations [M, K/2] (low nibble = even element), sx [M] fp32 per-token scales;
 // qw: packed int4 weights [N, K/2], sw [N] fp32 per-output-channel scales. residual [M, N] or nullptr, may
 // alias y. y [M, N] row-major. Requirements: M, N >= 1, K even in [2, 65536], all pointers non-null except
-// residual; otherwise cudaErrorInvalidValue without launching. Asynchronous on `stream`.
+// residual; otherwise cudaErrorInvalidValue without launching. Asynchronous on `stream`. pdl: the qgemv and
+// decode kernels are launched as programmatic dependents of the previous kernel (sm_90; they wait for it
+// before reading anything but the weights); other kernels ignore it.
 //
 // fp32 output: y = ref::qgemm_w4a4 exactly (t = float(acc); t *= sx[m]; t *= sw[n]; t += residual).
 cudaError_t qgemm_w4a4_cuda(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                             const float* residual, float* y, int64_t M, int64_t N, int64_t K,
-                            cudaStream_t stream);
+                            cudaStream_t stream, bool pdl = false);
 
 // fp16 output and fp16 residual (IEEE half bits): the same fp32 epilogue with the residual widened to fp32
 // before the add, then rounded to nearest even: y = f32_to_f16(qgemm_epilogue(acc, sx, sw, f16_to_f32(r))).
 cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                                 const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
-                                cudaStream_t stream);
+                                cudaStream_t stream, bool pdl = false);
 
 // Several activations over column segments of one weight matrix: the fused q|k|v and gate|up weights of the
 // W4A4 engine, whose consumers share one transformed input but each has its own clip pair, hence its own
@@ -52,10 +54,10 @@ struct QgemmActs {
 };
 cudaError_t qgemm_w4a4_multi_cuda(const QgemmActs& acts, const uint8_t* qw, const float* sw,
                                   const float* residual, float* y, int64_t M, int64_t N, int64_t K,
-                                  cudaStream_t stream);
+                                  cudaStream_t stream, bool pdl = false);
 cudaError_t qgemm_w4a4_multi_cuda_f16(const QgemmActs& acts, const uint8_t* qw, const float* sw,
                                       const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
-                                      cudaStream_t stream);
+                                      cudaStream_t stream, bool pdl = false);
 
 // Which kernel the entry point (f16_out: the fp16 one) runs for these operands: "qgemv", "decode",
 // "prefill" or "fallback" (tests and the benchmark report it). Host-only, launches nothing.

@@ -18,6 +18,7 @@
 // writes token m of each row.
 #include <cuda_fp16.h>
 
+#include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/qgemv.h"
 
@@ -88,17 +89,42 @@ __device__ __forceinline__ void step(const uint4* __restrict__ qx, const uint4* 
   }
 }
 
-template <int M, int R, int U>
+// Activation copies over column segments (QgemmActs with 16-byte chunk pointers).
+struct Segs {
+  int n = 1;
+  const uint4* qx[3] = {nullptr, nullptr, nullptr};
+  const float* sx[3] = {nullptr, nullptr, nullptr};
+  int64_t end[3] = {0, 0, 0};
+};
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+
+// R rows of a warp lie in one segment (boundaries are multiples of R). Under PDL the weights' first chunks
+// are prefetched into L2 before pdl_wait(); the activations and scales are read after it.
+template <int M, int R, int U, typename T>
 __global__ void __launch_bounds__(kWarps * 32)
-    qgemv_kernel(const uint4* __restrict__ qx, const float* __restrict__ sx, const uint4* __restrict__ qw,
-                 const float* __restrict__ sw, const float* residual, float* y, __half* y_f16, int64_t N,
-                 int64_t chunks) {
+    qgemv_kernel(Segs a, const uint4* __restrict__ qw, const float* __restrict__ sw, const T* residual, T* y,
+                 __half* y_f16, int64_t N, int64_t ldy, int64_t chunks) {
+  detail::pdl_trigger();
   const int lane = static_cast<int>(threadIdx.x & 31);
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * R;
   if (n0 >= N) return;  // the whole warp leaves together: the shuffles below see full warps only
   const uint4* wrow[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) wrow[r] = qw + (n0 + r < N ? n0 + r : N - 1) * chunks;  // clamp: no divergence
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (lane + 32 * u < chunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow[r] + lane + 32 * u));
+  detail::pdl_wait();
+  int seg = 0;
+  while (seg + 1 < a.n && n0 >= a.end[seg]) ++seg;
+  const uint4* __restrict__ qx = a.qx[seg];
+  const float* __restrict__ sx = a.sx[seg];
 
   int acc[R][M];
 #pragma unroll
@@ -128,9 +154,9 @@ __global__ void __launch_bounds__(kWarps * 32)
       float t = __int2float_rn(acc[r][m] >> 8);
       t = __fmul_rn(t, sx[m]);
       t = __fmul_rn(t, sw[n]);
-      const int64_t i = m * N + n;
-      if (residual) t = __fadd_rn(t, residual[i]);
-      if (y) y[i] = t;
+      const int64_t i = m * ldy + n;
+      if (residual) t = __fadd_rn(t, to_f32(residual[i]));
+      if (y) store(y + i, t);
       if (y_f16) y_f16[i] = __float2half_rn(t);
     }
   }
@@ -139,37 +165,41 @@ __global__ void __launch_bounds__(kWarps * 32)
 // Rows per warp R and chunks per row in flight U, by token count: more rows per warp amortize the activation
 // unpacking and L1 reads as M grows; fewer registers leave room for more chunks in flight at small M.
 template <int M>
-cudaError_t launch(const uint4* qx, const float* sx, const uint4* qw, const float* sw, const float* residual,
-                   float* y, __half* y_f16, int64_t N, int64_t chunks, cudaStream_t stream) {
-  constexpr int R = M <= 2 ? 1 : (M <= 7 ? 2 : 4);
+constexpr int rows_per_warp() {
+  return M <= 2 ? 1 : (M <= 7 ? 2 : 4);
+}
+
+template <int M, typename T>
+cudaError_t launch(const Segs& a, const uint4* qw, const float* sw, const T* residual, T* y, __half* y_f16,
+                   int64_t N, int64_t ldy, int64_t chunks, cudaStream_t stream, bool pdl) {
+  constexpr int R = rows_per_warp<M>();
   constexpr int U = M <= 2 ? 4 : (M <= 7 ? 2 : 1);
+  for (int s = 0; s + 1 < a.n; ++s)
+    if (a.end[s] % R != 0) return cudaErrorInvalidValue;
   const int64_t rows_per_block = static_cast<int64_t>(kWarps) * R;
   const int64_t blocks = (N + rows_per_block - 1) / rows_per_block;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  qgemv_kernel<M, R, U><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(qx, sx, qw, sw, residual,
-                                                                                   y, y_f16, N, chunks);
-  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+  cfg.blockDim = dim3(kWarps * 32);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  FQ_CUDA_RETURN_IF_ERROR(
+      cudaLaunchKernelEx(&cfg, qgemv_kernel<M, R, U, T>, a, qw, sw, residual, y, y_f16, N, ldy, chunks));
   return cudaSuccess;
 }
 
-}  // namespace
-
-cudaError_t qgemv_w4a4(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
-                       const float* residual, float* y, uint16_t* y_f16, int64_t M, int64_t N, int64_t K,
-                       cudaStream_t stream) {
-  if (M < 1 || M > kQgemvMaxM || N < 1 || K < 32 || K % 32 != 0 || K > kQgemvMaxK)
-    return cudaErrorInvalidValue;
-  if (!qx || !sx || !qw || !sw || (!y && !y_f16)) return cudaErrorInvalidValue;
-  if (reinterpret_cast<uintptr_t>(qx) % 16 != 0 || reinterpret_cast<uintptr_t>(qw) % 16 != 0)
-    return cudaErrorInvalidValue;
-  const auto* x4 = reinterpret_cast<const uint4*>(qx);
-  const auto* w4 = reinterpret_cast<const uint4*>(qw);
-  auto* yh = reinterpret_cast<__half*>(y_f16);
-  const int64_t chunks = K / 32;
+template <typename T>
+cudaError_t dispatch(const Segs& a, const uint4* qw, const float* sw, const T* residual, T* y, __half* y_f16,
+                     int64_t M, int64_t N, int64_t ldy, int64_t chunks, cudaStream_t stream, bool pdl) {
   switch (M) {
 #define FQ_QGEMV_CASE(m) \
   case m:                \
-    return launch<m>(x4, sx, w4, sw, residual, y, yh, N, chunks, stream);
+    return launch<m, T>(a, qw, sw, residual, y, y_f16, N, ldy, chunks, stream, pdl);
     FQ_QGEMV_CASE(1)
     FQ_QGEMV_CASE(2)
     FQ_QGEMV_CASE(3)
@@ -190,6 +220,47 @@ cudaError_t qgemv_w4a4(const uint8_t* qx, const float* sx, const uint8_t* qw, co
     default:
       return cudaErrorInvalidValue;
   }
+}
+
+}  // namespace
+
+cudaError_t qgemv_w4a4(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
+                       const float* residual, float* y, uint16_t* y_f16, int64_t M, int64_t N, int64_t K,
+                       cudaStream_t stream) {
+  if (!y && !y_f16) return cudaErrorInvalidValue;
+  QgemmActs a;
+  a.qx[0] = qx;
+  a.sx[0] = sx;
+  a.end[0] = N;
+  return qgemv_w4a4_segments(a, qw, sw, residual, y, y_f16, false, M, N, K, N, stream, false);
+}
+
+cudaError_t qgemv_w4a4_segments(const QgemmActs& acts, const uint8_t* qw, const float* sw, const void* residual,
+                                void* y, uint16_t* y_f16, bool f16, int64_t M, int64_t N, int64_t K, int64_t ldy,
+                                cudaStream_t stream, bool pdl) {
+  if (M < 1 || M > kQgemvMaxM || N < 1 || K < 32 || K % 32 != 0 || K > kQgemvMaxK || ldy < N)
+    return cudaErrorInvalidValue;
+  if (!qw || !sw || (!y && !y_f16) || (f16 && (!y || y_f16)) || acts.n < 1 || acts.n > 3 ||
+      acts.end[acts.n - 1] != N || reinterpret_cast<uintptr_t>(qw) % 16 != 0)
+    return cudaErrorInvalidValue;
+  Segs s;
+  s.n = acts.n;
+  int64_t start = 0;
+  for (int i = 0; i < acts.n; ++i) {
+    if (!acts.qx[i] || !acts.sx[i] || acts.end[i] <= start || reinterpret_cast<uintptr_t>(acts.qx[i]) % 16 != 0)
+      return cudaErrorInvalidValue;
+    s.qx[i] = reinterpret_cast<const uint4*>(acts.qx[i]);
+    s.sx[i] = acts.sx[i];
+    s.end[i] = start = acts.end[i];
+  }
+  const auto* w4 = reinterpret_cast<const uint4*>(qw);
+  auto* yh = reinterpret_cast<__half*>(y_f16);
+  const int64_t chunks = K / 32;
+  if (f16)
+    return dispatch<__half>(s, w4, sw, static_cast<const __half*>(residual), static_cast<__half*>(y), nullptr, M, N,
+                            ldy, chunks, stream, pdl);
+  return dispatch<float>(s, w4, sw, static_cast<const float*>(residual), static_cast<float*>(y), yh, M, N, ldy,
+                         chunks, stream, pdl);
 }
 
 }  // namespace fq::cuda
