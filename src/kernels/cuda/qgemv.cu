@@ -102,8 +102,9 @@ __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 
-// R rows of a warp lie in one segment (boundaries are multiples of R). Under PDL the weights' first chunks
-// are prefetched into L2 before pdl_wait(); the activations and scales are read after it.
+// R rows of a warp lie in one segment (boundaries are multiples of R). Under PDL everything is read after
+// pdl_wait() (an L2 prefetch of the first weight chunks before it was measured slower: it doubles the
+// memory requests of a request-bound kernel).
 template <int M, int R, int U, typename T>
 __global__ void __launch_bounds__(kWarps * 32)
     qgemv_kernel(Segs a, const uint4* __restrict__ qw, const float* __restrict__ sw, const T* residual, T* y,
@@ -115,11 +116,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   const uint4* wrow[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) wrow[r] = qw + (n0 + r < N ? n0 + r : N - 1) * chunks;  // clamp: no divergence
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (lane + 32 * u < chunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(wrow[r] + lane + 32 * u));
   detail::pdl_wait();
   int seg = 0;
   while (seg + 1 < a.n && n0 >= a.end[seg]) ++seg;

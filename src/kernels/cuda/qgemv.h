@@ -27,8 +27,8 @@ cudaError_t qgemv_w4a4(const uint8_t* qx, const float* sx, const uint8_t* qw, co
 // The same over activation copies on column segments (QgemmActs, qgemm.h; boundaries multiples of 4 rows
 // when M > 7, of 2 when M > 2) with output row stride ldy >= N. f16: residual and y are fp16 (IEEE half bits;
 // y = f16(epilogue with the residual widened to fp32)) and y_f16 must be nullptr; else fp32 as above. pdl:
-// launched as a programmatic dependent of the previous kernel on `stream` (sm_90; the weights' first chunks
-// are prefetched into L2 while it runs).
+// launched as a programmatic dependent of the previous kernel on `stream` (sm_90: its launch overlaps the
+// previous kernel's tail).
 cudaError_t qgemv_w4a4_segments(const QgemmActs& acts, const uint8_t* qw, const float* sw, const void* residual,
                                 void* y, uint16_t* y_f16, bool f16, int64_t M, int64_t N, int64_t K, int64_t ldy,
                                 cudaStream_t stream, bool pdl);
