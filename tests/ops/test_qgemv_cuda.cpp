@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <random>
 #include <string>
 #include <vector>
@@ -115,6 +116,58 @@ TEST(QgemvCuda, EveryTokenCountAndRaggedRowCounts) {
   uint32_t seed = 100;
   for (int64_t M = 1; M <= 16; ++M)
     for (const auto& [N, K] : nk) check_case({M, N, K}, seed += 10);
+}
+
+// Activation copies over column segments, fp16 output and residual with a row stride, as a PDL launch: each
+// segment equals the reference on its own copy (fp16: the fp32 epilogue rounded to nearest even).
+TEST(QgemvCuda, SegmentsFp16StridedOutput) {
+  FQ_REQUIRE_CUDA();
+  for (int64_t M : {1, 2, 5, 12}) {
+    const int64_t N = 96, K = 256, ldy = N + 8;
+    const std::array<int64_t, 3> end = {32, 64, 96};
+    const auto qw = random_packed(static_cast<size_t>(N * K / 2), 500 + static_cast<uint32_t>(M));
+    const auto sw = random_scales(static_cast<size_t>(N), 501);
+    std::vector<uint16_t> res(static_cast<size_t>(M * ldy));
+    for (size_t i = 0; i < res.size(); ++i) res[i] = f32_to_f16(std::cos(static_cast<float>(i)) * 2.0f);
+    std::vector<std::vector<uint8_t>> qx(3);
+    std::vector<std::vector<float>> sx(3);
+    std::deque<DeviceBuffer<uint8_t>> dx;  // (not movable: a deque never moves its elements)
+    std::deque<DeviceBuffer<float>> dsx;
+    cuda::QgemmActs acts;
+    acts.n = 3;
+    for (int c = 0; c < 3; ++c) {
+      qx[static_cast<size_t>(c)] = random_packed(static_cast<size_t>(M * K / 2), 510 + static_cast<uint32_t>(c));
+      sx[static_cast<size_t>(c)] = random_scales(static_cast<size_t>(M), 520 + static_cast<uint32_t>(c));
+      dx.emplace_back(qx[static_cast<size_t>(c)]);
+      dsx.emplace_back(sx[static_cast<size_t>(c)]);
+      acts.qx[c] = dx.back().get();
+      acts.sx[c] = dsx.back().get();
+      acts.end[c] = end[static_cast<size_t>(c)];
+    }
+    DeviceBuffer<uint8_t> dw(qw);
+    DeviceBuffer<float> dsw(sw);
+    DeviceBuffer<uint16_t> dy(res);
+    ASSERT_EQ(cuda::qgemv_w4a4_segments(acts, dw.get(), dsw.get(), dy.get(), dy.get(), nullptr, true, M, N, K, ldy,
+                                        nullptr, true),
+              cudaSuccess);
+    const auto got = dy.download();
+    size_t bad = 0;
+    for (int c = 0, n0 = 0; c < 3; n0 = static_cast<int>(end[static_cast<size_t>(c)]), ++c) {
+      std::vector<int32_t> acc(static_cast<size_t>(M * N));
+      ref::qgemm_w4a4_acc(qx[static_cast<size_t>(c)].data(), qw.data(), M, N, K, acc.data());
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = n0; n < end[static_cast<size_t>(c)]; ++n) {
+          const size_t i = static_cast<size_t>(m * ldy + n);
+          const float r = f16_to_f32(res[i]);
+          const float want = ref::qgemm_epilogue(acc[static_cast<size_t>(m * N + n)], sx[static_cast<size_t>(c)][static_cast<size_t>(m)],
+                                                 sw[static_cast<size_t>(n)], &r);
+          bad += got[i] != f32_to_f16(want);
+        }
+    }
+    for (int64_t m = 0; m < M; ++m)  // the stride's gap is left alone
+      for (int64_t n = N; n < ldy; ++n) bad += got[static_cast<size_t>(m * ldy + n)] != res[static_cast<size_t>(m * ldy + n)];
+    EXPECT_EQ(bad, 0u) << "M " << M;
+  }
 }
 
 TEST(QgemvCuda, RejectsBadArgumentsWithoutLaunching) {

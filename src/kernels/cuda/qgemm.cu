@@ -425,8 +425,9 @@ constexpr int64_t kGemvMaxM = 2;
 Kind choose(const void* qx, const void* qw, int64_t M, int64_t K, bool f16, bool dense = true) {
   const bool aligned = reinterpret_cast<uintptr_t>(qx) % 16 == 0 && reinterpret_cast<uintptr_t>(qw) % 16 == 0;
   if (K % 32 != 0 || !aligned) return Kind::kFallback;
-  (void)f16;
-  if (M <= kGemvMaxM && dense) return Kind::kGemv;
+  // fp16 output (the fused q|k|v and gate|up GEMMs): the mma kernel, measured faster than qgemv there in the
+  // engine's decode graph (bench/results/w4a4_engine_notes.md).
+  if (M <= kGemvMaxM && !f16 && dense) return Kind::kGemv;
   if (M <= kQgemmDecodeMaxM) return Kind::kDecode;
   return Kind::kPrefill;
 }
@@ -494,8 +495,6 @@ cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, co
     start = a.end[s];
   }
   if (a.n == 1) return run<T>(a.qx[0], a.sx[0], qw, sw, residual, y, M, N, K, N, stream, pdl);
-  if (one_launch && M <= kGemvMaxM)
-    return qgemv_w4a4_segments(a, qw, sw, residual, y, nullptr, sizeof(T) == 2, M, N, K, N, stream, pdl);
   if (one_launch)
     return launch_decode<kDecodeWarps, kDecodeUnroll, T>(a, qw, sw, residual, y, M, N, N, K, stream, pdl);
   start = 0;
