@@ -1,5 +1,5 @@
 // `flatquant bench --random llama-3-8b|qwen2.5-7b|HF_DIR | --model HF_DIR --engine fp16 [--batch 1,16]
-//                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv]
+//                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv] [--head-int8]
 //                  [--json]`
 // Inference speed of the CUDA engine (docs/runtime.md): per batch size, the prefill of `prefill` tokens per
 // sequence (ms, median of `repeat` runs after a warm-up) and `decode` greedy tokens after it, one CUDA-graph
@@ -34,7 +34,7 @@ struct Options {
   std::string random, model, engine = "fp16", batches = "1,16";
   int64_t prefill = 2048, decode = 256, repeat = 3;
   uint64_t seed = 0;
-  bool json = false, profile = false, no_graphs = false, no_gemv = false;
+  bool json = false, profile = false, no_graphs = false, no_gemv = false, head_int8 = false;
 };
 
 // Shapes of the models the issue benchmarks (values of their HF config.json files).
@@ -119,6 +119,7 @@ int run(const Options& o) {
   eo.max_logit_rows = eo.max_batch;
   eo.cuda_graphs = !o.no_graphs;
   eo.gemv = !o.no_gemv;
+  eo.head_int8 = o.head_int8;
   std::unique_ptr<runtime::CudaEngine> eng;
   std::string name;
   const double t_load = now_s();
@@ -239,6 +240,7 @@ int run(const Options& o) {
   j["date_utc"] = date;
   j["cuda_graphs"] = !o.no_graphs;
   j["gemv"] = !o.no_gemv;
+  j["head_int8"] = o.head_int8;
   j["config"] = {{"n_layer", cfg.n_layer},     {"n_embd", cfg.n_embd},       {"n_head", cfg.n_head},
                  {"n_head_kv", cfg.n_head_kv}, {"head_dim", cfg.head_dim},   {"n_ff", cfg.n_ff},
                  {"n_vocab", cfg.n_vocab},     {"attn_bias", cfg.attn_bias}, {"rope", cfg.rope_scaling.type}};
@@ -288,6 +290,7 @@ Runner register_bench(CLI::App& app) {
   sub->add_flag("--no-graphs", o->no_graphs,
                 "Launch every kernel of a step instead of replaying a CUDA graph");
   sub->add_flag("--no-gemv", o->no_gemv, "cuBLASLt for every GEMM (default: our FP16 GEMV for batch <= 4)");
+  sub->add_flag("--head-int8", o->head_int8, "The LM head as per-row int8 (EngineOptions::head_int8)");
   sub->add_flag("--json", o->json, "Print one JSON object to stdout");
   return [o]() -> int { return run(*o); };
 }

@@ -1,5 +1,5 @@
 // `flatquant ppl --model DIR [--quant fake|real] [--data FILE] [--seq-len N] [--limit-windows N] [--threads N]
-//                [--json] [--save-logits F] [--kld-base F]`
+//                [--json] [--save-logits F] [--kld-base F] [--device cpu|cuda] [--head-int8]`
 // WikiText-2 style perplexity of an HF model directory (CPU reference decoder) or a quantized artifact (CPU
 // artifact runtime), with the paper's protocol (src/eval/perplexity.h), and optionally the KL divergence
 // against a saved baseline run (e.g. the FP model's, for an artifact).
@@ -29,6 +29,7 @@ struct Options {
   bool seq_len_given = false;  // the default is capped at the model context; an explicit value must fit
   int threads = 0;
   bool json = false;
+  bool head_int8 = false;
 };
 
 int run(const Options& o) {
@@ -56,7 +57,7 @@ int run(const Options& o) {
   const int64_t windows = o.limit_windows > 0 ? std::min(plan.windows, o.limit_windows) : plan.windows;
 
   int n_threads = 0;
-  const std::unique_ptr<eval::CausalLM> lm = src.causal_lm(seq_len, o.threads, &n_threads);
+  const std::unique_ptr<eval::CausalLM> lm = src.causal_lm(seq_len, o.threads, &n_threads, o.head_int8);
   eval::PplOptions opt;
   opt.seq_len = seq_len;
   opt.limit_windows = windows;
@@ -95,6 +96,7 @@ int run(const Options& o) {
     j["windows"] = r.windows;
     j["seconds"] = r.seconds;
     j["seq_len"] = r.seq_len;
+    if (o.head_int8) j["head_int8"] = true;
     src.add_json(j);
     if (base) {
       j["kld_mean"] = ks.mean;
@@ -134,6 +136,7 @@ Runner register_ppl(CLI::App& app) {
       ->each([o](const std::string&) { o->seq_len_given = true; });
   sub->add_option("--limit-windows", o->limit_windows, "Evaluate only the first N windows (0: all)");
   sub->add_option("--threads", o->threads, "CPU threads (0: all cores)");
+  sub->add_flag("--head-int8", o->head_int8, "--device cuda: the LM head as per-row int8 (measures its ppl cost)");
   sub->add_flag("--json", o->json, "Print one JSON object line to stdout");
   sub->add_option("--save-logits", o->save_logits, "Save the log-probs of every position (for --kld-base)");
   sub->add_option("--kld-base", o->kld_base, "Compare with log-probs saved by --save-logits: KL divergence");

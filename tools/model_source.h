@@ -73,10 +73,12 @@ class ModelSource {
 
   // The decoder behind each interface, and its thread count. For an artifact the decoder holds its own
   // prepared copy of the weights, so the loaded tensors are released afterwards (one decoder per source).
-  std::unique_ptr<eval::CausalLM> causal_lm(int64_t max_ctx, int threads, int* n_threads) {
+  // head_int8: the CUDA engine's int8 LM head (EngineOptions::head_int8); an error on the CPU.
+  std::unique_ptr<eval::CausalLM> causal_lm(int64_t max_ctx, int threads, int* n_threads, bool head_int8 = false) {
+    FQ_CHECK(!head_int8 || cuda_, "--head-int8: the int8 LM head is an option of the CUDA engine (add --device cuda)");
     if (artifact_ && cuda_) {
       *n_threads = 0;
-      auto lm = std::make_unique<eval::CudaCausalLM>(art_, max_ctx);
+      auto lm = std::make_unique<eval::CudaCausalLM>(art_, max_ctx, head_int8);
       release();
       return lm;
     }
@@ -88,7 +90,7 @@ class ModelSource {
     }
     if (cuda_) {
       *n_threads = 0;
-      return std::make_unique<eval::CudaCausalLM>(w_, max_ctx);
+      return std::make_unique<eval::CudaCausalLM>(w_, max_ctx, head_int8);
     }
     auto lm = std::make_unique<eval::RefCausalLM>(w_, max_ctx, threads);
     *n_threads = lm->decoder().n_threads();

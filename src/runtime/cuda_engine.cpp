@@ -92,6 +92,7 @@ bool cuda_engine_available(std::string* why) {
 #include "core/dtype.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/engine_kernels.h"
+#include "kernels/cuda/head_int8.h"
 #include "kernels/cuda/kron.h"
 #include "kernels/cuda/layer_ops.h"
 #include "kernels/cuda/qgemm.h"
@@ -196,8 +197,10 @@ struct CudaEngine::Impl {
 
   Arena warena, karena, sarena;
   std::vector<LayerDev> layers;
-  size_t o_embd = 0, o_head = 0, o_norm = 0, o_inv_freq = 0;
+  size_t o_embd = 0, o_head = 0, o_norm = 0, o_inv_freq = 0, o_head_q = 0, o_head_s = 0;
   uint16_t *embd = nullptr, *head = nullptr;
+  int8_t* head_q = nullptr;  // head_int8: [V, E] codes and [V] scales
+  float* head_s = nullptr;
   float *norm = nullptr, *inv_freq = nullptr;
   size_t step_weight_bytes = 0;
 
@@ -267,6 +270,7 @@ struct CudaEngine::Impl {
   // y[M, N] (= or +=) x[M, K] . W[N, K]^T; fp16 inputs, fp32 accumulation, y fp16 or fp32. M <= 4: our GEMV
   // (when o.gemv), else cuBLASLt.
   GemmPlan& plan(int64_t M, int64_t N, int64_t K, bool y_f32, bool acc);
+  void lm_head(const uint16_t* X, int64_t rows);  // logits [rows, V] fp32 from fp16 rows
   void gemm(const uint16_t* X, int64_t M, int64_t K, const uint16_t* W, int64_t N, void* Y, bool y_f32,
             bool acc, const char* name);
 
@@ -364,11 +368,19 @@ void CudaEngine::Impl::init_device() {
 // reserved last, the arena is allocated and the shared pointers resolved.
 void CudaEngine::Impl::allocate_weights(const char* what) {
   if (!cfg.tie_embeddings) o_head = warena.reserve(static_cast<size_t>(V * E) * sizeof(uint16_t));
+  if (o.head_int8) {
+    o_head_q = warena.reserve(static_cast<size_t>(V * E));
+    o_head_s = warena.reserve(static_cast<size_t>(V) * sizeof(float));
+  }
   o_norm = warena.reserve(static_cast<size_t>(E) * sizeof(float));
   o_inv_freq = warena.reserve(static_cast<size_t>(D / 2) * sizeof(float));
   warena.allocate(what);
   embd = warena.at<uint16_t>(o_embd);
   head = cfg.tie_embeddings ? embd : warena.at<uint16_t>(o_head);
+  if (o.head_int8) {
+    head_q = warena.at<int8_t>(o_head_q);
+    head_s = warena.at<float>(o_head_s);
+  }
   norm = warena.at<float>(o_norm);
   inv_freq = warena.at<float>(o_inv_freq);
 }
@@ -464,6 +476,14 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
 }
 
 void CudaEngine::Impl::finish_init() {
+  if (o.head_int8) {
+    FQ_CHECK(E % 16 == 0, "CudaEngine: --head-int8 needs n_embd a multiple of 16 (found {})", E);
+    ck(cuda::quantize_rows_int8(head, V, E, head_q, head_s, stream), "int8 head");
+    // A step streams the int8 head instead of the fp16 one (which stays resident: the upload fills it). The
+    // W4A4 count (the arena less one table) already holds the int8 copy.
+    step_weight_bytes -= static_cast<size_t>(V * E) * sizeof(uint16_t);
+    if (!quant) step_weight_bytes += static_cast<size_t>(V * E) + static_cast<size_t>(V) * sizeof(float);
+  }
   const std::vector<float> inv = ref::rope_inv_freq(D, cfg.rope_theta, cfg.rope_scaling);
   ck(cudaMemcpyAsync(inv_freq, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice, stream),
      "upload inv_freq");
@@ -580,6 +600,14 @@ void CudaEngine::Impl::gemm(const uint16_t* X, int64_t M, int64_t K, const uint1
   });
 }
 
+void CudaEngine::Impl::lm_head(const uint16_t* X, int64_t rows) {
+  if (!o.head_int8) {
+    gemm(X, rows, E, head, V, logits, true, false, "lm_head");
+    return;
+  }
+  op("lm_head", [&] { ck(cuda::gemv_int8_f16(X, rows, E, head_q, head_s, V, logits, stream), "int8 LM head"); });
+}
+
 void CudaEngine::Impl::layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq,
                                   int64_t n_tok, int64_t slot0, int64_t p0) {
   const LayerDev& w = layers[static_cast<size_t>(il)];
@@ -634,7 +662,7 @@ void CudaEngine::Impl::decode_body(int64_t batch, const cuda::SampleParams* sp) 
                      stream),
        "final norm");
   });
-  gemm(hb, batch, E, head, V, logits, true, false, "lm_head");
+  lm_head(hb, batch);
   if (sp)
     op("sample", [&] {
       ck(cuda::sample(logits, DType::F32, batch, V, V, *sp, 0, d_rng_step, d_next, stream), "sampling");
@@ -1311,7 +1339,7 @@ void CudaEngine::prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok, in
     m.ck(cuda::rmsnorm(all_logits ? m.x : m.x + (t - 1) * m.E, DType::F32, all_logits ? m.E : t * m.E, m.norm,
                        lrows, m.E, eps, m.hb, DType::F16, m.stream),
          "final norm");
-    m.gemm(m.hb, lrows, m.E, m.head, m.V, m.logits, true, false, "lm_head");
+    m.lm_head(m.hb, lrows);
     const size_t rowb = static_cast<size_t>(m.V) * sizeof(float);
     if (all_logits) {
       for (int64_t s = 0; s < n_seq; ++s)

@@ -32,6 +32,9 @@ struct EngineOptions {
   int64_t max_logit_rows = 0;  // logits rows of one chunk for prefill(all_logits) (0: max_batch)
   bool cuda_graphs = true;     // capture the decode step (off: launch the kernels every step)
   bool gemv = true;  // M <= 4: our FP16 GEMV instead of cuBLASLt (faster on the narrow decode GEMMs)
+  // The LM head as per-row int8 (cuda::quantize_rows_int8 of the fp16 head at load; logits by an int8 GEMV):
+  // half the head's bytes per decode step. Its perplexity cost is measured in docs/runtime.md.
+  bool head_int8 = false;
   int device = 0;
 };
 

@@ -15,8 +15,9 @@
 namespace fq::runtime {
 
 // Engine options for one sequence of up to max_ctx tokens whose every logit row may be requested.
-inline EngineOptions single_sequence_options(int64_t max_ctx) {
+inline EngineOptions single_sequence_options(int64_t max_ctx, bool head_int8 = false) {
   EngineOptions o;
+  o.head_int8 = head_int8;
   o.max_batch = 1;
   o.max_ctx = max_ctx;
   o.max_tokens = std::min<int64_t>(max_ctx, 2048);
@@ -61,8 +62,10 @@ namespace fq::eval {
 
 class CudaCausalLM : public CausalLM {
  public:
-  CudaCausalLM(const ModelWeights& w, int64_t max_ctx) : eng_(w, runtime::single_sequence_options(max_ctx)) {}
-  CudaCausalLM(const Artifact& a, int64_t max_ctx) : eng_(a, runtime::single_sequence_options(max_ctx)) {}
+  CudaCausalLM(const ModelWeights& w, int64_t max_ctx, bool head_int8 = false)
+      : eng_(w, runtime::single_sequence_options(max_ctx, head_int8)) {}
+  CudaCausalLM(const Artifact& a, int64_t max_ctx, bool head_int8 = false)
+      : eng_(a, runtime::single_sequence_options(max_ctx, head_int8)) {}
   int64_t n_vocab() const override { return eng_.config().n_vocab; }
   int64_t max_ctx() const override { return eng_.options().max_ctx; }
   void reset() override { eng_.reset(); }
