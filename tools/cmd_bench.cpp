@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -191,23 +192,41 @@ int run(const Options& o) {
     r["first_tokens"] =
         std::vector<int32_t>(out.begin(), out.begin() + std::min<int64_t>(B * 4, B * o.decode));
     if (o.profile) {
-      auto table = [](const std::vector<runtime::OpTime>& ops, double* total) {
+      // Weight bytes the decode step's streaming ops read (all layers), for their achieved TB/s against the
+      // measured 3.05 TB/s read ceiling (../shared/reference/hardware.md). Events around each op include the
+      // launch gaps of an un-captured step, so these are lower bounds.
+      const double wb = o.engine == "w4a4kv4" ? 0.5 : 2.0, Ld = static_cast<double>(cfg.n_layer);
+      const double E = static_cast<double>(cfg.n_embd), F = static_cast<double>(cfg.n_ff),
+                   HD = static_cast<double>(cfg.n_head * cfg.head_dim),
+                   KVD = static_cast<double>(cfg.n_head_kv * cfg.head_dim);
+      const std::map<std::string, double> step_bytes = {
+          {"qkv_gemm", Ld * (HD + 2 * KVD) * E * wb}, {"o_gemm", Ld * E * HD * wb},
+          {"gate_up_gemm", Ld * 2 * F * E * wb},       {"down_gemm", Ld * E * F * wb},
+          {"lm_head", static_cast<double>(V) * E * (o.head_int8 ? 1.0 : 2.0)}};
+      auto table = [&](const std::vector<runtime::OpTime>& ops, double* total, bool step) {
         nlohmann::json pj = nlohmann::json::array();
         *total = 0;
         for (const auto& t : ops) *total += t.ms;
-        for (const auto& t : ops)
-          pj.push_back({{"op", t.name},
-                        {"ms", t.ms},
-                        {"calls", t.calls},
-                        {"pct", 100.0 * t.ms / std::max(*total, 1e-12)}});
+        for (const auto& t : ops) {
+          nlohmann::json e = {{"op", t.name},
+                              {"ms", t.ms},
+                              {"calls", t.calls},
+                              {"pct", 100.0 * t.ms / std::max(*total, 1e-12)}};
+          const auto it = step_bytes.find(t.name);
+          if (step && it != step_bytes.end() && t.ms > 0) {
+            e["weight_TBps"] = it->second / (t.ms * 1e-3) / 1e12;
+            e["pct_of_3.05TBps"] = 100.0 * e["weight_TBps"].get<double>() / 3.05;
+          }
+          pj.push_back(e);
+        }
         return pj;
       };
       double total = 0;
       for (int64_t b = 0; b < B; ++b) eng->rewind(b, o.prefill);
-      r["profile_uncaptured_step"] = table(eng->profile_step(first.data(), B), &total);
+      r["profile_uncaptured_step"] = table(eng->profile_step(first.data(), B), &total, true);
       r["profile_total_ms"] = total;
       eng->reset();
-      r["profile_prefill"] = table(eng->profile_prefill(prompt.data(), B, o.prefill), &total);
+      r["profile_prefill"] = table(eng->profile_prefill(prompt.data(), B, o.prefill), &total, false);
       r["profile_prefill_total_ms"] = total;
     }
     results.push_back(r);
@@ -223,8 +242,10 @@ int run(const Options& o) {
       for (const char* key : {"profile_uncaptured_step", "profile_prefill"}) {
         fmt::print("  {}:\n", key);
         for (const auto& p : r[key])
-          fmt::print("    {:<20} {:8.3f} ms {:5.1f}% ({} calls)\n", p["op"].get<std::string>(),
-                     p["ms"].get<double>(), p["pct"].get<double>(), p["calls"].get<int64_t>());
+          fmt::print("    {:<20} {:8.3f} ms {:5.1f}% ({} calls){}\n", p["op"].get<std::string>(),
+                     p["ms"].get<double>(), p["pct"].get<double>(), p["calls"].get<int64_t>(),
+                     p.contains("weight_TBps") ? fmt::format("  weights {:.2f} TB/s", p["weight_TBps"].get<double>())
+                                               : std::string());
       }
   }
 

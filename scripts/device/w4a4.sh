@@ -5,7 +5,8 @@
 #          quantization, 16 threads) and on the GPU (--device cuda), the real-vs-fake gate of issue 4
 #   bench  in ONE call: the PyTorch FP16 baseline (bench/fp16_graph_baseline.py, batch 1 and 16), then
 #          `flatquant bench --random llama-3-8b` with --engine fp16 and --engine w4a4kv4 (batch 1 and 16), a
-#          per-op profile of one un-captured W4A4 decode step, and the Qwen2.5-7B shapes
+#          per-op profile of one un-captured W4A4 decode step, both engines with --head-int8, and the Qwen2.5-7B
+#          shapes
 # Logs and JSON under $OUT. Expects .carry/deps (scripts/device/vendor_deps.sh) and .carry/p2/data (WikiText-2,
 # stories260K).
 set -uo pipefail
@@ -74,6 +75,10 @@ PY
   $B bench --random llama-3-8b --engine w4a4kv4 --batch 1,16 --prefill 2048 --decode 16 --repeat 1 --profile \
     > "$OUT/profile_llama3_w4a4.txt" 2>&1
   cat "$OUT/profile_llama3_w4a4.txt"
+  for e in w4a4kv4 fp16; do
+    $B bench --random llama-3-8b --engine $e --batch 1,16 --head-int8 --json > "$OUT/bench_llama3_${e}_head_int8.json" \
+      2>> "$OUT/bench_$e.err" || { rc=1; tail -3 "$OUT/bench_$e.err"; }
+  done
   $B bench --random qwen2.5-7b --engine w4a4kv4 --batch 1,16 --json > "$OUT/bench_qwen25_w4a4kv4.json" 2>> "$OUT/bench_w4a4kv4.err" \
     || { rc=1; tail -3 "$OUT/bench_w4a4kv4.err"; }
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); [print(d['model'], 'B=%d prefill %.1f ms decode %.3f ms/step' % (r['batch'], r['prefill_ms'], r['decode_ms_per_step'])) for r in d['results']]" "$OUT/bench_qwen25_w4a4kv4.json" || true
