@@ -1,5 +1,6 @@
-// Device helpers for latency-bound kernels: a block-wide asynchronous global -> shared copy (cp.async, sm_80+)
-// so that every load of a stage is in flight at once, and programmatic dependent launch (PDL, sm_90):
+// Device helpers for latency- and bandwidth-bound kernels: a block-wide asynchronous global -> shared copy
+// (cp.async, sm_80+) so that every load of a stage is in flight at once, a streaming load, and programmatic
+// dependent launch (PDL, sm_90):
 // pdl_wait() blocks until the grid this one depends on has finished and its writes are visible; without a
 // PDL launch it returns at once. A kernel reads only constants (weights, transforms) before pdl_wait().
 #pragma once
@@ -43,5 +44,32 @@ __device__ __forceinline__ void pdl_trigger() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+
+// A 16-byte load of data read exactly once (streamed weights): kept out of L1 so that reused data stays there.
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// A kernel launch configuration with the PDL attribute when `pdl` (for cudaLaunchKernelEx(&l.cfg, ...)).
+struct Launch {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr = {};
+  Launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl) {
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+  }
+  Launch(const Launch&) = delete;
+  Launch& operator=(const Launch&) = delete;
+};
 
 }  // namespace fq::cuda::detail

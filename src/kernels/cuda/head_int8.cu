@@ -4,6 +4,7 @@
 // tokens' matching 16 fp16 values come through L1. fp32 sums, then a warp reduction and the row scale.
 #include <cuda_fp16.h>
 
+#include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/head_int8.h"
 #include "kernels/cuda/quant_common.cuh"
@@ -36,14 +37,6 @@ __global__ void __launch_bounds__(kQuantThreads)
 }
 
 constexpr int kWarps = 8, kRows = 2, kUnroll = 4, kMaxM = 16;
-
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 // acc[m] += sum over the 16 values of one chunk: weights (16 int8) times token m's 16 fp16 values.
 template <int MT>
@@ -94,7 +87,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) wv[u][r] = load_stream(wr[r] + c + 32 * u);
+      for (int r = 0; r < kRows; ++r) wv[u][r] = detail::load_stream(wr[r] + c + 32 * u);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
@@ -102,7 +95,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   for (; c < wc; c += 32)
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) chunk_dot<MT>(load_stream(wr[r] + c), x, kc, c, M, acc[r]);
+    for (int r = 0; r < kRows; ++r) chunk_dot<MT>(detail::load_stream(wr[r] + c), x, kc, c, M, acc[r]);
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll

@@ -251,15 +251,6 @@ __global__ void __launch_bounds__(WM* WN * 32)
 constexpr int kDecodeWarps = 8;   // warps per block (default configuration)
 constexpr int kDecodeUnroll = 4;  // steps per loop iteration: 2 * 4 16-byte weight loads in flight per lane
 
-// Weights are read exactly once: keep them out of L1 so that the activations stay there.
-__device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 // W warps per block (one row group, K split W ways), U steps per loop iteration, NT token tiles of 8.
 template <int W, int U, int NT, typename T>
 __global__ void __launch_bounds__(W * 32)
@@ -316,8 +307,8 @@ __global__ void __launch_bounds__(W * 32)
     for (int u = 0; u < U; ++u) {
       const int64_t c = (s + u) * 4 + t;  // this lane's chunk
       const bool ok = s + u < s_end && c < chunks;
-      wa[u] = ok ? load_stream(w0 + (c - t) * 16) : zero;
-      wb[u] = ok ? load_stream(w1 + (c - t) * 16) : zero;
+      wa[u] = ok ? detail::load_stream(w0 + (c - t) * 16) : zero;
+      wb[u] = ok ? detail::load_stream(w1 + (c - t) * 16) : zero;
 #pragma unroll
       for (int j = 0; j < NT; ++j)
         xv[u][j] = ok && xok[j] ? __ldg(reinterpret_cast<const uint4*>(xr[j] + (c - t) * 16)) : zero;
@@ -373,21 +364,13 @@ cudaError_t launch_decode(const QgemmActs& acts, const uint8_t* qw, const float*
   const int64_t groups = (N + 15) / 16;
   if (groups > 0x7fffffff) return cudaErrorInvalidValue;
   const int m = static_cast<int>(M), n = static_cast<int>(N);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(groups));
-  cfg.blockDim = dim3(W * 32);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  const detail::Launch l(dim3(static_cast<unsigned>(groups)), dim3(W * 32), 0, stream, pdl);
   if (M <= 8)
-    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, qgemm_decode_kernel<W, U, 1, T>, acts, qw, sw, residual, y, m, n,
-                                               ldy, K / 2));
+    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, qgemm_decode_kernel<W, U, 1, T>, acts, qw, sw, residual, y, m,
+                                               n, ldy, K / 2));
   else
-    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, qgemm_decode_kernel<W, U, 2, T>, acts, qw, sw, residual, y, m, n,
-                                               ldy, K / 2));
+    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, qgemm_decode_kernel<W, U, 2, T>, acts, qw, sw, residual, y, m,
+                                               n, ldy, K / 2));
   return cudaSuccess;
 }
 

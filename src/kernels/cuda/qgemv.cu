@@ -28,15 +28,6 @@ namespace {
 constexpr int kWarps = 4;  // warps per block (block = 128 threads; many small blocks balance well)
 constexpr unsigned kFull = 0xffffffffu;
 
-// Weights are read exactly once: keep them out of L1 so that the activations stay there.
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 // 8 nibbles -> even elements x16 (lo) and odd elements x16 (hi) as int8x4.
 __device__ __forceinline__ void split16(uint32_t w, int& lo, int& hi) {
   lo = static_cast<int>((w << 4) & 0xF0F0F0F0u);
@@ -74,7 +65,7 @@ __device__ __forceinline__ void step(const uint4* __restrict__ qx, const uint4* 
 #pragma unroll
   for (int u = 0; u < U; ++u)
 #pragma unroll
-    for (int r = 0; r < R; ++r) w[u][r] = load_stream(wrow[r] + c + 32 * u);
+    for (int r = 0; r < R; ++r) w[u][r] = detail::load_stream(wrow[r] + c + 32 * u);
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     Split ws[R];
@@ -175,17 +166,9 @@ cudaError_t launch(const Segs& a, const uint4* qw, const float* sw, const T* res
   const int64_t rows_per_block = static_cast<int64_t>(kWarps) * R;
   const int64_t blocks = (N + rows_per_block - 1) / rows_per_block;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  const detail::Launch l(dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), 0, stream, pdl);
   FQ_CUDA_RETURN_IF_ERROR(
-      cudaLaunchKernelEx(&cfg, qgemv_kernel<M, R, U, T>, a, qw, sw, residual, y, y_f16, N, ldy, chunks));
+      cudaLaunchKernelEx(&l.cfg, qgemv_kernel<M, R, U, T>, a, qw, sw, residual, y, y_f16, N, ldy, chunks));
   return cudaSuccess;
 }
 

@@ -460,17 +460,9 @@ cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, u
   if (sh.total > 48 * 1024)
     FQ_CUDA_RETURN_IF_ERROR(
         cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit)));
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(rows));
-  cfg.blockDim = dim3(kFusedThreads);
-  cfg.dynamicSmemBytes = static_cast<size_t>(sh.total);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, fused_quant_kernel, k, sh, static_cast<int>(K), rows, packed, scales));
+  const detail::Launch l(dim3(static_cast<unsigned>(rows)), dim3(kFusedThreads), static_cast<size_t>(sh.total), stream,
+                         pdl);
+  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, fused_quant_kernel, k, sh, static_cast<int>(K), rows, packed, scales));
   return cudaSuccess;
 }
 
