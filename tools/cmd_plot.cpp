@@ -60,7 +60,6 @@ int run_calibration(const Options& o) {
 
 int run_flatness(const Options& o) {
   FQ_CHECK(o.tokens >= 1, "--tokens must be positive (found {})", o.tokens);
-  plot::gnuplot_binary();  // before the slow part
   FQ_CHECK(is_directory(o.model) && file_exists(path_join(o.model, "config.json")),
            "--model {}: not an HF model directory (no config.json)", o.model);
   FQ_CHECK(is_artifact_dir(o.artifact), "--artifact {}: not a flatquant artifact (no manifest.json)", o.artifact);
@@ -74,6 +73,7 @@ int run_flatness(const Options& o) {
   const auto tok = load_tokenizer(o.model);
   const std::string text = read_file(data);
   FQ_CHECK(!text.empty(), "--data {}: empty file", data);
+  plot::gnuplot_binary();  // after the input checks, before the slow part
   const std::vector<int32_t> ids = first_tokens(*tok, text, o.tokens);
   plot::FlatnessOptions fo;
   fo.layer = o.layer;

@@ -114,16 +114,15 @@ std::vector<std::string> plot_calibration(const std::vector<std::string>& artifa
   FQ_CHECK(!artifacts.empty(), "plot calibration: no artifact directory given");
   std::vector<ArtifactLosses> all;
   for (const auto& d : artifacts) all.push_back(read_artifact_losses(d));
-  gnuplot_binary();
-  std::filesystem::create_directories(out);
-  std::vector<std::string> written;
-
   // Loss curves: the first artifact that has a log (baselines without training have none, or an empty one).
   size_t first = all.size();
   for (size_t i = 0; i < all.size() && first == all.size(); ++i)
     if (has_log_rows(path_join(all[i].dir, "calib_log.csv"))) first = i;
   FQ_CHECK(first < all.size() || all.size() > 1, "{}: no calib_log.csv rows (the artifact was not calibrated)",
            path_join(artifacts[0], "calib_log.csv"));
+  gnuplot_binary();  // after the input checks, before anything is written
+  std::filesystem::create_directories(out);
+  std::vector<std::string> written;
   if (first < all.size()) {
     const LossCurves c = read_calib_log(path_join(all[first].dir, "calib_log.csv"));
     Panel p;
