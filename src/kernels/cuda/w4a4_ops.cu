@@ -23,7 +23,7 @@ namespace {
 // operands); X16 [Lp][ldx] (fp16 X, zero-padded); Tt [Rp][ldt] (fp16 T^T, the right operand of A^T T). Row
 // strides of 8 extra halves keep the 32-bit fragment loads free of bank conflicts. Warp tasks are 16 x 32
 // output tiles (one m16 row of tiles, four n8 columns).
-constexpr int kFusedThreads = 512;
+constexpr int kFusedThreads = 1024;  // measured: bs 16 decode 5.71 -> 5.50 ms vs 512
 constexpr int kFusedWarps = kFusedThreads / detail::kWarp;
 
 struct FusedShape {
