@@ -299,7 +299,7 @@ struct CudaEngine::Impl {
   void resolve(KronDev& k);
   void to_f16(const KronDev& k);
   void kmat_to_f16(const QLayerDev& l);
-  // fp32 rows [rows, L*R] (few rows) or fp16 rows (more) -> transformed fp32 rows (returned pointer).
+  // fp16 rows [rows, L*R] -> transformed fp32 rows (returned pointer), as two tensor-core GEMMs.
   const float* kron(const KronDev& k, const uint16_t* src16, int64_t rows);
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name);
   void qlayer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
@@ -1044,8 +1044,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   const cuda::Kv4Layer& c = kv4[static_cast<size_t>(il)];
   const float eps = static_cast<float>(cfg.rms_eps);
   const bool few = rows <= kFusedRows;
-  // Few rows: the fused kernels and the decode GEMMs are programmatic dependent launches (sm_90), so that each
-  // loads its constants (transforms, weights) while the previous kernel runs.
+  // Few rows: the fused kernels and the decode GEMMs are programmatic dependent launches (sm_90): each launch
+  // overlaps the previous kernel's tail, and the fused kernels load their constants before they wait.
   const bool pdl = few && prop.major >= 9;
   // Few rows (decode): one fused kernel per input (prologue + transform + quantized copies).
   auto fused = [&](cuda::FusedQuantArgs f, const KronDev& k, int64_t K, const cuda::SymClips& clips) {
