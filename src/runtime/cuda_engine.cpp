@@ -1044,9 +1044,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   const cuda::Kv4Layer& c = kv4[static_cast<size_t>(il)];
   const float eps = static_cast<float>(cfg.rms_eps);
   const bool few = rows <= kFusedRows;
-  // Few rows: the decode chain (fused kernels, GEMMs, RoPE, KV4 append, attention) is programmatic dependent
-  // launches (sm_90): each launch overlaps the previous kernel's tail, and the fused and RoPE kernels load their
-  // constants before they wait.
+  // Few rows: the fused kernels and the decode GEMMs are programmatic dependent launches (sm_90): each launch
+  // overlaps the previous kernel's tail, and the fused kernels load their constants before they wait.
   const bool pdl = few && prop.major >= 9;
   // Few rows (decode): one fused kernel per input (prologue + transform + quantized copies).
   auto fused = [&](cuda::FusedQuantArgs f, const KronDev& k, int64_t K, const cuda::SymClips& clips) {
@@ -1124,22 +1123,20 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   } else {
     op("rope_ktrans", [&] {
       ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0,
-                                      decode ? in_pos() : nullptr, w.bqkv, H, KV, D, inv_freq, w.kinv, w.kmat, stream,
-                                      nullptr, 0, pdl),
+                                      decode ? in_pos() : nullptr, w.bqkv, H, KV, D, inv_freq, w.kinv, w.kmat, stream),
          "q/k/v RoPE + K transform");
     });
   }
   op("kv4_append", [&] {
     ck(cuda::kv4_append(c, big + HD, big + HD + KV * D, DType::F16, decode ? batch : n_seq, decode ? 1 : n_tok,
                         QKV, decode ? 0 : slot0, decode ? 0 : p0, decode ? in_pos() : nullptr, d_flags, w.kv_clip,
-                        stream, pdl),
+                        stream),
        "KV4 append");
   });
   // The attention output: fp32 for the fused kernel or the plain quantizer, fp16 for the head-mix GEMM.
   const bool o_fused = few && w.om.fused, attn16 = w.om.L && !o_fused;
   if (decode) {
-    cuda::DecodeAttnPlan dp = cuda::decode_attention_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
-    dp.pdl = pdl;
+    const cuda::DecodeAttnPlan dp = cuda::decode_attention_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
     op("decode_attention", [&] {
       ck(cuda::decode_attention(c, big, DType::F16, QKV, batch, H, in_len(), attn16 ? static_cast<void*>(hb) : tf,
                                 attn16 ? DType::F16 : DType::F32, dp, attn_ws, d_flags, stream),

@@ -41,7 +41,7 @@ struct Kv4Clip {
 // is never silent. Without d_pos the launcher itself rejects pos0 + n_tok > max_ctx. head_dim even.
 cudaError_t kv4_append(const Kv4Layer& cache, const void* k, const void* v, DType dtype, int64_t n_seq,
                        int64_t n_tok, int64_t x_stride, int64_t slot0, int64_t pos0, const int32_t* d_pos,
-                       int32_t* d_overflow, const Kv4Clip& clip, cudaStream_t stream, bool pdl = false);
+                       int32_t* d_overflow, const Kv4Clip& clip, cudaStream_t stream);
 
 // ---- decode attention over the 4-bit cache
 // ----------------------------------------------------------------- q: [batch, n_head, head_dim] of q_dtype
@@ -60,9 +60,6 @@ struct DecodeAttnPlan {
   // head_dim 64 / 128 run on the tensor cores (mma.sync) unless this forces the CUDA-core kernel (every other
   // head_dim uses it anyway); for tests and comparisons.
   bool cuda_cores = false;
-  // Launch the kernels as programmatic dependents of the previous kernel (sm_90; each waits for it before its
-  // first read): the launch overlaps the previous kernel's tail.
-  bool pdl = false;
 };
 DecodeAttnPlan decode_attention_plan(int64_t batch, int64_t n_head, int64_t n_head_kv, int64_t max_len,
                                      int n_sm);

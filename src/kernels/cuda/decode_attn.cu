@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.cuh"
 
@@ -65,8 +64,6 @@ __global__ void __launch_bounds__(kThreads)
     decode_attn_kernel(Kv4Layer c, const void* __restrict__ qv, bool q_f16, int64_t q_stride, int n_head,
                        int heads_per_cta, const int32_t* __restrict__ d_len, void* __restrict__ outv,
                        bool out_f16, float* __restrict__ ws, int n_split, int32_t* d_overflow) {
-  detail::pdl_trigger();
-  detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
   extern __shared__ float smem_raw[];
   const int d = D > 0 ? D : static_cast<int>(c.head_dim);
   const int W = d / 8;  // 32-bit code words per row (a power of two <= 32)
@@ -287,8 +284,6 @@ __global__ void __launch_bounds__(kThreads)
 // One CTA per (sequence, query head); thread e owns output element e.
 __global__ void decode_combine_kernel(const float* __restrict__ ws, int64_t n_part_rows, int n_split, int d,
                                       void* __restrict__ outv, bool out_f16) {
-  detail::pdl_trigger();
-  detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
   const int64_t bh = blockIdx.x;
   const float* m = ws + n_part_rows * d + bh * n_split;
   const float* l = ws + n_part_rows * d + n_part_rows + bh * n_split;
@@ -392,9 +387,6 @@ __global__ void __launch_bounds__(kThreads)
                            int heads_per_cta, const int32_t* __restrict__ d_len, void* __restrict__ outv,
                            bool out_f16, float* __restrict__ ws, int n_split, int32_t* d_overflow) {
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
-  detail::pdl_trigger();
-  detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
-
   constexpr int KW = D / 32;  // K code words per thread and key row (dims [t*D/4, (t+1)*D/4))
   constexpr int KB = D / 16;  // k-blocks of the score MMA
   constexpr int VW = D / 64;  // V code words per thread and key (dims [g*D/8, (g+1)*D/8))
@@ -626,13 +618,13 @@ template <int D>
 cudaError_t launch_decode_mma(const Kv4Layer& c, const void* q, bool q_f16, int64_t q_stride, int64_t batch,
                               int64_t n_head, int heads_per_cta, int n_chunk, const int32_t* d_len, void* out,
                               bool out_f16, float* ws, int n_split, int32_t* d_overflow,
-                              cudaStream_t stream, bool pdl) {
+                              cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(c.n_head_kv * n_chunk),
                   static_cast<unsigned>(batch));
-  const detail::Launch l(grid, dim3(kThreads), 0, stream, pdl);
-  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, decode_attn_mma_kernel<D>, c, q, q_f16, q_stride,
-                                             static_cast<int>(n_head), heads_per_cta, d_len, out, out_f16, ws,
-                                             n_split, d_overflow));
+  decode_attn_mma_kernel<D><<<grid, kThreads, 0, stream>>>(c, q, q_f16, q_stride, static_cast<int>(n_head),
+                                                           heads_per_cta, d_len, out, out_f16, ws, n_split,
+                                                           d_overflow);
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
 
@@ -728,10 +720,10 @@ cudaError_t decode_attention(const Kv4Layer& cache, const void* q, DType q_dtype
   const int hpc = plan.heads_per_cta;
   if (!plan.cuda_cores && d == 128)
     err = launch_decode_mma<128>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
-                                 plan.n_split, d_overflow, stream, plan.pdl);
+                                 plan.n_split, d_overflow, stream);
   else if (!plan.cuda_cores && d == 64)
     err = launch_decode_mma<64>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
-                                plan.n_split, d_overflow, stream, plan.pdl);
+                                plan.n_split, d_overflow, stream);
   else if (hpc <= 1)
     err = dispatch_d<1>(c, q, q16, q_stride, batch, n_head, hpc, n_chunk, d_len, direct, o16, ws,
                         plan.n_split, d_overflow, stream);
@@ -746,10 +738,9 @@ cudaError_t decode_attention(const Kv4Layer& cache, const void* q, DType q_dtype
                         plan.n_split, d_overflow, stream);
   if (err != cudaSuccess || plan.n_split == 1) return err;
   const int64_t n_rows = batch * n_head;
-  const detail::Launch l(dim3(static_cast<unsigned>(n_rows)), dim3(static_cast<unsigned>(std::min<int64_t>(d, 128))),
-                         0, stream, plan.pdl);
-  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, decode_combine_kernel, static_cast<const float*>(ws),
-                                             n_rows * plan.n_split, plan.n_split, static_cast<int>(d), out, o16));
+  decode_combine_kernel<<<static_cast<unsigned>(n_rows), static_cast<unsigned>(std::min<int64_t>(d, 128)), 0,
+                          stream>>>(ws, n_rows * plan.n_split, plan.n_split, static_cast<int>(d), out, o16);
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
 

@@ -3,7 +3,6 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/attention.h"
-#include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/quant_common.cuh"
 
@@ -25,8 +24,6 @@ __global__ void kv4_append_kernel(Kv4Layer c, const T* __restrict__ k, const T* 
                                   int64_t n_rows, int64_t n_tok, int64_t x_stride, int64_t slot0,
                                   int64_t pos0, const int32_t* __restrict__ d_pos, int32_t* d_overflow,
                                   Kv4Clip clip) {
-  detail::pdl_trigger();
-  detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
   const int lane = threadIdx.x % detail::kWarp;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / detail::kWarp;
   if (r >= n_rows) return;  // whole warps leave together
@@ -64,7 +61,7 @@ __global__ void kv4_append_kernel(Kv4Layer c, const T* __restrict__ k, const T* 
 
 cudaError_t kv4_append(const Kv4Layer& cache, const void* k, const void* v, DType dtype, int64_t n_seq,
                        int64_t n_tok, int64_t x_stride, int64_t slot0, int64_t pos0, const int32_t* d_pos,
-                       int32_t* d_overflow, const Kv4Clip& clip, cudaStream_t stream, bool pdl) {
+                       int32_t* d_overflow, const Kv4Clip& clip, cudaStream_t stream) {
   const Kv4Layer& c = cache;
   if (dtype != DType::F32 && dtype != DType::F16) return cudaErrorInvalidValue;
   if (c.n_slots < 1 || c.max_ctx < 1 || c.n_head_kv < 1 || c.head_dim < 2 || c.head_dim % 2 != 0)
@@ -77,16 +74,17 @@ cudaError_t kv4_append(const Kv4Layer& cache, const void* k, const void* v, DTyp
   if (n_rows == 0) return cudaSuccess;
   const int64_t blocks = (n_rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  const detail::Launch l(dim3(static_cast<unsigned>(blocks), 2), dim3(kWarpsPerBlock * detail::kWarp), 0, stream,
-                         pdl);
-  if (dtype == DType::F32)
-    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, kv4_append_kernel<float>, c, static_cast<const float*>(k),
-                                               static_cast<const float*>(v), n_rows, n_tok, x_stride, slot0, pos0,
-                                               d_pos, d_overflow, clip));
-  else
-    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, kv4_append_kernel<__half>, c, static_cast<const __half*>(k),
-                                               static_cast<const __half*>(v), n_rows, n_tok, x_stride, slot0, pos0,
-                                               d_pos, d_overflow, clip));
+  const dim3 grid(static_cast<unsigned>(blocks), 2);
+  if (dtype == DType::F32) {
+    kv4_append_kernel<float><<<grid, kWarpsPerBlock * detail::kWarp, 0, stream>>>(
+        c, static_cast<const float*>(k), static_cast<const float*>(v), n_rows, n_tok, x_stride, slot0, pos0,
+        d_pos, d_overflow, clip);
+  } else {
+    kv4_append_kernel<__half><<<grid, kWarpsPerBlock * detail::kWarp, 0, stream>>>(
+        c, static_cast<const __half*>(k), static_cast<const __half*>(v), n_rows, n_tok, x_stride, slot0, pos0,
+        d_pos, d_overflow, clip);
+  }
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
 

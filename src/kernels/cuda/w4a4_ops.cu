@@ -286,11 +286,8 @@ __global__ void __launch_bounds__(kRopeThreads)
   extern __shared__ __align__(16) float Ms[];  // the head's matrix, staged (d <= kRopeStageMaxD)
   const int hh = blockIdx.x;
   const float* M = hh < n_head ? q_mat : k_mat;
-  // The matrix is a constant: its cp.async stage overlaps everything up to the product (and, under PDL, the
-  // previous kernel's tail).
-  detail::pdl_trigger();
+  // The matrix is a constant: its cp.async stage overlaps everything up to the product.
   if (stage && M && hh < n_head + n_kv) detail::stage_async(Ms, M, 4LL * d * d);
-  detail::pdl_wait();
   const int64_t row = row0 + blockIdx.y;  // row of the whole call (launches cover at most 65535 rows)
   const int half = d / 2;
   __half* h = qkv + row * qkv_stride + static_cast<int64_t>(hh) * d;
@@ -487,7 +484,7 @@ cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t ro
                                    int64_t pos0, const int32_t* d_pos, const float* bias, int64_t n_head,
                                    int64_t n_head_kv, int64_t head_dim, const float* inv_freq,
                                    const float* q_mat, const float* k_mat, cudaStream_t stream, uint16_t* qk_out,
-                                   int64_t qk_stride, bool pdl) {
+                                   int64_t qk_stride) {
   if (qk_out && qk_stride < (n_head + n_head_kv) * head_dim) return cudaErrorInvalidValue;
   if (rows < 0 || n_tok < 1 || rows % n_tok != 0 || head_dim < 2 || head_dim % 2 != 0 || head_dim > 256 ||
       n_head < 1 || n_head_kv < 1 || qkv_stride < (n_head + 2 * n_head_kv) * head_dim || !inv_freq ||
@@ -504,12 +501,12 @@ cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t ro
   // gridDim.y is limited to 65535: rows beyond that go in further launches (the kernel adds row0).
   for (int64_t r0 = 0; r0 < rows; r0 += 65535) {
     const int64_t nr = std::min<int64_t>(rows - r0, 65535);
-    const detail::Launch l(dim3(static_cast<unsigned>(heads), static_cast<unsigned>(nr)), dim3(kRopeThreads), smem,
-                           stream, pdl);
-    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(
-        &l.cfg, rope_transform_kernel, reinterpret_cast<__half*>(qkv), qkv_stride, r0, n_tok, pos0, d_pos, bias,
-        static_cast<int>(n_head), static_cast<int>(n_head_kv), static_cast<int>(head_dim), inv_freq, q_mat, k_mat,
-        reinterpret_cast<__half*>(qk_out), qk_stride, smem > 0));
+    rope_transform_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(nr)), kRopeThreads, smem,
+                            stream>>>(reinterpret_cast<__half*>(qkv), qkv_stride, r0, n_tok, pos0, d_pos, bias,
+                                      static_cast<int>(n_head), static_cast<int>(n_head_kv),
+                                      static_cast<int>(head_dim), inv_freq, q_mat, k_mat,
+                                      reinterpret_cast<__half*>(qk_out), qk_stride, smem > 0);
+    FQ_CUDA_RETURN_LAUNCH_ERROR();
   }
   return cudaSuccess;
 }

@@ -74,13 +74,12 @@ cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, u
 // head_dim] row-major) are given, every q head <- q_head · q_mat and every k head <- k_head · k_mat
 // (ref::rowvec_matmul; fp32, eight interleaved partial sums with fused multiply-adds). head_dim even, <= 256. With qk_out, the q and k heads
 // go there instead ([rows, (n_head + n_head_kv) * head_dim], row stride qk_stride; v stays in qkv): the engine's
-// prefill then applies the K transform as a batched tensor-core GEMM back into qkv. pdl: a programmatic
-// dependent launch (the matrices are staged while the previous kernel finishes).
+// prefill then applies the K transform as a batched tensor-core GEMM back into qkv.
 cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok,
                                    int64_t pos0, const int32_t* d_pos, const float* bias, int64_t n_head,
                                    int64_t n_head_kv, int64_t head_dim, const float* inv_freq,
                                    const float* q_mat, const float* k_mat, cudaStream_t stream,
-                                   uint16_t* qk_out = nullptr, int64_t qk_stride = 0, bool pdl = false);
+                                   uint16_t* qk_out = nullptr, int64_t qk_stride = 0);
 
 // ---- KV4 cache read-back ------------------------------------------------------------------------------------
 // k_out, v_out [n_seq, n_pos, n_head_kv, head_dim] fp16 = ref::dequantize_kv_asym_int4 of slots slot0 ..
