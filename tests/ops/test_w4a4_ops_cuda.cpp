@@ -189,10 +189,24 @@ TEST(W4A4Ops, FusedQuantRejectsBadArguments) {
 // One min/max, one copy per clip pair: bytes and scales equal ref::quantize_sym_int4 per clip exactly.
 TEST(W4A4Ops, QuantizeMultiEqualsReferencePerClip) {
   FQ_REQUIRE_CUDA();
-  for (int64_t cols : {2, 24, 172, 4096, 14336})
+  // Besides random rows (cols 2 .. 14336), a row of values on and one ulp around half-integer multiples of the
+  // scale (cols 0): the kernel's reciprocal fast path must defer to the exact division there.
+  std::vector<float> ties;
+  for (int k = -7; k <= 6; ++k)  // |values| <= 6.5 and the row's max |x| 7: clip 1 gives scale 1 (exact ties)
+    for (float m : {0.7f, 0.9f, 1.0f}) {
+      const float v = (static_cast<float>(k) + 0.5f) * m;
+      ties.insert(ties.end(), {v, std::nextafter(v, 1e9f), std::nextafter(v, -1e9f)});
+    }
+  ties.insert(ties.end(), {7.0f, -7.0f});
+  if (ties.size() % 2 != 0) ties.push_back(0.0f);
+  for (int64_t cols : {int64_t{0}, int64_t{2}, int64_t{24}, int64_t{172}, int64_t{4096}, int64_t{14336}})
     for (int64_t rows : {1, 3, 17}) {
+      if (cols == 0 && rows > 1) continue;
+      const bool tie_row = cols == 0;
+      if (tie_row) cols = static_cast<int64_t>(ties.size());
       const int64_t stride = cols + 4;
-      const auto x = test::random_activations(static_cast<size_t>(rows * stride), 5 + static_cast<uint32_t>(cols));
+      auto x = test::random_activations(static_cast<size_t>(rows * stride), 5 + static_cast<uint32_t>(cols));
+      if (tie_row) std::copy(ties.begin(), ties.end(), x.begin());
       cuda::SymClips c;
       c.n = 3;
       const float mx[3] = {1.0f, 0.9f, 0.7f}, mn[3] = {1.0f, 0.8f, 0.95f};

@@ -26,6 +26,16 @@ __device__ __forceinline__ int sym_int4_code(float x, float scale) {
   return min(max(q, -8), 7);
 }
 
+// sym_int4_code bit for bit, cheaper: x * inv (inv = __frcp_rn(scale)) is within 1e-6 of x / scale wherever
+// the code is not clamped (|x / scale| < 8.5, two roundings of 2^-24 each), so its nearest integer is the same
+// unless it lies within 1e-5 of a half-integer; there (rarely) the exact division decides.
+__device__ __forceinline__ int sym_int4_code_fast(float x, float scale, float inv) {
+  const float r = __fmul_rn(x, inv);
+  const float f = r - floorf(r);
+  if (fabsf(f - 0.5f) < 1e-5f) return sym_int4_code(x, scale);
+  return min(max(__float2int_rn(r), -8), 7);
+}
+
 // Mirrors the per-row parameters of ref::quantize_kv_asym_int4 (asymmetric 4-bit, integer zero point):
 // from the row's max(., 0) / min(., 0) and the clipping factors to (scale, zero).
 __device__ __forceinline__ void asym_int4_params(float rowmax, float rowmin, float clip_max, float clip_min,

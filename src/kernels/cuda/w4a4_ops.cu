@@ -133,14 +133,14 @@ __global__ void __launch_bounds__(kFusedThreads)
     }
   } else {
     const int Lp = s.Lp, Rp = s.Rp;
-    for (int e = tid; e < Lp * Rp; e += kFusedThreads) {
-      const int l = e / Rp, r = e - l * Rp;
-      const __half v = l < L && r < R ? __float2half_rn(value(l * R + r)) : __float2half_rn(0.0f);
-      if (with_b)
-        X16[l * s.ldx + r] = v;
-      else
-        Tt[r * s.ldt + l] = v;
-    }
+    for (int l = warp; l < Lp; l += kFusedWarps)
+      for (int r = lane; r < Rp; r += detail::kWarp) {
+        const __half v = l < L && r < R ? __float2half_rn(value(l * R + r)) : __float2half_rn(0.0f);
+        if (with_b)
+          X16[l * s.ldx + r] = v;
+        else
+          Tt[r * s.ldt + l] = v;
+      }
     __syncthreads();
     const int ngroups = (Rp / 8 + 3) / 4;
     // 3. T = X B (fp32 sums over k < Rp), written as fp16 T^T.
@@ -208,20 +208,19 @@ __global__ void __launch_bounds__(kFusedThreads)
   detail::block_minmax(vmax, vmin, red);
   for (int cp = 0; cp < a.clips.n; ++cp) {
     const float scale = detail::sym_int4_scale(vmax, vmin, a.clips.max[cp], a.clips.min[cp]);
+    const float inv = __frcp_rn(scale);
+    auto code = [&](float v) { return detail::sym_int4_code_fast(v, scale, inv); };
     uint8_t* out = packed + (cp * rows + t) * (K / 2);
     if (K % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 4 == 0) {
       for (int j = tid; j < K / 8; j += kFusedThreads) {
         uint32_t w = 0;
 #pragma unroll
         for (int q = 0; q < 4; ++q)
-          w |= static_cast<uint32_t>(detail::pack2(detail::sym_int4_code(Y[8 * j + 2 * q], scale),
-                                                   detail::sym_int4_code(Y[8 * j + 2 * q + 1], scale)))
-               << (8 * q);
+          w |= static_cast<uint32_t>(detail::pack2(code(Y[8 * j + 2 * q]), code(Y[8 * j + 2 * q + 1]))) << (8 * q);
         reinterpret_cast<uint32_t*>(out)[j] = w;
       }
     } else {
-      for (int j = tid; j < K / 2; j += kFusedThreads)
-        out[j] = detail::pack2(detail::sym_int4_code(Y[2 * j], scale), detail::sym_int4_code(Y[2 * j + 1], scale));
+      for (int j = tid; j < K / 2; j += kFusedThreads) out[j] = detail::pack2(code(Y[2 * j]), code(Y[2 * j + 1]));
     }
     if (tid == 0) scales[cp * rows + t] = scale;
   }
@@ -265,8 +264,11 @@ __global__ void quant_multi_kernel(const float* __restrict__ x, int64_t cols, in
   }
   detail::block_minmax(vmax, vmin, red);
   for (int c = 0; c < clips.n; ++c) {
-    const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[c], clips.min[c]);
-    detail::store_sym_int4_row(xr, cols, scale, packed + (c * rows + r) * (cols / 2));
+    const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[c], clips.min[c]), inv = __frcp_rn(scale);
+    uint8_t* out = packed + (c * rows + r) * (cols / 2);
+    for (int64_t j = threadIdx.x; j < cols / 2; j += blockDim.x)
+      out[j] = detail::pack2(detail::sym_int4_code_fast(xr[2 * j], scale, inv),
+                             detail::sym_int4_code_fast(xr[2 * j + 1], scale, inv));
     if (threadIdx.x == 0) scales[c * rows + r] = scale;
   }
 }
