@@ -13,6 +13,7 @@
 // A wrong transform, clip, cache position or segment shows up far outside the band. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -227,33 +228,37 @@ TEST(CudaQuantEngine, GqaBiasChunkedPrefillMatchesCpuRuntime) {
 }
 
 // Three slots at different positions decode in one batched step; each row equals its own CPU decoder.
-TEST(CudaQuantEngine, Batch3AtDifferentPositions) {
-  FQ_REQUIRE_GPU();
+// n sequences at different positions decode together: n <= 16 runs the fused decode kernels, more the GEMM
+// route (whose fp16 inputs the decode attention then writes).
+void check_batch_decode(int64_t n) {
   const ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, false, true);
   const Artifact a = make_quant_artifact(test::random_model(c, 21), 22);
-  const int64_t V = c.n_vocab, lens[3] = {7, 19, 2};
+  const int64_t V = c.n_vocab;
+  std::vector<int64_t> lens(static_cast<size_t>(n));
+  for (int64_t s = 0; s < n; ++s) lens[static_cast<size_t>(s)] = s < 3 ? std::array<int64_t, 3>{7, 19, 2}[static_cast<size_t>(s)] : 2 + (s * 5) % 17;
   EngineOptions o;
-  o.max_batch = 3;
+  o.max_batch = n;
   o.max_ctx = 32;
   CudaEngine eng(a, o);
   const Artifact a16 = f16_embedding(a);
   std::vector<std::unique_ptr<QuantDecoder>> cpu, band;
-  std::vector<int32_t> next(3);
-  for (int64_t s = 0; s < 3; ++s) {
-    const auto t = random_tokens(lens[s], V, 30 + static_cast<uint32_t>(s));
-    std::vector<float> lg(static_cast<size_t>(V)), lc(lg.size() * static_cast<size_t>(lens[s]));
-    eng.prefill(t.data(), 1, lens[s], s, lg.data(), false);
+  std::vector<int32_t> next(static_cast<size_t>(n));
+  for (int64_t s = 0; s < n; ++s) {
+    const int64_t len = lens[static_cast<size_t>(s)];
+    const auto t = random_tokens(len, V, 30 + static_cast<uint32_t>(s));
+    std::vector<float> lg(static_cast<size_t>(V)), lc(lg.size() * static_cast<size_t>(len));
+    eng.prefill(t.data(), 1, len, s, lg.data(), false);
     cpu.push_back(std::make_unique<QuantDecoder>(a, QuantMode::kReal, 32, 1));
     band.push_back(std::make_unique<QuantDecoder>(a16, QuantMode::kReal, 32, 1));
-    cpu.back()->forward(t.data(), lens[s], lc.data());
-    band.back()->forward(t.data(), lens[s], nullptr);
-    next[static_cast<size_t>(s)] = runtime::argmax(lc.data() + (lens[s] - 1) * V, V);
+    cpu.back()->forward(t.data(), len, lc.data());
+    band.back()->forward(t.data(), len, nullptr);
+    next[static_cast<size_t>(s)] = runtime::argmax(lc.data() + (len - 1) * V, V);
   }
-  std::vector<float> got(static_cast<size_t>(3 * V)), r(static_cast<size_t>(V)), b(r.size());
+  std::vector<float> got(static_cast<size_t>(n * V)), r(static_cast<size_t>(V)), b(r.size());
   std::vector<float> all_r, all_b, all_g;
   for (int step = 0; step < 6; ++step) {
-    eng.step(next.data(), 3, got.data(), nullptr);
-    for (int64_t s = 0; s < 3; ++s) {
+    eng.step(next.data(), n, got.data(), nullptr);
+    for (int64_t s = 0; s < n; ++s) {
       cpu[static_cast<size_t>(s)]->forward(&next[static_cast<size_t>(s)], 1, r.data());
       band[static_cast<size_t>(s)]->forward(&next[static_cast<size_t>(s)], 1, b.data());
       all_r.insert(all_r.end(), r.begin(), r.end());
@@ -263,9 +268,19 @@ TEST(CudaQuantEngine, Batch3AtDifferentPositions) {
     }
   }
   const double kl = mean_kl(all_r, all_g, V), kl_band = mean_kl(all_r, all_b, V);
-  std::printf("  batch 3 decode: KL(cpu||gpu) %.3e, band %.3e\n", kl, kl_band);
+  std::printf("  batch %lld decode: KL(cpu||gpu) %.3e, band %.3e\n", static_cast<long long>(n), kl, kl_band);
   EXPECT_LE(kl, kBandFactor * kl_band + kKlFloor);
-  for (int64_t s = 0; s < 3; ++s) EXPECT_EQ(eng.pos(s), lens[s] + 6);
+  for (int64_t s = 0; s < n; ++s) EXPECT_EQ(eng.pos(s), lens[static_cast<size_t>(s)] + 6);
+}
+
+TEST(CudaQuantEngine, Batch3AtDifferentPositions) {
+  FQ_REQUIRE_GPU();
+  check_batch_decode(3);
+}
+
+TEST(CudaQuantEngine, Batch20DecodesOnTheGemmRoute) {
+  FQ_REQUIRE_GPU();
+  check_batch_decode(20);
 }
 
 // Graph replays give bitwise the logits of eager launches; the on-device greedy loop the tokens of steps.
