@@ -1,8 +1,8 @@
 // Benchmark of the W4A4 GEMM entry points (src/kernels/cuda/qgemm.cu) on Llama-3-8B and Qwen2.5-7B linear
 // shapes, M in {1, 4, 8, 16, 2048}: qgemm_w4a4_cuda (fp32 out) and qgemm_w4a4_cuda_f16 (fp16 out, which runs
 // the mma decode kernel at M <= 2 where the fp32 entry point runs qgemv); for M <= 16 also the dp4a GEMV
-// (qgemv_w4a4) alone, and for M = 2048 cuBLASLt's INT8 GEMM (s8 x s8 -> s32, the same M, N, K on int8 operands:
-// twice our bytes, no epilogue) as a ceiling reference.
+// (qgemv_w4a4) alone, and for M = 2048 cuBLASLt's INT8 GEMM (s8 x s8 -> s32, the same M, N, K on int8
+// operands: twice our bytes, no epilogue) as a ceiling reference.
 //
 // Each shape is first checked bit for bit against ref::qgemm_w4a4 (for M = 2048: 16 rows spread over M, the
 // first and the last included), then timed: a CUDA graph of L launches (decode runs as a graph), each reading
@@ -26,8 +26,10 @@
 #include <vector>
 
 #include "flatquant/error.h"
+#include "kernels/cuda/engine_kernels.h"
 #include "kernels/cuda/qgemm.h"
 #include "kernels/cuda/qgemv.h"
+#include "kernels/cuda/w4a4_ops.h"
 #include "ops/cuda_check.h"
 #include "ref/parallel.h"
 #include "ref/qgemm.h"
@@ -52,11 +54,11 @@ DevPtr dev_upload(const std::vector<T>& v) {
   return p;
 }
 
-#define FQ_LT_CHECK(expr)                                                               \
-  do {                                                                                  \
-    cublasStatus_t st_ = (expr);                                                        \
-    if (st_ != CUBLAS_STATUS_SUCCESS) ::fq::fail("bench_qgemm: {} failed: status {}", #expr, \
-                                                 static_cast<int>(st_));                \
+#define FQ_LT_CHECK(expr)                                                            \
+  do {                                                                               \
+    cublasStatus_t st_ = (expr);                                                     \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                \
+      ::fq::fail("bench_qgemm: {} failed: status {}", #expr, static_cast<int>(st_)); \
   } while (0)
 
 struct Shape {
@@ -65,7 +67,7 @@ struct Shape {
   int64_t N, K;
 };
 
-constexpr double kPeakTBps = 3.0;     // measured device-to-device copy on the lent H100 (reference/hardware.md)
+constexpr double kPeakTBps = 3.0;  // measured device-to-device copy on the lent H100 (reference/hardware.md)
 constexpr double kPeakS8Tops = 1209;  // measured mma.sync m16n8k32 s8 peak (bench/mma_probe.cu)
 
 // Median microseconds per launch of `launch(i)` (i = weight copy), L launches per graph replay.
@@ -115,9 +117,12 @@ double time_cublaslt_s8(int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
   FQ_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof opT));
   FQ_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof opN));
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
-  FQ_LT_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8I, static_cast<uint64_t>(K), static_cast<uint64_t>(N), K));
-  FQ_LT_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8I, static_cast<uint64_t>(K), static_cast<uint64_t>(M), K));
-  FQ_LT_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32I, static_cast<uint64_t>(N), static_cast<uint64_t>(M), N));
+  FQ_LT_CHECK(
+      cublasLtMatrixLayoutCreate(&la, CUDA_R_8I, static_cast<uint64_t>(K), static_cast<uint64_t>(N), K));
+  FQ_LT_CHECK(
+      cublasLtMatrixLayoutCreate(&lb, CUDA_R_8I, static_cast<uint64_t>(K), static_cast<uint64_t>(M), K));
+  FQ_LT_CHECK(
+      cublasLtMatrixLayoutCreate(&lc, CUDA_R_32I, static_cast<uint64_t>(N), static_cast<uint64_t>(M), N));
   cublasLtMatmulPreference_t pref = nullptr;
   FQ_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   FQ_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
@@ -143,8 +148,8 @@ double time_cublaslt_s8(int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
   return us;
 }
 
-nlohmann::json run_shape(const Shape& s, int64_t M, size_t l2_bytes, cudaStream_t stream, fq::ref::ThreadPool& pool,
-                         bool& ok) {
+nlohmann::json run_shape(const Shape& s, int64_t M, size_t l2_bytes, cudaStream_t stream,
+                         fq::ref::ThreadPool& pool, bool& ok) {
   const int64_t N = s.N, K = s.K;
   std::mt19937 rng(static_cast<uint32_t>(N * 31 + K + M));
   std::vector<uint8_t> qx(static_cast<size_t>(M * K / 2)), qw(static_cast<size_t>(N * K / 2));
@@ -230,8 +235,8 @@ nlohmann::json run_shape(const Shape& s, int64_t M, size_t l2_bytes, cudaStream_
     r["pct_of_3TBps"] = 100.0 * tbps / kPeakTBps;
     if (K % 32 == 0) {  // the dp4a GEMV on the same data, for comparison
       auto launch_v = [&](size_t i) {
-        FQ_CUDA_CHECK(fq::cuda::qgemv_w4a4(px, psx, static_cast<const uint8_t*>(dw[i % nbuf].get()), psw, nullptr,
-                                           y, nullptr, M, N, K, stream),
+        FQ_CUDA_CHECK(fq::cuda::qgemv_w4a4(px, psx, static_cast<const uint8_t*>(dw[i % nbuf].get()), psw,
+                                           nullptr, y, nullptr, M, N, K, stream),
                       "qgemv_w4a4 launch");
       };
       r["qgemv_us"] = time_graph(launch_v, L, reps, stream);
@@ -248,26 +253,112 @@ nlohmann::json run_shape(const Shape& s, int64_t M, size_t l2_bytes, cudaStream_
   return r;
 }
 
+// The decode step's four W4A4 GEMMs of Llama-3-8B, as the engine runs them (M tokens; q|k|v and gate|up as
+// fp16 multi-segment GEMMs, o and down fp32 with the residual), over `layers` layers whose weights lie
+// consecutively in ONE device arena (as the engine's), replayed as one CUDA graph. `distinct` distinct layer
+// copies: 32 = the engine's footprint (3.5 GB per step), 3 = a small footprint that still misses L2. The gap
+// between the two is what the weight footprint (TLB reach, DRAM pages) costs; `kind` restricts the graph to
+// one GEMM (-1: all four). Returns median us per layer.
+double time_decode_layers(int64_t M, int distinct, int kind, bool pdl, cudaStream_t stream) {
+  const int64_t E = 4096, F = 14336, QKV = 6144, HD = 4096, layers = 32;
+  const int64_t b_qkv = QKV * E / 2, b_o = E * HD / 2, b_gu = 2 * F * E / 2, b_dn = E * F / 2;
+  const int64_t per_layer = b_qkv + b_o + b_gu + b_dn;
+  DevPtr arena = dev_alloc(static_cast<size_t>(per_layer * distinct));
+  auto* base = static_cast<uint8_t*>(arena.get());
+  FQ_CUDA_CHECK(fq::cuda::fill_random_u8(base, per_layer * distinct, 7, stream), "fill");
+  DevPtr sw = dev_alloc(static_cast<size_t>(2 * F) * 4), xq = dev_alloc(static_cast<size_t>(3 * M * F / 2));
+  DevPtr sx = dev_alloc(static_cast<size_t>(3 * M) * 4), y16 = dev_alloc(static_cast<size_t>(M * 2 * F) * 2);
+  DevPtr y = dev_alloc(static_cast<size_t>(M * E) * 4);
+  FQ_CUDA_CHECK(fq::cuda::fill_f32(static_cast<float*>(sw.get()), 2 * F, 0.01f, stream), "fill");
+  FQ_CUDA_CHECK(fq::cuda::fill_f32(static_cast<float*>(sx.get()), 3 * M, 0.01f, stream), "fill");
+  FQ_CUDA_CHECK(fq::cuda::fill_random_u8(static_cast<uint8_t*>(xq.get()), 3 * M * F / 2, 9, stream), "fill");
+  FQ_CUDA_CHECK(cudaMemsetAsync(y.get(), 0, static_cast<size_t>(M * E) * 4, stream), "zero");
+  const auto* q = static_cast<const uint8_t*>(xq.get());
+  const auto* s = static_cast<const float*>(sx.get());
+  const auto* w_s = static_cast<const float*>(sw.get());
+  auto* yf = static_cast<float*>(y.get());
+  auto* yh = static_cast<uint16_t*>(y16.get());
+  auto acts = [&](int n, std::initializer_list<int64_t> ends, int64_t K) {
+    fq::cuda::QgemmActs a;
+    a.n = n;
+    int i = 0;
+    for (int64_t e : ends) {
+      a.qx[i] = q + i * M * K / 2;
+      a.sx[i] = s + i * M;
+      a.end[i] = e;
+      ++i;
+    }
+    return a;
+  };
+  auto launch = [&](size_t l) {
+    const uint8_t* w = base + static_cast<int64_t>(l % static_cast<size_t>(distinct)) * per_layer;
+    if (kind < 0 || kind == 0)
+      FQ_CUDA_CHECK(fq::cuda::qgemm_w4a4_multi_cuda_f16(acts(3, {HD, HD + 1024, QKV}, E), w, w_s, nullptr, yh,
+                                                        M, QKV, E, stream, pdl),
+                    "qkv");
+    if (kind < 0 || kind == 1)
+      FQ_CUDA_CHECK(fq::cuda::qgemm_w4a4_cuda(q, s, w + b_qkv, w_s, yf, yf, M, E, HD, stream, pdl), "o");
+    if (kind < 0 || kind == 2)
+      FQ_CUDA_CHECK(fq::cuda::qgemm_w4a4_multi_cuda_f16(acts(2, {F, 2 * F}, E), w + b_qkv + b_o, w_s, nullptr,
+                                                        yh, M, 2 * F, E, stream, pdl),
+                    "gate_up");
+    if (kind < 0 || kind == 3)
+      FQ_CUDA_CHECK(
+          fq::cuda::qgemm_w4a4_cuda(q, s, w + b_qkv + b_o + b_gu, w_s, yf, yf, M, E, F, stream, pdl), "down");
+  };
+  return time_graph(launch, static_cast<size_t>(layers), 30, stream);
+}
+
+nlohmann::json decode_layers_report(cudaStream_t stream) {
+  const int64_t E = 4096, F = 14336, QKV = 6144, HD = 4096;
+  const double bytes[4] = {QKV * E / 2.0, E * HD / 2.0, 2.0 * F * E / 2.0, E * F / 2.0};
+  const char* names[5] = {"qkv", "o", "gate_up", "down", "layer"};
+  nlohmann::json out = nlohmann::json::array();
+  for (int64_t M : {1, 16})
+    for (bool pdl : {false, true})
+      for (int kind = -1; kind < 4; ++kind)
+        for (int distinct : {3, 32}) {
+          const double us = time_decode_layers(M, distinct, kind, pdl, stream);
+          const double b = kind < 0 ? bytes[0] + bytes[1] + bytes[2] + bytes[3] : bytes[kind];
+          out.push_back({{"M", M},
+                         {"pdl", pdl},
+                         {"gemm", names[kind < 0 ? 4 : kind]},
+                         {"distinct_layers", distinct},
+                         {"us", us},
+                         {"weight_TBps", b / (us * 1e-6) / 1e12}});
+          std::fprintf(stderr, "decode layers M=%lld pdl=%d %s distinct=%d: %.2f us (%.2f TB/s)\n",
+                       static_cast<long long>(M), pdl ? 1 : 0, names[kind < 0 ? 4 : kind], distinct, us,
+                       b / (us * 1e-6) / 1e12);
+        }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+    const bool layers_only = argc > 1 && std::strcmp(argv[1], "--decode-layers") == 0;
     int dev = 0;
     FQ_CUDA_CHECK(cudaGetDevice(&dev), "bench_qgemm");
     cudaDeviceProp prop{};
     FQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev), "bench_qgemm");
     cudaStream_t stream = nullptr;
     FQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
-    const Shape shapes[] = {{"llama-3-8b", "q_proj/o_proj", 4096, 4096},
-                            {"llama-3-8b", "k_proj/v_proj", 1024, 4096},
-                            {"llama-3-8b", "qkv_fused", 6144, 4096},
-                            {"llama-3-8b", "up_proj/gate_proj", 14336, 4096},
-                            {"llama-3-8b", "down_proj", 4096, 14336},
-                            {"qwen2.5-7b", "q_proj/o_proj", 3584, 3584},
-                            {"qwen2.5-7b", "k_proj/v_proj", 512, 3584},
-                            {"qwen2.5-7b", "up_proj/gate_proj", 18944, 3584},
-                            {"qwen2.5-7b", "down_proj", 3584, 18944}};
+    const Shape shapes[] = {
+        {"llama-3-8b", "q_proj/o_proj", 4096, 4096}, {"llama-3-8b", "k_proj/v_proj", 1024, 4096},
+        {"llama-3-8b", "qkv_fused", 6144, 4096},     {"llama-3-8b", "up_proj/gate_proj", 14336, 4096},
+        {"llama-3-8b", "down_proj", 4096, 14336},    {"qwen2.5-7b", "q_proj/o_proj", 3584, 3584},
+        {"qwen2.5-7b", "k_proj/v_proj", 512, 3584},  {"qwen2.5-7b", "up_proj/gate_proj", 18944, 3584},
+        {"qwen2.5-7b", "down_proj", 3584, 18944}};
+    if (layers_only) {
+      const nlohmann::json r = {{"bench", "qgemm_w4a4_decode_layers"},
+                                {"gpu", prop.name},
+                                {"results", decode_layers_report(stream)}};
+      std::printf("%s\n", r.dump(1).c_str());
+      cudaStreamDestroy(stream);
+      return 0;
+    }
     std::vector<int64_t> ms = {1, 4, 8, 16, 2048};
     if (quick) ms = {1, 2048};
     fq::ref::ThreadPool pool;
@@ -283,18 +374,18 @@ int main(int argc, char** argv) {
     char date[32];
     const std::time_t t = std::time(nullptr);
     std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-    const nlohmann::json out = {
-        {"bench", "qgemm_w4a4"},
-        {"gpu", prop.name},
-        {"sm_count", prop.multiProcessorCount},
-        {"l2_bytes", prop.l2CacheSize},
-        {"date_utc", date},
-        {"peak_ref_TBps", kPeakTBps},
-        {"peak_ref_s8_mma_TOPS", kPeakS8Tops},
-        {"method",
-         "CUDA graph of L launches over rotating weight copies (>= 3x L2); median of replays / L; fp32 output"},
-        {"all_exact", ok},
-        {"results", results}};
+    const nlohmann::json out = {{"bench", "qgemm_w4a4"},
+                                {"gpu", prop.name},
+                                {"sm_count", prop.multiProcessorCount},
+                                {"l2_bytes", prop.l2CacheSize},
+                                {"date_utc", date},
+                                {"peak_ref_TBps", kPeakTBps},
+                                {"peak_ref_s8_mma_TOPS", kPeakS8Tops},
+                                {"method",
+                                 "CUDA graph of L launches over rotating weight copies (>= 3x L2); median of "
+                                 "replays / L; fp32 output"},
+                                {"all_exact", ok},
+                                {"results", results}};
     std::printf("%s\n", out.dump(1).c_str());
     return ok ? 0 : 1;
   } catch (const std::exception& e) {

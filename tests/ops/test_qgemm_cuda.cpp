@@ -1,9 +1,9 @@
 // CUDA W4A4 GEMM (src/kernels/cuda/qgemm.cu, every kernel behind qgemm_w4a4_cuda) vs the CPU reference
-// ref::qgemm_w4a4: the integer sums are exact and the epilogue is the same sequence of IEEE fp32 operations, so
-// the outputs must match BIT FOR BIT (fp32; fp16 = the reference value rounded to nearest even). Outputs are
-// poisoned with 0xFF first (NaN in fp32 and fp16): an element the kernel does not write fails. Each case also
-// checks which kernel ran, so that every path (qgemv at M <= 2, the mma decode kernel, the prefill kernel, the
-// fallback) is covered on purpose.
+// ref::qgemm_w4a4: the integer sums are exact and the epilogue is the same sequence of IEEE fp32 operations,
+// so the outputs must match BIT FOR BIT (fp32; fp16 = the reference value rounded to nearest even). Outputs
+// are poisoned with 0xFF first (NaN in fp32 and fp16): an element the kernel does not write fails. Each case
+// also checks which kernel ran, so that every path (the mma decode kernel at M <= 16, the prefill kernel,
+// the fallback) is covered on purpose.
 #ifdef FLATQUANT_WITH_CUDA
 #include <gtest/gtest.h>
 
@@ -29,8 +29,8 @@ using test::random_scales;
 
 // "" if equal, else the count and the first differing element (m, n, both values, the integer sum).
 template <typename T>
-std::string first_mismatch(const std::vector<T>& gpu, const std::vector<T>& cpu, const std::vector<int32_t>& acc,
-                           int64_t N) {
+std::string first_mismatch(const std::vector<T>& gpu, const std::vector<T>& cpu,
+                           const std::vector<int32_t>& acc, int64_t N) {
   size_t bad = 0, first = 0;
   for (size_t i = 0; i < cpu.size(); ++i)
     if (std::memcmp(&gpu[i], &cpu[i], sizeof(T)) != 0 && bad++ == 0) first = i;
@@ -51,12 +51,14 @@ std::string first_mismatch(const std::vector<T>& gpu, const std::vector<T>& cpu,
 
 struct Case {
   int64_t M, N, K;
-  const char* kernel;  // expected qgemm_w4a4_kernel_name of the fp32 entry point (fp16: "qgemv" -> "decode")
+  const char* kernel;  // expected qgemm_w4a4_kernel_name (the same for the fp32 and fp16 entry points)
   int offset = 0;      // byte offset of qx and qw from an aligned allocation (misalignment -> fallback)
 };
 
 // The kernel expected for a token count on the tensor-core paths.
-const char* small_m_kernel(int64_t M) { return M <= 2 ? "qgemv" : "decode"; }
+const char* small_m_kernel(int64_t) {
+  return "decode";
+}
 
 // The reference integer sums, rows split over threads (each row is one independent ref call).
 std::vector<int32_t> ref_acc(const std::vector<uint8_t>& qx, const std::vector<uint8_t>& qw, int64_t M,
@@ -75,7 +77,8 @@ void check_case(const Case& c, uint32_t seed) {
   const int64_t kb = K / 2;
   auto qx = random_packed(static_cast<size_t>(M * kb), seed);
   auto qw = random_packed(static_cast<size_t>(N * kb), seed + 1);
-  // Extreme codes: the last token all -8 (when M > 1, so that M = 1 keeps a random token), weight row 0 all -8
+  // Extreme codes: the last token all -8 (when M > 1, so that M = 1 keeps a random token), weight row 0 all
+  // -8
   // (|product| 64 at every k: the largest sums), weight row N-1 all 7.
   for (int64_t j = 0; j < kb; ++j) {
     if (M > 1) qx[static_cast<size_t>((M - 1) * kb + j)] = 0x88;
@@ -120,7 +123,7 @@ void check_case(const Case& c, uint32_t seed) {
   const std::string ctx = "M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) +
                           " kernel " + name + (offset ? " offset" : "");
   EXPECT_EQ(name, kernel) << ctx;
-  EXPECT_EQ(name16, name == "qgemv" ? "decode" : name) << ctx;
+  EXPECT_EQ(name16, name) << ctx;
 
   ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), nullptr, dy.get(), M, N, K, nullptr),
             cudaSuccess)
@@ -140,8 +143,8 @@ void check_case(const Case& c, uint32_t seed) {
             cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda_f16");
-  EXPECT_EQ(first_mismatch(dh.download(), want16, acc, N), "") << ctx << " (fp16 out, fp16 residual, "
-                                                                     << name16 << ")";
+  EXPECT_EQ(first_mismatch(dh.download(), want16, acc, N), "")
+      << ctx << " (fp16 out, fp16 residual, " << name16 << ")";
 }
 
 TEST(QgemmCuda, DecodeEveryTokenCount) {
@@ -161,9 +164,9 @@ TEST(QgemmCuda, DecodeEveryTokenCount) {
 TEST(QgemmCuda, DecodeModelShapes) {
   FQ_REQUIRE_CUDA();
   // Llama-3-8B, Qwen2.5-7B and SmolLM2 linears at decode.
-  const std::vector<std::array<int64_t, 2>> nk = {{4096, 4096},  {14336, 4096}, {4096, 14336}, {3584, 3584},
-                                                  {512, 3584},   {18944, 3584}, {3584, 18944}, {576, 576},
-                                                  {1536, 576},   {576, 1536}};
+  const std::vector<std::array<int64_t, 2>> nk = {{4096, 4096}, {14336, 4096}, {4096, 14336}, {3584, 3584},
+                                                  {512, 3584},  {18944, 3584}, {3584, 18944}, {576, 576},
+                                                  {1536, 576},  {576, 1536}};
   uint32_t seed = 1000;
   for (int64_t M : {1, 5, 16})
     for (const auto& [N, K] : nk) check_case({M, N, K, small_m_kernel(M)}, seed += 10);
@@ -209,7 +212,8 @@ TEST(QgemmCuda, RejectsBadArgumentsWithoutLaunching) {
             cudaErrorInvalidValue);
   EXPECT_EQ(cuda::qgemm_w4a4_cuda(b, f, b, f, nullptr, nullptr, 1, 1, 32, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(cuda::qgemm_w4a4_cuda(nullptr, f, b, f, nullptr, f, 1, 1, 32, nullptr), cudaErrorInvalidValue);
-  EXPECT_EQ(cuda::qgemm_w4a4_cuda_f16(b, f, b, f, nullptr, nullptr, 1, 1, 32, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda_f16(b, f, b, f, nullptr, nullptr, 1, 1, 32, nullptr),
+            cudaErrorInvalidValue);
 }
 
 }  // namespace

@@ -23,7 +23,6 @@
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/qgemm.h"
-#include "kernels/cuda/qgemv.h"
 
 namespace fq::cuda {
 namespace {
@@ -31,8 +30,12 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------
 // Shared pieces.
 
-__device__ __forceinline__ uint32_t lo16(uint32_t w) { return (w << 4) & 0xF0F0F0F0u; }
-__device__ __forceinline__ uint32_t hi16(uint32_t w) { return w & 0xF0F0F0F0u; }
+__device__ __forceinline__ uint32_t lo16(uint32_t w) {
+  return (w << 4) & 0xF0F0F0F0u;
+}
+__device__ __forceinline__ uint32_t hi16(uint32_t w) {
+  return w & 0xF0F0F0F0u;
+}
 
 __device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -47,8 +50,12 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
 }
 
 // Output element types: fp32 (residual fp32) or fp16 (residual fp16, widened before the add).
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(float v) {
+  return v;
+}
+__device__ __forceinline__ float to_f32(__half v) {
+  return __half2float(v);
+}
 template <typename T>
 __device__ __forceinline__ T from_f32(float v);
 template <>
@@ -73,8 +80,9 @@ __device__ __forceinline__ float epilogue(int acc, float sxm, float swn, const T
 // Two adjacent outputs (n, n + 1) of row m from 256x sums a0, a1; `vec` says both exist and the pair (y,
 // residual, sw) is aligned for one 2-element access.
 template <typename T>
-__device__ __forceinline__ void store_pair(T* y, const T* residual, int64_t N, int64_t ldy, int64_t m, int64_t n,
-                                           bool vec, float sxm, const float* __restrict__ sw, int a0, int a1) {
+__device__ __forceinline__ void store_pair(T* y, const T* residual, int64_t N, int64_t ldy, int64_t m,
+                                           int64_t n, bool vec, float sxm, const float* __restrict__ sw,
+                                           int a0, int a1) {
   const int64_t i = m * ldy + n;
   if (vec) {
     const float2 s = *reinterpret_cast<const float2*>(sw + n);
@@ -116,7 +124,9 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
   const int n = valid ? 16 : 0;  // src-size 0: the 16 bytes are zero-filled (rows/k past the edge add 0)
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(n));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;");
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N));
@@ -125,8 +135,8 @@ __device__ __forceinline__ void cp_async_wait() {
 template <int BM, int BN, int WM, int WN, int STAGES, typename T>
 __global__ void __launch_bounds__(WM* WN * 32)
     qgemm_prefill_kernel(const uint8_t* __restrict__ qx, const float* __restrict__ sx,
-                         const uint8_t* __restrict__ qw, const float* __restrict__ sw, const T* residual, T* y,
-                         int M, int N, int64_t ldy, int64_t row_bytes, bool vec) {
+                         const uint8_t* __restrict__ qw, const float* __restrict__ sw, const T* residual,
+                         T* y, int M, int N, int64_t ldy, int64_t row_bytes, bool vec) {
   constexpr int kThreads = WM * WN * 32;
   constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
   constexpr int MT = TM / 16, NT = TN / 8;   // mma tiles per warp
@@ -232,7 +242,8 @@ __global__ void __launch_bounds__(WM* WN * 32)
       for (int b = 0; b < NT; ++b) {
         const int n = n0 + wn * TN + b * 8 + 2 * t;
         if (n >= N) continue;
-        store_pair(y, residual, N, ldy, m, n, vec && n + 1 < N, sxm, sw, acc[a][b][2 * h], acc[a][b][2 * h + 1]);
+        store_pair(y, residual, N, ldy, m, n, vec && n + 1 < N, sxm, sw, acc[a][b][2 * h],
+                   acc[a][b][2 * h + 1]);
       }
     }
 }
@@ -248,12 +259,26 @@ __global__ void __launch_bounds__(WM* WN * 32)
 // runs the epilogue) was measured slower on every shape, even k/v (1024 x 4096): the atomic tail costs more
 // than the extra blocks gain (qgemm_notes.md).
 
-constexpr int kDecodeWarps = 8;   // warps per block (default configuration)
-constexpr int kDecodeUnroll = 4;  // steps per loop iteration: 2 * 4 16-byte weight loads in flight per lane
+// One step group of a lane: chunks 4 (s + u) + t of its two weight rows, zeros past the warp's range.
+template <int U>
+__device__ __forceinline__ void decode_load_w(uint4 (&wa)[U], uint4 (&wb)[U], const uint8_t* w0,
+                                              const uint8_t* w1, int64_t s, int64_t s_end, int64_t chunks,
+                                              int t) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t c = (s + u) * 4 + t;  // this lane's chunk
+    const bool ok = s + u < s_end && c < chunks;
+    wa[u] = ok ? detail::load_stream(w0 + (c - t) * 16) : make_uint4(0, 0, 0, 0);
+    wb[u] = ok ? detail::load_stream(w1 + (c - t) * 16) : make_uint4(0, 0, 0, 0);
+  }
+}
 
 // W warps per block (one row group, K split W ways), U steps per loop iteration, NT token tiles of 8.
-template <int W, int U, int NT, typename T>
-__global__ void __launch_bounds__(W * 32)
+// HOIST: the first U steps of weights are requested BEFORE the PDL wait (they are constants), so that a
+// block resident early streams them while the producer of the activations still runs. MINB: minimum blocks
+// per SM for the register allocation (__launch_bounds__).
+template <int W, int U, int NT, bool HOIST, int MINB, typename T>
+__global__ void __launch_bounds__(W * 32, MINB)
     qgemm_decode_kernel(QgemmActs acts, const uint8_t* __restrict__ qw, const float* __restrict__ sw,
                         const T* residual, T* y, int M, int N, int64_t ldy, int64_t row_bytes) {
   constexpr int kThreads = W * 32;
@@ -264,28 +289,34 @@ __global__ void __launch_bounds__(W * 32)
   const int g = lane >> 2, t = lane & 3;
   const int n_base = static_cast<int>(blockIdx.x) * 16;
   detail::pdl_trigger();
-  detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
-  // The activation copy of this block's 16 output rows (segment boundaries are multiples of 16).
-  int seg = 0;
-  while (seg + 1 < acts.n && n_base >= acts.end[seg]) ++seg;
-  const uint8_t* __restrict__ qx = acts.qx[seg];
-  const float* __restrict__ sx = acts.sx[seg];
   const int64_t chunks = row_bytes / 16;
   const int64_t steps = (chunks + 3) / 4;
   const int64_t s_begin = warp * steps / W, s_end = (warp + 1) * steps / W;
-
-  // The epilogue's scales, fetched now so that their latency hides under the weight stream.
-  float sx_e[E], sw_e[E];
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
-    sx_e[e] = m < M ? sx[m] : 0.0f;
-    sw_e[e] = n_base + r < N ? sw[n_base + r] : 0.0f;
-  }
-
   // Rows past N re-read row N-1 (no divergence in the loads); their results are never stored.
   const uint8_t* w0 = qw + static_cast<int64_t>(min(n_base + g, N - 1)) * row_bytes + 16 * t;
   const uint8_t* w1 = qw + static_cast<int64_t>(min(n_base + g + 8, N - 1)) * row_bytes + 16 * t;
+  uint4 wa[U], wb[U];
+  if constexpr (HOIST) decode_load_w<U>(wa, wb, w0, w1, s_begin, s_end, chunks, t);
+  float sw_e[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int r = (tid + e * kThreads) >> 4;
+    sw_e[e] = n_base + r < N ? sw[n_base + r] : 0.0f;
+  }
+  // The activation copy of this block's 16 output rows (segment boundaries are multiples of 16); selected
+  // with constant indices so that the parameter struct is not copied to local memory.
+  const int seg = (acts.n > 1 && n_base >= acts.end[0]) + (acts.n > 2 && n_base >= acts.end[1]);
+  const uint8_t* __restrict__ qx = seg == 0 ? acts.qx[0] : (seg == 1 ? acts.qx[1] : acts.qx[2]);
+  const float* __restrict__ sx = seg == 0 ? acts.sx[0] : (seg == 1 ? acts.sx[1] : acts.sx[2]);
+  detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
+
+  // The epilogue's activation scales, fetched now so that their latency hides under the weight stream.
+  float sx_e[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int m = (tid + e * kThreads) & 15;
+    sx_e[e] = m < M ? sx[m] : 0.0f;
+  }
   const uint8_t* xr[NT];
   bool xok[NT];
 #pragma unroll
@@ -302,13 +333,12 @@ __global__ void __launch_bounds__(W * 32)
 
   const uint4 zero = make_uint4(0, 0, 0, 0);
   for (int64_t s = s_begin; s < s_end; s += U) {
-    uint4 wa[U], wb[U], xv[U][NT];
+    if (!HOIST || s != s_begin) decode_load_w<U>(wa, wb, w0, w1, s, s_end, chunks, t);
+    uint4 xv[U][NT];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t c = (s + u) * 4 + t;  // this lane's chunk
+      const int64_t c = (s + u) * 4 + t;
       const bool ok = s + u < s_end && c < chunks;
-      wa[u] = ok ? detail::load_stream(w0 + (c - t) * 16) : zero;
-      wb[u] = ok ? detail::load_stream(w1 + (c - t) * 16) : zero;
 #pragma unroll
       for (int j = 0; j < NT; ++j)
         xv[u][j] = ok && xok[j] ? __ldg(reinterpret_cast<const uint4*>(xr[j] + (c - t) * 16)) : zero;
@@ -358,20 +388,30 @@ __global__ void __launch_bounds__(W * 32)
   }
 }
 
-template <int W, int U, typename T>
-cudaError_t launch_decode(const QgemmActs& acts, const uint8_t* qw, const float* sw, const T* residual, T* y,
-                          int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream, bool pdl) {
+template <int W, int U, bool HOIST, int MINB, typename T>
+cudaError_t launch_decode_v(const QgemmActs& acts, const uint8_t* qw, const float* sw, const T* residual,
+                            T* y, int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream,
+                            bool pdl) {
   const int64_t groups = (N + 15) / 16;
   if (groups > 0x7fffffff) return cudaErrorInvalidValue;
   const int m = static_cast<int>(M), n = static_cast<int>(N);
   const detail::Launch l(dim3(static_cast<unsigned>(groups)), dim3(W * 32), 0, stream, pdl);
   if (M <= 8)
-    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, qgemm_decode_kernel<W, U, 1, T>, acts, qw, sw, residual, y, m,
-                                               n, ldy, K / 2));
+    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, qgemm_decode_kernel<W, U, 1, HOIST, MINB, T>, acts, qw,
+                                               sw, residual, y, m, n, ldy, K / 2));
   else
-    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, qgemm_decode_kernel<W, U, 2, T>, acts, qw, sw, residual, y, m,
-                                               n, ldy, K / 2));
+    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, qgemm_decode_kernel<W, U, 2, HOIST, MINB, T>, acts, qw,
+                                               sw, residual, y, m, n, ldy, K / 2));
   return cudaSuccess;
+}
+
+// The dispatched configuration: 8 warps, 2 steps per iteration, >= 4 blocks per SM (64 registers), the first
+// weights before the PDL wait at M <= 8 only (measured: faster at M = 1, slower at M = 16).
+template <typename T>
+cudaError_t launch_decode(const QgemmActs& acts, const uint8_t* qw, const float* sw, const T* residual, T* y,
+                          int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream, bool pdl) {
+  if (M <= 8) return launch_decode_v<8, 2, true, 4, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
+  return launch_decode_v<8, 2, false, 4, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -396,47 +436,34 @@ __global__ void qgemm_fallback_kernel(const uint8_t* __restrict__ qx, const floa
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Dispatch. Measured on the H100 (bench/results/qgemm_notes.md): the dp4a GEMV streams weights faster at
-// M = 1 (its loads cover 512 contiguous bytes of one row; at M <= 2 it runs that same configuration), the mma
-// decode kernel is faster on most shapes from M = 4 on (2-3x at M = 16); the 128x128 prefill tile (2 blocks per SM) beat 128x256, 256x128, 64x256 and 8-warp 128x128 on
-// every measured shape.
+// Dispatch. Measured on the H100 (bench/results/qgemm_notes.md, "Decode, second pass"): the mma decode kernel
+// for every M <= 16 (since its rewrite it also beats the dp4a GEMV at M = 1: o_proj 5.3 vs 6.2 us, down_proj
+// 13.3 vs 15.9 us in the decode-layer graph); the 128x128 prefill tile (2 blocks per SM) beat 128x256,
+// 256x128, 64x256 and 8-warp 128x128 on every measured shape.
 
-enum class Kind { kGemv, kDecode, kPrefill, kFallback };
+enum class Kind { kDecode, kPrefill, kFallback };
 
-constexpr int64_t kGemvMaxM = 2;
-
-Kind choose(const void* qx, const void* qw, int64_t M, int64_t K, bool f16, bool dense = true) {
+Kind choose(const void* qx, const void* qw, int64_t M, int64_t K) {
   const bool aligned = reinterpret_cast<uintptr_t>(qx) % 16 == 0 && reinterpret_cast<uintptr_t>(qw) % 16 == 0;
   if (K % 32 != 0 || !aligned) return Kind::kFallback;
-  // fp16 output (the fused q|k|v and gate|up GEMMs): the mma kernel, measured faster than qgemv there in the
-  // engine's decode graph (bench/results/w4a4_engine_notes.md).
-  if (M <= kGemvMaxM && !f16 && dense) return Kind::kGemv;
   if (M <= kQgemmDecodeMaxM) return Kind::kDecode;
   return Kind::kPrefill;
 }
 
 // y rows have stride ldy >= N (a column range of a wider output when ldy > N; residual likewise).
 template <typename T>
-cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual, T* y,
-                int64_t M, int64_t N, int64_t K, int64_t ldy, cudaStream_t stream, bool pdl) {
+cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual,
+                T* y, int64_t M, int64_t N, int64_t K, int64_t ldy, cudaStream_t stream, bool pdl) {
   if (M < 1 || N < 1 || K < 2 || K % 2 != 0 || K > kQgemmMaxK || ldy < N) return cudaErrorInvalidValue;
   if (M > 0x7fffffff || N > 0x7fffffff) return cudaErrorInvalidValue;
   if (!qx || !sx || !qw || !sw || !y) return cudaErrorInvalidValue;
   const int64_t row_bytes = K / 2;
-  constexpr bool kF16 = sizeof(T) == 2;
-  switch (choose(qx, qw, M, K, kF16, ldy == N || M == 1)) {
-    case Kind::kGemv: {
-      QgemmActs acts;
-      acts.qx[0] = qx;
-      acts.sx[0] = sx;
-      acts.end[0] = N;
-      return qgemv_w4a4_segments(acts, qw, sw, residual, y, nullptr, kF16, M, N, K, ldy, stream, pdl);
-    }
+  switch (choose(qx, qw, M, K)) {
     case Kind::kFallback: {
       const int64_t blocks = (M * N + 255) / 256;
       if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-      qgemm_fallback_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(qx, sx, qw, sw, residual, y, M,
-                                                                                  N, ldy, row_bytes);
+      qgemm_fallback_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(qx, sx, qw, sw, residual, y,
+                                                                                  M, N, ldy, row_bytes);
       break;
     }
     case Kind::kDecode: {
@@ -444,7 +471,7 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
       acts.qx[0] = qx;
       acts.sx[0] = sx;
       acts.end[0] = N;
-      return launch_decode<kDecodeWarps, kDecodeUnroll, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
+      return launch_decode<T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
     }
     case Kind::kPrefill: {
       // Paired accesses need an even N and 2-element alignment of y, residual and sw.
@@ -465,8 +492,8 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
 // Several activation copies over column segments: one decode launch when every boundary is a multiple of 16
 // (its row groups), else one launch per segment into the column range of y.
 template <typename T>
-cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, const T* residual, T* y, int64_t M,
-                      int64_t N, int64_t K, cudaStream_t stream, bool pdl) {
+cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, const T* residual, T* y,
+                      int64_t M, int64_t N, int64_t K, cudaStream_t stream, bool pdl) {
   if (a.n < 1 || a.n > 3 || a.end[a.n - 1] != N || M < 1 || N < 1 || K < 2 || K % 2 != 0)
     return cudaErrorInvalidValue;
   bool one_launch = M <= kQgemmDecodeMaxM && K % 32 == 0 && K <= kQgemmMaxK && N <= 0x7fffffff &&
@@ -478,13 +505,13 @@ cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, co
     start = a.end[s];
   }
   if (a.n == 1) return run<T>(a.qx[0], a.sx[0], qw, sw, residual, y, M, N, K, N, stream, pdl);
-  if (one_launch)
-    return launch_decode<kDecodeWarps, kDecodeUnroll, T>(a, qw, sw, residual, y, M, N, N, K, stream, pdl);
+  if (one_launch) return launch_decode<T>(a, qw, sw, residual, y, M, N, N, K, stream, pdl);
   start = 0;
   for (int s = 0; s < a.n; ++s) {
     const int64_t ns = a.end[s] - start;
     FQ_CUDA_RETURN_IF_ERROR(run<T>(a.qx[s], a.sx[s], qw + start * (K / 2), sw + start,
-                                   residual ? residual + start : nullptr, y + start, M, ns, K, N, stream, pdl));
+                                   residual ? residual + start : nullptr, y + start, M, ns, K, N, stream,
+                                   pdl));
     start = a.end[s];
   }
   return cudaSuccess;
@@ -501,14 +528,13 @@ cudaError_t qgemm_w4a4_multi_cuda(const QgemmActs& acts, const uint8_t* qw, cons
 cudaError_t qgemm_w4a4_multi_cuda_f16(const QgemmActs& acts, const uint8_t* qw, const float* sw,
                                       const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
                                       cudaStream_t stream, bool pdl) {
-  return run_multi<__half>(acts, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y),
-                           M, N, K, stream, pdl);
+  return run_multi<__half>(acts, qw, sw, reinterpret_cast<const __half*>(residual),
+                           reinterpret_cast<__half*>(y), M, N, K, stream, pdl);
 }
 
 const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t K, bool f16_out) {
-  switch (choose(qx, qw, M, K, f16_out)) {
-    case Kind::kGemv:
-      return "qgemv";
+  (void)f16_out;
+  switch (choose(qx, qw, M, K)) {
     case Kind::kDecode:
       return "decode";
     case Kind::kPrefill:
@@ -527,8 +553,8 @@ cudaError_t qgemm_w4a4_cuda(const uint8_t* qx, const float* sx, const uint8_t* q
 cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                                 const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
                                 cudaStream_t stream, bool pdl) {
-  return run<__half>(qx, sx, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y), M,
-                     N, K, N, stream, pdl);
+  return run<__half>(qx, sx, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y),
+                     M, N, K, N, stream, pdl);
 }
 
 }  // namespace fq::cuda

@@ -5,9 +5,9 @@
 // bench/results/qgemm_notes.md.
 //
 // One entry point chooses the kernel (qgemm_w4a4_kernel_name says which):
-// - M <= 2: "qgemv", the dp4a GEMV (qgemv.h), which streams weights fastest at tiny M.
 // - M <= 16: "decode", weights streamed from HBM straight into registers, the tokens padded to 8 or 16
-//   columns of the mma, K split over the 8 warps of a block.
+//   columns of the mma, K split over the 8 warps of a block (faster than the dp4a GEMV of qgemv.h, kept as
+//   an alternative, from M = 1 on).
 // - M > 16: "prefill", 128x128 block tiles (4 warps, 2 blocks per SM), the packed int4 tiles copied with a
 //   4-stage cp.async pipeline and unpacked to s8 in registers.
 // - K % 32 != 0 or qx/qw not 16-byte aligned: "fallback", a plain exact kernel (e.g. stories260K, K = 172).
@@ -26,9 +26,10 @@ constexpr int64_t kQgemmDecodeMaxM = 16;
 // qx: packed int4 activations [M, K/2] (low nibble = even element), sx [M] fp32 per-token scales;
 // qw: packed int4 weights [N, K/2], sw [N] fp32 per-output-channel scales. residual [M, N] or nullptr, may
 // alias y. y [M, N] row-major. Requirements: M, N >= 1, K even in [2, 65536], all pointers non-null except
-// residual; otherwise cudaErrorInvalidValue without launching. Asynchronous on `stream`. pdl: the qgemv and
-// decode kernels are launched as programmatic dependents of the previous kernel (sm_90; they wait for it
-// before reading anything but the weights); other kernels ignore it.
+// residual; otherwise cudaErrorInvalidValue without launching. Asynchronous on `stream`. pdl: the
+// decode kernel is launched as a programmatic dependent of the previous kernel (sm_90; it waits for it before
+// reading anything but the weights, and at M <= 8 requests its first weights before that wait); the other
+// kernels ignore it.
 //
 // fp32 output: y = ref::qgemm_w4a4 exactly (t = float(acc); t *= sx[m]; t *= sw[n]; t += residual).
 cudaError_t qgemm_w4a4_cuda(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,

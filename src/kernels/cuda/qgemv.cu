@@ -57,15 +57,19 @@ __device__ __forceinline__ int dot_chunk(const Split& w, const Split& x, int acc
   return acc;
 }
 
-// One step over U chunks (c, c + 32, ..., c + 32 (U - 1)) of R rows for all M tokens.
-template <int M, int R, int U>
-__device__ __forceinline__ void step(const uint4* __restrict__ qx, const uint4* const (&wrow)[R],
-                                     int64_t chunks, int64_t c, int (&acc)[R][M]) {
-  uint4 w[U][R];
+// One step over U chunks (c, c + 32, ..., c + 32 (U - 1)) of R rows for all M tokens: the weight loads ...
+template <int R, int U>
+__device__ __forceinline__ void load_step(const uint4* const (&wrow)[R], int64_t c, uint4 (&w)[U][R]) {
 #pragma unroll
   for (int u = 0; u < U; ++u)
 #pragma unroll
     for (int r = 0; r < R; ++r) w[u][r] = detail::load_stream(wrow[r] + c + 32 * u);
+}
+
+// ... and the dot products with the activations.
+template <int M, int R, int U>
+__device__ __forceinline__ void dot_step(const uint4* __restrict__ qx, const uint4 (&w)[U][R], int64_t chunks,
+                                         int64_t c, int (&acc)[R][M]) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     Split ws[R];
@@ -88,14 +92,23 @@ struct Segs {
   int64_t end[3] = {0, 0, 0};
 };
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ float to_f32(float v) {
+  return v;
+}
+__device__ __forceinline__ float to_f32(__half v) {
+  return __half2float(v);
+}
+__device__ __forceinline__ void store(float* p, float v) {
+  *p = v;
+}
+__device__ __forceinline__ void store(__half* p, float v) {
+  *p = __float2half_rn(v);
+}
 
-// R rows of a warp lie in one segment (boundaries are multiples of R). Under PDL everything is read after
-// pdl_wait() (an L2 prefetch of the first weight chunks before it was measured slower: it doubles the
-// memory requests of a request-bound kernel).
+// R rows of a warp lie in one segment (boundaries are multiples of R). The weights are constants: a PDL
+// launch requests its first step of weight chunks before pdl_wait(), so that their latency overlaps the
+// previous kernel (an L2 prefetch there instead was measured slower: it doubles the requests); the
+// activations and their scales are read after it.
 template <int M, int R, int U, typename T>
 __global__ void __launch_bounds__(kWarps * 32)
     qgemv_kernel(Segs a, const uint4* __restrict__ qw, const float* __restrict__ sw, const T* residual, T* y,
@@ -107,6 +120,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const uint4* wrow[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) wrow[r] = qw + (n0 + r < N ? n0 + r : N - 1) * chunks;  // clamp: no divergence
+  int64_t c = lane;
+  uint4 w[U][R];
+  if (c + 32 * (U - 1) < chunks) load_step<R, U>(wrow, c, w);
   detail::pdl_wait();
   int seg = 0;
   while (seg + 1 < a.n && n0 >= a.end[seg]) ++seg;
@@ -119,10 +135,16 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[r][m] = 0;
 
-  int64_t c = lane;
-  for (; c + 32 * (U - 1) < chunks; c += 32 * U) step<M, R, U>(qx, wrow, chunks, c, acc);
+  for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
+    if (c != lane) load_step<R, U>(wrow, c, w);
+    dot_step<M, R, U>(qx, w, chunks, c, acc);
+  }
   if (U > 1)
-    for (; c < chunks; c += 32) step<M, R, 1>(qx, wrow, chunks, c, acc);
+    for (; c < chunks; c += 32) {
+      uint4 w1[1][R];
+      load_step<R, 1>(wrow, c, w1);
+      dot_step<M, R, 1>(qx, w1, chunks, c, acc);
+    }
 
 #pragma unroll
   for (int r = 0; r < R; ++r)
@@ -214,9 +236,9 @@ cudaError_t qgemv_w4a4(const uint8_t* qx, const float* sx, const uint8_t* qw, co
   return qgemv_w4a4_segments(a, qw, sw, residual, y, y_f16, false, M, N, K, N, stream, false);
 }
 
-cudaError_t qgemv_w4a4_segments(const QgemmActs& acts, const uint8_t* qw, const float* sw, const void* residual,
-                                void* y, uint16_t* y_f16, bool f16, int64_t M, int64_t N, int64_t K, int64_t ldy,
-                                cudaStream_t stream, bool pdl) {
+cudaError_t qgemv_w4a4_segments(const QgemmActs& acts, const uint8_t* qw, const float* sw,
+                                const void* residual, void* y, uint16_t* y_f16, bool f16, int64_t M,
+                                int64_t N, int64_t K, int64_t ldy, cudaStream_t stream, bool pdl) {
   if (M < 1 || M > kQgemvMaxM || N < 1 || K < 32 || K % 32 != 0 || K > kQgemvMaxK || ldy < N)
     return cudaErrorInvalidValue;
   if (!qw || !sw || (!y && !y_f16) || (f16 && (!y || y_f16)) || acts.n < 1 || acts.n > 3 ||
@@ -226,7 +248,8 @@ cudaError_t qgemv_w4a4_segments(const QgemmActs& acts, const uint8_t* qw, const 
   s.n = acts.n;
   int64_t start = 0;
   for (int i = 0; i < acts.n; ++i) {
-    if (!acts.qx[i] || !acts.sx[i] || acts.end[i] <= start || reinterpret_cast<uintptr_t>(acts.qx[i]) % 16 != 0)
+    if (!acts.qx[i] || !acts.sx[i] || acts.end[i] <= start ||
+        reinterpret_cast<uintptr_t>(acts.qx[i]) % 16 != 0)
       return cudaErrorInvalidValue;
     s.qx[i] = reinterpret_cast<const uint4*>(acts.qx[i]);
     s.sx[i] = acts.sx[i];
@@ -236,10 +259,10 @@ cudaError_t qgemv_w4a4_segments(const QgemmActs& acts, const uint8_t* qw, const 
   auto* yh = reinterpret_cast<__half*>(y_f16);
   const int64_t chunks = K / 32;
   if (f16)
-    return dispatch<__half>(s, w4, sw, static_cast<const __half*>(residual), static_cast<__half*>(y), nullptr, M, N,
-                            ldy, chunks, stream, pdl);
-  return dispatch<float>(s, w4, sw, static_cast<const float*>(residual), static_cast<float*>(y), yh, M, N, ldy,
-                         chunks, stream, pdl);
+    return dispatch<__half>(s, w4, sw, static_cast<const __half*>(residual), static_cast<__half*>(y), nullptr,
+                            M, N, ldy, chunks, stream, pdl);
+  return dispatch<float>(s, w4, sw, static_cast<const float*>(residual), static_cast<float*>(y), yh, M, N,
+                         ldy, chunks, stream, pdl);
 }
 
 }  // namespace fq::cuda
