@@ -149,7 +149,7 @@ void check_case(const Case& c, uint32_t seed) {
 
 TEST(QgemmCuda, DecodeEveryTokenCount) {
   FQ_REQUIRE_CUDA();
-  // M = 1..16 (both token-tile widths of the mma kernel, and qgemv at M <= 2), ragged row groups
+  // M = 1..16 (both token-tile widths of the mma kernel), ragged row groups
   // (N % 16 != 0), K with partial 128-k steps (K % 128 != 0) and more steps than warps.
   uint32_t seed = 1;
   for (int64_t M = 1; M <= 16; ++M) {
