@@ -104,8 +104,10 @@ double median(std::vector<double> v) {
 
 int run(const Options& o) {
   FQ_CHECK(o.random.empty() != o.model.empty(), "bench: give exactly one of --random and --model");
-  FQ_CHECK(o.engine == "fp16" || o.engine == "w4a4kv4", "--engine: expected fp16 or w4a4kv4, found \"{}\"",
-           o.engine);
+  const bool wq_engine = o.engine == "w4a16" || o.engine == "w8a8" || o.engine == "w4a8";
+  FQ_CHECK(o.engine == "fp16" || o.engine == "w4a4kv4" || wq_engine,
+           "--engine: expected fp16, w4a4kv4, w4a16, w8a8 or w4a8, found \"{}\"", o.engine);
+  FQ_CHECK(!wq_engine || o.random.empty(), "--engine {}: needs --model ARTIFACT_DIR (no random weights)", o.engine);
   FQ_CHECK(o.prefill >= 1 && o.decode >= 1 && o.repeat >= 1,
            "bench: --prefill, --decode and --repeat must be positive (found {}, {}, {})", o.prefill, o.decode,
            o.repeat);
@@ -129,9 +131,11 @@ int run(const Options& o) {
     eng = std::make_unique<runtime::CudaEngine>(cfg, o.seed, eo, o.engine == "w4a4kv4");
     name = "random:" + o.random;
   } else if (is_artifact_dir(o.model)) {
-    FQ_CHECK(o.engine == "w4a4kv4", "--model {}: a quantized artifact runs with --engine w4a4kv4", o.model);
     const Artifact a = load_artifact(o.model);
     eng = std::make_unique<runtime::CudaEngine>(a, eo);
+    const std::string backend = eng->info().backend;
+    FQ_CHECK(o.engine == backend, "--model {}: this artifact (recipe {}) runs with --engine {}", o.model,
+             a.recipe.name, backend);
     name = o.model;
   } else {
     FQ_CHECK(o.engine == "fp16", "--model {}: an HF model runs with --engine fp16 (w4a4kv4 needs an artifact)",
@@ -195,7 +199,7 @@ int run(const Options& o) {
       // Weight bytes the decode step's streaming ops read (all layers), for their achieved TB/s against the
       // measured 3.05 TB/s read ceiling (../shared/reference/hardware.md). Events around each op include the
       // launch gaps of an un-captured step, so these are lower bounds.
-      const double wb = o.engine == "w4a4kv4" ? 0.5 : 2.0, Ld = static_cast<double>(cfg.n_layer);
+      const double wb = o.engine == "fp16" ? 2.0 : o.engine == "w8a8" ? 1.0 : 0.5, Ld = static_cast<double>(cfg.n_layer);
       const double E = static_cast<double>(cfg.n_embd), F = static_cast<double>(cfg.n_ff),
                    HD = static_cast<double>(cfg.n_head * cfg.head_dim),
                    KVD = static_cast<double>(cfg.n_head_kv * cfg.head_dim);
@@ -300,7 +304,8 @@ Runner register_bench(CLI::App& app) {
   auto* m = sub->add_option("--model", o->model, "HF model directory (real weights)");
   r->excludes(m);
   sub->add_option("--engine", o->engine,
-                  "fp16 (FP16 weights and KV) or w4a4kv4 (random packed weights, or --model ARTIFACT_DIR)")
+                  "fp16 (FP16 weights and KV), w4a4kv4 (random packed weights, or --model ARTIFACT_DIR), or "
+                  "w4a16 / w8a8 / w4a8 (--model ARTIFACT_DIR of that recipe)")
       ->capture_default_str();
   sub->add_option("--batch", o->batches, "Comma-separated batch sizes")->capture_default_str();
   sub->add_option("--prefill", o->prefill, "Prompt tokens per sequence")->capture_default_str();

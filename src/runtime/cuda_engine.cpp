@@ -99,6 +99,7 @@ bool cuda_engine_available(std::string* why) {
 #include "kernels/cuda/quant.h"
 #include "kernels/cuda/sampling.h"
 #include "kernels/cuda/w4a4_ops.h"
+#include "kernels/cuda/wq_linear.h"
 #include "ops/cuda_check.h"
 #include "ref/kron.h"
 #include "ref/rope.h"
@@ -245,6 +246,22 @@ struct CudaEngine::Impl {
   uint16_t *kf16 = nullptr, *vf16 = nullptr;  // [kv_rows, KV, D] fp16 K/V read back for prefill attention
   static constexpr int64_t kFusedRows = 16;  // up to this many rows: the fused decode kernel, else GEMMs
 
+  // ---- W4A16 / W8A8 / W4A8 backends (quant && wq; docs/runtime.md) ----
+  // qlayers hold w_bits weights (packed int4 [N, K/2] or int8 [N, K]); activations fp16 (a_bits 16) or int8
+  // copies per consumer clip in xq (a_bits 8; copy c at xq + c * wq_copy_stride(rows, K)); FP16 KV cache.
+  bool wq = false;
+  int w_bits = 4, a_bits = 4;
+  int32_t* acc32 = nullptr;  // [kAccRows, max N] int32 sums of the cuBLASLt s8 GEMM (more than 16 rows)
+  void* wscr = nullptr;      // [max N * K] weight scratch: fp16 dequantized (a16) or int8 unpacked (w4a8)
+  static constexpr int64_t kAccRows = 2048;  // rows per s8 GEMM call (bounds acc32)
+  static constexpr int64_t kWqGemvSliceRows = 64;  // a16: up to this many rows the int4 GEMV in 16-row slices
+  // s8 GEMM plans by (M, N, K, alignment of W, alignment of X); op == nullptr: cuBLASLt has no algorithm.
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, GemmPlan> s8plans;
+  struct WqAct {
+    const uint16_t* x16 = nullptr;  // a16: fp16 rows [rows, K]
+    cuda::Int8Acts a8;              // a8: the int8 copies over column segments
+  };
+
   Impl(const ModelConfig& c, const EngineOptions& opt) : cfg(c), o(opt) {}
   ~Impl();
 
@@ -291,6 +308,9 @@ struct CudaEngine::Impl {
 
   void layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
                   int64_t slot0, int64_t p0);
+  size_t plan_kv_f16();
+  void attn_f16(int64_t il, const float* bqkv, const float* kmat, const float* kinv, int64_t rows, bool decode,
+                int64_t batch, int64_t n_seq, int64_t n_tok, int64_t slot0, int64_t p0);
 
   // W4A4KV4 backend.
   void plan_memory_quant(const Artifact* a);
@@ -301,9 +321,22 @@ struct CudaEngine::Impl {
   void kmat_to_f16(const QLayerDev& l);
   // fp16 rows [rows, L*R] -> transformed fp32 rows (returned pointer), as two tensor-core GEMMs.
   const float* kron(const KronDev& k, const uint16_t* src16, int64_t rows);
+  // The same into dst: fp16 (dst16) or fp32. dst may be src16 when k.has_b (the first GEMM writes t16).
+  void kron_to(const KronDev& k, const uint16_t* src16, int64_t rows, void* dst, bool dst16);
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name);
   void qlayer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
                    int64_t slot0, int64_t p0);
+  // W4A16 / W8A8 / W4A8 backend.
+  size_t wq_copy_stride(int64_t rows, int64_t K) const { return align_up(static_cast<size_t>(rows * K)); }
+  WqAct wq_norm_input(const float* nw, const KronDev& k, const cuda::SymClips& clips,
+                      std::initializer_list<int64_t> ends, int64_t rows);
+  WqAct wq_acts(uint16_t* src16, const float* src32, const KronDev& k, int64_t rows, int64_t K,
+                const cuda::SymClips& clips, std::initializer_list<int64_t> ends);
+  void wq_linear(const WqAct& a, const uint8_t* W, const float* sw, int64_t N, int64_t K, void* y, bool y_f32,
+                 bool residual, int64_t rows, const char* name);
+  GemmPlan* plan_s8(int64_t M, int64_t N, int64_t K, const void* W, const void* X);
+  void wq_layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
+                     int64_t slot0, int64_t p0);
   // sp: sample with these parameters instead of the argmax (nullptr: greedy).
   void decode_body(int64_t batch, const cuda::SampleParams* sp = nullptr);
   void run_step(int64_t batch, const cuda::SampleParams* sp = nullptr);  // graph replay (captured on the second use) or eager
@@ -323,6 +356,12 @@ CudaEngine::Impl::~Impl() {
     cublasLtMatrixLayoutDestroy(p.b);
     cublasLtMatrixLayoutDestroy(p.c);
     cublasLtMatmulDescDestroy(p.op);
+  }
+  for (auto& [k, p] : s8plans) {
+    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+    if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+    if (p.op) cublasLtMatmulDescDestroy(p.op);
   }
   if (h_in) cudaFreeHost(h_in);
   if (h_rng_step) cudaFreeHost(h_rng_step);
@@ -413,19 +452,24 @@ void CudaEngine::Impl::plan_memory() {
       static_cast<size_t>(L) * static_cast<size_t>(2 * E + (cfg.attn_bias ? QKV : 0)) * f4 +
       static_cast<size_t>(V * E) * h2 + static_cast<size_t>(E) * f4;
 
+  plan_workspace(plan_kv_f16());
+}
+
+// The FP16 KV cache (FP16 backend and the W4A16 / W8A8 / W4A8 backends); returns the decode attention's
+// workspace bytes.
+size_t CudaEngine::Impl::plan_kv_f16() {
   const size_t kv_elems = static_cast<size_t>(L * o.max_batch * o.max_ctx * KV * D);
-  const size_t o_k = karena.reserve(kv_elems * h2), o_v = karena.reserve(kv_elems * h2);
+  const size_t o_k = karena.reserve(kv_elems * sizeof(uint16_t)), o_v = karena.reserve(kv_elems * sizeof(uint16_t));
   karena.allocate("the KV cache");
   kc = karena.at<uint16_t>(o_k);
   vc = karena.at<uint16_t>(o_v);
-
   size_t attn_bytes = 0;
   for (int64_t b = 1; b <= o.max_batch; ++b)
     attn_bytes = std::max(
         attn_bytes,
         cuda::decode_attention_f16_workspace_bytes(
             b, H, D, cuda::decode_attention_f16_plan(b, H, KV, o.max_ctx, prop.multiProcessorCount)));
-  plan_workspace(attn_bytes);
+  return attn_bytes;
 }
 
 void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
@@ -437,8 +481,8 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
                o_next = sarena.reserve(mb * 4),
                o_hist = sarena.reserve(static_cast<size_t>(o.max_ctx) * mb * 4), o_flags = sarena.reserve(16), o_rng = sarena.reserve(8),
                o_attn = sarena.reserve(std::max<size_t>(attn_bytes, 16)), o_lt = sarena.reserve(kLtWorkspace);
-  size_t o_tf = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0;
-  if (quant) {
+  size_t o_tf = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0, o_acc = 0, o_wscr = 0;
+  if (quant && !wq) {
     const size_t copies_k = static_cast<size_t>(std::max({3 * E, HD, F}));
     kv_rows = std::max(max_tokens, o.max_ctx);
     o_tf = sarena.reserve(mt * HB * f4);
@@ -448,6 +492,18 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
     o_kf = sarena.reserve(static_cast<size_t>(kv_rows * KV * D) * h2);
     o_vf = sarena.reserve(static_cast<size_t>(kv_rows * KV * D) * h2);
   }
+  if (wq) {
+    const size_t max_k = static_cast<size_t>(std::max({E, HD, F})), max_n = static_cast<size_t>(std::max({QKV, 2 * F, E}));
+    const size_t max_nk = static_cast<size_t>(std::max({QKV * E, E * HD, 2 * F * E, E * F}));
+    o_tf = sarena.reserve(mt * HB * f4);
+    o_t16 = sarena.reserve(mt * HB * h2);
+    o_sxq = sarena.reserve(3 * mt * f4);
+    if (a_bits == 8) {
+      o_xq = sarena.reserve(3 * align_up(mt * max_k));
+      o_acc = sarena.reserve(std::min<size_t>(mt, kAccRows) * max_n * 4);
+    }
+    if (a_bits == 16 || w_bits == 4) o_wscr = sarena.reserve(max_nk * (a_bits == 16 ? h2 : 1));
+  }
   sarena.allocate("the workspace");
   if (quant) {
     tf = sarena.at<float>(o_tf);
@@ -456,6 +512,10 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
     sxq = sarena.at<float>(o_sxq);
     kf16 = sarena.at<uint16_t>(o_kf);
     vf16 = sarena.at<uint16_t>(o_vf);
+  }
+  if (wq) {
+    acc32 = a_bits == 8 ? sarena.at<int32_t>(o_acc) : nullptr;
+    wscr = a_bits == 16 || w_bits == 4 ? sarena.at<void>(o_wscr) : nullptr;
   }
   x = sarena.at<float>(o_x);
   hb = sarena.at<uint16_t>(o_hb);
@@ -611,16 +671,45 @@ void CudaEngine::Impl::lm_head(const uint16_t* X, int64_t rows) {
 void CudaEngine::Impl::layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq,
                                   int64_t n_tok, int64_t slot0, int64_t p0) {
   const LayerDev& w = layers[static_cast<size_t>(il)];
-  const cuda::F16KvCache c = cache(il);
   const float eps = static_cast<float>(cfg.rms_eps);
   op("rmsnorm",
      [&] { ck(cuda::rmsnorm(x, DType::F32, E, w.n1, rows, E, eps, hb, DType::F16, stream), "rmsnorm"); });
   gemm(hb, rows, E, w.wqkv, QKV, big, false, false, "qkv_gemm");
-  op("rope_kv_append", [&] {
-    ck(cuda::qkv_rope_append_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : slot0, decode ? 0 : p0,
-                                 decode ? in_pos() : nullptr, w.bqkv, H, inv_freq, c, d_flags, stream),
-       "q/k/v RoPE + cache append");
+  attn_f16(il, w.bqkv, nullptr, nullptr, rows, decode, batch, n_seq, n_tok, slot0, p0);
+  gemm(hb, rows, HD, w.wo, E, x, true, true, "o_gemm");
+  op("rmsnorm",
+     [&] { ck(cuda::rmsnorm(x, DType::F32, E, w.n2, rows, E, eps, hb, DType::F16, stream), "rmsnorm"); });
+  gemm(hb, rows, E, w.wgu, 2 * F, big, false, false, "gate_up_gemm");
+  op("swiglu", [&] {
+    ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, hb, DType::F16, stream), "swiglu");
   });
+  gemm(hb, rows, F, w.wdown, E, x, true, true, "down_gemm");
+}
+
+// q/k/v in `big` (fp16, fused rows) -> bias, RoPE (and FlatQuant's K transform when kmat: q <- q kinv, k <- k
+// kmat) -> K/V into the FP16 cache of layer il -> attention output in hb [rows, H*D] fp16. Shared by the FP16
+// backend and the W4A16 / W8A8 / W4A8 backends.
+void CudaEngine::Impl::attn_f16(int64_t il, const float* bqkv, const float* kmat, const float* kinv, int64_t rows,
+                                bool decode, int64_t batch, int64_t n_seq, int64_t n_tok, int64_t slot0, int64_t p0) {
+  const cuda::F16KvCache c = cache(il);
+  if (!kmat) {
+    op("rope_kv_append", [&] {
+      ck(cuda::qkv_rope_append_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : slot0, decode ? 0 : p0,
+                                   decode ? in_pos() : nullptr, bqkv, H, inv_freq, c, d_flags, stream),
+         "q/k/v RoPE + cache append");
+    });
+  } else {
+    op("rope_ktrans", [&] {
+      ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0, decode ? in_pos() : nullptr,
+                                      bqkv, H, KV, D, inv_freq, kinv, kmat, stream),
+         "q/k/v RoPE + K transform");
+    });
+    op("kv_append", [&] {
+      ck(cuda::f16_kv_append(big + HD, big + HD + KV * D, QKV, rows, decode ? 1 : n_tok, decode ? 0 : slot0,
+                             decode ? 0 : p0, decode ? in_pos() : nullptr, c, d_flags, stream),
+         "K/V cache append");
+    });
+  }
   if (decode) {
     const cuda::DecodeF16Plan dp =
         cuda::decode_attention_f16_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
@@ -636,14 +725,6 @@ void CudaEngine::Impl::layer_body(int64_t il, int64_t rows, bool decode, int64_t
          "prefill attention");
     });
   }
-  gemm(hb, rows, HD, w.wo, E, x, true, true, "o_gemm");
-  op("rmsnorm",
-     [&] { ck(cuda::rmsnorm(x, DType::F32, E, w.n2, rows, E, eps, hb, DType::F16, stream), "rmsnorm"); });
-  gemm(hb, rows, E, w.wgu, 2 * F, big, false, false, "gate_up_gemm");
-  op("swiglu", [&] {
-    ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, hb, DType::F16, stream), "swiglu");
-  });
-  gemm(hb, rows, F, w.wdown, E, x, true, true, "down_gemm");
 }
 
 void CudaEngine::Impl::decode_body(int64_t batch, const cuda::SampleParams* sp) {
@@ -652,7 +733,9 @@ void CudaEngine::Impl::decode_body(int64_t batch, const cuda::SampleParams* sp) 
        "embedding");
   });
   for (int64_t il = 0; il < L; ++il) {
-    if (quant)
+    if (wq)
+      wq_layer_body(il, batch, true, batch, batch, 1, 0, 0);
+    else if (quant)
       qlayer_body(il, batch, true, batch, batch, 1, 0, 0);
     else
       layer_body(il, batch, true, batch, batch, 1, 0, 0);
@@ -725,9 +808,11 @@ void CudaEngine::Impl::check_flags(const char* where) {
 
 void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
   const size_t h2 = sizeof(uint16_t), f4 = sizeof(float);
-  FQ_CHECK(E % 2 == 0 && F % 2 == 0 && HD % 2 == 0,
+  FQ_CHECK(w_bits == 8 || (E % 2 == 0 && F % 2 == 0 && HD % 2 == 0),
            "CudaEngine W4A4: n_embd {}, n_ff {} and n_head * head_dim {} must be even (packed int4 pairs)", E, F,
            HD);
+  // Bytes of a [n, k] weight: packed int4 or int8.
+  auto wbytes = [&](int64_t n, int64_t k) { return static_cast<size_t>(n * k * w_bits / 8); };
   FQ_CHECK(std::max({E, F, HD}) <= cuda::kQgemmMaxK, "CudaEngine W4A4: a linear's input ({}) exceeds {}",
            std::max({E, F, HD}), cuda::kQgemmMaxK);
   FQ_CHECK(blas == nullptr, "CudaEngine: planned twice");
@@ -765,13 +850,13 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     dims(l.ln, al ? &al->ln_trans : nullptr, E);
     dims(l.ug, al ? &al->up_gate_trans : nullptr, E);
     dims(l.dn, al ? &al->down_trans : nullptr, F);
-    l.o_wqkv = warena.reserve(static_cast<size_t>(QKV * E / 2));
+    l.o_wqkv = warena.reserve(wbytes(QKV, E));
     l.o_sqkv = warena.reserve(static_cast<size_t>(QKV) * f4);
-    l.o_wo = warena.reserve(static_cast<size_t>(E * HD / 2));
+    l.o_wo = warena.reserve(wbytes(E, HD));
     l.o_so = warena.reserve(static_cast<size_t>(E) * f4);
-    l.o_wgu = warena.reserve(static_cast<size_t>(2 * F * E / 2));
+    l.o_wgu = warena.reserve(wbytes(2 * F, E));
     l.o_sgu = warena.reserve(static_cast<size_t>(2 * F) * f4);
-    l.o_wdown = warena.reserve(static_cast<size_t>(E * F / 2));
+    l.o_wdown = warena.reserve(wbytes(E, F));
     l.o_sdown = warena.reserve(static_cast<size_t>(E) * f4);
     if (cfg.attn_bias) l.o_bqkv = warena.reserve(static_cast<size_t>(QKV) * f4);
     l.o_n1 = warena.reserve(static_cast<size_t>(E) * f4);
@@ -817,6 +902,10 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     resolve(l.om);
   }
   step_weight_bytes = warena.size() - (cfg.tie_embeddings ? 0 : static_cast<size_t>(V * E) * h2);
+  if (wq) {  // W4A16 / W8A8 / W4A8: the FP16 cache
+    plan_workspace(plan_kv_f16());
+    return;
+  }
 
   // KV4 cache: per layer K and V codes [slot][ctx][KV][D/2], scale and zero [slot][ctx][KV] fp32.
   const size_t cells = static_cast<size_t>(o.max_batch * o.max_ctx * KV), codes = cells * static_cast<size_t>(D / 2);
@@ -885,9 +974,11 @@ void CudaEngine::Impl::upload_quant(const Artifact& a) {
   auto cat_u8 = [&](uint8_t* dst, std::initializer_list<const QLinear*> ls, int64_t in, const char* name, int il) {
     size_t off = 0;
     for (const QLinear* l : ls) {
-      FQ_CHECK(l->bits == 4 && l->in == in && static_cast<int64_t>(l->qweight.size()) == l->out * in / 2 &&
+      FQ_CHECK(l->bits == w_bits && l->in == in &&
+                   static_cast<int64_t>(l->qweight.size()) == l->out * in * w_bits / 8 &&
                    static_cast<int64_t>(l->scales.size()) == l->out,
-               "CudaEngine: layer {} {}: expected a 4-bit [{} x {}] linear", il, name, l->out, in);
+               "CudaEngine: layer {} {}: expected a {}-bit [{} x {}] linear, found {} bits [{} x {}]", il, name,
+               w_bits, l->out, in, l->bits, l->out, l->in);
       put(dst + off, l->qweight.data(), l->qweight.size(), name, il);
       off += l->qweight.size();
     }
@@ -1014,6 +1105,11 @@ void CudaEngine::Impl::randomize_quant(uint64_t seed) {
 }
 
 const float* CudaEngine::Impl::kron(const KronDev& k, const uint16_t* src16, int64_t rows) {
+  kron_to(k, src16, rows, tf, false);
+  return tf;
+}
+
+void CudaEngine::Impl::kron_to(const KronDev& k, const uint16_t* src16, int64_t rows, void* dst, bool dst16) {
   // Y1 = X B for all rows at once ([rows * L, R] x [R, R]), then per token Y = A^T Y1 (strided batched,
   // column-major: C[R, L] = Y1_t^T[R, L] . A, A read as the transpose of its row-major storage).
   const uint16_t* y1 = src16;
@@ -1026,11 +1122,10 @@ const float* CudaEngine::Impl::kron(const KronDev& k, const uint16_t* src16, int
     const cublasStatus_t st = cublasGemmStridedBatchedEx(
         blas, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(k.R), static_cast<int>(k.L), static_cast<int>(k.L),
         &alpha, y1, CUDA_R_16F, static_cast<int>(k.R), k.L * k.R, k.A16, CUDA_R_16F, static_cast<int>(k.L), 0,
-        &beta, tf, CUDA_R_32F, static_cast<int>(k.R), k.L * k.R, static_cast<int>(rows), CUBLAS_COMPUTE_32F,
-        CUBLAS_GEMM_DEFAULT);
+        &beta, dst, dst16 ? CUDA_R_16F : CUDA_R_32F, static_cast<int>(k.R), k.L * k.R, static_cast<int>(rows),
+        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: Kronecker transform GEMM failed (status {})", static_cast<int>(st));
   });
-  return tf;
 }
 
 void CudaEngine::Impl::quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips,
@@ -1199,6 +1294,204 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   });
 }
 
+// ---- W4A16 / W8A8 / W4A8 backends ----------------------------------------------------------------------------
+// The per-layer flow of ref::QuantDecoder for these recipes: RMSNorm -> the layer's Kronecker transform (the
+// two-GEMM route of kron(); the fused int4 kernel is W4A4-only) -> fp16 activations (a16) or int8 copies, one per
+// consumer clip (a8) -> the linear; q/k/v bias, RoPE (and the K transform when the artifact has one), the FP16
+// cache and the FP16 attention kernels of the FP16 backend (attn_f16); o_trans on the attention output.
+
+CudaEngine::Impl::WqAct CudaEngine::Impl::wq_norm_input(const float* nw, const KronDev& k, const cuda::SymClips& clips,
+                                                        std::initializer_list<int64_t> ends, int64_t rows) {
+  // a8 without a transform quantizes the fp32 normed rows (as the CPU); otherwise the transform reads fp16.
+  const bool f32 = a_bits == 8 && !k.L;
+  op("rmsnorm", [&] {
+    ck(cuda::rmsnorm(x, DType::F32, E, nw, rows, E, static_cast<float>(cfg.rms_eps), f32 ? static_cast<void*>(tf) : hb,
+                     f32 ? DType::F32 : DType::F16, stream),
+       "rmsnorm");
+  });
+  return wq_acts(f32 ? nullptr : hb, f32 ? tf : nullptr, k, rows, E, clips, ends);
+}
+
+// src16 (fp16 rows [rows, K]) or src32 (fp32 rows, a8 without a transform) -> the linear's activations.
+CudaEngine::Impl::WqAct CudaEngine::Impl::wq_acts(uint16_t* src16, const float* src32, const KronDev& k, int64_t rows,
+                                                  int64_t K, const cuda::SymClips& clips,
+                                                  std::initializer_list<int64_t> ends) {
+  WqAct r;
+  if (a_bits == 16) {
+    r.x16 = src16;
+    if (k.L) {
+      uint16_t* dst = k.has_b ? src16 : t16;  // the head mix (no B) reads src16 in its only GEMM
+      kron_to(k, src16, rows, dst, true);
+      r.x16 = dst;
+    }
+    return r;
+  }
+  const void* src = src32 ? static_cast<const void*>(src32)
+                          : (k.L ? static_cast<const void*>(kron(k, src16, rows)) : static_cast<const void*>(src16));
+  const bool f16 = !src32 && !k.L;
+  auto* q8 = reinterpret_cast<int8_t*>(xq);
+  const size_t stride = wq_copy_stride(rows, K);
+  op("quantize", [&] {
+    ck(cuda::quantize_sym_int8_multi(src, f16, rows, K, K, clips, q8, static_cast<int64_t>(stride), sxq, stream),
+       "int8 activation quantization");
+  });
+  // Copy c at q8 + c * stride (256-byte aligned: the GEMV's 16-byte loads).
+  r.a8.n = clips.n;
+  int i = 0;
+  for (int64_t e : ends) {
+    r.a8.qx[i] = q8 + static_cast<size_t>(i) * stride;
+    r.a8.sx[i] = sxq + i * rows;
+    r.a8.end[i] = e;
+    ++i;
+  }
+  FQ_CHECK(i == clips.n, "CudaEngine: {} activation segments for {} clip pairs", i, clips.n);
+  return r;
+}
+
+GemmPlan* CudaEngine::Impl::plan_s8(int64_t M, int64_t N, int64_t K, const void* W, const void* X) {
+  auto align = [](const void* p) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    uint32_t b = 256;
+    while (b > 1 && a % b) b /= 2;
+    return b;
+  };
+  const uint32_t aw = align(W), ax = align(X), ac = 256;
+  const auto key = std::make_tuple(M, N, K, static_cast<int>(aw), static_cast<int>(ax));
+  auto it = s8plans.find(key);
+  if (it != s8plans.end()) return it->second.op ? &it->second : nullptr;
+  // Row-major acc[M, N] = X[M, K] W[N, K]^T as column-major acc^T[N, M] = op_T(W)[N, K] X^T[K, M] ("TN", the
+  // layout cuBLASLt's int8 kernels take), int32 sums.
+  GemmPlan p;
+  lt_check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32I, CUDA_R_32I), "MatmulDescCreate s8");
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
+  lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
+  lt_check(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8I, static_cast<uint64_t>(K), static_cast<uint64_t>(N), K),
+           "layout A");
+  lt_check(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8I, static_cast<uint64_t>(K), static_cast<uint64_t>(M), K),
+           "layout B");
+  lt_check(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32I, static_cast<uint64_t>(N), static_cast<uint64_t>(M), N),
+           "layout C");
+  cublasLtMatmulPreference_t pref = nullptr;
+  lt_check(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
+  const size_t ws = kLtWorkspace;
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+           "workspace preference");
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw, sizeof aw),
+           "alignment preference");
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax, sizeof ax),
+           "alignment preference");
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac),
+           "alignment preference");
+  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac),
+           "alignment preference");
+  cublasLtMatmulHeuristicResult_t res{};
+  int n = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &n);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || n == 0) {  // remembered: the plain exact kernel runs instead
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.op);
+    s8plans.emplace(key, GemmPlan{});
+    return nullptr;
+  }
+  p.algo = res.algo;
+  return &s8plans.emplace(key, p).first->second;
+}
+
+// y[rows, N] (= or, residual: fp32 y +=) a . W^T. a16: the int4 GEMV (<= 64 rows, K % 32 == 0), else the weight
+// dequantized to fp16 and the fp16 GEMM. a8: the dp4a GEMV (<= 16 rows), else cuBLASLt s8 x s8 -> s32 (int4
+// weights unpacked to int8 first) and the epilogue, or the plain exact kernel where cuBLASLt has no algorithm.
+void CudaEngine::Impl::wq_linear(const WqAct& a, const uint8_t* W, const float* sw, int64_t N, int64_t K, void* y,
+                                 bool y_f32, bool residual, int64_t rows, const char* name) {
+  if (a_bits == 16) {
+    // Up to kWqGemvSliceRows rows: the GEMV in slices of 16 (it streams the weights once per slice; the fp16 GEMM
+    // would first write and read them dequantized).
+    if (rows <= kWqGemvSliceRows && cuda::w4a16_gemv_supported(std::min(rows, cuda::kWqGemvMaxM), K, a.x16, W)) {
+      const size_t ybytes = y_f32 ? sizeof(float) : sizeof(uint16_t);
+      for (int64_t m0 = 0; m0 < rows; m0 += cuda::kWqGemvMaxM) {
+        const int64_t mc = std::min(cuda::kWqGemvMaxM, rows - m0);
+        void* ym = static_cast<char*>(y) + static_cast<size_t>(m0 * N) * ybytes;
+        op(name, [&] {
+          ck(cuda::w4a16_gemv(a.x16 + m0 * K, mc, K, W, sw, N, ym, y_f32, residual, stream), name);
+        });
+      }
+      return;
+    }
+    auto* w16 = static_cast<uint16_t*>(wscr);
+    op("dequant_w4", [&] { ck(cuda::dequant_w4_f16(W, sw, N, K, w16, stream), "int4 weight dequantization"); });
+    gemm(a.x16, rows, K, w16, N, y, y_f32, residual, name);
+    return;
+  }
+  const float* res = residual ? static_cast<const float*>(y) : nullptr;
+  if (cuda::a8_gemv_supported(w_bits, rows, K, a.a8, W)) {
+    op(name, [&] { ck(cuda::a8_gemv(a.a8, w_bits, W, sw, res, y, !y_f32, rows, N, K, stream), name); });
+    return;
+  }
+  const auto* W8 = reinterpret_cast<const int8_t*>(w_bits == 8 ? W : wscr);
+  // Every plan first (the same calls as below), so that the fallback is chosen before anything runs.
+  bool lt_ok = K % 4 == 0;
+  for (int64_t m0 = 0; lt_ok && m0 < rows; m0 += kAccRows) {
+    const int64_t mc = std::min(kAccRows, rows - m0);
+    int64_t start = 0;
+    for (int s = 0; lt_ok && s < a.a8.n; start = a.a8.end[s++])
+      lt_ok = plan_s8(mc, a.a8.end[s] - start, K, W8 + start * K, a.a8.qx[s] + m0 * K) != nullptr;
+  }
+  if (!lt_ok) {
+    op(name, [&] { ck(cuda::a8_gemm_simple(a.a8, w_bits, W, sw, res, y, !y_f32, rows, N, K, stream), name); });
+    return;
+  }
+  if (w_bits == 4)
+    op("unpack_w4", [&] {
+      ck(cuda::unpack_int4_int8(W, N, K, static_cast<int8_t*>(wscr), stream), "int4 weight unpacking");
+    });
+  const size_t ybytes = y_f32 ? sizeof(float) : sizeof(uint16_t);
+  for (int64_t m0 = 0; m0 < rows; m0 += kAccRows) {
+    const int64_t mc = std::min(kAccRows, rows - m0);
+    void* ym = static_cast<char*>(y) + static_cast<size_t>(m0 * N) * ybytes;
+    int64_t start = 0;
+    for (int s = 0; s < a.a8.n; start = a.a8.end[s++]) {
+      const int64_t n = a.a8.end[s] - start;
+      const int8_t* wp = W8 + start * K;
+      const int8_t* xp = a.a8.qx[s] + m0 * K;
+      GemmPlan* p = plan_s8(mc, n, K, wp, xp);
+      const int32_t alpha = 1, beta = 0;
+      op(name, [&] {
+        lt_check(cublasLtMatmul(lt, p->op, &alpha, wp, p->a, xp, p->b, &beta, acc32, p->c, acc32, p->c, &p->algo,
+                                lt_ws, kLtWorkspace, stream),
+                 name);
+        ck(cuda::a8_epilogue(acc32, n, a.a8.sx[s] + m0, sw, res ? res + m0 * N : nullptr, ym, !y_f32, N, mc, start, n,
+                             stream),
+           "int8 GEMM epilogue");
+      });
+    }
+  }
+}
+
+void CudaEngine::Impl::wq_layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq,
+                                     int64_t n_tok, int64_t slot0, int64_t p0) {
+  const QLayerDev& w = qlayers[static_cast<size_t>(il)];
+  // ---- attention
+  const WqAct qkv_in = wq_norm_input(w.n1, w.ln, w.qkv_clips, {HD, HD + KV * D, QKV}, rows);
+  wq_linear(qkv_in, w.wqkv, w.sqkv, QKV, E, big, false, false, rows, "qkv_gemm");
+  attn_f16(il, w.bqkv, w.kmat, w.kinv, rows, decode, batch, n_seq, n_tok, slot0, p0);
+  const WqAct o_in = wq_acts(hb, nullptr, w.om, rows, HD, w.o_clip, {E});
+  wq_linear(o_in, w.wo, w.so, E, HD, x, true, true, rows, "o_gemm");
+  // ---- MLP
+  const WqAct gu_in = wq_norm_input(w.n2, w.ug, w.gu_clips, {F, 2 * F}, rows);
+  wq_linear(gu_in, w.wgu, w.sgu, 2 * F, E, big, false, false, rows, "gate_up_gemm");
+  const bool f32 = a_bits == 8 && !w.dn.L;  // quantized from the fp32 SwiGLU output when nothing transforms it
+  op("swiglu", [&] {
+    ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, f32 ? static_cast<void*>(tf) : hb,
+                    f32 ? DType::F32 : DType::F16, stream),
+       "swiglu");
+  });
+  const WqAct down_in = wq_acts(f32 ? nullptr : hb, f32 ? tf : nullptr, w.dn, rows, F, w.down_clip, {E});
+  wq_linear(down_in, w.wdown, w.sdown, E, F, x, true, true, rows, "down_gemm");
+}
+
 // ---- public API -----------------------------------------------------------------------------------------
 
 CudaEngine::CudaEngine(const ModelWeights& w, const EngineOptions& o)
@@ -1225,12 +1518,20 @@ CudaEngine::CudaEngine(const ModelConfig& cfg, uint64_t seed, const EngineOption
 
 CudaEngine::CudaEngine(const Artifact& a, const EngineOptions& o) : impl_(std::make_unique<Impl>(a.cfg, o)) {
   const Recipe& r = a.recipe;
-  FQ_CHECK(r.w_bits == 4 && r.a_bits == 4 && r.a_sym && r.w_sym && r.k_bits == 4 && r.v_bits == 4 && !r.k_sym &&
-               !r.v_sym,
-           "--device cuda: recipe '{}' (w{} a{} k{} v{}) is not supported by the CUDA engine yet (W4A4KV4 only: "
-           "symmetric 4-bit weights and activations, asymmetric 4-bit KV); use the CPU runtime (--device cpu)",
+  const bool w4a4 =
+      r.w_bits == 4 && r.a_bits == 4 && r.a_sym && r.w_sym && r.k_bits == 4 && r.v_bits == 4 && !r.k_sym && !r.v_sym;
+  // W4A16, W8A8, W4A8: symmetric weights, symmetric 8-bit or unquantized activations, a 16-bit KV cache.
+  const bool wq = r.w_sym && r.k_bits == 16 && r.v_bits == 16 &&
+                  ((r.a_bits == 16 && r.w_bits == 4) || (r.a_bits == 8 && r.a_sym && (r.w_bits == 4 || r.w_bits == 8)));
+  FQ_CHECK(w4a4 || wq,
+           "--device cuda: recipe '{}' (w{} a{} k{} v{}) is not supported by the CUDA engine yet (W4A4KV4, W4A16, "
+           "W8A8 and W4A8: symmetric weights and activations, KV cache 4-bit asymmetric or 16-bit); use the CPU "
+           "runtime (--device cpu)",
            r.name, r.w_bits, r.a_bits, r.k_bits, r.v_bits);
   impl_->quant = true;
+  impl_->wq = wq;
+  impl_->w_bits = r.w_bits;
+  impl_->a_bits = r.a_bits;
   impl_->init_device();
   impl_->plan_memory_quant(&a);
   impl_->upload_quant(a);
@@ -1247,7 +1548,9 @@ const EngineOptions& CudaEngine::options() const {
 
 EngineInfo CudaEngine::info() const {
   EngineInfo i;
-  i.backend = impl_->quant ? "w4a4kv4" : "fp16";
+  i.backend = impl_->wq      ? fmt::format("w{}a{}", impl_->w_bits, impl_->a_bits)
+              : impl_->quant ? "w4a4kv4"
+                             : "fp16";
   i.weight_bytes = impl_->warena.size();
   i.step_weight_bytes = impl_->step_weight_bytes;
   i.kv_bytes = impl_->karena.size();
@@ -1326,7 +1629,9 @@ void CudaEngine::prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok, in
            "embedding");
     });
     for (int64_t il = 0; il < m.L; ++il) {
-      if (m.quant)
+      if (m.wq)
+        m.wq_layer_body(il, rows, false, n_seq, n_seq, t, slot0, p);
+      else if (m.quant)
         m.qlayer_body(il, rows, false, n_seq, n_seq, t, slot0, p);
       else
         m.layer_body(il, rows, false, n_seq, n_seq, t, slot0, p);

@@ -1,6 +1,7 @@
-// CudaEngine: the LibTorch-free CUDA inference engine of a Llama-family decoder (docs/runtime.md), with two
-// backends behind one API: FP16 weights and FP16 KV cache (the honest baseline), and W4A4KV4 for a quantized
-// artifact (packed int4 weights on INT8 tensor cores, FlatQuant's online transforms, 4-bit KV cache).
+// CudaEngine: the LibTorch-free CUDA inference engine of a Llama-family decoder (docs/runtime.md), with these
+// backends behind one API: FP16 weights and FP16 KV cache (the honest baseline); W4A4KV4 for a quantized
+// artifact (packed int4 weights on INT8 tensor cores, FlatQuant's online transforms, 4-bit KV cache); and W4A16,
+// W8A8, W4A8 artifacts (packed int4 / int8 weights, fp16 or int8 activations, FP16 KV cache).
 //  - Weights live on the device in one arena: fused QKV [(H + 2 KV) d, E], fused gate|up [2 F, E], o, down,
 //    fp32 norms, embedding and head (tied: the embedding). Uploaded from ModelWeights (fp32 host, converted
 //    to fp16 one tensor at a time) or drawn on the device for random-weight benchmarks (no host copy).
@@ -55,7 +56,7 @@ struct OpTime {
 };
 
 struct EngineInfo {
-  std::string backend;           // "fp16" or "w4a4kv4"
+  std::string backend;           // "fp16", "w4a4kv4", "w4a16", "w8a8" or "w4a8"
   size_t weight_bytes = 0;       // all device weights (the embedding included)
   size_t step_weight_bytes = 0;  // bytes of weights one decode step reads (layers + head + norms)
   size_t kv_bytes = 0;           // the whole KV cache
@@ -74,9 +75,9 @@ class CudaEngine {
   // quantized: the W4A4KV4 backend with random packed int4 weights (uniform codes, scale 0.0043 ~ std 0.02),
   // random Kronecker / o / K transforms and clip factors 1 — the same kernels and bytes as a real artifact.
   CudaEngine(const ModelConfig& cfg, uint64_t seed, const EngineOptions& o, bool quantized = false);
-  // The W4A4KV4 backend for a quantized artifact (docs/runtime.md): packed int4 weights, online transforms,
-  // 4-bit KV cache; embedding and LM head fp16. Throws fq::Error for a recipe other than W4A4KV4 (symmetric
-  // 4-bit weights and activations, asymmetric 4-bit K and V).
+  // A quantized artifact (docs/runtime.md): W4A4KV4 (packed int4 weights, online transforms, 4-bit KV cache),
+  // or W4A16 / W8A8 / W4A8 (int4 or int8 weights, fp16 or int8 per-token activations, online transforms, FP16
+  // KV cache); embedding and LM head fp16. Throws fq::Error for any other recipe (e.g. w16a16kv4).
   CudaEngine(const Artifact& a, const EngineOptions& o);
   ~CudaEngine();
   CudaEngine(const CudaEngine&) = delete;

@@ -343,14 +343,198 @@ TEST(CudaQuantEngine, RandomQuantizedWeights) {
 TEST(CudaQuantEngine, UnsupportedRecipeIsAnError) {
   FQ_REQUIRE_GPU();
   const ModelConfig c = test::tiny_config_for_artifact(4, 2, 8, false, true);
-  const Artifact a = test::make_artifact(test::random_model(c, 61), test::random_transforms(c, 62),
-                                         test::test_recipe("w8a8", 8, 8, 16));
-  try {
-    CudaEngine e(a, EngineOptions{});
-    FAIL() << "expected fq::Error";
-  } catch (const Error& err) {
-    EXPECT_NE(std::string(err.what()).find("not supported by the CUDA engine"), std::string::npos) << err.what();
+  // w16a16kv4 (fp16 weights with the KV4 cache) and an 8-bit KV cache have no CUDA backend.
+  for (const Recipe& r : {test::test_recipe("w16a16kv4", 16, 16, 4), test::test_recipe("w8a8kv8", 8, 8, 8)}) {
+    const Artifact a = test::make_artifact(test::random_model(c, 61), test::random_transforms(c, 62), r);
+    try {
+      CudaEngine e(a, EngineOptions{});
+      FAIL() << "expected fq::Error for " << r.name;
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find("not supported by the CUDA engine"), std::string::npos) << err.what();
+    }
   }
+}
+
+// ---- W4A16 / W8A8 / W4A8 backends ---------------------------------------------------------------------------
+// Weight-only and 8-bit-activation models are not chaotic like W4A4 (no 4-bit activation codes; a flipped int8
+// code moves one channel by 1/127 of its row's range), so the engine is held to FP16-engine-like bounds against
+// QuantDecoder in real mode (for a8 the same integer GEMMs; w4a16 has no integer GEMM and runs as dequantized
+// fp32 weights): the normalized max-abs logit error max|gpu - cpu| / max|cpu|, the mean KL per position, and the
+// greedy token (unless the reference's top two are within the error bound). The GPU's deviations are the FP16
+// engine's (fp16 activations, q/k/v and gate/up outputs, fp16 operands of the online transforms, fp16 embedding,
+// head and KV cache).
+struct WqBound {
+  double err, kl;
+};
+WqBound wq_bound(const Recipe& r) {
+  return r.a_bits == 16 ? WqBound{3e-2, 1e-3} : WqBound{5e-2, 3e-3};
+}
+
+// kcache: keep the test artifact's K transform (make_artifact writes one; calibration writes none for a 16-bit
+// K cache, docs/runtime.md): both engine routes (RoPE + append, RoPE + K transform + append) are checked.
+Artifact make_wq_artifact(const ModelWeights& w, uint64_t seed, const std::string& name, int w_bits, int a_bits,
+                          bool kcache) {
+  test::ArtifactOptions opt;
+  opt.act_clip = 0.95f;
+  Artifact a = test::make_artifact(w, test::random_transforms(w.cfg, seed, false, 0.9, 1.1),
+                                   test::test_recipe(name, w_bits, a_bits, 16), opt);
+  vary_clips(a);
+  if (!kcache)
+    for (auto& l : a.layers) l.kcache_trans.clear(), l.kcache_inv_t.clear();
+  return a;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& ref, int64_t V, const WqBound& b,
+                  const std::string& what) {
+  const double err = norm_err(got.data(), ref.data(), ref.size()), kl = mean_kl(ref, got, V);
+  std::printf("  %s: norm_err %.3e (bound %.1e), KL %.3e (bound %.1e)\n", what.c_str(), err, b.err, kl, b.kl);
+  EXPECT_LT(err, b.err) << what;
+  EXPECT_LT(kl, b.kl) << what;
+  for (size_t r = 0; r < ref.size() / static_cast<size_t>(V); ++r)
+    expect_same_greedy(got.data() + r * V, ref.data() + r * V, V, what + " row " + std::to_string(r), b.err);
+}
+
+// Prefill in chunks of `chunk` rows (all logits), then n_steps teacher-forced steps, against QuantDecoder.
+void check_wq_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int64_t n_steps, int64_t chunk) {
+  const int64_t V = a.cfg.n_vocab, n = static_cast<int64_t>(toks.size());
+  const WqBound b = wq_bound(a.recipe);
+  QuantDecoder cpu(a, QuantMode::kReal, n + n_steps, 2);
+  std::vector<float> lr(static_cast<size_t>(n * V)), got(lr.size());
+  cpu.forward(toks.data(), n, lr.data());
+  EngineOptions o;
+  o.max_ctx = n + n_steps;
+  o.max_tokens = chunk;
+  o.max_logit_rows = chunk;
+  CudaEngine eng(a, o);
+  EXPECT_EQ(eng.info().backend, a.recipe.name);
+  eng.prefill(toks.data(), 1, n, 0, got.data(), true);
+  expect_close(got, lr, V, b, a.recipe.name + " prefill chunk " + std::to_string(chunk));
+  std::vector<float> sr, sg, r1(static_cast<size_t>(V)), g1(r1.size());
+  int32_t next = runtime::argmax(lr.data() + (n - 1) * V, V);
+  for (int64_t s = 0; s < n_steps; ++s) {
+    cpu.forward(&next, 1, r1.data());
+    int32_t greedy = -1;
+    eng.step(&next, 1, g1.data(), &greedy);
+    EXPECT_EQ(greedy, runtime::argmax(g1.data(), V));
+    sr.insert(sr.end(), r1.begin(), r1.end());
+    sg.insert(sg.end(), g1.begin(), g1.end());
+    next = runtime::argmax(r1.data(), V);
+  }
+  if (n_steps > 0) expect_close(sg, sr, V, b, a.recipe.name + " decode");
+  EXPECT_EQ(eng.pos(0), n + n_steps);
+}
+
+const std::array<std::array<int, 2>, 3> kWqRecipes = {{{4, 16}, {8, 8}, {4, 8}}};
+std::string wq_name(const std::array<int, 2>& r) {
+  return "w" + std::to_string(r[0]) + "a" + std::to_string(r[1]);
+}
+
+TEST(CudaQuantEngine, WeightOnlyAnd8BitStories260KMatchCpuRuntime) {
+  FQ_REQUIRE_GPU();
+  const std::string dir = model_dir("stories260K");
+  FQ_REQUIRE_FILE(path_join(dir, "config.json"));
+  const ModelWeights w = load_hf_weights(dir);
+  const std::vector<int32_t> text = story_tokens(dir);
+  for (const auto& r : kWqRecipes) {
+    const Artifact a = make_wq_artifact(w, 5, wq_name(r), r[0], r[1], false);
+    check_wq_against_cpu(a, text, 12, 256);  // all rows at once: the GEMM routes
+    check_wq_against_cpu(a, text, 0, 12);    // chunks of 12 rows: the decode GEMVs, p0 > 0
+  }
+}
+
+TEST(CudaQuantEngine, WeightOnlyAnd8BitGqaBiasMatchCpuRuntime) {
+  FQ_REQUIRE_GPU();
+  for (const auto& r : kWqRecipes) {
+    for (int64_t embd : {48, 64}) {  // 48: K % 32 != 0 (fallback kernels); 64: the GEMVs
+      ModelConfig c = test::tiny_config_for_artifact(6, 2, 16, true, false);
+      c.n_embd = embd;
+      c.n_ff = 96;
+      const Artifact a = make_wq_artifact(test::random_model(c, 11), 12, wq_name(r), r[0], r[1], true);
+      check_wq_against_cpu(a, random_tokens(40, c.n_vocab, 3), 8, 40);
+      check_wq_against_cpu(a, random_tokens(40, c.n_vocab, 4), 4, 7);
+    }
+  }
+}
+
+// n sequences at different positions decode together (n > 16: the GEMM routes), each row against its own CPU
+// decoder; then graph replay == eager launches, bitwise.
+void check_wq_batch(const std::array<int, 2>& rc, int64_t n) {
+  ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, false, true);
+  c.n_embd = 64;
+  c.n_ff = 128;
+  const Artifact a = make_wq_artifact(test::random_model(c, 21), 22, wq_name(rc), rc[0], rc[1], true);
+  const int64_t V = c.n_vocab;
+  EngineOptions o;
+  o.max_batch = n;
+  o.max_ctx = 32;
+  CudaEngine eng(a, o);
+  std::vector<std::unique_ptr<QuantDecoder>> cpu;
+  std::vector<int32_t> next(static_cast<size_t>(n));
+  std::vector<int64_t> lens(static_cast<size_t>(n));
+  for (int64_t s = 0; s < n; ++s) {
+    const int64_t len = lens[static_cast<size_t>(s)] = 2 + (s * 5 + 5) % 17;
+    const auto t = random_tokens(len, V, 30 + static_cast<uint32_t>(s));
+    std::vector<float> lg(static_cast<size_t>(V)), lc(lg.size() * static_cast<size_t>(len));
+    eng.prefill(t.data(), 1, len, s, lg.data(), false);
+    cpu.push_back(std::make_unique<QuantDecoder>(a, QuantMode::kReal, 32, 1));
+    cpu.back()->forward(t.data(), len, lc.data());
+    next[static_cast<size_t>(s)] = runtime::argmax(lc.data() + (len - 1) * V, V);
+  }
+  std::vector<float> got(static_cast<size_t>(n * V)), r(static_cast<size_t>(V)), all_r, all_g;
+  for (int step = 0; step < 5; ++step) {
+    eng.step(next.data(), n, got.data(), nullptr);
+    for (int64_t s = 0; s < n; ++s) {
+      cpu[static_cast<size_t>(s)]->forward(&next[static_cast<size_t>(s)], 1, r.data());
+      all_r.insert(all_r.end(), r.begin(), r.end());
+      all_g.insert(all_g.end(), got.begin() + s * V, got.begin() + (s + 1) * V);
+      next[static_cast<size_t>(s)] = runtime::argmax(r.data(), V);
+    }
+  }
+  expect_close(all_g, all_r, V, wq_bound(a.recipe), a.recipe.name + " batch " + std::to_string(n));
+  for (int64_t s = 0; s < n; ++s) EXPECT_EQ(eng.pos(s), lens[static_cast<size_t>(s)] + 5);
+
+  EngineOptions oe = o;
+  oe.cuda_graphs = false;
+  CudaEngine g(a, o), e(a, oe);
+  const auto t = random_tokens(9 * n, V, 43);
+  g.prefill(t.data(), n, 9, 0, nullptr, false);
+  e.prefill(t.data(), n, 9, 0, nullptr, false);
+  std::vector<int32_t> tok(static_cast<size_t>(n), 5);
+  std::vector<float> lg(static_cast<size_t>(n * V)), le(lg.size());
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> ng(static_cast<size_t>(n)), ne(ng.size());
+    g.step(tok.data(), n, lg.data(), ng.data());
+    e.step(tok.data(), n, le.data(), ne.data());
+    ASSERT_EQ(lg, le) << a.recipe.name << " step " << i;
+    ASSERT_EQ(ng, ne);
+    tok = ng;
+  }
+}
+
+TEST(CudaQuantEngine, WeightOnlyAnd8BitBatchDecode) {
+  FQ_REQUIRE_GPU();
+  for (const auto& r : kWqRecipes) {
+    check_wq_batch(r, 3);
+    check_wq_batch(r, 20);
+  }
+}
+
+// The memory the backends promise: packed int4 or int8 weights (each layer's linears at w_bits / 8 bytes).
+TEST(CudaQuantEngine, WeightOnlyAnd8BitWeightBytes) {
+  FQ_REQUIRE_GPU();
+  ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, false, true);
+  c.n_embd = 64;
+  c.n_ff = 128;
+  const ModelWeights w = test::random_model(c, 71);
+  size_t bytes[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    const Artifact a = make_wq_artifact(w, 72, i ? "w8a8" : "w4a8", i ? 8 : 4, 8, false);
+    bytes[i] = CudaEngine(a, EngineOptions{}).info().weight_bytes;
+  }
+  const size_t linear = static_cast<size_t>(c.n_layer * ((c.n_head + 2 * c.n_head_kv) * c.head_dim * c.n_embd +
+                                                         c.n_embd * c.n_head * c.head_dim + 3 * c.n_ff * c.n_embd));
+  // Each tensor is 256-byte aligned: the difference is linear / 2 up to 4 roundings per layer.
+  EXPECT_NEAR(static_cast<double>(bytes[1] - bytes[0]), static_cast<double>(linear / 2), 256.0 * 4 * c.n_layer);
 }
 
 }  // namespace
