@@ -36,6 +36,11 @@ struct EngineOptions {
   // The LM head as per-row int8 (cuda::quantize_rows_int8 of the fp16 head at load; logits by an int8 GEMV):
   // half the head's bytes per decode step. Its perplexity cost is measured in docs/runtime.md.
   bool head_int8 = false;
+  // W4A4KV4 prefill: GEMMs of at least this many rows run on the FP8 tensor cores through cuBLASLt
+  // (cuda::QgemmFp8: weights unpacked to e4m3 per call, the per-token x per-channel scales and the residual
+  // inside the GEMM) where cuBLASLt supports the shape (K % 16 == 0; sm_90); else, and below it, the mma.sync
+  // int8 kernel. 0: never.
+  int64_t fp8_prefill_rows = 128;
   int device = 0;
 };
 
@@ -65,6 +70,8 @@ struct EngineInfo {
   size_t device_mem_total = 0;
   std::string device_name;
   int n_sm = 0;
+  int compute_capability = 0;  // major * 10 + minor
+  int64_t fp8_gemms = 0;  // W4A4 GEMMs run on the FP8 prefill route so far (EngineOptions::fp8_prefill_rows)
 };
 
 class CudaEngine {

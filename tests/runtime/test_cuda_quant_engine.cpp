@@ -110,7 +110,9 @@ constexpr double kKlFloor = 2e-3;
 
 // Prefill `toks` in chunks of `chunk` rows (all logits), then n_steps teacher-forced steps; each compared with
 // QuantDecoder (real mode: the same integer arithmetic) by the KL band above; perplexities against real and fake.
-void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int64_t n_steps, int64_t chunk) {
+// fp8_rows: EngineOptions::fp8_prefill_rows (prefill GEMMs of at least that many rows on the FP8 route).
+void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int64_t n_steps, int64_t chunk,
+                       int64_t fp8_rows = EngineOptions{}.fp8_prefill_rows) {
   const int64_t V = a.cfg.n_vocab, n = static_cast<int64_t>(toks.size());
   const Artifact a16 = f16_embedding(a);
   QuantDecoder real(a, QuantMode::kReal, n + n_steps, 2), band(a16, QuantMode::kReal, n + n_steps, 2),
@@ -125,6 +127,7 @@ void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int6
   o.max_ctx = n + n_steps;
   o.max_tokens = chunk;
   o.max_logit_rows = chunk;
+  o.fp8_prefill_rows = fp8_rows;
   CudaEngine eng(a, o);
   EXPECT_EQ(eng.info().backend, "w4a4kv4");
   eng.prefill(toks.data(), 1, n, 0, got.data(), true);
@@ -225,6 +228,41 @@ TEST(CudaQuantEngine, GqaBiasChunkedPrefillMatchesCpuRuntime) {
   const Artifact a = make_quant_artifact(test::random_model(c, 11), 12);
   check_against_cpu(a, random_tokens(40, c.n_vocab, 3), 8, 40);
   check_against_cpu(a, random_tokens(40, c.n_vocab, 4), 8, 7);
+}
+
+// The FP8 prefill route (cuBLASLt e4m3 GEMMs with the scales and the residual inside): within the CPU band, and
+// equal to the mma.sync route up to the rounding order of the GEMM epilogue (the integer sums are exact on both).
+TEST(CudaQuantEngine, Fp8PrefillMatchesCpuAndMmaRoute) {
+  FQ_REQUIRE_GPU();
+  ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, true, false);
+  c.n_embd = 64;  // every K and segment a multiple of 16 (cuBLASLt's FP8 layouts)
+  c.n_ff = 96;
+  const Artifact a = make_quant_artifact(test::random_model(c, 31), 32);
+  const std::vector<int32_t> toks = random_tokens(48, c.n_vocab, 5);
+  check_against_cpu(a, toks, 4, 48, 17);
+  const int64_t V = c.n_vocab, n = static_cast<int64_t>(toks.size());
+  int cc = 0;
+  auto prefill = [&](int64_t fp8_rows, int64_t* fp8_gemms) {
+    EngineOptions o;
+    o.max_ctx = n;
+    o.max_tokens = n;
+    o.max_logit_rows = n;
+    o.fp8_prefill_rows = fp8_rows;
+    CudaEngine eng(a, o);
+    std::vector<float> l(static_cast<size_t>(n * V));
+    eng.prefill(toks.data(), 1, n, 0, l.data(), true);
+    *fp8_gemms = eng.info().fp8_gemms;
+    cc = eng.info().compute_capability;
+    return l;
+  };
+  int64_t g8 = 0, g0 = 0;
+  const std::vector<float> l8 = prefill(17, &g8), l0 = prefill(0, &g0);
+  EXPECT_EQ(g0, 0);
+  if (cc < 90) GTEST_SKIP() << "the FP8 route needs sm_90";
+  EXPECT_EQ(g8, 4 * c.n_layer) << "every prefill GEMM on the FP8 route";
+  const double err = norm_err(l8.data(), l0.data(), l0.size());
+  std::printf("  FP8 vs mma.sync prefill: norm_err %.3e\n", err);
+  EXPECT_LE(err, 1e-4);
 }
 
 // Three slots at different positions decode in one batched step; each row equals its own CPU decoder.
