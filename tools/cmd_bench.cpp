@@ -1,6 +1,6 @@
 // `flatquant bench --random llama-3-8b|qwen2.5-7b|HF_DIR | --model HF_DIR --engine fp16 [--batch 1,16]
 //                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv] [--head-int8]
-//                  [--fp8-prefill-rows 128]
+//                  [--int8-prefill-rows 128]
 //                  [--json]`
 // Inference speed of the CUDA engine (docs/runtime.md): per batch size, the prefill of `prefill` tokens per
 // sequence (ms, median of `repeat` runs after a warm-up) and `decode` greedy tokens after it, one CUDA-graph
@@ -35,7 +35,7 @@ namespace {
 struct Options {
   std::string random, model, engine = "fp16", batches = "1,16";
   int64_t prefill = 2048, decode = 256, repeat = 3;
-  int64_t fp8_prefill_rows = runtime::EngineOptions{}.fp8_prefill_rows;
+  int64_t int8_prefill_rows = runtime::EngineOptions{}.int8_prefill_rows;
   uint64_t seed = 0;
   bool json = false, profile = false, no_graphs = false, no_gemv = false, head_int8 = false;
 };
@@ -125,7 +125,7 @@ int run(const Options& o) {
   eo.cuda_graphs = !o.no_graphs;
   eo.gemv = !o.no_gemv;
   eo.head_int8 = o.head_int8;
-  eo.fp8_prefill_rows = o.fp8_prefill_rows;
+  eo.int8_prefill_rows = o.int8_prefill_rows;
   std::unique_ptr<runtime::CudaEngine> eng;
   std::string name;
   const double t_load = now_s();
@@ -269,7 +269,8 @@ int run(const Options& o) {
   j["cuda_graphs"] = !o.no_graphs;
   j["gemv"] = !o.no_gemv;
   j["head_int8"] = o.head_int8;
-  j["fp8_prefill_rows"] = o.fp8_prefill_rows;
+  j["int8_prefill_rows"] = o.int8_prefill_rows;
+  j["int8_gemms"] = info.int8_gemms;  // GEMMs that took the int8 prefill route (0: none did)
   j["config"] = {{"n_layer", cfg.n_layer},     {"n_embd", cfg.n_embd},       {"n_head", cfg.n_head},
                  {"n_head_kv", cfg.n_head_kv}, {"head_dim", cfg.head_dim},   {"n_ff", cfg.n_ff},
                  {"n_vocab", cfg.n_vocab},     {"attn_bias", cfg.attn_bias}, {"rope", cfg.rope_scaling.type}};
@@ -321,9 +322,9 @@ Runner register_bench(CLI::App& app) {
                 "Launch every kernel of a step instead of replaying a CUDA graph");
   sub->add_flag("--no-gemv", o->no_gemv, "cuBLASLt for every GEMM (default: our FP16 GEMV for batch <= 4)");
   sub->add_flag("--head-int8", o->head_int8, "The LM head as per-row int8 (EngineOptions::head_int8)");
-  sub->add_option("--fp8-prefill-rows", o->fp8_prefill_rows,
-                  "W4A4KV4: GEMMs of at least this many rows on FP8 tensor cores via cuBLASLt (0: never; "
-                  "EngineOptions::fp8_prefill_rows)")
+  sub->add_option("--int8-prefill-rows", o->int8_prefill_rows,
+                  "W4A4KV4: prefill GEMMs of at least this many rows on cuBLASLt's int8 GEMM (0: never; "
+                  "EngineOptions::int8_prefill_rows)")
       ->capture_default_str();
   sub->add_flag("--json", o->json, "Print one JSON object to stdout");
   return [o]() -> int { return run(*o); };

@@ -95,8 +95,8 @@ bool cuda_engine_available(std::string* why) {
 #include "kernels/cuda/head_int8.h"
 #include "kernels/cuda/kron.h"
 #include "kernels/cuda/layer_ops.h"
+#include "kernels/cuda/prefill_int8.h"
 #include "kernels/cuda/qgemm.h"
-#include "kernels/cuda/qgemm_fp8.h"
 #include "kernels/cuda/quant.h"
 #include "kernels/cuda/sampling.h"
 #include "kernels/cuda/w4a4_ops.h"
@@ -246,11 +246,14 @@ struct CudaEngine::Impl {
   float* sxq = nullptr;            // their scales [copy][rows]
   uint16_t *kf16 = nullptr, *vf16 = nullptr;  // [kv_rows, KV, D] fp16 K/V read back for prefill attention
   static constexpr int64_t kFusedRows = 16;  // up to this many rows: the fused decode kernel, else GEMMs
-  // Prefill GEMMs on FP8 tensor cores (EngineOptions::fp8_prefill_rows): activations as e4m3 copies in xq
-  // ([copy][rows][K] bytes, scales at sxq + copy * align4(rows)), weights unpacked per GEMM into w8.
-  std::unique_ptr<cuda::QgemmFp8> fp8;
-  uint8_t* w8 = nullptr;  // [max N * K] e4m3
-  int64_t fp8_gemms = 0;  // GEMMs run on that route (EngineInfo::fp8_gemms)
+  // The int8 prefill route (EngineOptions::int8_prefill_rows): activations as int8 code copies in xq
+  // ([copy][rows][K] bytes, scales at sxq + copy * align4(rows)), weights unpacked per GEMM into wscr, cuBLASLt
+  // s8 GEMMs into acc32 in row chunks of at most kAccBytes (so that the sums are still in L2 when a8_epilogue
+  // reads them).
+  bool s8_prefill = false;
+  int64_t int8_gemms = 0;  // GEMMs run on that route (EngineInfo::int8_gemms)
+  static constexpr int64_t kAccBytes = 32 << 20;
+  int64_t acc_rows(int64_t n) const { return std::max<int64_t>(128, kAccBytes / (4 * n) / 128 * 128); }
 
   // ---- W4A16 / W8A8 / W4A8 backends (quant && wq; docs/runtime.md) ----
   // qlayers hold w_bits weights (packed int4 [N, K/2] or int8 [N, K]); activations fp16 (a_bits 16) or int8
@@ -329,15 +332,16 @@ struct CudaEngine::Impl {
   const float* kron(const KronDev& k, const uint16_t* src16, int64_t rows);
   // The same into dst: fp16 (dst16) or fp32. dst may be src16 when k.has_b (the first GEMM writes t16).
   void kron_to(const KronDev& k, const uint16_t* src16, int64_t rows, void* dst, bool dst16);
-  // to_fp8: e4m3 copies for the FP8 prefill GEMM (scales at sxq + copy * align4(rows)), else packed int4.
+  // to_i8: int8 code copies for the int8 prefill route (scales at sxq + copy * align4(rows)), else packed int4.
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name,
-                bool to_fp8 = false);
-  // The FP8 prefill route for a W4A4 GEMM of `rows` rows, K inputs and column segments ending at `ends`: whether
-  // it is on and cuBLASLt has a plan for every segment; and the GEMM itself (weights unpacked into w8, one
-  // cuBLASLt call per segment; y_f32: fp32 y += with the residual, else fp16 y).
-  bool fp8_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, bool y_f32);
-  void fp8_gemm(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, const uint8_t* W, const float* sw,
-                void* y, bool y_f32, const char* name);
+                bool to_i8 = false);
+  // The int8 prefill route for a W4A4 GEMM of `rows` rows, K inputs and column segments ending at `ends`: whether
+  // it is on and cuBLASLt has an s8 plan for every segment and row chunk; and the GEMM itself (weights unpacked
+  // into wscr, per row chunk and segment one cuBLASLt s8 GEMM and a8_epilogue; y_f32: fp32 y += (the residual),
+  // else fp16 y).
+  bool s8_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K);
+  void s8_gemm(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, const uint8_t* W, const float* sw,
+               void* y, bool y_f32, const char* name);
   void qlayer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
                    int64_t slot0, int64_t p0);
   // W4A16 / W8A8 / W4A8 backend.
@@ -364,7 +368,6 @@ struct CudaEngine::Impl {
 };
 
 CudaEngine::Impl::~Impl() {
-  fp8.reset();  // its plans before the cuBLASLt handle
   for (auto& [b, g] : graphs) cudaGraphExecDestroy(g);
   for (auto& [k, p] : plans) {
     cublasLtMatrixLayoutDestroy(p.a);
@@ -496,17 +499,20 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
                o_next = sarena.reserve(mb * 4),
                o_hist = sarena.reserve(static_cast<size_t>(o.max_ctx) * mb * 4), o_flags = sarena.reserve(16), o_rng = sarena.reserve(8),
                o_attn = sarena.reserve(std::max<size_t>(attn_bytes, 16)), o_lt = sarena.reserve(kLtWorkspace);
-  size_t o_tf = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0, o_acc = 0, o_wscr = 0, o_w8 = 0;
-  const bool with_fp8 = quant && !wq && o.fp8_prefill_rows > 0 && max_tokens >= o.fp8_prefill_rows && prop.major >= 9;
+  size_t o_tf = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0, o_acc = 0, o_wscr = 0;
+  s8_prefill = quant && !wq && o.int8_prefill_rows > 0 && max_tokens >= std::max(o.int8_prefill_rows, kFusedRows + 1);
   if (quant && !wq) {
     const size_t copies_k = static_cast<size_t>(std::max({3 * E, HD, F}));
     kv_rows = std::max(max_tokens, o.max_ctx);
     o_tf = sarena.reserve(mt * HB * f4);
     o_t16 = sarena.reserve(mt * HB * h2);
-    o_xq = sarena.reserve(with_fp8 ? mt * copies_k : mt * copies_k / 2);
+    o_xq = sarena.reserve(s8_prefill ? mt * copies_k : mt * copies_k / 2);
     o_sxq = sarena.reserve(3 * (mt + 3) * f4);
-    if (with_fp8)
-      o_w8 = sarena.reserve(static_cast<size_t>(std::max({QKV * E, E * HD, 2 * F * E, E * F})));
+    if (s8_prefill) {
+      const int64_t max_n = std::max({QKV, F, E});  // the widest segment of one cuBLASLt call
+      o_wscr = sarena.reserve(static_cast<size_t>(std::max({QKV * E, E * HD, 2 * F * E, E * F})));
+      o_acc = sarena.reserve(static_cast<size_t>(std::min(max_tokens, acc_rows(max_n)) * max_n) * 4);
+    }
     o_kf = sarena.reserve(static_cast<size_t>(kv_rows * KV * D) * h2);
     o_vf = sarena.reserve(static_cast<size_t>(kv_rows * KV * D) * h2);
   }
@@ -532,9 +538,9 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
     vf16 = sarena.at<uint16_t>(o_vf);
   }
   lt_ws = sarena.at<void>(o_lt);
-  if (with_fp8) {
-    w8 = sarena.at<uint8_t>(o_w8);
-    fp8 = std::make_unique<cuda::QgemmFp8>(lt, lt_ws, kLtWorkspace);
+  if (s8_prefill) {
+    wscr = sarena.at<void>(o_wscr);
+    acc32 = sarena.at<int32_t>(o_acc);
   }
   if (wq) {
     acc32 = a_bits == 8 ? sarena.at<int32_t>(o_acc) : nullptr;
@@ -1151,44 +1157,74 @@ void CudaEngine::Impl::kron_to(const KronDev& k, const uint16_t* src16, int64_t 
 }
 
 void CudaEngine::Impl::quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips,
-                                const char* name, bool to_fp8) {
-  if (to_fp8) {
+                                const char* name, bool to_i8) {
+  if (to_i8) {
     const int64_t sstride = (rows + 3) / 4 * 4;
-    op(name, [&] { ck(cuda::quantize_sym_int4_fp8_multi(src, rows, K, K, clips, xq, sxq, sstride, stream), name); });
+    op(name, [&] {
+      ck(cuda::quantize_sym_int4_i8_multi(src, rows, K, K, clips, reinterpret_cast<int8_t*>(xq), sxq, sstride, stream),
+         name);
+    });
     return;
   }
   op(name, [&] { ck(cuda::quantize_sym_int4_multi(src, rows, K, K, clips, xq, sxq, stream), name); });
 }
 
-bool CudaEngine::Impl::fp8_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, bool y_f32) {
-  if (!fp8 || rows < o.fp8_prefill_rows || rows <= kFusedRows || K % 16 != 0) return false;
-  const int64_t N = *(ends.end() - 1);
-  int64_t start = 0;
-  for (int64_t e : ends) {
-    // Every segment's pointers (weights, scales, y) stay 16-byte aligned.
-    if (start % 16 != 0 || !fp8->supported(rows, e - start, K, N, y_f32)) return false;
-    start = e;
+bool CudaEngine::Impl::s8_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K) {
+  if (!s8_prefill || rows < o.int8_prefill_rows || rows <= kFusedRows || K % 4 != 0) return false;
+  const auto* W8 = static_cast<const int8_t*>(wscr);
+  const auto* X8 = reinterpret_cast<const int8_t*>(xq);
+  int64_t nmax = 0, start = 0;
+  for (int64_t e : ends) nmax = std::max(nmax, e - start), start = e;
+  const int64_t chunk = acc_rows(nmax);
+  for (int64_t m0 = 0; m0 < rows; m0 += chunk) {
+    const int64_t mc = std::min(chunk, rows - m0);
+    start = 0;
+    int64_t c = 0;
+    for (int64_t e : ends) {
+      // The exact pointers s8_gemm passes (plans are keyed by their alignment).
+      if (!plan_s8(mc, e - start, K, W8 + start * K, X8 + (c * rows + m0) * K)) return false;
+      start = e;
+      ++c;
+    }
   }
   return true;
 }
 
-void CudaEngine::Impl::fp8_gemm(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, const uint8_t* W,
-                                const float* sw, void* y, bool y_f32, const char* name) {
+void CudaEngine::Impl::s8_gemm(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, const uint8_t* W,
+                               const float* sw, void* y, bool y_f32, const char* name) {
   const int64_t N = *(ends.end() - 1), sstride = (rows + 3) / 4 * 4;
-  op("unpack_w4_fp8", [&] { ck(cuda::unpack_int4_fp8(W, N, K, w8, stream), "int4 -> e4m3 weights"); });
-  ++fp8_gemms;
+  auto* W8 = static_cast<int8_t*>(wscr);
+  const auto* X8 = reinterpret_cast<const int8_t*>(xq);
+  op("unpack_w4", [&] { ck(cuda::unpack_int4_int8(W, N, K, W8, stream), "int4 weight unpacking"); });
+  int64_t nmax = 0, start = 0;
+  for (int64_t e : ends) nmax = std::max(nmax, e - start), start = e;
+  const int64_t chunk = acc_rows(nmax);
+  const size_t ybytes = y_f32 ? sizeof(float) : sizeof(uint16_t);
+  const float* res = y_f32 ? static_cast<const float*>(y) : nullptr;
   op(name, [&] {
-    int64_t start = 0, c = 0;
-    for (int64_t e : ends) {
-      void* ys = y_f32 ? static_cast<void*>(static_cast<float*>(y) + start)
-                       : static_cast<void*>(static_cast<uint16_t*>(y) + start);
-      lt_check(fp8->run(xq + c * rows * K, sxq + c * sstride, w8 + start * K, sw + start, ys, N, y_f32, y_f32, rows,
-                        e - start, K, stream),
-               name);
-      start = e;
-      ++c;
+    for (int64_t m0 = 0; m0 < rows; m0 += chunk) {
+      const int64_t mc = std::min(chunk, rows - m0);
+      void* ym = static_cast<char*>(y) + static_cast<size_t>(m0 * N) * ybytes;
+      start = 0;
+      int64_t c = 0;
+      for (int64_t e : ends) {
+        const int64_t n = e - start;
+        const int8_t* wp = W8 + start * K;
+        const int8_t* xp = X8 + (c * rows + m0) * K;
+        GemmPlan* p = plan_s8(mc, n, K, wp, xp);
+        const int32_t alpha = 1, beta = 0;
+        lt_check(cublasLtMatmul(lt, p->op, &alpha, wp, p->a, xp, p->b, &beta, acc32, p->c, acc32, p->c, &p->algo, lt_ws,
+                                kLtWorkspace, stream),
+                 name);
+        ck(cuda::a8_epilogue(acc32, n, sxq + c * sstride + m0, sw, res ? res + m0 * N : nullptr, ym, !y_f32, N, mc,
+                             start, n, stream),
+           "int8 GEMM epilogue");
+        start = e;
+        ++c;
+      }
     }
   });
+  ++int8_gemms;
 }
 
 void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq,
@@ -1211,12 +1247,11 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
       ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream, pdl), "fused transform + quantize");
     });
   };
-  // Prefill GEMMs on the FP8 tensor cores where cuBLASLt has plans (their inputs are then quantized to e4m3).
-  const bool qkv8 = !few && fp8_route(rows, {HD, HD + KV * D, QKV}, E, false),
-             o8 = !few && fp8_route(rows, {E}, HD, true), gu8 = !few && fp8_route(rows, {F, 2 * F}, E, false),
-             dn8 = !few && fp8_route(rows, {E}, F, true);
+  // Prefill GEMMs on cuBLASLt's int8 GEMM where it has plans (their inputs are then quantized to int8 codes).
+  const bool qkv8 = s8_route(rows, {HD, HD + KV * D, QKV}, E), o8 = s8_route(rows, {E}, HD),
+             gu8 = s8_route(rows, {F, 2 * F}, E), dn8 = s8_route(rows, {E}, F);
   // RMSNorm, the Kronecker transform and the per-consumer quantized copies of one input.
-  auto norm_quant = [&](const float* nw, const KronDev& k, const cuda::SymClips& clips, bool fp8_out) {
+  auto norm_quant = [&](const float* nw, const KronDev& k, const cuda::SymClips& clips, bool i8_out) {
     if (few && k.fused) {
       cuda::FusedQuantArgs f;
       f.in = cuda::FusedIn::kRmsNorm;
@@ -1234,7 +1269,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
          "rmsnorm");
     });
     const float* src = k.L ? kron(k, hb, rows) : tf;
-    quantize(src, rows, E, clips, "quantize", fp8_out);
+    quantize(src, rows, E, clips, "quantize", i8_out);
   };
   auto acts = [&](int n, std::initializer_list<int64_t> ends, int64_t K) {
     cuda::QgemmActs a;
@@ -1252,7 +1287,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   // ---- attention
   norm_quant(w.n1, w.ln, w.qkv_clips, qkv8);
   if (qkv8) {
-    fp8_gemm(rows, {HD, HD + KV * D, QKV}, E, w.wqkv, w.sqkv, big, false, "qkv_gemm");
+    s8_gemm(rows, {HD, HD + KV * D, QKV}, E, w.wqkv, w.sqkv, big, false, "qkv_gemm");
   } else {
     op("qkv_gemm", [&] {
       ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(3, {HD, HD + KV * D, QKV}, E), w.wqkv, w.sqkv, nullptr, big, rows,
@@ -1329,7 +1364,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     quantize(w.om.L ? kron(w.om, hb, rows) : tf, rows, HD, w.o_clip, "quantize", o8);
   }
   if (o8)
-    fp8_gemm(rows, {E}, HD, w.wo, w.so, x, true, "o_gemm");
+    s8_gemm(rows, {E}, HD, w.wo, w.so, x, true, "o_gemm");
   else
     op("o_gemm", [&] {
       ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wo, w.so, x, x, rows, E, HD, stream, pdl), "o_proj W4A4 GEMM");
@@ -1338,7 +1373,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   // ---- MLP
   norm_quant(w.n2, w.ug, w.gu_clips, gu8);
   if (gu8) {
-    fp8_gemm(rows, {F, 2 * F}, E, w.wgu, w.sgu, big, false, "gate_up_gemm");
+    s8_gemm(rows, {F, 2 * F}, E, w.wgu, w.sgu, big, false, "gate_up_gemm");
   } else {
     op("gate_up_gemm", [&] {
       ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(2, {F, 2 * F}, E), w.wgu, w.sgu, nullptr, big, rows, 2 * F, E,
@@ -1363,7 +1398,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     quantize(w.dn.L ? kron(w.dn, hb, rows) : tf, rows, F, w.down_clip, "quantize", dn8);
   }
   if (dn8)
-    fp8_gemm(rows, {E}, F, w.wdown, w.sdown, x, true, "down_gemm");
+    s8_gemm(rows, {E}, F, w.wdown, w.sdown, x, true, "down_gemm");
   else
     op("down_gemm", [&] {
       ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream, pdl), "down_proj W4A4 GEMM");
@@ -1637,7 +1672,7 @@ EngineInfo CudaEngine::info() const {
   i.device_mem_total = total_b;
   i.device_name = impl_->prop.name;
   i.n_sm = impl_->prop.multiProcessorCount;
-  i.fp8_gemms = impl_->fp8_gemms;
+  i.int8_gemms = impl_->int8_gemms;
   i.compute_capability = impl_->prop.major * 10 + impl_->prop.minor;
   return i;
 }

@@ -36,11 +36,10 @@ struct EngineOptions {
   // The LM head as per-row int8 (cuda::quantize_rows_int8 of the fp16 head at load; logits by an int8 GEMV):
   // half the head's bytes per decode step. Its perplexity cost is measured in docs/runtime.md.
   bool head_int8 = false;
-  // W4A4KV4 prefill: GEMMs of at least this many rows run on the FP8 tensor cores through cuBLASLt
-  // (cuda::QgemmFp8: weights unpacked to e4m3 per call, the per-token x per-channel scales and the residual
-  // inside the GEMM) where cuBLASLt supports the shape (K % 16 == 0; sm_90); else, and below it, the mma.sync
-  // int8 kernel. 0: never.
-  int64_t fp8_prefill_rows = 128;
+  // W4A4KV4 prefill: GEMMs of at least this many rows run on cuBLASLt's int8 GEMM (the weights unpacked to int8
+  // per call, int32 sums, then the fp32 epilogue; bit-identical to the mma.sync kernel) where cuBLASLt has an
+  // algorithm (K % 4 == 0); else, and below it, the mma.sync int8 kernel of qgemm.h. 0: never.
+  int64_t int8_prefill_rows = 128;
   int device = 0;
 };
 
@@ -71,7 +70,7 @@ struct EngineInfo {
   std::string device_name;
   int n_sm = 0;
   int compute_capability = 0;  // major * 10 + minor
-  int64_t fp8_gemms = 0;  // W4A4 GEMMs run on the FP8 prefill route so far (EngineOptions::fp8_prefill_rows)
+  int64_t int8_gemms = 0;  // W4A4 GEMMs run on the int8 prefill route so far (EngineOptions::int8_prefill_rows)
 };
 
 class CudaEngine {

@@ -232,7 +232,7 @@ TEST(WqLinear, Int8ActivationLinearMatchesIntLinearBitExact) {
 
 TEST(WqLinear, UnpackInt4ToInt8MatchesReference) {
   FQ_REQUIRE_CUDA();
-  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{43, 172}, {7, 344}, {130, 64}}) {
+  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{43, 172}, {7, 344}, {130, 64}, {64, 4096}, {1, 6}}) {
     const auto qw = test::random_packed(static_cast<size_t>(N * K / 2), static_cast<uint32_t>(N + K));
     std::vector<int8_t> want(static_cast<size_t>(N * K));
     ref::unpack_int4(qw.data(), N, K, want.data());
