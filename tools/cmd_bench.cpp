@@ -1,6 +1,6 @@
 // `flatquant bench --random llama-3-8b|qwen2.5-7b|HF_DIR | --model HF_DIR --engine fp16 [--batch 1,16]
 //                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv] [--head-int8]
-//                  [--int8-prefill-rows 128]
+//                  [--int8-prefill-rows 128] [--int8-acc-mb 32]
 //                  [--json]`
 // Inference speed of the CUDA engine (docs/runtime.md): per batch size, the prefill of `prefill` tokens per
 // sequence (ms, median of `repeat` runs after a warm-up) and `decode` greedy tokens after it, one CUDA-graph
@@ -36,6 +36,7 @@ struct Options {
   std::string random, model, engine = "fp16", batches = "1,16";
   int64_t prefill = 2048, decode = 256, repeat = 3;
   int64_t int8_prefill_rows = runtime::EngineOptions{}.int8_prefill_rows;
+  int64_t int8_acc_mb = runtime::EngineOptions{}.int8_acc_mb;
   uint64_t seed = 0;
   bool json = false, profile = false, no_graphs = false, no_gemv = false, head_int8 = false;
 };
@@ -126,6 +127,7 @@ int run(const Options& o) {
   eo.gemv = !o.no_gemv;
   eo.head_int8 = o.head_int8;
   eo.int8_prefill_rows = o.int8_prefill_rows;
+  eo.int8_acc_mb = o.int8_acc_mb;
   std::unique_ptr<runtime::CudaEngine> eng;
   std::string name;
   const double t_load = now_s();
@@ -270,6 +272,7 @@ int run(const Options& o) {
   j["gemv"] = !o.no_gemv;
   j["head_int8"] = o.head_int8;
   j["int8_prefill_rows"] = o.int8_prefill_rows;
+  j["int8_acc_mb"] = o.int8_acc_mb;
   j["int8_gemms"] = info.int8_gemms;  // GEMMs that took the int8 prefill route (0: none did)
   j["config"] = {{"n_layer", cfg.n_layer},     {"n_embd", cfg.n_embd},       {"n_head", cfg.n_head},
                  {"n_head_kv", cfg.n_head_kv}, {"head_dim", cfg.head_dim},   {"n_ff", cfg.n_ff},
@@ -325,6 +328,8 @@ Runner register_bench(CLI::App& app) {
   sub->add_option("--int8-prefill-rows", o->int8_prefill_rows,
                   "W4A4KV4: prefill GEMMs of at least this many rows on cuBLASLt's int8 GEMM (0: never; "
                   "EngineOptions::int8_prefill_rows)")
+      ->capture_default_str();
+  sub->add_option("--int8-acc-mb", o->int8_acc_mb, "The int8 prefill route's int32 sums buffer (MB; EngineOptions)")
       ->capture_default_str();
   sub->add_flag("--json", o->json, "Print one JSON object to stdout");
   return [o]() -> int { return run(*o); };

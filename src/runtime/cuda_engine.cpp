@@ -248,12 +248,13 @@ struct CudaEngine::Impl {
   static constexpr int64_t kFusedRows = 16;  // up to this many rows: the fused decode kernel, else GEMMs
   // The int8 prefill route (EngineOptions::int8_prefill_rows): activations as int8 code copies in xq
   // ([copy][rows][K] bytes, scales at sxq + copy * align4(rows)), weights unpacked per GEMM into wscr, cuBLASLt
-  // s8 GEMMs into acc32 in row chunks of at most kAccBytes (so that the sums are still in L2 when a8_epilogue
-  // reads them).
+  // s8 GEMMs into acc32 in row chunks of at most EngineOptions::int8_acc_mb (so that the sums can still be in L2
+  // when a8_epilogue reads them).
   bool s8_prefill = false;
   int64_t int8_gemms = 0;  // GEMMs run on that route (EngineInfo::int8_gemms)
-  static constexpr int64_t kAccBytes = 32 << 20;
-  int64_t acc_rows(int64_t n) const { return std::max<int64_t>(128, kAccBytes / (4 * n) / 128 * 128); }
+  int64_t acc_rows(int64_t n) const {
+    return std::max<int64_t>(128, std::max<int64_t>(o.int8_acc_mb, 1) * (1 << 20) / (4 * n) / 128 * 128);
+  }
 
   // ---- W4A16 / W8A8 / W4A8 backends (quant && wq; docs/runtime.md) ----
   // qlayers hold w_bits weights (packed int4 [N, K/2] or int8 [N, K]); activations fp16 (a_bits 16) or int8

@@ -15,6 +15,8 @@
 // and acc >> 4 after the reduction is exact.
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/quant_common.cuh"
@@ -364,21 +366,46 @@ __global__ void a8_simple_kernel(Segs a, const uint8_t* __restrict__ qw, bool w4
   store_epilogue(acc, a.sx[s][m], sw[n], residual, y, y_f16, i);
 }
 
+// One block row per output row (blockIdx.y, chunks of 65535 rows in the host loop), four columns per thread:
+// int4 / float4 loads and 8- or 16-byte stores where the pointers and strides allow (vec), else one column at a
+// time. Every element: ref::qgemm_epilogue's operations in its order.
+__device__ __forceinline__ float a8_epi(int32_t a, float sx, float sw, const float* residual, int64_t o) {
+  float t = __fmul_rn(__fmul_rn(__int2float_rn(a), sx), sw);
+  return residual ? __fadd_rn(t, residual[o]) : t;
+}
+
 __global__ void a8_epilogue_kernel(const int32_t* __restrict__ acc, int64_t lda, const float* __restrict__ sx,
                                    const float* __restrict__ sw, const float* residual, void* y, bool y_f16,
-                                   int64_t ldy, int64_t col0, int64_t n, int64_t total) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= total) return;
-  const int64_t m = i / n, j = i % n;
+                                   int64_t ldy, int64_t col0, int64_t n, int64_t row0, bool vec) {
+  const int64_t m = row0 + blockIdx.y, j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (j >= n) return;
+  const float s = sx[m];
+  const int32_t* a = acc + m * lda + j;
   const int64_t o = m * ldy + col0 + j;
-  float t = __int2float_rn(acc[m * lda + j]);
-  t = __fmul_rn(t, sx[m]);
-  t = __fmul_rn(t, sw[col0 + j]);
-  if (residual) t = __fadd_rn(t, residual[o]);
-  if (y_f16)
-    static_cast<__half*>(y)[o] = __float2half_rn(t);
-  else
-    static_cast<float*>(y)[o] = t;
+  if (vec && j + 4 <= n) {
+    const int4 q = *reinterpret_cast<const int4*>(a);
+    const float4 w = *reinterpret_cast<const float4*>(sw + col0 + j);
+    const float t0 = a8_epi(q.x, s, w.x, residual, o), t1 = a8_epi(q.y, s, w.y, residual, o + 1),
+                t2 = a8_epi(q.z, s, w.z, residual, o + 2), t3 = a8_epi(q.w, s, w.w, residual, o + 3);
+    if (y_f16) {
+      const __half2 h01 = __halves2half2(__float2half_rn(t0), __float2half_rn(t1)),
+                    h23 = __halves2half2(__float2half_rn(t2), __float2half_rn(t3));
+      uint2 u;
+      u.x = *reinterpret_cast<const uint32_t*>(&h01);
+      u.y = *reinterpret_cast<const uint32_t*>(&h23);
+      *reinterpret_cast<uint2*>(static_cast<__half*>(y) + o) = u;
+    } else {
+      *reinterpret_cast<float4*>(static_cast<float*>(y) + o) = make_float4(t0, t1, t2, t3);
+    }
+    return;
+  }
+  for (int64_t q = 0; q < 4 && j + q < n; ++q) {
+    const float t = a8_epi(a[q], s, sw[col0 + j + q], residual, o + q);
+    if (y_f16)
+      static_cast<__half*>(y)[o + q] = __float2half_rn(t);
+    else
+      static_cast<float*>(y)[o + q] = t;
+  }
 }
 
 __global__ void unpack_int4_int8_kernel(const uint8_t* __restrict__ qw, int64_t total, char2* __restrict__ out) {
@@ -540,9 +567,17 @@ cudaError_t a8_epilogue(const int32_t* acc, int64_t lda, const float* sx, const 
       (M * n > 0 && (!acc || !sx || !sw || !y)) || (M * n + 255) / 256 > 0x7FFFFFFF)
     return cudaErrorInvalidValue;
   if (M * n == 0) return cudaSuccess;
-  a8_epilogue_kernel<<<grid_for(M * n, 256), 256, 0, stream>>>(acc, lda, sx, sw, residual, y, y_f16, ldy, col0, n,
-                                                               M * n);
-  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  // Vector path: 16-byte aligned rows of acc (int4), sw (float4), residual and y (float4 / 4 halves).
+  const auto al = [](const void* p, uintptr_t b) { return reinterpret_cast<uintptr_t>(p) % b == 0; };
+  const size_t yb = y_f16 ? 2 : 4;
+  const bool vec = lda % 4 == 0 && ldy % 4 == 0 && col0 % 4 == 0 && al(acc, 16) && al(sw, 16) &&
+                   al(static_cast<const char*>(y) + col0 * yb, 4 * yb) && al(y, 4 * yb) && (!residual || al(residual, 16));
+  const unsigned gx = static_cast<unsigned>((n + 4 * 256 - 1) / (4 * 256));
+  for (int64_t r0 = 0; r0 < M; r0 += 65535) {
+    const unsigned gy = static_cast<unsigned>(std::min<int64_t>(M - r0, 65535));
+    a8_epilogue_kernel<<<dim3(gx, gy), 256, 0, stream>>>(acc, lda, sx, sw, residual, y, y_f16, ldy, col0, n, r0, vec);
+    FQ_CUDA_RETURN_LAUNCH_ERROR();
+  }
   return cudaSuccess;
 }
 
