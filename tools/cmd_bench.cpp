@@ -1,5 +1,6 @@
 // `flatquant bench --random llama-3-8b|qwen2.5-7b|HF_DIR | --model HF_DIR --engine fp16 [--batch 1,16]
-//                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv] [--head-int8]
+//                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv]
+//                  [--head-int8]
 //                  [--int8-prefill-rows 128] [--int8-acc-mb 32]
 //                  [--json]`
 // Inference speed of the CUDA engine (docs/runtime.md): per batch size, the prefill of `prefill` tokens per
@@ -110,7 +111,8 @@ int run(const Options& o) {
   const bool wq_engine = o.engine == "w4a16" || o.engine == "w8a8" || o.engine == "w4a8";
   FQ_CHECK(o.engine == "fp16" || o.engine == "w4a4kv4" || wq_engine,
            "--engine: expected fp16, w4a4kv4, w4a16, w8a8 or w4a8, found \"{}\"", o.engine);
-  FQ_CHECK(!wq_engine || o.random.empty(), "--engine {}: needs --model ARTIFACT_DIR (no random weights)", o.engine);
+  FQ_CHECK(!wq_engine || o.random.empty(), "--engine {}: needs --model ARTIFACT_DIR (no random weights)",
+           o.engine);
   FQ_CHECK(o.prefill >= 1 && o.decode >= 1 && o.repeat >= 1,
            "bench: --prefill, --decode and --repeat must be positive (found {}, {}, {})", o.prefill, o.decode,
            o.repeat);
@@ -143,8 +145,8 @@ int run(const Options& o) {
              a.recipe.name, backend);
     name = o.model;
   } else {
-    FQ_CHECK(o.engine == "fp16", "--model {}: an HF model runs with --engine fp16 (w4a4kv4 needs an artifact)",
-             o.model);
+    FQ_CHECK(o.engine == "fp16",
+             "--model {}: an HF model runs with --engine fp16 (w4a4kv4 needs an artifact)", o.model);
     const ModelWeights w = load_hf_weights(o.model);
     eng = std::make_unique<runtime::CudaEngine>(w, eo);
     name = o.model;
@@ -183,8 +185,7 @@ int run(const Options& o) {
     const runtime::EngineInfo info = eng->info();
     // KV bytes one step reads, averaged over the decode (K and V: fp16, or 4-bit codes + fp32 scale and zero
     // per (token, head)).
-    const double kv_head_bytes =
-        o.engine == "w4a4kv4" ? cfg.head_dim / 2.0 + 8.0 : cfg.head_dim * 2.0;
+    const double kv_head_bytes = o.engine == "w4a4kv4" ? cfg.head_dim / 2.0 + 8.0 : cfg.head_dim * 2.0;
     const double kv_step = static_cast<double>(B) * cfg.n_layer * 2.0 * cfg.n_head_kv * kv_head_bytes *
                            (static_cast<double>(o.prefill) + 0.5 * static_cast<double>(o.decode));
     nlohmann::json r;
@@ -204,13 +205,18 @@ int run(const Options& o) {
       // Weight bytes the decode step's streaming ops read (all layers), for their achieved TB/s against the
       // measured 3.05 TB/s read ceiling (../shared/reference/hardware.md). Events around each op include the
       // launch gaps of an un-captured step, so these are lower bounds.
-      const double wb = o.engine == "fp16" ? 2.0 : o.engine == "w8a8" ? 1.0 : 0.5, Ld = static_cast<double>(cfg.n_layer);
+      const double wb = o.engine == "fp16"   ? 2.0
+                        : o.engine == "w8a8" ? 1.0
+                                             : 0.5,
+                   Ld = static_cast<double>(cfg.n_layer);
       const double E = static_cast<double>(cfg.n_embd), F = static_cast<double>(cfg.n_ff),
                    HD = static_cast<double>(cfg.n_head * cfg.head_dim),
                    KVD = static_cast<double>(cfg.n_head_kv * cfg.head_dim);
       const std::map<std::string, double> step_bytes = {
-          {"qkv_gemm", Ld * (HD + 2 * KVD) * E * wb}, {"o_gemm", Ld * E * HD * wb},
-          {"gate_up_gemm", Ld * 2 * F * E * wb},       {"down_gemm", Ld * E * F * wb},
+          {"qkv_gemm", Ld * (HD + 2 * KVD) * E * wb},
+          {"o_gemm", Ld * E * HD * wb},
+          {"gate_up_gemm", Ld * 2 * F * E * wb},
+          {"down_gemm", Ld * E * F * wb},
           {"lm_head", static_cast<double>(V) * E * (o.head_int8 ? 1.0 : 2.0)}};
       auto table = [&](const std::vector<runtime::OpTime>& ops, double* total, bool step) {
         nlohmann::json pj = nlohmann::json::array();
@@ -253,8 +259,9 @@ int run(const Options& o) {
         for (const auto& p : r[key])
           fmt::print("    {:<20} {:8.3f} ms {:5.1f}% ({} calls){}\n", p["op"].get<std::string>(),
                      p["ms"].get<double>(), p["pct"].get<double>(), p["calls"].get<int64_t>(),
-                     p.contains("weight_TBps") ? fmt::format("  weights {:.2f} TB/s", p["weight_TBps"].get<double>())
-                                               : std::string());
+                     p.contains("weight_TBps")
+                         ? fmt::format("  weights {:.2f} TB/s", p["weight_TBps"].get<double>())
+                         : std::string());
       }
   }
 
@@ -329,7 +336,8 @@ Runner register_bench(CLI::App& app) {
                   "W4A4KV4: prefill GEMMs of at least this many rows on cuBLASLt's int8 GEMM (0: never; "
                   "EngineOptions::int8_prefill_rows)")
       ->capture_default_str();
-  sub->add_option("--int8-acc-mb", o->int8_acc_mb, "The int8 prefill route's int32 sums buffer (MB; EngineOptions)")
+  sub->add_option("--int8-acc-mb", o->int8_acc_mb,
+                  "The int8 prefill route's int32 sums buffer (MB; EngineOptions)")
       ->capture_default_str();
   sub->add_flag("--json", o->json, "Print one JSON object to stdout");
   return [o]() -> int { return run(*o); };

@@ -173,8 +173,8 @@ struct QLayerDev {
   float *bqkv = nullptr, *n1 = nullptr, *n2 = nullptr;
   float *kmat = nullptr, *kinv = nullptr;         // [D, D] each or nullptr
   uint16_t *kmat16 = nullptr, *kinv16 = nullptr;  // fp16 copies (prefill's batched GEMM)
-  size_t o_wqkv = 0, o_wo = 0, o_wgu = 0, o_wdown = 0, o_sqkv = 0, o_so = 0, o_sgu = 0, o_sdown = 0, o_bqkv = 0,
-         o_n1 = 0, o_n2 = 0, o_kmat = 0, o_kinv = 0, o_kmat16 = 0, o_kinv16 = 0;
+  size_t o_wqkv = 0, o_wo = 0, o_wgu = 0, o_wdown = 0, o_sqkv = 0, o_so = 0, o_sgu = 0, o_sdown = 0,
+         o_bqkv = 0, o_n1 = 0, o_n2 = 0, o_kmat = 0, o_kinv = 0, o_kmat16 = 0, o_kinv16 = 0;
   KronDev ln, ug, dn, om;  // ln_trans, up_gate_trans, down_trans, o_trans (om: L = H or 0)
   cuda::SymClips qkv_clips, gu_clips, o_clip, down_clip;
   cuda::Kv4Clip kv_clip;
@@ -239,17 +239,17 @@ struct CudaEngine::Impl {
   cublasHandle_t blas = nullptr;  // strided-batched GEMM of the prefill Kronecker transform
   std::vector<QLayerDev> qlayers;
   std::vector<cuda::Kv4Layer> kv4;
-  int64_t kv_rows = 0;             // rows of the fp16 K/V read-back buffers (prefill attention)
-  float* tf = nullptr;             // [max_tokens, HB] fp32: normed / transformed / attention rows
-  uint16_t* t16 = nullptr;         // [max_tokens, HB] fp16: first GEMM of the prefill transform
-  uint8_t* xq = nullptr;           // packed activations, up to 3 copies [copy][rows][K/2]
-  float* sxq = nullptr;            // their scales [copy][rows]
+  int64_t kv_rows = 0;                        // rows of the fp16 K/V read-back buffers (prefill attention)
+  float* tf = nullptr;                        // [max_tokens, HB] fp32: normed / transformed / attention rows
+  uint16_t* t16 = nullptr;                    // [max_tokens, HB] fp16: first GEMM of the prefill transform
+  uint8_t* xq = nullptr;                      // packed activations, up to 3 copies [copy][rows][K/2]
+  float* sxq = nullptr;                       // their scales [copy][rows]
   uint16_t *kf16 = nullptr, *vf16 = nullptr;  // [kv_rows, KV, D] fp16 K/V read back for prefill attention
-  static constexpr int64_t kFusedRows = 16;  // up to this many rows: the fused decode kernel, else GEMMs
+  static constexpr int64_t kFusedRows = 16;   // up to this many rows: the fused decode kernel, else GEMMs
   // The int8 prefill route (EngineOptions::int8_prefill_rows): activations as int8 code copies in xq
-  // ([copy][rows][K] bytes, scales at sxq + copy * align4(rows)), weights unpacked per GEMM into wscr, cuBLASLt
-  // s8 GEMMs into acc32 in row chunks of at most EngineOptions::int8_acc_mb (so that the sums can still be in L2
-  // when a8_epilogue reads them).
+  // ([copy][rows][K] bytes, scales at sxq + copy * align4(rows)), weights unpacked per GEMM into wscr,
+  // cuBLASLt s8 GEMMs into acc32 in row chunks of at most EngineOptions::int8_acc_mb (so that the sums can
+  // still be in L2 when a8_epilogue reads them).
   bool s8_prefill = false;
   int64_t int8_gemms = 0;  // GEMMs run on that route (EngineInfo::int8_gemms)
   int64_t acc_rows(int64_t n) const {
@@ -263,7 +263,7 @@ struct CudaEngine::Impl {
   int w_bits = 4, a_bits = 4;
   int32_t* acc32 = nullptr;  // [kAccRows, max N] int32 sums of the cuBLASLt s8 GEMM (more than 16 rows)
   void* wscr = nullptr;      // [max N * K] weight scratch: fp16 dequantized (a16) or int8 unpacked (w4a8)
-  static constexpr int64_t kAccRows = 2048;  // rows per s8 GEMM call (bounds acc32)
+  static constexpr int64_t kAccRows = 2048;        // rows per s8 GEMM call (bounds acc32)
   static constexpr int64_t kWqGemvSliceRows = 64;  // a16: up to this many rows the int4 GEMV in 16-row slices
   // s8 GEMM plans by (M, N, K, alignment of W, alignment of X); op == nullptr: cuBLASLt has no algorithm.
   std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, GemmPlan> s8plans;
@@ -319,8 +319,8 @@ struct CudaEngine::Impl {
   void layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
                   int64_t slot0, int64_t p0);
   size_t plan_kv_f16();
-  void attn_f16(int64_t il, const float* bqkv, const float* kmat, const float* kinv, int64_t rows, bool decode,
-                int64_t batch, int64_t n_seq, int64_t n_tok, int64_t slot0, int64_t p0);
+  void attn_f16(int64_t il, const float* bqkv, const float* kmat, const float* kinv, int64_t rows,
+                bool decode, int64_t batch, int64_t n_seq, int64_t n_tok, int64_t slot0, int64_t p0);
 
   // W4A4KV4 backend.
   void plan_memory_quant(const Artifact* a);
@@ -333,16 +333,20 @@ struct CudaEngine::Impl {
   const float* kron(const KronDev& k, const uint16_t* src16, int64_t rows);
   // The same into dst: fp16 (dst16) or fp32. dst may be src16 when k.has_b (the first GEMM writes t16).
   void kron_to(const KronDev& k, const uint16_t* src16, int64_t rows, void* dst, bool dst16);
-  // to_i8: int8 code copies for the int8 prefill route (scales at sxq + copy * align4(rows)), else packed int4.
+  // to_i8: int8 code copies for the int8 prefill route (scales at sxq + copy * align4(rows)), else packed
+  // int4.
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name,
                 bool to_i8 = false);
-  // The int8 prefill route for a W4A4 GEMM of `rows` rows, K inputs and column segments ending at `ends`: whether
-  // it is on and cuBLASLt has an s8 plan for every segment and row chunk; and the GEMM itself (weights unpacked
-  // into wscr, per row chunk and segment one cuBLASLt s8 GEMM and a8_epilogue; y_f32: fp32 y += (the residual),
-  // else fp16 y).
+  // The int8 prefill route for a W4A4 GEMM of `rows` rows, K inputs and column segments ending at `ends`:
+  // whether it is on and cuBLASLt has an s8 plan for every segment and row chunk; and the GEMM itself
+  // (weights unpacked into wscr, per row chunk and segment one cuBLASLt s8 GEMM and a8_epilogue; y_f32: fp32
+  // y += (the residual), else fp16 y).
   bool s8_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K);
-  void s8_gemm(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, const uint8_t* W, const float* sw,
-               void* y, bool y_f32, const char* name);
+  // swiglu_out: gate|up with SwiGLU fused into the epilogue (a8_swiglu_epilogue) -> swiglu_out [rows, N/2]
+  // (fp16 when swiglu_f16, else fp32); y unused.
+  void s8_gemm(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, const uint8_t* W,
+               const float* sw, void* y, bool y_f32, const char* name, void* swiglu_out = nullptr,
+               bool swiglu_f16 = false);
   void qlayer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
                    int64_t slot0, int64_t p0);
   // W4A16 / W8A8 / W4A8 backend.
@@ -358,7 +362,8 @@ struct CudaEngine::Impl {
                      int64_t slot0, int64_t p0);
   // sp: sample with these parameters instead of the argmax (nullptr: greedy).
   void decode_body(int64_t batch, const cuda::SampleParams* sp = nullptr);
-  void run_step(int64_t batch, const cuda::SampleParams* sp = nullptr);  // graph replay (captured on the second use) or eager
+  void run_step(int64_t batch, const cuda::SampleParams* sp =
+                                   nullptr);  // graph replay (captured on the second use) or eager
   void check_flags(const char* where);
   // Checks a step's batch, room for n_steps more positions and token ids, then uploads tokens / positions /
   // lengths (nothing is launched when a check fails).
@@ -478,7 +483,8 @@ void CudaEngine::Impl::plan_memory() {
 // workspace bytes.
 size_t CudaEngine::Impl::plan_kv_f16() {
   const size_t kv_elems = static_cast<size_t>(L * o.max_batch * o.max_ctx * KV * D);
-  const size_t o_k = karena.reserve(kv_elems * sizeof(uint16_t)), o_v = karena.reserve(kv_elems * sizeof(uint16_t));
+  const size_t o_k = karena.reserve(kv_elems * sizeof(uint16_t)),
+               o_v = karena.reserve(kv_elems * sizeof(uint16_t));
   karena.allocate("the KV cache");
   kc = karena.at<uint16_t>(o_k);
   vc = karena.at<uint16_t>(o_v);
@@ -498,10 +504,12 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
                o_big = sarena.reserve(mt * BIG * h2), o_logits = sarena.reserve(max_logit_rows * V * f4),
                o_tok = sarena.reserve(mt * 4), o_in = sarena.reserve(3 * mb * 4),
                o_next = sarena.reserve(mb * 4),
-               o_hist = sarena.reserve(static_cast<size_t>(o.max_ctx) * mb * 4), o_flags = sarena.reserve(16), o_rng = sarena.reserve(8),
-               o_attn = sarena.reserve(std::max<size_t>(attn_bytes, 16)), o_lt = sarena.reserve(kLtWorkspace);
+               o_hist = sarena.reserve(static_cast<size_t>(o.max_ctx) * mb * 4), o_flags = sarena.reserve(16),
+               o_rng = sarena.reserve(8), o_attn = sarena.reserve(std::max<size_t>(attn_bytes, 16)),
+               o_lt = sarena.reserve(kLtWorkspace);
   size_t o_tf = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0, o_acc = 0, o_wscr = 0;
-  s8_prefill = quant && !wq && o.int8_prefill_rows > 0 && max_tokens >= std::max(o.int8_prefill_rows, kFusedRows + 1);
+  s8_prefill =
+      quant && !wq && o.int8_prefill_rows > 0 && max_tokens >= std::max(o.int8_prefill_rows, kFusedRows + 1);
   if (quant && !wq) {
     const size_t copies_k = static_cast<size_t>(std::max({3 * E, HD, F}));
     kv_rows = std::max(max_tokens, o.max_ctx);
@@ -510,15 +518,16 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
     o_xq = sarena.reserve(s8_prefill ? mt * copies_k : mt * copies_k / 2);
     o_sxq = sarena.reserve(3 * (mt + 3) * f4);
     if (s8_prefill) {
-      const int64_t max_n = std::max({QKV, F, E});  // the widest segment of one cuBLASLt call
+      const int64_t max_n = std::max({QKV, 2 * F, E});  // all segments of one GEMM (s8_gemm's acc layout)
       o_wscr = sarena.reserve(static_cast<size_t>(std::max({QKV * E, E * HD, 2 * F * E, E * F})));
-      o_acc = sarena.reserve(static_cast<size_t>(std::min(max_tokens, acc_rows(max_n)) * max_n) * 4);
+      o_acc = sarena.reserve(static_cast<size_t>(std::min(max_tokens, acc_rows(max_n)) * max_n + 3 * 64) * 4);
     }
     o_kf = sarena.reserve(static_cast<size_t>(kv_rows * KV * D) * h2);
     o_vf = sarena.reserve(static_cast<size_t>(kv_rows * KV * D) * h2);
   }
   if (wq) {
-    const size_t max_k = static_cast<size_t>(std::max({E, HD, F})), max_n = static_cast<size_t>(std::max({QKV, 2 * F, E}));
+    const size_t max_k = static_cast<size_t>(std::max({E, HD, F})),
+                 max_n = static_cast<size_t>(std::max({QKV, 2 * F, E}));
     const size_t max_nk = static_cast<size_t>(std::max({QKV * E, E * HD, 2 * F * E, E * F}));
     o_tf = sarena.reserve(mt * HB * f4);
     o_t16 = sarena.reserve(mt * HB * h2);
@@ -694,7 +703,8 @@ void CudaEngine::Impl::lm_head(const uint16_t* X, int64_t rows) {
     gemm(X, rows, E, head, V, logits, true, false, "lm_head");
     return;
   }
-  op("lm_head", [&] { ck(cuda::gemv_int8_f16(X, rows, E, head_q, head_s, V, logits, stream), "int8 LM head"); });
+  op("lm_head",
+     [&] { ck(cuda::gemv_int8_f16(X, rows, E, head_q, head_s, V, logits, stream), "int8 LM head"); });
 }
 
 void CudaEngine::Impl::layer_body(int64_t il, int64_t rows, bool decode, int64_t batch, int64_t n_seq,
@@ -718,8 +728,9 @@ void CudaEngine::Impl::layer_body(int64_t il, int64_t rows, bool decode, int64_t
 // q/k/v in `big` (fp16, fused rows) -> bias, RoPE (and FlatQuant's K transform when kmat: q <- q kinv, k <- k
 // kmat) -> K/V into the FP16 cache of layer il -> attention output in hb [rows, H*D] fp16. Shared by the FP16
 // backend and the W4A16 / W8A8 / W4A8 backends.
-void CudaEngine::Impl::attn_f16(int64_t il, const float* bqkv, const float* kmat, const float* kinv, int64_t rows,
-                                bool decode, int64_t batch, int64_t n_seq, int64_t n_tok, int64_t slot0, int64_t p0) {
+void CudaEngine::Impl::attn_f16(int64_t il, const float* bqkv, const float* kmat, const float* kinv,
+                                int64_t rows, bool decode, int64_t batch, int64_t n_seq, int64_t n_tok,
+                                int64_t slot0, int64_t p0) {
   const cuda::F16KvCache c = cache(il);
   if (!kmat) {
     op("rope_kv_append", [&] {
@@ -729,8 +740,9 @@ void CudaEngine::Impl::attn_f16(int64_t il, const float* bqkv, const float* kmat
     });
   } else {
     op("rope_ktrans", [&] {
-      ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0, decode ? in_pos() : nullptr,
-                                      bqkv, H, KV, D, inv_freq, kinv, kmat, stream),
+      ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0,
+                                      decode ? in_pos() : nullptr, bqkv, H, KV, D, inv_freq, kinv, kmat,
+                                      stream),
          "q/k/v RoPE + K transform");
     });
     op("kv_append", [&] {
@@ -838,8 +850,8 @@ void CudaEngine::Impl::check_flags(const char* where) {
 void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
   const size_t h2 = sizeof(uint16_t), f4 = sizeof(float);
   FQ_CHECK(w_bits == 8 || (E % 2 == 0 && F % 2 == 0 && HD % 2 == 0),
-           "CudaEngine W4A4: n_embd {}, n_ff {} and n_head * head_dim {} must be even (packed int4 pairs)", E, F,
-           HD);
+           "CudaEngine W4A4: n_embd {}, n_ff {} and n_head * head_dim {} must be even (packed int4 pairs)", E,
+           F, HD);
   // Bytes of a [n, k] weight: packed int4 or int8.
   auto wbytes = [&](int64_t n, int64_t k) { return static_cast<size_t>(n * k * w_bits / 8); };
   FQ_CHECK(std::max({E, F, HD}) <= cuda::kQgemmMaxK, "CudaEngine W4A4: a linear's input ({}) exceeds {}",
@@ -859,7 +871,8 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
       k.L = d.left;
       k.R = d.right;
     }
-    FQ_CHECK(k.L * k.R <= 40960, "CudaEngine W4A4: a {} x {} Kronecker transform is larger than 40960", k.L, k.R);
+    FQ_CHECK(k.L * k.R <= 40960, "CudaEngine W4A4: a {} x {} Kronecker transform is larger than 40960", k.L,
+             k.R);
   };
   o_embd = warena.reserve(static_cast<size_t>(V * E) * h2);
   auto reserve_kron = [&](KronDev& k, int64_t K, cuda::FusedIn in) {
@@ -937,8 +950,9 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
   }
 
   // KV4 cache: per layer K and V codes [slot][ctx][KV][D/2], scale and zero [slot][ctx][KV] fp32.
-  const size_t cells = static_cast<size_t>(o.max_batch * o.max_ctx * KV), codes = cells * static_cast<size_t>(D / 2);
-  std::vector<std::array<size_t, 6>> offs(static_cast<size_t>(L));
+  const size_t cells = static_cast<size_t>(o.max_batch * o.max_ctx * KV),
+               codes = cells * static_cast<size_t>(D / 2);
+  std::vector<std::array<size_t, 6> > offs(static_cast<size_t>(L));
   for (auto& of : offs) {
     of[0] = karena.reserve(codes);
     of[1] = karena.reserve(cells * f4);
@@ -964,9 +978,9 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
   }
   size_t attn_bytes = 0;
   for (int64_t b = 1; b <= o.max_batch; ++b)
-    attn_bytes = std::max(attn_bytes, cuda::decode_attention_workspace_bytes(
-                                          b, H, D, cuda::decode_attention_plan(b, H, KV, o.max_ctx,
-                                                                               prop.multiProcessorCount)));
+    attn_bytes = std::max(
+        attn_bytes, cuda::decode_attention_workspace_bytes(
+                        b, H, D, cuda::decode_attention_plan(b, H, KV, o.max_ctx, prop.multiProcessorCount)));
   plan_workspace(attn_bytes);
 }
 
@@ -995,28 +1009,31 @@ cuda::SymClips clips_of(std::initializer_list<const QLinear*> ls) {
 }  // namespace
 
 void CudaEngine::Impl::upload_quant(const Artifact& a) {
-  FQ_CHECK(static_cast<int64_t>(a.layers.size()) == L, "CudaEngine: {} layers in the artifact, config says {}",
-           a.layers.size(), L);
+  FQ_CHECK(static_cast<int64_t>(a.layers.size()) == L,
+           "CudaEngine: {} layers in the artifact, config says {}", a.layers.size(), L);
   auto put = [&](void* dst, const void* src, size_t bytes, const char* name, int il) {
-    ck(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), fmt::format("upload layer {} {}", il, name).c_str());
+    ck(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice),
+       fmt::format("upload layer {} {}", il, name).c_str());
   };
-  auto cat_u8 = [&](uint8_t* dst, std::initializer_list<const QLinear*> ls, int64_t in, const char* name, int il) {
+  auto cat_u8 = [&](uint8_t* dst, std::initializer_list<const QLinear*> ls, int64_t in, const char* name,
+                    int il) {
     size_t off = 0;
     for (const QLinear* l : ls) {
       FQ_CHECK(l->bits == w_bits && l->in == in &&
                    static_cast<int64_t>(l->qweight.size()) == l->out * in * w_bits / 8 &&
                    static_cast<int64_t>(l->scales.size()) == l->out,
-               "CudaEngine: layer {} {}: expected a {}-bit [{} x {}] linear, found {} bits [{} x {}]", il, name,
-               w_bits, l->out, in, l->bits, l->out, l->in);
+               "CudaEngine: layer {} {}: expected a {}-bit [{} x {}] linear, found {} bits [{} x {}]", il,
+               name, w_bits, l->out, in, l->bits, l->out, l->in);
       put(dst + off, l->qweight.data(), l->qweight.size(), name, il);
       off += l->qweight.size();
     }
   };
-  auto cat_f = [&](float* dst, std::initializer_list<const std::vector<float>*> vs, size_t expect, const char* name,
-                   int il) {
+  auto cat_f = [&](float* dst, std::initializer_list<const std::vector<float>*> vs, size_t expect,
+                   const char* name, int il) {
     std::vector<float> f;
     for (const auto* v : vs) f.insert(f.end(), v->begin(), v->end());
-    FQ_CHECK(f.size() == expect, "CudaEngine: layer {} {}: {} values, expected {}", il, name, f.size(), expect);
+    FQ_CHECK(f.size() == expect, "CudaEngine: layer {} {}: {} values, expected {}", il, name, f.size(),
+             expect);
     put(dst, f.data(), f.size() * 4, name, il);
   };
   auto put_kron = [&](const KronDev& k, const KronPair& p, const char* name, int il) {
@@ -1027,7 +1044,8 @@ void CudaEngine::Impl::upload_quant(const Artifact& a) {
   };
   std::vector<uint16_t> buf;
   auto put16 = [&](uint16_t* dst, const std::vector<float>& v, const char* name) {
-    FQ_CHECK(static_cast<int64_t>(v.size()) == V * E, "CudaEngine: {}: {} values, expected {}", name, v.size(), V * E);
+    FQ_CHECK(static_cast<int64_t>(v.size()) == V * E, "CudaEngine: {}: {} values, expected {}", name,
+             v.size(), V * E);
     buf.resize(v.size());
     for (size_t i = 0; i < v.size(); ++i) buf[i] = f32_to_f16(v[i]);
     put(dst, buf.data(), buf.size() * 2, name, -1);
@@ -1049,8 +1067,9 @@ void CudaEngine::Impl::upload_quant(const Artifact& a) {
     cat_f(d.sdown, {&s.down.scales}, static_cast<size_t>(E), "down_proj scales", il);
     if (cfg.attn_bias) {
       const std::vector<float> zq(static_cast<size_t>(HD), 0.0f), zk(static_cast<size_t>(KV * D), 0.0f);
-      cat_f(d.bqkv, {s.q.bias.empty() ? &zq : &s.q.bias, s.k.bias.empty() ? &zk : &s.k.bias,
-                     s.v.bias.empty() ? &zk : &s.v.bias},
+      cat_f(d.bqkv,
+            {s.q.bias.empty() ? &zq : &s.q.bias, s.k.bias.empty() ? &zk : &s.k.bias,
+             s.v.bias.empty() ? &zk : &s.v.bias},
             static_cast<size_t>(QKV), "q/k/v bias", il);
     }
     cat_f(d.n1, {&s.attn_norm}, static_cast<size_t>(E), "input_layernorm", il);
@@ -1153,7 +1172,8 @@ void CudaEngine::Impl::kron_to(const KronDev& k, const uint16_t* src16, int64_t 
         &alpha, y1, CUDA_R_16F, static_cast<int>(k.R), k.L * k.R, k.A16, CUDA_R_16F, static_cast<int>(k.L), 0,
         &beta, dst, dst16 ? CUDA_R_16F : CUDA_R_32F, static_cast<int>(k.R), k.L * k.R, static_cast<int>(rows),
         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: Kronecker transform GEMM failed (status {})", static_cast<int>(st));
+    if (st != CUBLAS_STATUS_SUCCESS)
+      fail("cuBLAS: Kronecker transform GEMM failed (status {})", static_cast<int>(st));
   });
 }
 
@@ -1162,7 +1182,8 @@ void CudaEngine::Impl::quantize(const float* src, int64_t rows, int64_t K, const
   if (to_i8) {
     const int64_t sstride = (rows + 3) / 4 * 4;
     op(name, [&] {
-      ck(cuda::quantize_sym_int4_i8_multi(src, rows, K, K, clips, reinterpret_cast<int8_t*>(xq), sxq, sstride, stream),
+      ck(cuda::quantize_sym_int4_i8_multi(src, rows, K, K, clips, reinterpret_cast<int8_t*>(xq), sxq, sstride,
+                                          stream),
          name);
     });
     return;
@@ -1174,13 +1195,10 @@ bool CudaEngine::Impl::s8_route(int64_t rows, std::initializer_list<int64_t> end
   if (!s8_prefill || rows < o.int8_prefill_rows || rows <= kFusedRows || K % 4 != 0) return false;
   const auto* W8 = static_cast<const int8_t*>(wscr);
   const auto* X8 = reinterpret_cast<const int8_t*>(xq);
-  int64_t nmax = 0, start = 0;
-  for (int64_t e : ends) nmax = std::max(nmax, e - start), start = e;
-  const int64_t chunk = acc_rows(nmax);
+  const int64_t chunk = acc_rows(*(ends.end() - 1));
   for (int64_t m0 = 0; m0 < rows; m0 += chunk) {
     const int64_t mc = std::min(chunk, rows - m0);
-    start = 0;
-    int64_t c = 0;
+    int64_t start = 0, c = 0;
     for (int64_t e : ends) {
       // The exact pointers s8_gemm passes (plans are keyed by their alignment).
       if (!plan_s8(mc, e - start, K, W8 + start * K, X8 + (c * rows + m0) * K)) return false;
@@ -1192,36 +1210,46 @@ bool CudaEngine::Impl::s8_route(int64_t rows, std::initializer_list<int64_t> end
 }
 
 void CudaEngine::Impl::s8_gemm(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, const uint8_t* W,
-                               const float* sw, void* y, bool y_f32, const char* name) {
-  const int64_t N = *(ends.end() - 1), sstride = (rows + 3) / 4 * 4;
+                               const float* sw, void* y, bool y_f32, const char* name, void* swiglu_out,
+                               bool swiglu_f16) {
+  const int64_t N = *(ends.end() - 1), sstride = (rows + 3) / 4 * 4, chunk = acc_rows(N);
   auto* W8 = static_cast<int8_t*>(wscr);
   const auto* X8 = reinterpret_cast<const int8_t*>(xq);
   op("unpack_w4", [&] { ck(cuda::unpack_int4_int8(W, N, K, W8, stream), "int4 weight unpacking"); });
-  int64_t nmax = 0, start = 0;
-  for (int64_t e : ends) nmax = std::max(nmax, e - start), start = e;
-  const int64_t chunk = acc_rows(nmax);
   const size_t ybytes = y_f32 ? sizeof(float) : sizeof(uint16_t);
   const float* res = y_f32 ? static_cast<const float*>(y) : nullptr;
   op(name, [&] {
     for (int64_t m0 = 0; m0 < rows; m0 += chunk) {
       const int64_t mc = std::min(chunk, rows - m0);
-      void* ym = static_cast<char*>(y) + static_cast<size_t>(m0 * N) * ybytes;
-      start = 0;
-      int64_t c = 0;
+      void* ym = y ? static_cast<char*>(y) + static_cast<size_t>(m0 * N) * ybytes : nullptr;
+      // The chunk's sums: segment c at acc[c] ([mc, n_c], 256-byte aligned as cuBLASLt's plans assume; chunks
+      // of acc_rows(N) rows fit the buffer).
+      int64_t start = 0, c = 0, off = 0;
+      int32_t* acc[3] = {nullptr, nullptr, nullptr};
       for (int64_t e : ends) {
         const int64_t n = e - start;
         const int8_t* wp = W8 + start * K;
         const int8_t* xp = X8 + (c * rows + m0) * K;
+        acc[c] = acc32 + off;
+        off += (mc * n + 63) / 64 * 64;
         GemmPlan* p = plan_s8(mc, n, K, wp, xp);
         const int32_t alpha = 1, beta = 0;
-        lt_check(cublasLtMatmul(lt, p->op, &alpha, wp, p->a, xp, p->b, &beta, acc32, p->c, acc32, p->c, &p->algo, lt_ws,
-                                kLtWorkspace, stream),
+        lt_check(cublasLtMatmul(lt, p->op, &alpha, wp, p->a, xp, p->b, &beta, acc[c], p->c, acc[c], p->c,
+                                &p->algo, lt_ws, kLtWorkspace, stream),
                  name);
-        ck(cuda::a8_epilogue(acc32, n, sxq + c * sstride + m0, sw, res ? res + m0 * N : nullptr, ym, !y_f32, N, mc,
-                             start, n, stream),
-           "int8 GEMM epilogue");
+        if (!swiglu_out)
+          ck(cuda::a8_epilogue(acc[c], n, sxq + c * sstride + m0, sw, res ? res + m0 * N : nullptr, ym,
+                               !y_f32, N, mc, start, n, stream),
+             "int8 GEMM epilogue");
         start = e;
         ++c;
+      }
+      if (swiglu_out) {  // gate | up (two equal segments) -> SwiGLU rows [mc, N / 2]
+        const int64_t f = N / 2;
+        void* om = static_cast<char*>(swiglu_out) + static_cast<size_t>(m0 * f) * (swiglu_f16 ? 2 : 4);
+        ck(cuda::a8_swiglu_epilogue(acc[0], acc[1], f, sxq + m0, sxq + sstride + m0, sw, sw + f, om,
+                                    swiglu_f16, f, mc, f, stream),
+           "int8 GEMM epilogue + SwiGLU");
       }
     }
   });
@@ -1244,9 +1272,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     f.b_pk = k.Bpk;
     f.R = k.R;
     f.clips = clips;
-    op("fused_quant", [&] {
-      ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream, pdl), "fused transform + quantize");
-    });
+    op("fused_quant",
+       [&] { ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream, pdl), "fused transform + quantize"); });
   };
   // Prefill GEMMs on cuBLASLt's int8 GEMM where it has plans (their inputs are then quantized to int8 codes).
   const bool qkv8 = s8_route(rows, {HD, HD + KV * D, QKV}, E), o8 = s8_route(rows, {E}, HD),
@@ -1291,8 +1318,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     s8_gemm(rows, {HD, HD + KV * D, QKV}, E, w.wqkv, w.sqkv, big, false, "qkv_gemm");
   } else {
     op("qkv_gemm", [&] {
-      ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(3, {HD, HD + KV * D, QKV}, E), w.wqkv, w.sqkv, nullptr, big, rows,
-                                         QKV, E, stream, pdl),
+      ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(3, {HD, HD + KV * D, QKV}, E), w.wqkv, w.sqkv, nullptr, big,
+                                         rows, QKV, E, stream, pdl),
          "q/k/v W4A4 GEMM");
     });
   }
@@ -1314,29 +1341,33 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
             part ? w.kmat16 : w.kinv16, CUDA_R_16F, static_cast<int>(D), 0, t16 + (part ? HD : 0), CUDA_R_16F,
             static_cast<int>(D), QK, &beta, big + (part ? HD : 0), CUDA_R_16F, static_cast<int>(D), QKV,
             static_cast<int>(rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        if (st != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: K transform GEMM failed (status {})", static_cast<int>(st));
+        if (st != CUBLAS_STATUS_SUCCESS)
+          fail("cuBLAS: K transform GEMM failed (status {})", static_cast<int>(st));
       }
     });
   } else {
     op("rope_ktrans", [&] {
       ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0,
-                                      decode ? in_pos() : nullptr, w.bqkv, H, KV, D, inv_freq, w.kinv, w.kmat, stream),
+                                      decode ? in_pos() : nullptr, w.bqkv, H, KV, D, inv_freq, w.kinv, w.kmat,
+                                      stream),
          "q/k/v RoPE + K transform");
     });
   }
   op("kv4_append", [&] {
-    ck(cuda::kv4_append(c, big + HD, big + HD + KV * D, DType::F16, decode ? batch : n_seq, decode ? 1 : n_tok,
-                        QKV, decode ? 0 : slot0, decode ? 0 : p0, decode ? in_pos() : nullptr, d_flags, w.kv_clip,
-                        stream),
+    ck(cuda::kv4_append(c, big + HD, big + HD + KV * D, DType::F16, decode ? batch : n_seq,
+                        decode ? 1 : n_tok, QKV, decode ? 0 : slot0, decode ? 0 : p0,
+                        decode ? in_pos() : nullptr, d_flags, w.kv_clip, stream),
        "KV4 append");
   });
   // The attention output: fp32 for the fused kernel or the plain quantizer, fp16 for the head-mix GEMM.
   const bool o_fused = few && w.om.fused, attn16 = w.om.L && !o_fused;
   if (decode) {
-    const cuda::DecodeAttnPlan dp = cuda::decode_attention_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
+    const cuda::DecodeAttnPlan dp =
+        cuda::decode_attention_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
     op("decode_attention", [&] {
-      ck(cuda::decode_attention(c, big, DType::F16, QKV, batch, H, in_len(), attn16 ? static_cast<void*>(hb) : tf,
-                                attn16 ? DType::F16 : DType::F32, dp, attn_ws, d_flags, stream),
+      ck(cuda::decode_attention(c, big, DType::F16, QKV, batch, H, in_len(),
+                                attn16 ? static_cast<void*>(hb) : tf, attn16 ? DType::F16 : DType::F32, dp,
+                                attn_ws, d_flags, stream),
          "decode attention");
     });
   } else {
@@ -1345,13 +1376,13 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     const int64_t per_call = std::max<int64_t>(1, std::min(n_seq, kv_rows / np));
     for (int64_t s0 = 0; s0 < n_seq; s0 += per_call) {
       const int64_t ns = std::min(per_call, n_seq - s0);
-      op("kv4_dequant", [&] {
-        ck(cuda::kv4_dequant_f16(c, slot0 + s0, ns, np, kf16, vf16, stream), "KV4 read-back");
-      });
+      op("kv4_dequant",
+         [&] { ck(cuda::kv4_dequant_f16(c, slot0 + s0, ns, np, kf16, vf16, stream), "KV4 read-back"); });
       op("prefill_attention", [&] {
-        void* out = attn16 ? static_cast<void*>(hb + s0 * n_tok * HD) : static_cast<void*>(tf + s0 * n_tok * HD);
-        ck(cuda::prefill_attention(big + s0 * n_tok * QKV, kf16, vf16, ns, n_tok, p0, H, KV, D, QKV, n_tok * QKV,
-                                   kvd, np * kvd, out, attn16 ? DType::F16 : DType::F32, stream),
+        void* out =
+            attn16 ? static_cast<void*>(hb + s0 * n_tok * HD) : static_cast<void*>(tf + s0 * n_tok * HD);
+        ck(cuda::prefill_attention(big + s0 * n_tok * QKV, kf16, vf16, ns, n_tok, p0, H, KV, D, QKV,
+                                   n_tok * QKV, kvd, np * kvd, out, attn16 ? DType::F16 : DType::F32, stream),
            "prefill attention");
       });
     }
@@ -1373,8 +1404,11 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
 
   // ---- MLP
   norm_quant(w.n2, w.ug, w.gu_clips, gu8);
+  // The int8 route (never at few rows) fuses SwiGLU into the gate|up epilogue: it writes what the swiglu op
+  // would.
   if (gu8) {
-    s8_gemm(rows, {F, 2 * F}, E, w.wgu, w.sgu, big, false, "gate_up_gemm");
+    s8_gemm(rows, {F, 2 * F}, E, w.wgu, w.sgu, nullptr, false, "gate_up_gemm",
+            w.dn.L ? static_cast<void*>(hb) : static_cast<void*>(tf), w.dn.L > 0);
   } else {
     op("gate_up_gemm", [&] {
       ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(2, {F, 2 * F}, E), w.wgu, w.sgu, nullptr, big, rows, 2 * F, E,
@@ -1391,42 +1425,46 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     fused(f, w.dn, F, w.down_clip);
   } else {
     const bool f16 = w.dn.L > 0;
-    op("swiglu", [&] {
-      ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, f16 ? static_cast<void*>(hb) : tf,
-                      f16 ? DType::F16 : DType::F32, stream),
-         "swiglu");
-    });
+    if (!gu8)
+      op("swiglu", [&] {
+        ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, f16 ? static_cast<void*>(hb) : tf,
+                        f16 ? DType::F16 : DType::F32, stream),
+           "swiglu");
+      });
     quantize(w.dn.L ? kron(w.dn, hb, rows) : tf, rows, F, w.down_clip, "quantize", dn8);
   }
   if (dn8)
     s8_gemm(rows, {E}, F, w.wdown, w.sdown, x, true, "down_gemm");
   else
     op("down_gemm", [&] {
-      ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream, pdl), "down_proj W4A4 GEMM");
+      ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream, pdl),
+         "down_proj W4A4 GEMM");
     });
 }
 
-// ---- W4A16 / W8A8 / W4A8 backends ----------------------------------------------------------------------------
-// The per-layer flow of ref::QuantDecoder for these recipes: RMSNorm -> the layer's Kronecker transform (the
-// two-GEMM route of kron(); the fused int4 kernel is W4A4-only) -> fp16 activations (a16) or int8 copies, one per
-// consumer clip (a8) -> the linear; q/k/v bias, RoPE (and the K transform when the artifact has one), the FP16
-// cache and the FP16 attention kernels of the FP16 backend (attn_f16); o_trans on the attention output.
+// ---- W4A16 / W8A8 / W4A8 backends
+// ---------------------------------------------------------------------------- The per-layer flow of
+// ref::QuantDecoder for these recipes: RMSNorm -> the layer's Kronecker transform (the two-GEMM route of
+// kron(); the fused int4 kernel is W4A4-only) -> fp16 activations (a16) or int8 copies, one per consumer clip
+// (a8) -> the linear; q/k/v bias, RoPE (and the K transform when the artifact has one), the FP16 cache and
+// the FP16 attention kernels of the FP16 backend (attn_f16); o_trans on the attention output.
 
-CudaEngine::Impl::WqAct CudaEngine::Impl::wq_norm_input(const float* nw, const KronDev& k, const cuda::SymClips& clips,
+CudaEngine::Impl::WqAct CudaEngine::Impl::wq_norm_input(const float* nw, const KronDev& k,
+                                                        const cuda::SymClips& clips,
                                                         std::initializer_list<int64_t> ends, int64_t rows) {
   // a8 without a transform quantizes the fp32 normed rows (as the CPU); otherwise the transform reads fp16.
   const bool f32 = a_bits == 8 && !k.L;
   op("rmsnorm", [&] {
-    ck(cuda::rmsnorm(x, DType::F32, E, nw, rows, E, static_cast<float>(cfg.rms_eps), f32 ? static_cast<void*>(tf) : hb,
-                     f32 ? DType::F32 : DType::F16, stream),
+    ck(cuda::rmsnorm(x, DType::F32, E, nw, rows, E, static_cast<float>(cfg.rms_eps),
+                     f32 ? static_cast<void*>(tf) : hb, f32 ? DType::F32 : DType::F16, stream),
        "rmsnorm");
   });
   return wq_acts(f32 ? nullptr : hb, f32 ? tf : nullptr, k, rows, E, clips, ends);
 }
 
 // src16 (fp16 rows [rows, K]) or src32 (fp32 rows, a8 without a transform) -> the linear's activations.
-CudaEngine::Impl::WqAct CudaEngine::Impl::wq_acts(uint16_t* src16, const float* src32, const KronDev& k, int64_t rows,
-                                                  int64_t K, const cuda::SymClips& clips,
+CudaEngine::Impl::WqAct CudaEngine::Impl::wq_acts(uint16_t* src16, const float* src32, const KronDev& k,
+                                                  int64_t rows, int64_t K, const cuda::SymClips& clips,
                                                   std::initializer_list<int64_t> ends) {
   WqAct r;
   if (a_bits == 16) {
@@ -1438,13 +1476,15 @@ CudaEngine::Impl::WqAct CudaEngine::Impl::wq_acts(uint16_t* src16, const float* 
     }
     return r;
   }
-  const void* src = src32 ? static_cast<const void*>(src32)
-                          : (k.L ? static_cast<const void*>(kron(k, src16, rows)) : static_cast<const void*>(src16));
+  const void* src =
+      src32 ? static_cast<const void*>(src32)
+            : (k.L ? static_cast<const void*>(kron(k, src16, rows)) : static_cast<const void*>(src16));
   const bool f16 = !src32 && !k.L;
   auto* q8 = reinterpret_cast<int8_t*>(xq);
   const size_t stride = wq_copy_stride(rows, K);
   op("quantize", [&] {
-    ck(cuda::quantize_sym_int8_multi(src, f16, rows, K, K, clips, q8, static_cast<int64_t>(stride), sxq, stream),
+    ck(cuda::quantize_sym_int8_multi(src, f16, rows, K, K, clips, q8, static_cast<int64_t>(stride), sxq,
+                                     stream),
        "int8 activation quantization");
   });
   // Copy c at q8 + c * stride (256-byte aligned: the GEMV's 16-byte loads).
@@ -1482,21 +1522,27 @@ GemmPlan* CudaEngine::Impl::plan_s8(int64_t M, int64_t N, int64_t K, const void*
            "layout A");
   lt_check(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8I, static_cast<uint64_t>(K), static_cast<uint64_t>(M), K),
            "layout B");
-  lt_check(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32I, static_cast<uint64_t>(N), static_cast<uint64_t>(M), N),
-           "layout C");
+  lt_check(
+      cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32I, static_cast<uint64_t>(N), static_cast<uint64_t>(M), N),
+      "layout C");
   cublasLtMatmulPreference_t pref = nullptr;
   lt_check(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
   const size_t ws = kLtWorkspace;
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
-           "workspace preference");
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw, sizeof aw),
-           "alignment preference");
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax, sizeof ax),
-           "alignment preference");
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac),
-           "alignment preference");
-  lt_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac),
-           "alignment preference");
+  lt_check(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+      "workspace preference");
+  lt_check(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw, sizeof aw),
+      "alignment preference");
+  lt_check(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax, sizeof ax),
+      "alignment preference");
+  lt_check(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac),
+      "alignment preference");
+  lt_check(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac),
+      "alignment preference");
   cublasLtMatmulHeuristicResult_t res{};
   int n = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &n);
@@ -1513,27 +1559,29 @@ GemmPlan* CudaEngine::Impl::plan_s8(int64_t M, int64_t N, int64_t K, const void*
   return &s8plans.emplace(key, p).first->second;
 }
 
-// y[rows, N] (= or, residual: fp32 y +=) a . W^T. a16: the int4 GEMV (<= 64 rows, K % 32 == 0), else the weight
-// dequantized to fp16 and the fp16 GEMM. a8: the dp4a GEMV (<= 16 rows), else cuBLASLt s8 x s8 -> s32 (int4
-// weights unpacked to int8 first) and the epilogue, or the plain exact kernel where cuBLASLt has no algorithm.
-void CudaEngine::Impl::wq_linear(const WqAct& a, const uint8_t* W, const float* sw, int64_t N, int64_t K, void* y,
-                                 bool y_f32, bool residual, int64_t rows, const char* name) {
+// y[rows, N] (= or, residual: fp32 y +=) a . W^T. a16: the int4 GEMV (<= 64 rows, K % 32 == 0), else the
+// weight dequantized to fp16 and the fp16 GEMM. a8: the dp4a GEMV (<= 16 rows), else cuBLASLt s8 x s8 -> s32
+// (int4 weights unpacked to int8 first) and the epilogue, or the plain exact kernel where cuBLASLt has no
+// algorithm.
+void CudaEngine::Impl::wq_linear(const WqAct& a, const uint8_t* W, const float* sw, int64_t N, int64_t K,
+                                 void* y, bool y_f32, bool residual, int64_t rows, const char* name) {
   if (a_bits == 16) {
-    // Up to kWqGemvSliceRows rows: the GEMV in slices of 16 (it streams the weights once per slice; the fp16 GEMM
-    // would first write and read them dequantized).
-    if (rows <= kWqGemvSliceRows && cuda::w4a16_gemv_supported(std::min(rows, cuda::kWqGemvMaxM), K, a.x16, W)) {
+    // Up to kWqGemvSliceRows rows: the GEMV in slices of 16 (it streams the weights once per slice; the fp16
+    // GEMM would first write and read them dequantized).
+    if (rows <= kWqGemvSliceRows &&
+        cuda::w4a16_gemv_supported(std::min(rows, cuda::kWqGemvMaxM), K, a.x16, W)) {
       const size_t ybytes = y_f32 ? sizeof(float) : sizeof(uint16_t);
       for (int64_t m0 = 0; m0 < rows; m0 += cuda::kWqGemvMaxM) {
         const int64_t mc = std::min(cuda::kWqGemvMaxM, rows - m0);
         void* ym = static_cast<char*>(y) + static_cast<size_t>(m0 * N) * ybytes;
-        op(name, [&] {
-          ck(cuda::w4a16_gemv(a.x16 + m0 * K, mc, K, W, sw, N, ym, y_f32, residual, stream), name);
-        });
+        op(name,
+           [&] { ck(cuda::w4a16_gemv(a.x16 + m0 * K, mc, K, W, sw, N, ym, y_f32, residual, stream), name); });
       }
       return;
     }
     auto* w16 = static_cast<uint16_t*>(wscr);
-    op("dequant_w4", [&] { ck(cuda::dequant_w4_f16(W, sw, N, K, w16, stream), "int4 weight dequantization"); });
+    op("dequant_w4",
+       [&] { ck(cuda::dequant_w4_f16(W, sw, N, K, w16, stream), "int4 weight dequantization"); });
     gemm(a.x16, rows, K, w16, N, y, y_f32, residual, name);
     return;
   }
@@ -1552,7 +1600,8 @@ void CudaEngine::Impl::wq_linear(const WqAct& a, const uint8_t* W, const float* 
       lt_ok = plan_s8(mc, a.a8.end[s] - start, K, W8 + start * K, a.a8.qx[s] + m0 * K) != nullptr;
   }
   if (!lt_ok) {
-    op(name, [&] { ck(cuda::a8_gemm_simple(a.a8, w_bits, W, sw, res, y, !y_f32, rows, N, K, stream), name); });
+    op(name,
+       [&] { ck(cuda::a8_gemm_simple(a.a8, w_bits, W, sw, res, y, !y_f32, rows, N, K, stream), name); });
     return;
   }
   if (w_bits == 4)
@@ -1571,11 +1620,11 @@ void CudaEngine::Impl::wq_linear(const WqAct& a, const uint8_t* W, const float* 
       GemmPlan* p = plan_s8(mc, n, K, wp, xp);
       const int32_t alpha = 1, beta = 0;
       op(name, [&] {
-        lt_check(cublasLtMatmul(lt, p->op, &alpha, wp, p->a, xp, p->b, &beta, acc32, p->c, acc32, p->c, &p->algo,
-                                lt_ws, kLtWorkspace, stream),
+        lt_check(cublasLtMatmul(lt, p->op, &alpha, wp, p->a, xp, p->b, &beta, acc32, p->c, acc32, p->c,
+                                &p->algo, lt_ws, kLtWorkspace, stream),
                  name);
-        ck(cuda::a8_epilogue(acc32, n, a.a8.sx[s] + m0, sw, res ? res + m0 * N : nullptr, ym, !y_f32, N, mc, start, n,
-                             stream),
+        ck(cuda::a8_epilogue(acc32, n, a.a8.sx[s] + m0, sw, res ? res + m0 * N : nullptr, ym, !y_f32, N, mc,
+                             start, n, stream),
            "int8 GEMM epilogue");
       });
     }
@@ -1594,7 +1643,8 @@ void CudaEngine::Impl::wq_layer_body(int64_t il, int64_t rows, bool decode, int6
   // ---- MLP
   const WqAct gu_in = wq_norm_input(w.n2, w.ug, w.gu_clips, {F, 2 * F}, rows);
   wq_linear(gu_in, w.wgu, w.sgu, 2 * F, E, big, false, false, rows, "gate_up_gemm");
-  const bool f32 = a_bits == 8 && !w.dn.L;  // quantized from the fp32 SwiGLU output when nothing transforms it
+  const bool f32 =
+      a_bits == 8 && !w.dn.L;  // quantized from the fp32 SwiGLU output when nothing transforms it
   op("swiglu", [&] {
     ck(cuda::swiglu(big, big + F, DType::F16, 2 * F, 2 * F, rows, F, f32 ? static_cast<void*>(tf) : hb,
                     f32 ? DType::F32 : DType::F16, stream),
@@ -1630,16 +1680,18 @@ CudaEngine::CudaEngine(const ModelConfig& cfg, uint64_t seed, const EngineOption
 
 CudaEngine::CudaEngine(const Artifact& a, const EngineOptions& o) : impl_(std::make_unique<Impl>(a.cfg, o)) {
   const Recipe& r = a.recipe;
-  const bool w4a4 =
-      r.w_bits == 4 && r.a_bits == 4 && r.a_sym && r.w_sym && r.k_bits == 4 && r.v_bits == 4 && !r.k_sym && !r.v_sym;
+  const bool w4a4 = r.w_bits == 4 && r.a_bits == 4 && r.a_sym && r.w_sym && r.k_bits == 4 && r.v_bits == 4 &&
+                    !r.k_sym && !r.v_sym;
   // W4A16, W8A8, W4A8: symmetric weights, symmetric 8-bit or unquantized activations, a 16-bit KV cache.
-  const bool wq = r.w_sym && r.k_bits == 16 && r.v_bits == 16 &&
-                  ((r.a_bits == 16 && r.w_bits == 4) || (r.a_bits == 8 && r.a_sym && (r.w_bits == 4 || r.w_bits == 8)));
-  FQ_CHECK(w4a4 || wq,
-           "--device cuda: recipe '{}' (w{} a{} k{} v{}) is not supported by the CUDA engine yet (W4A4KV4, W4A16, "
-           "W8A8 and W4A8: symmetric weights and activations, KV cache 4-bit asymmetric or 16-bit); use the CPU "
-           "runtime (--device cpu)",
-           r.name, r.w_bits, r.a_bits, r.k_bits, r.v_bits);
+  const bool wq =
+      r.w_sym && r.k_bits == 16 && r.v_bits == 16 &&
+      ((r.a_bits == 16 && r.w_bits == 4) || (r.a_bits == 8 && r.a_sym && (r.w_bits == 4 || r.w_bits == 8)));
+  FQ_CHECK(
+      w4a4 || wq,
+      "--device cuda: recipe '{}' (w{} a{} k{} v{}) is not supported by the CUDA engine yet (W4A4KV4, W4A16, "
+      "W8A8 and W4A8: symmetric weights and activations, KV cache 4-bit asymmetric or 16-bit); use the CPU "
+      "runtime (--device cpu)",
+      r.name, r.w_bits, r.a_bits, r.k_bits, r.v_bits);
   impl_->quant = true;
   impl_->wq = wq;
   impl_->w_bits = r.w_bits;
@@ -1774,7 +1826,8 @@ void CudaEngine::prefill(const int32_t* tokens, int64_t n_seq, int64_t n_tok, in
 }
 
 void CudaEngine::Impl::upload_step(const int32_t* tokens, int64_t batch, int64_t n_steps, const char* what) {
-  FQ_CHECK(batch >= 1 && batch <= o.max_batch, "CudaEngine {}: batch {} outside [1, {}]", what, batch, o.max_batch);
+  FQ_CHECK(batch >= 1 && batch <= o.max_batch, "CudaEngine {}: batch {} outside [1, {}]", what, batch,
+           o.max_batch);
   FQ_CHECK(n_steps >= 1, "CudaEngine {}: n_steps must be positive (found {})", what, n_steps);
   for (int64_t b = 0; b < batch; ++b)
     FQ_CHECK(pos[static_cast<size_t>(b)] + n_steps <= o.max_ctx,
@@ -1803,13 +1856,13 @@ void CudaEngine::step(const int32_t* tokens, int64_t batch, float* out, int32_t*
   for (int64_t b = 0; b < batch; ++b) ++m.pos[static_cast<size_t>(b)];
 }
 
-void CudaEngine::step_sample(const int32_t* tokens, int64_t batch, const DeviceSampling& sp, uint64_t rng_step,
-                             int32_t* next) {
+void CudaEngine::step_sample(const int32_t* tokens, int64_t batch, const DeviceSampling& sp,
+                             uint64_t rng_step, int32_t* next) {
   Impl& m = *impl_;
   FQ_CHECK(next != nullptr, "CudaEngine step_sample: no output buffer");
   FQ_CHECK(sp.top_p > 0.0f && sp.top_p <= 1.0f && std::isfinite(sp.temperature),
-           "CudaEngine step_sample: top_p must be in (0, 1] and the temperature finite (found {}, {})", sp.top_p,
-           sp.temperature);
+           "CudaEngine step_sample: top_p must be in (0, 1] and the temperature finite (found {}, {})",
+           sp.top_p, sp.temperature);
   m.upload_step(tokens, batch, 1, "step");
   *m.h_rng_step = rng_step;
   m.ck(cudaMemcpyAsync(m.d_rng_step, m.h_rng_step, sizeof(uint64_t), cudaMemcpyHostToDevice, m.stream),

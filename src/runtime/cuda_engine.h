@@ -40,9 +40,10 @@ struct EngineOptions {
   // per call, int32 sums, then the fp32 epilogue; bit-identical to the mma.sync kernel) where cuBLASLt has an
   // algorithm (K % 4 == 0); else, and below it, the mma.sync int8 kernel of qgemm.h. 0: never.
   int64_t int8_prefill_rows = 128;
-  // The int8 route's int32 sums buffer (MB): rows go through cuBLASLt in chunks whose sums fit (at least 128 rows);
-  // small enough, the epilogue reads them from L2.
-  int64_t int8_acc_mb = 32;
+  // The int8 route's int32 sums buffer (MB): rows go through cuBLASLt in chunks whose sums (all segments of one
+  // GEMM) fit, at least 128 rows. Measured (H100, Llama-3-8B, 2048 rows): 16-32 MB chunks (L2-sized, 512 rows
+  // for gate|up) are slower than whole 2048-row GEMMs (cuBLASLt's s8 kernels need the rows).
+  int64_t int8_acc_mb = 256;
   int device = 0;
 };
 

@@ -1,13 +1,16 @@
 // The W4A16 / W8A8 / W4A8 kernels (src/kernels/cuda/wq_linear.h) against their CPU references:
-// - the int8 activation quantizer equals ref::quantize_sym_row (8 bits, per clip pair) BIT FOR BIT, on fp32 and
+// - the int8 activation quantizer equals ref::quantize_sym_row (8 bits, per clip pair) BIT FOR BIT, on fp32
+// and
 //   fp16 inputs, all-zero rows and exact ties included;
-// - the int8-activation linear (decode GEMV with int8 and packed int4 weights over 1-3 activation segments, the
-//   plain kernel, the epilogue after an int32 GEMM) equals ref::int_linear (+ residual, ref::qgemm_epilogue) BIT
-//   FOR BIT; int4 -> int8 unpacking equals ref::unpack_int4;
-// - the weight-only int4 GEMV agrees with a double sum of f16(x) * code * scale to fp32 rounding, and the fp16
+// - the int8-activation linear (decode GEMV with int8 and packed int4 weights over 1-3 activation segments,
+// the
+//   plain kernel, the epilogue after an int32 GEMM) equals ref::int_linear (+ residual, ref::qgemm_epilogue)
+//   BIT FOR BIT; int4 -> int8 unpacking equals ref::unpack_int4;
+// - the weight-only int4 GEMV agrees with a double sum of f16(x) * code * scale to fp32 rounding, and the
+// fp16
 //   dequantization equals f16(code * scale) exactly.
-// Shapes include non-power-of-two K and N (172 = 4 x 43, 344, 576, 1376 = 32 x 43). Outputs are poisoned first
-// (0xFF: NaN), so an element a kernel does not write fails. Skips without a GPU.
+// Shapes include non-power-of-two K and N (172 = 4 x 43, 344, 576, 1376 = 32 x 43). Outputs are poisoned
+// first (0xFF: NaN), so an element a kernel does not write fails. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -25,6 +28,7 @@
 #include "ref/quant_ops.h"
 
 #ifdef FLATQUANT_WITH_CUDA
+#include "kernels/cuda/layer_ops.h"
 #include "kernels/cuda/wq_linear.h"
 #endif
 
@@ -66,7 +70,8 @@ TEST(WqLinear, QuantizeInt8MultiMatchesReferenceBitExact) {
   const cuda::SymClips clips{3, {1.0f, 0.93f, 0.875f}, {1.0f, 0.97f, 0.9f}};
   for (int64_t cols : {64, 172, 344, 4096}) {
     for (int64_t rows : {1, 7, 33}) {
-      auto x = test::random_activations(static_cast<size_t>(rows * cols), 10 + static_cast<uint32_t>(cols + rows));
+      auto x =
+          test::random_activations(static_cast<size_t>(rows * cols), 10 + static_cast<uint32_t>(cols + rows));
       for (int64_t c = 0; c < cols; ++c) x[static_cast<size_t>(c)] = 0.0f;  // an all-zero row: scale 1
       if (rows > 1) {
         // Exact ties under clip pair 0 (scale 1): x / 1 = k + 0.5 rounds to even.
@@ -92,9 +97,10 @@ TEST(WqLinear, QuantizeInt8MultiMatchesReferenceBitExact) {
         DeviceBuffer<uint16_t> dx16(f16 ? xh : std::vector<uint16_t>(1));
         DeviceBuffer<int8_t> dq(want.size());
         DeviceBuffer<float> ds(want_s.size());
-        ASSERT_EQ(cuda::quantize_sym_int8_multi(f16 ? static_cast<const void*>(dx16.get()) : dx32.get(), f16, rows,
-                                                cols, cols, clips, dq.get(), rows * cols, ds.get(), nullptr),
-                  cudaSuccess);
+        ASSERT_EQ(
+            cuda::quantize_sym_int8_multi(f16 ? static_cast<const void*>(dx16.get()) : dx32.get(), f16, rows,
+                                          cols, cols, clips, dq.get(), rows * cols, ds.get(), nullptr),
+            cudaSuccess);
         EXPECT_EQ(dq.download(), want) << rows << "x" << cols << (f16 ? " fp16" : " fp32");
         const auto s = ds.download();
         for (size_t i = 0; i < s.size(); ++i) ASSERT_TRUE(same_bits(s[i], want_s[i])) << i << ": " << s[i];
@@ -108,7 +114,8 @@ TEST(WqLinear, QuantizeInt8MultiMatchesReferenceBitExact) {
 
 // The int8-activation linear over `segs` activation segments (ends: even boundaries), every entry point that
 // supports the shape, against ref::int_linear per segment (+ residual).
-void check_a8(int w_bits, int64_t M, int64_t N, int64_t K, std::vector<int64_t> ends, bool residual, bool f16) {
+void check_a8(int w_bits, int64_t M, int64_t N, int64_t K, std::vector<int64_t> ends, bool residual,
+              bool f16) {
   const int n_seg = static_cast<int>(ends.size());
   const uint32_t seed = static_cast<uint32_t>(w_bits * 1000003 + M * 7919 + N * 31 + K);
   const std::vector<uint8_t> qw =
@@ -152,17 +159,18 @@ void check_a8(int w_bits, int64_t M, int64_t N, int64_t K, std::vector<int64_t> 
     acts.sx[s] = dsx.back()->get();
     acts.end[s] = ends[static_cast<size_t>(s)];
   }
-  const std::string what = "w" + std::to_string(w_bits) + " M " + std::to_string(M) + " N " + std::to_string(N) +
-                           " K " + std::to_string(K) + " segs " + std::to_string(n_seg) + (residual ? " res" : "") +
-                           (f16 ? " f16" : "");
+  const std::string what = "w" + std::to_string(w_bits) + " M " + std::to_string(M) + " N " +
+                           std::to_string(N) + " K " + std::to_string(K) + " segs " + std::to_string(n_seg) +
+                           (residual ? " res" : "") + (f16 ? " f16" : "");
   auto run = [&](bool gemv) {
     DeviceBuffer<float> dy(residual ? res : std::vector<float>(static_cast<size_t>(M * N)));
     DeviceBuffer<uint16_t> dy16(static_cast<size_t>(M * N));
     if (!residual) dy.poison();
     void* y = f16 ? static_cast<void*>(dy16.get()) : dy.get();
     const float* r = residual ? dy.get() : nullptr;  // the residual aliases y, as in the engine
-    const cudaError_t e = gemv ? cuda::a8_gemv(acts, w_bits, dw.get(), dsw.get(), r, y, f16, M, N, K, nullptr)
-                               : cuda::a8_gemm_simple(acts, w_bits, dw.get(), dsw.get(), r, y, f16, M, N, K, nullptr);
+    const cudaError_t e =
+        gemv ? cuda::a8_gemv(acts, w_bits, dw.get(), dsw.get(), r, y, f16, M, N, K, nullptr)
+             : cuda::a8_gemm_simple(acts, w_bits, dw.get(), dsw.get(), r, y, f16, M, N, K, nullptr);
     ASSERT_EQ(e, cudaSuccess) << what;
     if (f16) {
       const auto got = dy16.download();
@@ -190,21 +198,24 @@ void check_a8(int w_bits, int64_t M, int64_t N, int64_t K, std::vector<int64_t> 
       for (int64_t j = 0; j < n; ++j) {
         int32_t a = 0;
         for (int64_t k = 0; k < K; ++k)
-          a += qx[static_cast<size_t>(s)][static_cast<size_t>(m * K + k)] * w16[static_cast<size_t>((start + j) * K + k)];
+          a += qx[static_cast<size_t>(s)][static_cast<size_t>(m * K + k)] *
+               w16[static_cast<size_t>((start + j) * K + k)];
         acc[static_cast<size_t>(m * n + j)] = a;
       }
     DeviceBuffer<int32_t> dacc(acc);
-    ASSERT_EQ(cuda::a8_epilogue(dacc.get(), n, acts.sx[s], dsw.get(), residual ? dy.get() : nullptr, y, f16, N, M,
-                                start, n, nullptr),
+    ASSERT_EQ(cuda::a8_epilogue(dacc.get(), n, acts.sx[s], dsw.get(), residual ? dy.get() : nullptr, y, f16,
+                                N, M, start, n, nullptr),
               cudaSuccess);
     start = ends[static_cast<size_t>(s)];
   }
   if (f16) {
     const auto got = dy16.download();
-    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], f32_to_f16(want[i])) << what << " epilogue " << i;
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i], f32_to_f16(want[i])) << what << " epilogue " << i;
   } else {
     const auto got = dy.download();
-    for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(same_bits(got[i], want[i])) << what << " epilogue " << i;
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_TRUE(same_bits(got[i], want[i])) << what << " epilogue " << i;
   }
 }
 
@@ -213,9 +224,9 @@ TEST(WqLinear, Int8ActivationLinearMatchesIntLinearBitExact) {
   for (int w_bits : {8, 4}) {
     for (int64_t M : {1, 2, 3, 5, 8, 13, 16}) {
       check_a8(w_bits, M, 300, 576, {300}, false, false);
-      check_a8(w_bits, M, 48, 1376, {16, 32, 48}, false, true);       // q|k|v-like segments, fp16 out
-      check_a8(w_bits, M, 172, 4096, {172}, true, false);             // residual (aliasing y)
-      check_a8(w_bits, M, 86, 64, {44, 86}, false, false);            // gate|up-like
+      check_a8(w_bits, M, 48, 1376, {16, 32, 48}, false, true);  // q|k|v-like segments, fp16 out
+      check_a8(w_bits, M, 172, 4096, {172}, true, false);        // residual (aliasing y)
+      check_a8(w_bits, M, 86, 64, {44, 86}, false, false);       // gate|up-like
     }
     // Shapes the GEMV does not take (K % 16 or 32 != 0): the plain kernel; and prefill-sized M.
     check_a8(w_bits, 1, 43, 172, {43}, true, false);
@@ -230,9 +241,41 @@ TEST(WqLinear, Int8ActivationLinearMatchesIntLinearBitExact) {
             cudaErrorInvalidValue);
 }
 
+// The gate|up epilogue fused with SwiGLU equals the two kernels it replaces (a8_epilogue to fp16, then
+// cuda::swiglu), BIT FOR BIT, on the vector path (n % 4 == 0) and the scalar one, to fp16 and fp32.
+TEST(WqLinear, SwigluEpilogueEqualsEpilogueThenSwiglu) {
+  FQ_REQUIRE_CUDA();
+  for (int64_t n : {100, 37, 4096})
+    for (bool f16 : {true, false}) {
+      const int64_t M = 5;
+      std::mt19937 rng(static_cast<uint32_t>(n));
+      std::vector<int32_t> acc(static_cast<size_t>(2 * M * n));
+      for (auto& a : acc) a = static_cast<int32_t>(rng() % 200001) - 100000;
+      const auto sx = test::random_scales(static_cast<size_t>(2 * M), 5),
+                 sw = test::random_scales(static_cast<size_t>(2 * n), 6);
+      DeviceBuffer<int32_t> dacc(acc);
+      DeviceBuffer<float> dsx(sx), dsw(sw);
+      DeviceBuffer<uint16_t> gu(static_cast<size_t>(M * 2 * n));
+      const size_t ob = f16 ? 2 : 4;
+      DeviceBuffer<uint8_t> want(static_cast<size_t>(M * n) * ob), got(want.bytes());
+      for (int s = 0; s < 2; ++s)
+        ASSERT_EQ(cuda::a8_epilogue(dacc.get() + s * M * n, n, dsx.get() + s * M, dsw.get(), nullptr,
+                                    gu.get(), true, 2 * n, M, s * n, n, nullptr),
+                  cudaSuccess);
+      ASSERT_EQ(cuda::swiglu(gu.get(), gu.get() + n, DType::F16, 2 * n, 2 * n, M, n, want.get(),
+                             f16 ? DType::F16 : DType::F32, nullptr),
+                cudaSuccess);
+      ASSERT_EQ(cuda::a8_swiglu_epilogue(dacc.get(), dacc.get() + M * n, n, dsx.get(), dsx.get() + M,
+                                         dsw.get(), dsw.get() + n, got.get(), f16, n, M, n, nullptr),
+                cudaSuccess);
+      EXPECT_EQ(got.download(), want.download()) << "n " << n << (f16 ? " fp16" : " fp32");
+    }
+}
+
 TEST(WqLinear, UnpackInt4ToInt8MatchesReference) {
   FQ_REQUIRE_CUDA();
-  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{43, 172}, {7, 344}, {130, 64}, {64, 4096}, {1, 6}}) {
+  for (auto [N, K] :
+       std::vector<std::pair<int64_t, int64_t>>{{43, 172}, {7, 344}, {130, 64}, {64, 4096}, {1, 6}}) {
     const auto qw = test::random_packed(static_cast<size_t>(N * K / 2), static_cast<uint32_t>(N + K));
     std::vector<int8_t> want(static_cast<size_t>(N * K));
     ref::unpack_int4(qw.data(), N, K, want.data());
@@ -266,7 +309,8 @@ TEST(WqLinear, DequantW4F16MatchesReference) {
 
 TEST(WqLinear, W4A16GemvMatchesDoubleSum) {
   FQ_REQUIRE_CUDA();
-  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{43, 64}, {300, 576}, {172, 1376}, {1000, 4096}}) {
+  for (auto [N, K] :
+       std::vector<std::pair<int64_t, int64_t>>{{43, 64}, {300, 576}, {172, 1376}, {1000, 4096}}) {
     const uint32_t seed = static_cast<uint32_t>(N * 131 + K);
     const auto qw = test::random_packed(static_cast<size_t>(N * K / 2), seed);
     const auto sw = test::random_scales(static_cast<size_t>(N), seed + 1);
@@ -275,7 +319,8 @@ TEST(WqLinear, W4A16GemvMatchesDoubleSum) {
     DeviceBuffer<uint8_t> dw(qw);
     DeviceBuffer<float> ds(sw);
     for (int64_t M : {1, 2, 3, 4, 6, 8, 11, 16}) {
-      const auto x16 = to_f16(test::random_activations(static_cast<size_t>(M * K), seed + 2 + static_cast<uint32_t>(M)));
+      const auto x16 =
+          to_f16(test::random_activations(static_cast<size_t>(M * K), seed + 2 + static_cast<uint32_t>(M)));
       const auto y0 = test::random_activations(static_cast<size_t>(M * N), seed + 40);
       DeviceBuffer<uint16_t> dx(x16);
       for (int mode = 0; mode < 3; ++mode) {  // fp32 out, fp32 accumulate, fp16 out
@@ -283,7 +328,8 @@ TEST(WqLinear, W4A16GemvMatchesDoubleSum) {
         DeviceBuffer<uint16_t> dy16(static_cast<size_t>(M * N));
         if (mode == 0) dy.poison();
         ASSERT_EQ(cuda::w4a16_gemv(dx.get(), M, K, dw.get(), ds.get(), N,
-                                   mode == 2 ? static_cast<void*>(dy16.get()) : dy.get(), mode != 2, mode == 1, nullptr),
+                                   mode == 2 ? static_cast<void*>(dy16.get()) : dy.get(), mode != 2,
+                                   mode == 1, nullptr),
                   cudaSuccess);
         const auto y = dy.download();
         const auto y16 = dy16.download();
@@ -300,7 +346,8 @@ TEST(WqLinear, W4A16GemvMatchesDoubleSum) {
             if (mode == 1) want += y0[i], mag += std::fabs(y0[i]);
             const double got = mode == 2 ? f16_to_f32(y16[i]) : y[i];
             const double tol = 1e-5 * mag + (mode == 2 ? std::fabs(want) / 1024.0 : 0.0) + 1e-30;
-            ASSERT_NEAR(got, want, tol) << "M " << M << " N " << N << " K " << K << " mode " << mode << " n " << n;
+            ASSERT_NEAR(got, want, tol)
+                << "M " << M << " N " << N << " K " << K << " mode " << mode << " n " << n;
           }
       }
     }
@@ -310,7 +357,9 @@ TEST(WqLinear, W4A16GemvMatchesDoubleSum) {
             cudaErrorInvalidValue);
 }
 #else
-TEST(WqLinear, NeedsCuda) { GTEST_SKIP() << "built without CUDA"; }
+TEST(WqLinear, NeedsCuda) {
+  GTEST_SKIP() << "built without CUDA";
+}
 #endif
 
 }  // namespace

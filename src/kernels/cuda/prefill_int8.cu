@@ -13,11 +13,14 @@ namespace {
 constexpr int kMaxChunks = 8;
 constexpr int kMaxThreads = 1024;
 
-__device__ __forceinline__ uint32_t byte_of(int q) { return static_cast<uint32_t>(q) & 0xFFu; }
+__device__ __forceinline__ uint32_t byte_of(int q) {
+  return static_cast<uint32_t>(q) & 0xFFu;
+}
 
 __global__ void __launch_bounds__(kMaxThreads)
-    quant_i8_kernel(const float* __restrict__ x, int64_t chunks, int64_t x_stride, int64_t rows, SymClips clips,
-                    int8_t* __restrict__ out, float* __restrict__ scales, int64_t scale_stride) {
+    quant_i8_kernel(const float* __restrict__ x, int64_t chunks, int64_t x_stride, int64_t rows,
+                    SymClips clips, int8_t* __restrict__ out, float* __restrict__ scales,
+                    int64_t scale_stride) {
   __shared__ float red[2 * detail::kWarp];
   const int64_t r = blockIdx.x;
   const float4* xr = reinterpret_cast<const float4*>(x + r * x_stride);
@@ -32,7 +35,8 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
   detail::block_minmax(vmax, vmin, red);
   for (int c = 0; c < clips.n; ++c) {
-    const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[c], clips.min[c]), inv = __frcp_rn(scale);
+    const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[c], clips.min[c]),
+                inv = __frcp_rn(scale);
     uint32_t* o = reinterpret_cast<uint32_t*>(out + (c * rows + r) * (chunks * 4));
     const auto code = [&](float f) { return byte_of(detail::sym_int4_code_fast(f, scale, inv)); };
 #pragma unroll
@@ -47,10 +51,11 @@ __global__ void __launch_bounds__(kMaxThreads)
 }  // namespace
 
 cudaError_t quantize_sym_int4_i8_multi(const float* x, int64_t rows, int64_t cols, int64_t x_stride,
-                                       const SymClips& clips, int8_t* out, float* scales, int64_t scale_stride,
-                                       cudaStream_t stream) {
-  if (rows < 0 || rows > 0x7FFFFFFF || cols < 4 || cols % 4 != 0 || cols > int64_t{kMaxThreads} * kMaxChunks * 4 ||
-      x_stride < cols || x_stride % 4 != 0 || clips.n < 1 || clips.n > 3 || scale_stride < rows ||
+                                       const SymClips& clips, int8_t* out, float* scales,
+                                       int64_t scale_stride, cudaStream_t stream) {
+  if (rows < 0 || rows > 0x7FFFFFFF || cols < 4 || cols % 4 != 0 ||
+      cols > int64_t{kMaxThreads} * kMaxChunks * 4 || x_stride < cols || x_stride % 4 != 0 || clips.n < 1 ||
+      clips.n > 3 || scale_stride < rows ||
       (rows > 0 && (!x || !out || !scales || reinterpret_cast<uintptr_t>(x) % 16 != 0 ||
                     reinterpret_cast<uintptr_t>(out) % 4 != 0)))
     return cudaErrorInvalidValue;
@@ -58,8 +63,8 @@ cudaError_t quantize_sym_int4_i8_multi(const float* x, int64_t rows, int64_t col
   // About four chunks (16 values) per thread: enough loads in flight, few idle threads.
   const int64_t chunks = cols / 4;
   const int threads = static_cast<int>(std::clamp<int64_t>((chunks / 4 + 31) / 32 * 32, 64, kMaxThreads));
-  quant_i8_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, chunks, x_stride, rows, clips, out, scales,
-                                                                         scale_stride);
+  quant_i8_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, chunks, x_stride, rows, clips, out,
+                                                                       scales, scale_stride);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }

@@ -2,17 +2,17 @@
 //
 // Both decode GEMVs share the house layout of gemv_f16.cu / qgemv.cu: 128-thread blocks, a warp owns R = 2
 // consecutive weight rows, lane l reads the 16-byte chunks l, l + 32, ... of each row with streaming loads (U
-// chunks per row issued before the first use), the matching activation bytes come through L1 (every warp of an
-// SM reads the same ones), then a warp reduction and lane 0 stores.
+// chunks per row issued before the first use), the matching activation bytes come through L1 (every warp of
+// an SM reads the same ones), then a warp reduction and lane 0 stores.
 //
 // W4A16: a chunk is 32 int4 codes. Code e (two's complement nibble) becomes fp32 without an int->float
 // conversion: u = e ^ 8 is in 0..15, and float(0x4B000000 | u) = 2^23 + u exactly, so subtracting 2^23 + 8
 // gives e exactly (one logic op and one FADD per code, shared by the M tokens).
 // A8: int8 weights: a chunk is 16 codes, one activation chunk per token, 4 dp4a. int4 weights: a chunk is 32
-// codes; for each 32-bit word (8 codes e0..e7), (w << 4) & 0xF0F0F0F0 holds 16 e0, 16 e2, 16 e4, 16 e6 as int8
-// lanes and w & 0xF0F0F0F0 holds 16 e1, 16 e3, 16 e5, 16 e7; the 8 matching activation bytes are permuted into
-// evens and odds (__byte_perm), so two dp4a add 16 x the exact dot product; |acc| <= 16 * 8 * 128 * K <= 2^30,
-// and acc >> 4 after the reduction is exact.
+// codes; for each 32-bit word (8 codes e0..e7), (w << 4) & 0xF0F0F0F0 holds 16 e0, 16 e2, 16 e4, 16 e6 as
+// int8 lanes and w & 0xF0F0F0F0 holds 16 e1, 16 e3, 16 e5, 16 e7; the 8 matching activation bytes are
+// permuted into evens and odds (__byte_perm), so two dp4a add 16 x the exact dot product; |acc| <= 16 * 8 *
+// 128 * K <= 2^30, and acc >> 4 after the reduction is exact.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -42,7 +42,8 @@ __host__ __device__ constexpr int unroll_for(int MT) {
   return MT <= 2 ? 4 : (MT <= 4 ? 2 : 1);
 }
 
-// ---- W4A16 GEMV -----------------------------------------------------------------------------------------------
+// ---- W4A16 GEMV
+// -----------------------------------------------------------------------------------------------
 
 // The 8 codes of one 32-bit word (low nibble first) as exact fp32 values.
 __device__ __forceinline__ void codes_f32(uint32_t w, float (&f)[8]) {
@@ -61,8 +62,8 @@ __device__ __forceinline__ void halves_f32(const uint4& v, float (&f)[8]) {
   }
 }
 
-// One weight chunk c (32 codes) of kRows rows times the matching x of the first M tokens (x chunks of 8 halves:
-// 4c .. 4c + 3 of each row, xc of them per row).
+// One weight chunk c (32 codes) of kRows rows times the matching x of the first M tokens (x chunks of 8
+// halves: 4c .. 4c + 3 of each row, xc of them per row).
 template <int MT>
 __device__ __forceinline__ void w4_chunk(const uint4 (&w)[kRows], const uint4* __restrict__ x, int64_t xc,
                                          int64_t c, int M, float (&acc)[kRows][MT]) {
@@ -151,11 +152,12 @@ void launch_w4a16(const uint16_t* x, int M, int64_t K, const uint8_t* qw, const 
                   bool y_f32, bool accumulate, cudaStream_t stream) {
   const int64_t blocks = (N + kWarps * kRows - 1) / (kWarps * kRows);
   w4a16_gemv_kernel<MT><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(
-      reinterpret_cast<const uint4*>(x), M, K, reinterpret_cast<const uint4*>(qw), sw, N, y, y_f32, accumulate);
+      reinterpret_cast<const uint4*>(x), M, K, reinterpret_cast<const uint4*>(qw), sw, N, y, y_f32,
+      accumulate);
 }
 
-__global__ void dequant_w4_f16_kernel(const uint8_t* __restrict__ qw, const float* __restrict__ sw, int64_t kb,
-                                      int64_t total, __half2* __restrict__ out) {
+__global__ void dequant_w4_f16_kernel(const uint8_t* __restrict__ qw, const float* __restrict__ sw,
+                                      int64_t kb, int64_t total, __half2* __restrict__ out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= total) return;
   const int b = qw[i];
@@ -166,10 +168,15 @@ __global__ void dequant_w4_f16_kernel(const uint8_t* __restrict__ qw, const floa
                           __float2half_rn(__fmul_rn(static_cast<float>(hi), s)));
 }
 
-// ---- int8 activation quantization -----------------------------------------------------------------------------
+// ---- int8 activation quantization
+// -----------------------------------------------------------------------------
 
-__device__ __forceinline__ float load_f32(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load_f32(const __half* p, int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ float load_f32(const float* p, int64_t i) {
+  return p[i];
+}
+__device__ __forceinline__ float load_f32(const __half* p, int64_t i) {
+  return __half2float(p[i]);
+}
 
 // Mirrors ref::quantize_sym_row with bits = 8 (fake_quant.cpp): scale = max(|min(x,0) clip_min|, max(x,0)
 // clip_max) / 127 (1 when 0), code = clamp(round_half_even(x / scale), -128, 127).
@@ -200,7 +207,8 @@ __global__ void quant_int8_multi_kernel(const T* __restrict__ x, int64_t cols, i
   }
 }
 
-// ---- int8-activation GEMV -------------------------------------------------------------------------------------
+// ---- int8-activation GEMV
+// -------------------------------------------------------------------------------------
 
 struct Segs {
   int n = 1;
@@ -216,8 +224,8 @@ __device__ __forceinline__ int seg_of(const Segs& a, int64_t n) {
 }
 
 // The epilogue of ref::qgemm_epilogue (+ residual), stored as fp32 or fp16.
-__device__ __forceinline__ void store_epilogue(int32_t acc, float sx, float sw, const float* residual, void* y,
-                                               bool y_f16, int64_t i) {
+__device__ __forceinline__ void store_epilogue(int32_t acc, float sx, float sw, const float* residual,
+                                               void* y, bool y_f16, int64_t i) {
   float t = __int2float_rn(acc);
   t = __fmul_rn(t, sx);
   t = __fmul_rn(t, sw);
@@ -322,16 +330,16 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 template <int MT, int WB>
-void launch_a8(const Segs& a, const void* qw, const float* sw, const float* residual, void* y, bool y_f16, int M,
-               int64_t N, int64_t K, cudaStream_t stream) {
+void launch_a8(const Segs& a, const void* qw, const float* sw, const float* residual, void* y, bool y_f16,
+               int M, int64_t N, int64_t K, cudaStream_t stream) {
   const int64_t blocks = (N + kWarps * kRows - 1) / (kWarps * kRows);
   a8_gemv_kernel<MT, WB><<<static_cast<unsigned>(blocks), kWarps * 32, 0, stream>>>(
       a, reinterpret_cast<const uint4*>(qw), sw, residual, y, y_f16, M, N, K);
 }
 
 template <int WB>
-void dispatch_a8(const Segs& a, const void* qw, const float* sw, const float* residual, void* y, bool y_f16, int M,
-                 int64_t N, int64_t K, cudaStream_t stream) {
+void dispatch_a8(const Segs& a, const void* qw, const float* sw, const float* residual, void* y, bool y_f16,
+                 int M, int64_t N, int64_t K, cudaStream_t stream) {
   if (M == 1)
     launch_a8<1, WB>(a, qw, sw, residual, y, y_f16, M, N, K, stream);
   else if (M == 2)
@@ -344,7 +352,8 @@ void dispatch_a8(const Segs& a, const void* qw, const float* sw, const float* re
     launch_a8<16, WB>(a, qw, sw, residual, y, y_f16, M, N, K, stream);
 }
 
-// ---- plain exact kernels --------------------------------------------------------------------------------------
+// ---- plain exact kernels
+// --------------------------------------------------------------------------------------
 
 __device__ __forceinline__ int w_code(const uint8_t* row, int64_t k, bool w4) {
   if (!w4) return static_cast<int8_t>(row[k]);
@@ -353,8 +362,9 @@ __device__ __forceinline__ int w_code(const uint8_t* row, int64_t k, bool w4) {
   return static_cast<int>(nib ^ 8u) - 8;
 }
 
-__global__ void a8_simple_kernel(Segs a, const uint8_t* __restrict__ qw, bool w4, const float* __restrict__ sw,
-                                 const float* residual, void* y, bool y_f16, int64_t M, int64_t N, int64_t K) {
+__global__ void a8_simple_kernel(Segs a, const uint8_t* __restrict__ qw, bool w4,
+                                 const float* __restrict__ sw, const float* residual, void* y, bool y_f16,
+                                 int64_t M, int64_t N, int64_t K) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= M * N) return;
   const int64_t m = i / N, n = i % N;
@@ -367,8 +377,8 @@ __global__ void a8_simple_kernel(Segs a, const uint8_t* __restrict__ qw, bool w4
 }
 
 // One block row per output row (blockIdx.y, chunks of 65535 rows in the host loop), four columns per thread:
-// int4 / float4 loads and 8- or 16-byte stores where the pointers and strides allow (vec), else one column at a
-// time. Every element: ref::qgemm_epilogue's operations in its order.
+// int4 / float4 loads and 8- or 16-byte stores where the pointers and strides allow (vec), else one column at
+// a time. Every element: ref::qgemm_epilogue's operations in its order.
 __device__ __forceinline__ float a8_epi(int32_t a, float sx, float sw, const float* residual, int64_t o) {
   float t = __fmul_rn(__fmul_rn(__int2float_rn(a), sx), sw);
   return residual ? __fadd_rn(t, residual[o]) : t;
@@ -408,7 +418,55 @@ __global__ void a8_epilogue_kernel(const int32_t* __restrict__ acc, int64_t lda,
   }
 }
 
-__global__ void unpack_int4_int8_kernel(const uint8_t* __restrict__ qw, int64_t total, char2* __restrict__ out) {
+// a8_swiglu_epilogue: the layout of a8_epilogue_kernel, one output row per block row.
+__device__ __forceinline__ float a8_swiglu(int32_t ag, int32_t au, float sg, float su, float wg, float wu) {
+  const float g = __half2float(__float2half_rn(a8_epi(ag, sg, wg, nullptr, 0)));
+  const float u = __half2float(__float2half_rn(a8_epi(au, su, wu, nullptr, 0)));
+  return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+
+__global__ void a8_swiglu_epilogue_kernel(const int32_t* __restrict__ acc_g,
+                                          const int32_t* __restrict__ acc_u, int64_t lda,
+                                          const float* __restrict__ sx_g, const float* __restrict__ sx_u,
+                                          const float* __restrict__ sw_g, const float* __restrict__ sw_u,
+                                          void* out, bool out_f16, int64_t ldo, int64_t n, int64_t row0,
+                                          bool vec) {
+  const int64_t m = row0 + blockIdx.y, j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (j >= n) return;
+  const float sg = sx_g[m], su = sx_u[m];
+  const int64_t a = m * lda + j, o = m * ldo + j;
+  float t[4];
+  if (vec && j + 4 <= n) {
+    const int4 qg = *reinterpret_cast<const int4*>(acc_g + a), qu = *reinterpret_cast<const int4*>(acc_u + a);
+    const float4 wg = *reinterpret_cast<const float4*>(sw_g + j),
+                 wu = *reinterpret_cast<const float4*>(sw_u + j);
+    t[0] = a8_swiglu(qg.x, qu.x, sg, su, wg.x, wu.x);
+    t[1] = a8_swiglu(qg.y, qu.y, sg, su, wg.y, wu.y);
+    t[2] = a8_swiglu(qg.z, qu.z, sg, su, wg.z, wu.z);
+    t[3] = a8_swiglu(qg.w, qu.w, sg, su, wg.w, wu.w);
+    if (out_f16) {
+      const __half2 h01 = __halves2half2(__float2half_rn(t[0]), __float2half_rn(t[1])),
+                    h23 = __halves2half2(__float2half_rn(t[2]), __float2half_rn(t[3]));
+      uint2 u;
+      u.x = *reinterpret_cast<const uint32_t*>(&h01);
+      u.y = *reinterpret_cast<const uint32_t*>(&h23);
+      *reinterpret_cast<uint2*>(static_cast<__half*>(out) + o) = u;
+    } else {
+      *reinterpret_cast<float4*>(static_cast<float*>(out) + o) = make_float4(t[0], t[1], t[2], t[3]);
+    }
+    return;
+  }
+  for (int64_t q = 0; q < 4 && j + q < n; ++q) {
+    const float v = a8_swiglu(acc_g[a + q], acc_u[a + q], sg, su, sw_g[j + q], sw_u[j + q]);
+    if (out_f16)
+      static_cast<__half*>(out)[o + q] = __float2half_rn(v);
+    else
+      static_cast<float*>(out)[o + q] = v;
+  }
+}
+
+__global__ void unpack_int4_int8_kernel(const uint8_t* __restrict__ qw, int64_t total,
+                                        char2* __restrict__ out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= total) return;
   const unsigned b = qw[i];
@@ -416,9 +474,10 @@ __global__ void unpack_int4_int8_kernel(const uint8_t* __restrict__ qw, int64_t 
                       static_cast<signed char>(static_cast<int>((b >> 4) ^ 8u) - 8));
 }
 
-// Four packed bytes (eight codes) per thread: nibble n of a word -> byte n of the output, (n ^ 8) - 8 per byte,
-// computed on whole words (the prefill GEMMs unpack every weight, ~110 MB per layer of an 8B model).
-__global__ void unpack_int4_int8_x4_kernel(const uint32_t* __restrict__ qw, int64_t words, uint2* __restrict__ out) {
+// Four packed bytes (eight codes) per thread: nibble n of a word -> byte n of the output, (n ^ 8) - 8 per
+// byte, computed on whole words (the prefill GEMMs unpack every weight, ~110 MB per layer of an 8B model).
+__global__ void unpack_int4_int8_x4_kernel(const uint32_t* __restrict__ qw, int64_t words,
+                                           uint2* __restrict__ out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= words) return;
   const uint32_t w = qw[i];
@@ -432,8 +491,8 @@ __global__ void unpack_int4_int8_x4_kernel(const uint32_t* __restrict__ qw, int6
 }
 
 // One thread per element of the row's K|V (kvd each).
-__global__ void f16_kv_append_kernel(const __half* __restrict__ k, const __half* __restrict__ v, int64_t stride,
-                                     int64_t rows, int64_t n_tok, int64_t slot0, int64_t pos0,
+__global__ void f16_kv_append_kernel(const __half* __restrict__ k, const __half* __restrict__ v,
+                                     int64_t stride, int64_t rows, int64_t n_tok, int64_t slot0, int64_t pos0,
                                      const int32_t* __restrict__ d_pos, F16KvCache c, int32_t* d_overflow) {
   const int64_t kvd = c.n_head_kv * c.head_dim;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -465,7 +524,8 @@ bool segs_of(const Int8Acts& acts, int64_t N, Segs& s) {
 
 }  // namespace
 
-// ---- public launchers -----------------------------------------------------------------------------------------
+// ---- public launchers
+// -----------------------------------------------------------------------------------------
 
 bool w4a16_gemv_supported(int64_t M, int64_t K, const void* x, const void* qw) {
   return M >= 1 && M <= kWqGemvMaxM && K >= 32 && K % 32 == 0 && x && qw && aligned16(x) && aligned16(qw);
@@ -507,15 +567,14 @@ cudaError_t quantize_sym_int8_multi(const void* x, bool x_f16, int64_t rows, int
                                     const SymClips& clips, int8_t* q, int64_t copy_stride, float* scales,
                                     cudaStream_t stream) {
   if (rows < 0 || cols < 1 || x_stride < cols || clips.n < 1 || clips.n > 3 || rows > 0x7FFFFFFF ||
-      (clips.n > 1 && copy_stride < rows * cols) ||
-      (rows > 0 && (!x || !q || !scales)))
+      (clips.n > 1 && copy_stride < rows * cols) || (rows > 0 && (!x || !q || !scales)))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   const int threads = cols >= 4096 ? 512 : 256;
   const unsigned grid = static_cast<unsigned>(rows);
   if (x_f16)
-    quant_int8_multi_kernel<__half><<<grid, threads, 0, stream>>>(static_cast<const __half*>(x), cols, x_stride,
-                                                                  rows, clips, q, copy_stride, scales);
+    quant_int8_multi_kernel<__half><<<grid, threads, 0, stream>>>(
+        static_cast<const __half*>(x), cols, x_stride, rows, clips, q, copy_stride, scales);
   else
     quant_int8_multi_kernel<float><<<grid, threads, 0, stream>>>(static_cast<const float*>(x), cols, x_stride,
                                                                  rows, clips, q, copy_stride, scales);
@@ -555,14 +614,15 @@ cudaError_t a8_gemm_simple(const Int8Acts& acts, int w_bits, const void* qw, con
   if ((w_bits != 4 && w_bits != 8) || M < 1 || N < 1 || K < 1 || K > kWqMaxK || (w_bits == 4 && K % 2 != 0) ||
       !qw || !sw || !y || (residual && y_f16) || !segs_of(acts, N, s) || (M * N + 255) / 256 > 0x7FFFFFFF)
     return cudaErrorInvalidValue;
-  a8_simple_kernel<<<grid_for(M * N, 256), 256, 0, stream>>>(s, static_cast<const uint8_t*>(qw), w_bits == 4, sw,
-                                                             residual, y, y_f16, M, N, K);
+  a8_simple_kernel<<<grid_for(M * N, 256), 256, 0, stream>>>(s, static_cast<const uint8_t*>(qw), w_bits == 4,
+                                                             sw, residual, y, y_f16, M, N, K);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
 
-cudaError_t a8_epilogue(const int32_t* acc, int64_t lda, const float* sx, const float* sw, const float* residual,
-                        void* y, bool y_f16, int64_t ldy, int64_t M, int64_t col0, int64_t n, cudaStream_t stream) {
+cudaError_t a8_epilogue(const int32_t* acc, int64_t lda, const float* sx, const float* sw,
+                        const float* residual, void* y, bool y_f16, int64_t ldy, int64_t M, int64_t col0,
+                        int64_t n, cudaStream_t stream) {
   if (M < 0 || n < 0 || col0 < 0 || lda < n || ldy < col0 + n || (residual && y_f16) ||
       (M * n > 0 && (!acc || !sx || !sw || !y)) || (M * n + 255) / 256 > 0x7FFFFFFF)
     return cudaErrorInvalidValue;
@@ -571,11 +631,33 @@ cudaError_t a8_epilogue(const int32_t* acc, int64_t lda, const float* sx, const 
   const auto al = [](const void* p, uintptr_t b) { return reinterpret_cast<uintptr_t>(p) % b == 0; };
   const size_t yb = y_f16 ? 2 : 4;
   const bool vec = lda % 4 == 0 && ldy % 4 == 0 && col0 % 4 == 0 && al(acc, 16) && al(sw, 16) &&
-                   al(static_cast<const char*>(y) + col0 * yb, 4 * yb) && al(y, 4 * yb) && (!residual || al(residual, 16));
+                   al(static_cast<const char*>(y) + col0 * yb, 4 * yb) && al(y, 4 * yb) &&
+                   (!residual || al(residual, 16));
   const unsigned gx = static_cast<unsigned>((n + 4 * 256 - 1) / (4 * 256));
   for (int64_t r0 = 0; r0 < M; r0 += 65535) {
     const unsigned gy = static_cast<unsigned>(std::min<int64_t>(M - r0, 65535));
-    a8_epilogue_kernel<<<dim3(gx, gy), 256, 0, stream>>>(acc, lda, sx, sw, residual, y, y_f16, ldy, col0, n, r0, vec);
+    a8_epilogue_kernel<<<dim3(gx, gy), 256, 0, stream>>>(acc, lda, sx, sw, residual, y, y_f16, ldy, col0, n,
+                                                         r0, vec);
+    FQ_CUDA_RETURN_LAUNCH_ERROR();
+  }
+  return cudaSuccess;
+}
+
+cudaError_t a8_swiglu_epilogue(const int32_t* acc_g, const int32_t* acc_u, int64_t lda, const float* sx_g,
+                               const float* sx_u, const float* sw_g, const float* sw_u, void* out,
+                               bool out_f16, int64_t ldo, int64_t M, int64_t n, cudaStream_t stream) {
+  if (M < 0 || n < 0 || lda < n || ldo < n ||
+      (M * n > 0 && (!acc_g || !acc_u || !sx_g || !sx_u || !sw_g || !sw_u || !out)))
+    return cudaErrorInvalidValue;
+  if (M * n == 0) return cudaSuccess;
+  const auto al = [](const void* p, uintptr_t b) { return reinterpret_cast<uintptr_t>(p) % b == 0; };
+  const bool vec = lda % 4 == 0 && ldo % 4 == 0 && al(acc_g, 16) && al(acc_u, 16) && al(sw_g, 16) &&
+                   al(sw_u, 16) && al(out, out_f16 ? 8 : 16);
+  const unsigned gx = static_cast<unsigned>((n + 4 * 256 - 1) / (4 * 256));
+  for (int64_t r0 = 0; r0 < M; r0 += 65535) {
+    const unsigned gy = static_cast<unsigned>(std::min<int64_t>(M - r0, 65535));
+    a8_swiglu_epilogue_kernel<<<dim3(gx, gy), 256, 0, stream>>>(acc_g, acc_u, lda, sx_g, sx_u, sw_g, sw_u,
+                                                                out, out_f16, ldo, n, r0, vec);
     FQ_CUDA_RETURN_LAUNCH_ERROR();
   }
   return cudaSuccess;
@@ -590,7 +672,8 @@ cudaError_t unpack_int4_int8(const uint8_t* qw, int64_t N, int64_t K, int8_t* ou
     unpack_int4_int8_x4_kernel<<<grid_for(total / 4, 256), 256, 0, stream>>>(
         reinterpret_cast<const uint32_t*>(qw), total / 4, reinterpret_cast<uint2*>(out));
   else
-    unpack_int4_int8_kernel<<<grid_for(total, 256), 256, 0, stream>>>(qw, total, reinterpret_cast<char2*>(out));
+    unpack_int4_int8_kernel<<<grid_for(total, 256), 256, 0, stream>>>(qw, total,
+                                                                      reinterpret_cast<char2*>(out));
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -599,13 +682,13 @@ cudaError_t f16_kv_append(const uint16_t* k, const uint16_t* v, int64_t stride, 
                           int64_t slot0, int64_t pos0, const int32_t* d_pos, const F16KvCache& cache,
                           int32_t* d_overflow, cudaStream_t stream) {
   const int64_t kvd = cache.n_head_kv * cache.head_dim;
-  if (rows < 0 || n_tok < 1 || rows % n_tok != 0 || slot0 < 0 || kvd < 1 || stride < kvd || !cache.k || !cache.v ||
-      (rows > 0 && (!k || !v)) || (rows * kvd + 255) / 256 > 0x7FFFFFFF)
+  if (rows < 0 || n_tok < 1 || rows % n_tok != 0 || slot0 < 0 || kvd < 1 || stride < kvd || !cache.k ||
+      !cache.v || (rows > 0 && (!k || !v)) || (rows * kvd + 255) / 256 > 0x7FFFFFFF)
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   f16_kv_append_kernel<<<grid_for(rows * kvd, 256), 256, 0, stream>>>(
-      reinterpret_cast<const __half*>(k), reinterpret_cast<const __half*>(v), stride, rows, n_tok, slot0, pos0, d_pos,
-      cache, d_overflow);
+      reinterpret_cast<const __half*>(k), reinterpret_cast<const __half*>(v), stride, rows, n_tok, slot0,
+      pos0, d_pos, cache, d_overflow);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }

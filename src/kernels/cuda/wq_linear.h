@@ -84,6 +84,13 @@ cudaError_t a8_gemm_simple(const Int8Acts& acts, int w_bits, const void* qw, con
 cudaError_t a8_epilogue(const int32_t* acc, int64_t lda, const float* sx, const float* sw, const float* residual,
                         void* y, bool y_f16, int64_t ldy, int64_t M, int64_t col0, int64_t n, cudaStream_t stream);
 
+// The gate|up epilogue fused with SwiGLU (the W4A4 engine's int8 prefill route): g = f16(epilogue(acc_g, sx_g,
+// sw_g)), u likewise, out[m, j] = silu(g) * u (cuda::swiglu's operations: g / (1 + exp(-g)), times u), fp16 or fp32,
+// row stride ldo. acc_g, acc_u [M, n] int32 (row stride lda). Bit for bit a8_epilogue (fp16 out) then swiglu.
+cudaError_t a8_swiglu_epilogue(const int32_t* acc_g, const int32_t* acc_u, int64_t lda, const float* sx_g,
+                               const float* sx_u, const float* sw_g, const float* sw_u, void* out, bool out_f16,
+                               int64_t ldo, int64_t M, int64_t n, cudaStream_t stream);
+
 // Packed int4 [N, K/2] -> int8 [N, K] (ref::unpack_int4), for the int8 GEMM of W4A8 prefill. K even.
 cudaError_t unpack_int4_int8(const uint8_t* qw, int64_t N, int64_t K, int8_t* out, cudaStream_t stream);
 
