@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/dtype.h"
@@ -28,12 +29,15 @@ namespace {
 #ifdef FLATQUANT_WITH_CUDA
 using test::DeviceBuffer;
 
-// The fused decode pipeline (prologue + transform on fp16 tensor cores + quantized copies, one CTA per token)
-// against a host chain with the kernel's rounding points: X and the transforms rounded to fp16, T = X B rounded
-// to fp16, Y = A^T T; sums in double. The kernel sums in fp32 in another order (and the prologue's sum of
-// squares is a block reduction), so a value may land on the other side of a rounding boundary: scales agree to
-// 1e-4, codes differ by at most one step, rarely. Against the unrounded fp32 chain (ref::kron_transform) the
-// dequantized values agree to a small fraction of a quantization step on average.
+// The fused decode pipeline (prologue + transform on fp16 tensor cores + quantized copies, a cluster of CTAs
+// per token) against a host chain with the kernel's rounding points: X and the transforms rounded to fp16,
+// T = X B rounded to fp16, Y = A^T T; sums in double. The kernel sums in fp32 in another order (and the
+// prologue's sum of squares is a block reduction), so a value may land on the other side of a rounding
+// boundary: scales agree to 1e-4, codes differ by at most one step, rarely. Against the unrounded fp32 chain
+// (ref::kron_transform) the dequantized values agree to a small fraction of a quantization step on average.
+// Every split (CTAs per token: automatic, 1, 2, 8; 8 leaves ranks without work on the small shapes) gives the
+// same bits as one CTA per token: each value comes from the same fp32 operations in the same order (mma sums
+// over the same k-steps, a fixed-order RMSNorm sum of squares, exact min/max), only on other SMs.
 TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
   FQ_REQUIRE_CUDA();
   struct Case {
@@ -43,18 +47,20 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
     int64_t K;
   };
   const std::vector<Case> cases = {
-      {cuda::FusedIn::kRmsNorm, 64, 64, true, 4096},  {cuda::FusedIn::kRmsNorm, 56, 64, true, 3584},
+      {cuda::FusedIn::kRmsNorm, 64, 64, true, 4096},   {cuda::FusedIn::kRmsNorm, 56, 64, true, 3584},
       {cuda::FusedIn::kSwiGLU, 112, 128, true, 14336}, {cuda::FusedIn::kSwiGLU, 4, 43, true, 172},
       {cuda::FusedIn::kPlain, 32, 128, false, 4096},   {cuda::FusedIn::kPlain, 9, 64, false, 576},
       {cuda::FusedIn::kRmsNorm, 0, 0, false, 24},      {cuda::FusedIn::kSwiGLU, 128, 148, true, 18944},
       {cuda::FusedIn::kRmsNorm, 24, 24, true, 576},    {cuda::FusedIn::kPlain, 86, 128, true, 11008},
-      {cuda::FusedIn::kPlain, 0, 0, false, 4096},     {cuda::FusedIn::kSwiGLU, 160, 160, true, 25600}};
+      {cuda::FusedIn::kPlain, 0, 0, false, 4096},      {cuda::FusedIn::kSwiGLU, 160, 160, true, 25600},
+      {cuda::FusedIn::kSwiGLU, 6, 43, false, 258},     {cuda::FusedIn::kPlain, 0, 0, false, 4100}};
   int device = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   const auto h = [](double v) { return static_cast<double>(f16_to_f32(f32_to_f16(static_cast<float>(v)))); };
   for (const Case& k : cases) {
     ASSERT_TRUE(cuda::fused_quant_fits(k.L, k.R, k.K, k.in, k.with_b, device)) << k.L << "x" << k.R;
-    for (int64_t rows : {1, 3, 16}) {
+    for (int64_t rows : {1, 3, 16, 40}) {
+      SCOPED_TRACE(testing::Message() << "K " << k.K << " L " << k.L << " R " << k.R << " rows " << rows);
       const int64_t K = k.K, xs = K + 8, L = k.L, R = k.R;
       const auto x = test::random_activations(static_cast<size_t>(rows * xs), 61 + static_cast<uint32_t>(K));
       const auto w = test::random_activations(static_cast<size_t>(K), 62, 1.0f);
@@ -80,24 +86,37 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
       }
       if (L > 0) {
         ref::kron_transform(pro.data(), rows, K, nullptr, A.data(), L, k.with_b ? B.data() : nullptr, R, exact.data());
-        std::vector<double> T(static_cast<size_t>(L * R));
+        // The fp16 operands once, then T = X B and Y = A^T T row by row (sums in double).
+        std::vector<double> hA(A.size()), hB(B.size()), hX(static_cast<size_t>(K)),
+            T(static_cast<size_t>(L * R));
+        for (size_t i = 0; i < A.size(); ++i) hA[i] = h(A[i]);
+        for (size_t i = 0; i < B.size(); ++i) hB[i] = h(B[i]);
         for (int64_t r = 0; r < rows; ++r) {
           const float* X = pro.data() + r * K;
-          for (int64_t l = 0; l < L; ++l)
-            for (int64_t c = 0; c < R; ++c) {
-              double acc = 0;
-              if (k.with_b)
-                for (int64_t q = 0; q < R; ++q) acc += h(X[l * R + q]) * h(B[static_cast<size_t>(q * R + c)]);
-              else
-                acc = X[l * R + c];
-              T[static_cast<size_t>(l * R + c)] = h(acc);
+          for (int64_t i = 0; i < K; ++i) hX[static_cast<size_t>(i)] = h(X[i]);
+          std::vector<double> acc(static_cast<size_t>(R));
+          for (int64_t l = 0; l < L; ++l) {
+            if (k.with_b) {
+              std::fill(acc.begin(), acc.end(), 0.0);
+              for (int64_t q = 0; q < R; ++q)
+                for (int64_t c = 0; c < R; ++c)
+                  acc[static_cast<size_t>(c)] +=
+                      hX[static_cast<size_t>(l * R + q)] * hB[static_cast<size_t>(q * R + c)];
+            } else {
+              for (int64_t c = 0; c < R; ++c) acc[static_cast<size_t>(c)] = X[l * R + c];
             }
-          for (int64_t i = 0; i < L; ++i)
-            for (int64_t c = 0; c < R; ++c) {
-              double acc = 0;
-              for (int64_t l = 0; l < L; ++l) acc += h(A[static_cast<size_t>(l * L + i)]) * T[static_cast<size_t>(l * R + c)];
-              tr[static_cast<size_t>(r * K + i * R + c)] = static_cast<float>(acc);
-            }
+            for (int64_t c = 0; c < R; ++c)
+              T[static_cast<size_t>(l * R + c)] = h(acc[static_cast<size_t>(c)]);
+          }
+          for (int64_t i = 0; i < L; ++i) {
+            std::fill(acc.begin(), acc.end(), 0.0);
+            for (int64_t l = 0; l < L; ++l)
+              for (int64_t c = 0; c < R; ++c)
+                acc[static_cast<size_t>(c)] +=
+                    hA[static_cast<size_t>(l * L + i)] * T[static_cast<size_t>(l * R + c)];
+            for (int64_t c = 0; c < R; ++c)
+              tr[static_cast<size_t>(r * K + i * R + c)] = static_cast<float>(acc[static_cast<size_t>(c)]);
+          }
         }
       } else {
         tr = pro;
@@ -127,31 +146,53 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
       f.gu_stride = 2 * K;
       f.a_pk = L ? dapk.get() : nullptr;
       f.b_pk = L && k.with_b ? dbpk.get() : nullptr;
-      ASSERT_EQ(cuda::fused_quant_int4(f, rows, K, dp.get(), ds.get(), nullptr, rows == 3), cudaSuccess);
-      const auto gp = dp.download();
-      const auto gs = ds.download();
-      for (int cp = 0; cp < 2; ++cp) {
-        std::vector<uint8_t> rp(static_cast<size_t>(rows * K / 2));
-        std::vector<float> rs(static_cast<size_t>(rows));
-        ref::quantize_sym_int4(tr.data(), rows, K, K, f.clips.max[cp], f.clips.min[cp], rp.data(), rs.data());
-        int64_t off_by_one = 0;
-        double err_exact = 0;  // mean |dequantized - exact| / scale
-        for (int64_t r = 0; r < rows; ++r)
-          EXPECT_NEAR(gs[static_cast<size_t>(cp * rows + r)], rs[static_cast<size_t>(r)], 1e-4 * rs[static_cast<size_t>(r)])
-              << "K " << K << " row " << r;
-        for (size_t i = 0; i < rp.size(); ++i)
-          for (int hf = 0; hf < 2; ++hf) {
-            const int a = ((gp[cp * rp.size() + i] >> (4 * hf)) & 0xF) ^ 8, b = ((rp[i] >> (4 * hf)) & 0xF) ^ 8;
-            ASSERT_LE(std::abs(a - b), 1) << "K " << K << " copy " << cp << " byte " << i;
-            off_by_one += a != b;
-            const size_t e = 2 * i + static_cast<size_t>(hf);
-            const double sc = gs[static_cast<size_t>(cp * rows) + e / static_cast<size_t>(K)];
-            const double ex = std::clamp(exact[e] / sc, -8.0, 7.0);
-            err_exact += std::fabs((a - 8) - ex);
-          }
-        EXPECT_LE(off_by_one, std::max<int64_t>(2, rows * K / 200)) << "K " << K << " L " << L;
-        // Rounding alone is 0.25 of a step on average; fp16 operands add little.
-        EXPECT_LE(err_exact / static_cast<double>(rows * K), 0.3) << "K " << K << " L " << L;
+      std::vector<uint8_t> p1;  // split 1's output, which every other split must equal
+      std::vector<float> s1;
+      for (int split : {1, 0, 2, 8}) {
+        SCOPED_TRACE(testing::Message() << "split " << split);
+        // A different poison per split: a byte that some split leaves unwritten cannot match split 1's.
+        ASSERT_EQ(cudaMemset(dp.get(), 0x3C + 0x11 * split, dp.bytes()), cudaSuccess);
+        ds.poison();  // NaN scales
+        ASSERT_EQ(cuda::fused_quant_int4(f, rows, K, dp.get(), ds.get(), nullptr, rows == 3, split),
+                  cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const auto gp = dp.download();
+        const auto gs = ds.download();
+        if (split == 1) {
+          p1 = gp;
+          s1 = gs;
+        } else {
+          EXPECT_TRUE(gp == p1) << "packed bytes differ from split 1";
+          EXPECT_TRUE(std::equal(gs.begin(), gs.end(), s1.begin(), [](float a, float b) {
+            return std::memcmp(&a, &b, sizeof a) == 0;
+          })) << "scales differ from split 1";
+        }
+        for (int cp = 0; cp < 2; ++cp) {
+          std::vector<uint8_t> rp(static_cast<size_t>(rows * K / 2));
+          std::vector<float> rs(static_cast<size_t>(rows));
+          ref::quantize_sym_int4(tr.data(), rows, K, K, f.clips.max[cp], f.clips.min[cp], rp.data(),
+                                 rs.data());
+          int64_t off_by_one = 0;
+          double err_exact = 0;  // mean |dequantized - exact| / scale
+          for (int64_t r = 0; r < rows; ++r)
+            EXPECT_NEAR(gs[static_cast<size_t>(cp * rows + r)], rs[static_cast<size_t>(r)],
+                        1e-4 * rs[static_cast<size_t>(r)])
+                << "row " << r;
+          for (size_t i = 0; i < rp.size(); ++i)
+            for (int hf = 0; hf < 2; ++hf) {
+              const int a = ((gp[cp * rp.size() + i] >> (4 * hf)) & 0xF) ^ 8,
+                        b = ((rp[i] >> (4 * hf)) & 0xF) ^ 8;
+              ASSERT_LE(std::abs(a - b), 1) << "copy " << cp << " byte " << i;
+              off_by_one += a != b;
+              const size_t e = 2 * i + static_cast<size_t>(hf);
+              const double sc = gs[static_cast<size_t>(cp * rows) + e / static_cast<size_t>(K)];
+              const double ex = std::clamp(exact[e] / sc, -8.0, 7.0);
+              err_exact += std::fabs((a - 8) - ex);
+            }
+          EXPECT_LE(off_by_one, std::max<int64_t>(2, rows * K / 200));
+          // Rounding alone is 0.25 of a step on average; fp16 operands add little.
+          EXPECT_LE(err_exact / static_cast<double>(rows * K), 0.3);
+        }
       }
     }
   }
@@ -171,7 +212,11 @@ TEST(W4A4Ops, FusedQuantRejectsBadArguments) {
   f.a_pk = pk.get();
   f.b_pk = pk.get();
   EXPECT_EQ(cuda::fused_quant_int4(f, 1, 64, dp.get(), ds.get(), nullptr), cudaSuccess);
+  // 8 CTAs for one n-tile of Y: ranks without work are fine.
+  EXPECT_EQ(cuda::fused_quant_int4(f, 1, 64, dp.get(), ds.get(), nullptr, false, 8), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(cuda::fused_quant_int4(f, 1, 64, dp.get(), ds.get(), nullptr, false, -1), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::fused_quant_int4(f, 1, 64, dp.get(), ds.get(), nullptr, false, 9), cudaErrorInvalidValue);
   EXPECT_EQ(cuda::fused_quant_int4(f, 1, 62, dp.get(), ds.get(), nullptr), cudaErrorInvalidValue);  // L R != K
   f.a_pk = pk.get() + 1;  // misaligned
   EXPECT_EQ(cuda::fused_quant_int4(f, 1, 64, dp.get(), ds.get(), nullptr), cudaErrorInvalidValue);

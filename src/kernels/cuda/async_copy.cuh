@@ -1,9 +1,10 @@
 // Device helpers for latency- and bandwidth-bound kernels: a block-wide asynchronous global -> shared copy
-// (cp.async, sm_80+) so that every load of a stage is in flight at once, a streaming load, and programmatic
-// dependent launch (PDL, sm_90):
+// (cp.async, sm_80+) so that every load of a stage is in flight at once, a streaming load, programmatic
+// dependent launch (PDL, sm_90) and thread-block clusters (sm_90):
 // pdl_wait() blocks until the grid this one depends on has finished and its writes are visible; without a
 // PDL launch it returns at once. A kernel reads only constants (weights, transforms) before pdl_wait().
 #pragma once
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -30,6 +31,33 @@ __device__ __forceinline__ void stage_async(void* dst, const void* src, int64_t 
   }
 }
 
+// A box of `rows` rows of `row_bytes` each, src rows `src_stride` bytes apart, to dst packed densely (rows
+// row_bytes apart); the same granularity rules as stage_async. Nothing for an empty box.
+__device__ __forceinline__ void stage_box_async(void* dst, const void* src, int64_t src_stride, int rows,
+                                                int64_t row_bytes) {
+  if (rows <= 0 || row_bytes <= 0) return;
+  if (rows == 1 || src_stride == row_bytes) {  // contiguous
+    stage_async(dst, src, rows * row_bytes);
+    return;
+  }
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  const bool wide = ((reinterpret_cast<uintptr_t>(d) | reinterpret_cast<uintptr_t>(s) |
+                      static_cast<uintptr_t>(src_stride) | static_cast<uintptr_t>(row_bytes)) &
+                     15) == 0;
+  // 32-bit index arithmetic (a 64-bit division is a long subroutine): boxes stay below 2^31 units.
+  const int gran = wide ? 16 : 4, per_row = static_cast<int>(row_bytes / gran), total = rows * per_row;
+  for (int i = static_cast<int>(threadIdx.x); i < total; i += static_cast<int>(blockDim.x)) {
+    const int64_t r = i / per_row, o = static_cast<int64_t>(i % per_row) * gran;
+    const unsigned sd = smem_u32(d + r * row_bytes + o);
+    const char* sg = s + r * src_stride + o;
+    if (wide)
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sd), "l"(sg));
+    else
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(sd), "l"(sg));
+  }
+}
+
 __device__ __forceinline__ void async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 __device__ __forceinline__ void pdl_wait() {
@@ -45,6 +73,46 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+// Thread-block clusters. A kernel that uses them is launched with a cluster dimension > 1 only on sm_90+;
+// below sm_90 these compile to a block barrier / nothing / the pointer itself (a cluster of one CTA). Every
+// thread of every CTA of the cluster calls the barriers, in the same order: arrive, then wait, alternately.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().sync();
+#else
+  __syncthreads();
+#endif
+}
+// Arrive without ordering memory: "this CTA has started" (a CTA may access a peer's shared memory only once
+// the peer runs).
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __cluster_barrier_arrive_relaxed();
+#endif
+}
+// Arrive with release semantics: this CTA's accesses so far (its reads of peers' shared memory included) are
+// done before any CTA passes the matching wait.
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().barrier_arrive();
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().barrier_wait();
+#endif
+}
+// The address of `p` (this CTA's shared memory) in the shared memory of the cluster's CTA `rank`
+// (distributed shared memory; ordinary loads and stores).
+template <typename T>
+__device__ __forceinline__ T* cluster_map(T* p, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+#else
+  return p;
+#endif
+}
+
 // A 16-byte load of data read exactly once (streamed weights): kept out of L1 so that reused data stays there.
 __device__ __forceinline__ uint4 load_stream(const void* p) {
   uint4 v;
@@ -54,19 +122,31 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return v;
 }
 
-// A kernel launch configuration with the PDL attribute when `pdl` (for cudaLaunchKernelEx(&l.cfg, ...)).
+// A kernel launch configuration (for cudaLaunchKernelEx(&l.cfg, ...)) with the PDL attribute when `pdl` and,
+// when cluster > 1, thread-block clusters of `cluster` x 1 x 1 CTAs (grid.x a multiple of it; sm_90+).
 struct Launch {
   cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr = {};
-  Launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl) {
+  cudaLaunchAttribute attr[2] = {};
+  Launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl, unsigned cluster = 1) {
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = pdl ? 1 : 0;
+    unsigned n = 0;
+    if (pdl) {
+      attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[n].val.programmaticStreamSerializationAllowed = 1;
+      ++n;
+    }
+    if (cluster > 1) {
+      attr[n].id = cudaLaunchAttributeClusterDimension;
+      attr[n].val.clusterDim.x = cluster;
+      attr[n].val.clusterDim.y = 1;
+      attr[n].val.clusterDim.z = 1;
+      ++n;
+    }
+    cfg.attrs = attr;
+    cfg.numAttrs = n;
   }
   Launch(const Launch&) = delete;
   Launch& operator=(const Launch&) = delete;

@@ -15,50 +15,96 @@ namespace fq::cuda {
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------
-// fused_quant_int4: one CTA per token. Every global read of the kernel is one cp.async stage (all loads in
-// flight at once; the launch is latency-bound): first the constants (the RMSNorm weight and, when shared
-// memory allows, the packed transform operands), then, after pdl_wait(), the token's input row. Shared
-// memory (16-byte aligned regions): raw (the staged input row, then the RMSNorm weight) which Y (fp32 [K],
-// the transform's output) later overwrites (a separate region without a transform); apk, bpk (staged
-// operands); X16 [Lp][ldx] (fp16 X, zero-padded); Tt [Rp][ldt] (fp16 T^T, the right operand of A^T T). Row
-// strides of 8 extra halves keep the 32-bit fragment loads free of bank conflicts. Warp tasks are 16 x 32
-// output tiles (one m16 row of tiles, four n8 columns).
-constexpr int kFusedThreads = 1024;  // measured: bs 16 decode 5.71 -> 5.50 ms vs 512
-constexpr int kFusedWarps = kFusedThreads / detail::kWarp;
+// fused_quant_int4: a cluster of C CTAs per token (an sm_90 thread-block cluster; C = 1: one CTA). At decode
+// there are only a few tokens, so with one CTA per token every phase runs on one SM and the kernel is
+// latency-bound; a cluster spreads each token's work over C SMs and joins it through distributed shared
+// memory. Rank r of the cluster:
+//  - stages with cp.async the constants it needs (the RMSNorm weight of its input box, the packed operands
+//    while shared memory allows), then, after pdl_wait(), its box of the token's input (RMSNorm: the whole
+//    fp32 row, whose sum of squares every rank needs; summing it again is cheaper than a cluster reduction);
+//  - with B, phase 1: the prologue for its rows of X (m-tiles [mt0, mt1)), then T = X B for those rows, each
+//    fp16 value of T stored straight into the T^T tile (Tt) of the rank that owns its column in phase 2, then
+//    a cluster barrier. Without B, it fills its Tt from the input;
+//  - phase 2: Y = A^T T for its columns (n-tiles [nt0, nt1)), fp32, and their min/max;
+//  - the row's min/max: a block reduction, then every warp combines the pairs of all ranks;
+//  - the packed bytes of its columns, one copy per clip pair; rank 0 stores the scales.
+// L = 0 (no transform): rank r takes a chunk of K / C values (a multiple of 8). Every output value comes from
+// the same operations whatever C (each mma sum runs over the same k-steps in the same order, the RMSNorm sum
+// of squares has a fixed order, min/max are exact), so all splits give the same bits.
+// Shared memory (16-byte aligned regions): wbox (the RMSNorm weight of the box), raw (the staged input),
+// which Y (fp32 [L][wY], the rank's columns; L = 0: its chunk) overlays when it fits: both are dead by the
+// time Y is written; apk, bpk (the staged operands); X16 [mper * 16][ldx] (fp16 rows of X, zero-padded);
+// Tt [wY][ldt] (fp16 T^T of the rank's columns: the right operand of A^T T, written by all ranks in phase
+// 1). Row strides of 8 extra halves keep the 32-bit fragment loads free of bank conflicts. Warp tasks are
+// 16 x 8 grp output tiles (one m16 row of tiles, grp n8 columns).
+constexpr int kFusedMaxSplit = 8;  // the portable cluster size
+
+// Threads per CTA: one CTA per token takes 1024 (measured: bs 16 decode 5.71 -> 5.50 ms vs 512); a cluster
+// member has 1/C of the work, where fewer threads make the many barriers cheaper.
+constexpr int fused_threads(int C) {
+  return C == 1 ? 1024 : C == 2 ? 512 : 256;
+}
 
 struct FusedShape {
+  int C = 1;  // CTAs per token
   int Lp = 0, Rp = 0, ldx = 0, ldt = 0;
-  bool stage_a = false, stage_b = false;
-  int64_t off_y = 0, off_apk = 0, off_bpk = 0, off_x16 = 0, off_tt = 0, total = 0;
+  int mper = 0, nper = 0, chunk = 0;  // per rank: m-tiles of X, n-tiles of Y; L = 0: values
+  int up_off = 0;                     // kSwiGLU: the up box after the gate box in raw (halves)
+  bool whole_rows = false;            // no B: the input box spans whole rows (fp16 rows of odd length)
+  bool stage_a = false, stage_b = false, y_in_raw = false;
+  int64_t off_w = 0, off_raw = 0, off_y = 0, off_apk = 0, off_bpk = 0, off_x16 = 0, off_tt = 0, total = 0;
 };
 
 __host__ __device__ inline int round16(int64_t n) { return static_cast<int>((n + 15) / 16 * 16); }
 inline int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
 
-// The layout of one CTA's shared memory; operands are staged while the total stays within `limit`.
-FusedShape fused_shape(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int64_t limit) {
+// The layout of one CTA's shared memory for C CTAs per token (every rank's regions have the largest rank's
+// size); operands are staged while the total stays within `limit`. Each region shrinks or stays as C grows.
+FusedShape fused_shape(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int C, int64_t limit) {
   FusedShape s;
-  const int64_t raw = align16((in == FusedIn::kRmsNorm ? 8 : 4) * K);
+  s.C = C;
+  int64_t box = 0, y = 0;  // elements of a rank's input box, bytes of its Y
   if (L > 0) {
     s.Lp = round16(L);
     s.Rp = round16(R);
     s.ldx = s.Rp + 8;
     s.ldt = s.Lp + 8;
+    const int mt = s.Lp / 16, nt = static_cast<int>((R + 7) / 8);
+    s.mper = (mt + C - 1) / C;
+    s.nper = (nt + C - 1) / C;
+    // cp.async moves 4-byte units: a column box of fp16 rows of odd length would start mid-unit.
+    s.whole_rows = !with_b && in == FusedIn::kSwiGLU && R % 2 != 0;
+    box = with_b ? std::min<int64_t>(16LL * s.mper, L) * R
+                 : L * (s.whole_rows ? R : std::min<int64_t>(8LL * s.nper, R));
+    y = 4 * L * 8LL * s.nper;
+  } else {
+    s.chunk = static_cast<int>(((K + C - 1) / C + 7) / 8 * 8);
+    box = std::min<int64_t>(s.chunk, K);
+    y = 4LL * s.chunk;
   }
+  s.up_off = static_cast<int>(align16(2 * box) / 2);
+  const int64_t w = in == FusedIn::kRmsNorm ? align16(4 * box) : 0;
+  const int64_t raw = in == FusedIn::kRmsNorm ? align16(4 * K)
+                      : in == FusedIn::kPlain ? align16(4 * box)
+                                              : 2 * align16(2 * box);
+  s.off_w = 0;
+  s.off_raw = w;
+  // L = 0 writes Y while it reads raw: no overlay there.
+  s.y_in_raw = L > 0 && y <= w + raw;
   for (int pass = 0; pass < 3; ++pass) {
     s.stage_a = L > 0 && pass < 2;
     s.stage_b = L > 0 && with_b && pass < 1;
-    int64_t o = raw;
-    s.off_y = L > 0 ? 0 : o;
-    if (L == 0) o += align16(4 * K);
+    int64_t o = w + raw;
+    s.off_y = s.y_in_raw ? 0 : o;
+    if (!s.y_in_raw) o += align16(y);
     s.off_apk = o;
     if (s.stage_a) o += align16(2LL * s.Lp * s.Lp);
     s.off_bpk = o;
     if (s.stage_b) o += align16(2LL * s.Rp * s.Rp);
     s.off_x16 = o;
-    if (L > 0 && with_b) o += align16(2LL * s.Lp * s.ldx);
+    if (L > 0 && with_b) o += align16(2LL * 16 * s.mper * s.ldx);
     s.off_tt = o;
-    if (L > 0) o += align16(2LL * s.Rp * s.ldt);
+    if (L > 0) o += align16(2LL * 8 * s.nper * s.ldt);
     s.total = o;
     if (s.total <= limit) break;
   }
@@ -75,79 +121,168 @@ __device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], u
 
 __device__ __forceinline__ uint32_t lds32(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-__global__ void __launch_bounds__(kFusedThreads)
+// n8 tiles per warp task (1, 2 or 4) for an mtiles x ntiles phase: the fewest mma rounds per warp,
+// ceil(tasks / warps) * grp; ties go to larger groups (independent mma chains, fewer left-operand loads).
+__device__ __forceinline__ int task_group(int mtiles, int ntiles, int warps) {
+  int best = 4, best_cost = 1 << 30;
+  for (int grp = 4; grp >= 1; grp /= 2) {
+    const int tasks = mtiles * ((ntiles + grp - 1) / grp), cost = (tasks + warps - 1) / warps * grp;
+    if (cost < best_cost) {
+      best = grp;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+// The sum of squares of x[0, K) in an order that depends on K only, not on the block size, so that every
+// split of a token gets the same RMSNorm factor: threads 0..255 run four interleaved fmaf chains each
+// (element e in chain e % 1024), then a fixed tree. blockDim.x >= 256; red: 8 floats; every thread gets the
+// sum.
+__device__ __forceinline__ float sumsq_fixed(const float* x, int K, float* red) {
+  const int tid = static_cast<int>(threadIdx.x);
+  float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (tid < 256)
+    for (int i = tid; i < K; i += 1024)
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        if (i + 256 * q < K) p[q] = fmaf(x[i + 256 * q], x[i + 256 * q], p[q]);
+  float ss = __fadd_rn(__fadd_rn(p[0], p[1]), __fadd_rn(p[2], p[3]));
+  for (int off = detail::kWarp / 2; off > 0; off /= 2)
+    ss = __fadd_rn(ss, __shfl_xor_sync(0xffffffffu, ss, off));
+  if (tid < 256 && tid % detail::kWarp == 0) red[tid / detail::kWarp] = ss;
+  __syncthreads();
+  float r = red[0];
+  for (int w = 1; w < 256 / detail::kWarp; ++w) r = __fadd_rn(r, red[w]);
+  return r;
+}
+
+// v[i] for i < 3 by selects: a dynamically indexed array would live in local memory.
+__device__ __forceinline__ float pick3(const float (&v)[3], int i) {
+  return i == 0 ? v[0] : i == 1 ? v[1] : v[2];
+}
+
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads, 1)
     fused_quant_kernel(FusedQuantArgs a, FusedShape s, int K, int64_t rows, uint8_t* __restrict__ packed,
                        float* __restrict__ scales) {
+  static_assert(kThreads % 256 == 0 && kThreads <= 1024, "sumsq_fixed needs at least 256 threads");
+  constexpr int kWarps = kThreads / detail::kWarp;
   extern __shared__ __align__(16) unsigned char smraw[];
   __shared__ float red[2 * detail::kWarp];
-  const int64_t t = blockIdx.x;
-  const int L = static_cast<int>(a.L), R = static_cast<int>(a.R);
+  __shared__ float2 mm;  // this CTA's (max, min) of the row, read by every rank of the cluster
+  const int C = s.C, rank = static_cast<int>(blockIdx.x % static_cast<unsigned>(C));
+  const int64_t t = blockIdx.x / static_cast<unsigned>(C);  // clusters are C consecutive CTAs along x
+  const bool cl = C > 1;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  if (cl) __trap();  // the host launches clusters only on devices that have them
+#endif
+  const int L = static_cast<int>(a.L), R = static_cast<int>(a.R), Rv = L > 0 ? R : K;  // the row as [Lv, Rv]
   const bool with_b = a.b_pk != nullptr;
-  float* raw = reinterpret_cast<float*>(smraw);
+  // Phase 1 writes into the peers' shared memory, which a CTA may do only once they run: this arrival says
+  // that this one does (the wait is just before the first such write).
+  if (cl && L > 0 && with_b) detail::cluster_arrive_relaxed();
+
+  // The rank's share. Output columns [n0, n1) of Y (L = 0: values [n0, n1)); input box rows [row0, row1) x
+  // columns [col0, col1) of the row viewed as [Lv, Rv].
+  const int NT = (R + 7) / 8, MT = s.Lp / 16, wY = 8 * s.nper;
+  int n0, n1, row0 = 0, row1 = 1, col0, col1, nt0 = 0, nt1 = 0, mt0 = 0, mt1 = 0;
+  if (L == 0) {
+    n0 = min(rank * s.chunk, K);
+    n1 = min(n0 + s.chunk, K);
+    col0 = n0;
+    col1 = n1;
+  } else {
+    nt0 = min(rank * s.nper, NT);
+    nt1 = min(nt0 + s.nper, NT);
+    n0 = min(8 * nt0, R);
+    n1 = min(8 * nt1, R);
+    if (with_b) {
+      mt0 = min(rank * s.mper, MT);
+      mt1 = min(mt0 + s.mper, MT);
+      row0 = min(16 * mt0, L);
+      row1 = min(16 * mt1, L);
+      col0 = 0;
+      col1 = R;
+    } else {
+      row1 = L;
+      col0 = s.whole_rows ? 0 : n0;
+      col1 = s.whole_rows ? R : n1;
+    }
+  }
+  const int bw = col1 - col0, box_rows = row1 - row0;
+  const int64_t box0 = static_cast<int64_t>(row0) * Rv + col0;  // the box's first element in the row
+
+  float* wbox = reinterpret_cast<float*>(smraw + s.off_w);
+  float* raw = reinterpret_cast<float*>(smraw + s.off_raw);
+  __half* raw16 = reinterpret_cast<__half*>(raw);
   float* Y = reinterpret_cast<float*>(smraw + s.off_y);
-  const __half* apk = s.stage_a ? reinterpret_cast<const __half*>(smraw + s.off_apk) : reinterpret_cast<const __half*>(a.a_pk);
-  const __half* bpk = s.stage_b ? reinterpret_cast<const __half*>(smraw + s.off_bpk) : reinterpret_cast<const __half*>(a.b_pk);
+  const __half* apk = s.stage_a ? reinterpret_cast<const __half*>(smraw + s.off_apk)
+                                : reinterpret_cast<const __half*>(a.a_pk);
+  const __half* bpk = s.stage_b ? reinterpret_cast<const __half*>(smraw + s.off_bpk)
+                                : reinterpret_cast<const __half*>(a.b_pk);
   __half* X16 = reinterpret_cast<__half*>(smraw + s.off_x16);
   __half* Tt = reinterpret_cast<__half*>(smraw + s.off_tt);
   const int tid = static_cast<int>(threadIdx.x), lane = tid % detail::kWarp, warp = tid / detail::kWarp;
   const int g = lane / 4, tq = lane % 4;
 
-  // 1. Stage the constants, then (after the previous kernel) the input row.
+  // 1. Stage the constants, then (after the previous kernel) the input box.
   detail::pdl_trigger();
-  if (a.in == FusedIn::kRmsNorm) detail::stage_async(raw + K, a.norm_w, 4LL * K);
+  if (a.in == FusedIn::kRmsNorm) detail::stage_box_async(wbox, a.norm_w + box0, 4LL * Rv, box_rows, 4LL * bw);
   if (s.stage_a) detail::stage_async(smraw + s.off_apk, a.a_pk, 2LL * s.Lp * s.Lp);
   if (s.stage_b) detail::stage_async(smraw + s.off_bpk, a.b_pk, 2LL * s.Rp * s.Rp);
   detail::pdl_wait();
   if (a.in == FusedIn::kSwiGLU) {
-    detail::stage_async(raw, a.gate + t * a.gu_stride, 2LL * K);
-    detail::stage_async(reinterpret_cast<__half*>(raw) + K, a.up + t * a.gu_stride, 2LL * K);
-  } else {
+    detail::stage_box_async(raw, a.gate + t * a.gu_stride + box0, 2LL * Rv, box_rows, 2LL * bw);
+    detail::stage_box_async(raw16 + s.up_off, a.up + t * a.gu_stride + box0, 2LL * Rv, box_rows, 2LL * bw);
+  } else if (a.in == FusedIn::kRmsNorm) {
     detail::stage_async(raw, a.x + t * a.x_stride, 4LL * K);
+  } else {
+    detail::stage_box_async(raw, a.x + t * a.x_stride + box0, 4LL * Rv, box_rows, 4LL * bw);
   }
   detail::async_wait_all();
   __syncthreads();
 
-  // 2. Prologue, in the reference's operations, into Y (fp32, no transform), X16 or Tt (fp16, zero-padded).
-  const __half* g16 = reinterpret_cast<const __half*>(raw);
+  // 2. Prologue, in the reference's operations: value(l, c) is element (l, c) of the row viewed as [Lv, Rv],
+  // inside the box.
   float inv = 1.0f;
   if (a.in == FusedIn::kRmsNorm) {
-    float ss = 0.0f;
-    for (int i = tid; i < K; i += kFusedThreads) ss = fmaf(raw[i], raw[i], ss);
-    ss = detail::block_reduce(ss, red, detail::SumOp());
+    const float ss = sumsq_fixed(raw, K, red);
     inv = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, static_cast<float>(K)), a.eps)));
   }
-  auto value = [&](int e) -> float {
+  auto value = [&](int l, int c) -> float {
+    const int bi = (l - row0) * bw + (c - col0);
     if (a.in == FusedIn::kSwiGLU) {
-      const float gv = __half2float(g16[e]), uv = __half2float(g16[K + e]);
+      const float gv = __half2float(raw16[bi]), uv = __half2float(raw16[s.up_off + bi]);
       return __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), uv);
     }
-    return a.in == FusedIn::kRmsNorm ? __fmul_rn(raw[K + e], __fmul_rn(raw[e], inv)) : raw[e];
+    return a.in == FusedIn::kRmsNorm ? __fmul_rn(wbox[bi], __fmul_rn(raw[l * Rv + c], inv)) : raw[bi];
   };
   float vmax = 0.0f, vmin = 0.0f;  // 0 is neutral: the scale takes max(., 0) / min(., 0)
   if (L == 0) {
-    for (int e = tid; e < K; e += kFusedThreads) {
-      const float v = value(e);
-      Y[e] = v;
+    for (int e = n0 + tid; e < n1; e += kThreads) {
+      const float v = value(0, e);
+      Y[e - n0] = v;
       vmax = fmaxf(vmax, v);
       vmin = fminf(vmin, v);
     }
   } else {
     const int Lp = s.Lp, Rp = s.Rp;
-    for (int l = warp; l < Lp; l += kFusedWarps)
-      for (int r = lane; r < Rp; r += detail::kWarp) {
-        const __half v = l < L && r < R ? __float2half_rn(value(l * R + r)) : __float2half_rn(0.0f);
-        if (with_b)
-          X16[l * s.ldx + r] = v;
-        else
-          Tt[r * s.ldt + l] = v;
-      }
-    __syncthreads();
-    const int ngroups = (Rp / 8 + 3) / 4;
-    // 3. T = X B (fp32 sums over k < Rp), written as fp16 T^T.
     if (with_b) {
-      const int ks_n = Rp / 16;
-      for (int task = warp; task < (Lp / 16) * ngroups; task += kFusedWarps) {
-        const int mt = task / ngroups, nt0 = (task % ngroups) * 4, nn = min(4, Rp / 8 - nt0);
+      // The rank's rows of X, fp16, zero-padded.
+      const int xrows = 16 * (mt1 - mt0);
+      for (int i = tid; i < xrows * Rp; i += kThreads) {
+        const int lr = i / Rp, r = i % Rp, l = 16 * mt0 + lr;
+        X16[lr * s.ldx + r] = l < L && r < R ? __float2half_rn(value(l, r)) : __float2half_rn(0.0f);
+      }
+      __syncthreads();
+      if (cl) detail::cluster_wait();  // every peer runs: its Tt may be written
+      // 3. T = X B for the rank's rows (fp32 sums over k < Rp), every value rounded to fp16 into the Tt of
+      // the rank that owns its column.
+      const int ks_n = Rp / 16, mtn = mt1 - mt0;
+      const int grp = task_group(mtn, NT, kWarps), ngroups = (NT + grp - 1) / grp;
+      for (int task = warp; task < mtn * ngroups; task += kWarps) {
+        const int mt = task / ngroups, ntg = (task % ngroups) * grp, nn = min(grp, NT - ntg);
         float c[4][4] = {};
         for (int ks = 0; ks < ks_n; ++ks) {
           const __half* xa = X16 + (mt * 16 + g) * s.ldx + ks * 16 + 2 * tq;
@@ -155,7 +290,7 @@ __global__ void __launch_bounds__(kFusedThreads)
 #pragma unroll
           for (int j = 0; j < 4; ++j)
             if (j < nn) {
-              const uint2* p = reinterpret_cast<const uint2*>(bpk) + ((nt0 + j) * ks_n + ks) * 32 + lane;
+              const uint2* p = reinterpret_cast<const uint2*>(bpk) + ((ntg + j) * ks_n + ks) * 32 + lane;
               const uint2 bf = s.stage_b ? *p : __ldg(p);
               mma_f16(c[j], af, bf.x, bf.y);
             }
@@ -163,20 +298,35 @@ __global__ void __launch_bounds__(kFusedThreads)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
           if (j < nn) {
-            const int n = (nt0 + j) * 8 + 2 * tq, m = mt * 16 + g;
-            Tt[n * s.ldt + m] = __float2half_rn(c[j][0]);
-            Tt[(n + 1) * s.ldt + m] = __float2half_rn(c[j][1]);
-            Tt[n * s.ldt + m + 8] = __float2half_rn(c[j][2]);
-            Tt[(n + 1) * s.ldt + m + 8] = __float2half_rn(c[j][3]);
+            const int nt = ntg + j, owner = nt / s.nper;
+            __half* dst = owner == rank ? Tt : detail::cluster_map(Tt, owner);
+            const int n = 8 * (nt - owner * s.nper) + 2 * tq, m = (mt0 + mt) * 16 + g;
+            dst[n * s.ldt + m] = __float2half_rn(c[j][0]);
+            dst[(n + 1) * s.ldt + m] = __float2half_rn(c[j][1]);
+            dst[n * s.ldt + m + 8] = __float2half_rn(c[j][2]);
+            dst[(n + 1) * s.ldt + m + 8] = __float2half_rn(c[j][3]);
           }
       }
+      // All of Tt has arrived (the cluster barrier orders the peers' writes before the reads below); raw and
+      // X16 are dead, so Y may overwrite raw.
+      if (cl)
+        detail::cluster_sync();
+      else
+        __syncthreads();
+    } else {
+      // No B: T = X; the rank's columns of X, transposed, fp16, zero-padded.
+      const int ncols = 8 * (nt1 - nt0);
+      for (int i = tid; i < ncols * Lp; i += kThreads) {
+        const int nl = i / Lp, m = i % Lp, n = 8 * nt0 + nl;
+        Tt[nl * s.ldt + m] = m < L && n < R ? __float2half_rn(value(m, n)) : __float2half_rn(0.0f);
+      }
+      __syncthreads();
     }
-    // raw (read by the prologue) becomes Y; X16 and Tt must be complete.
-    __syncthreads();
-    // 4. Y = A^T T (fp32), with the row's min/max.
-    const int ks_n = Lp / 16;
-    for (int task = warp; task < (Lp / 16) * ngroups; task += kFusedWarps) {
-      const int mt = task / ngroups, nt0 = (task % ngroups) * 4, nn = min(4, Rp / 8 - nt0);
+    // 4. Y = A^T T (fp32) for the rank's columns, with their min/max.
+    const int ks_n = Lp / 16, nJ = nt1 - nt0;
+    const int grp = task_group(MT, nJ, kWarps), ngroups = (nJ + grp - 1) / grp;
+    for (int task = warp; task < MT * ngroups; task += kWarps) {
+      const int mt = task / ngroups, ntg = (task % ngroups) * grp, nn = min(grp, nJ - ntg);
       float c[4][4] = {};
       for (int ks = 0; ks < ks_n; ++ks) {
         const uint4* p = reinterpret_cast<const uint4*>(apk) + (mt * ks_n + ks) * 32 + lane;
@@ -185,7 +335,7 @@ __global__ void __launch_bounds__(kFusedThreads)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
           if (j < nn) {
-            const __half* tb = Tt + ((nt0 + j) * 8 + g) * s.ldt + ks * 16 + 2 * tq;
+            const __half* tb = Tt + ((ntg + j) * 8 + g) * s.ldt + ks * 16 + 2 * tq;
             mma_f16(c[j], af, lds32(tb), lds32(tb + 8));
           }
       }
@@ -194,35 +344,81 @@ __global__ void __launch_bounds__(kFusedThreads)
         if (j < nn)
 #pragma unroll
           for (int q = 0; q < 4; ++q) {
-            const int i = mt * 16 + g + (q >= 2 ? 8 : 0), n = (nt0 + j) * 8 + 2 * tq + (q & 1);
-            if (i < L && n < R) {
-              Y[i * R + n] = c[j][q];
+            const int i = mt * 16 + g + (q >= 2 ? 8 : 0), nl = (ntg + j) * 8 + 2 * tq + (q & 1);
+            if (i < L && n0 + nl < R) {
+              Y[i * wY + nl] = c[j][q];
               vmax = fmaxf(vmax, c[j][q]);
               vmin = fminf(vmin, c[j][q]);
             }
           }
     }
   }
-  // 5. The row's min/max (the reduction's barriers also publish Y), then one packed copy per clip pair, eight
-  // values (one 32-bit store) per thread and step when K allows.
+  // 5. The row's min/max: the block's (its barriers also publish Y), then all ranks' through the cluster.
   detail::block_minmax(vmax, vmin, red);
-  for (int cp = 0; cp < a.clips.n; ++cp) {
-    const float scale = detail::sym_int4_scale(vmax, vmin, a.clips.max[cp], a.clips.min[cp]);
-    const float inv = __frcp_rn(scale);
-    auto code = [&](float v) { return detail::sym_int4_code_fast(v, scale, inv); };
-    uint8_t* out = packed + (cp * rows + t) * (K / 2);
-    if (K % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 4 == 0) {
-      for (int j = tid; j < K / 8; j += kFusedThreads) {
-        uint32_t w = 0;
+  // Odd R: a packed byte may pair this rank's last column with a value of another rank, read from its Y.
+  const bool peer_y = cl && L > 0 && R % 2 != 0;
+  if (cl) {
+    if (tid == 0) mm = make_float2(vmax, vmin);
+    detail::cluster_sync();
+    const float2 p = lane < C ? *detail::cluster_map(&mm, lane) : make_float2(0.0f, 0.0f);
+    vmax = p.x;
+    vmin = p.y;
+    detail::warp_minmax(vmax, vmin);
+    // The last read of a peer's shared memory is done (peer_y: after the packing below); the matching wait at
+    // the end keeps every CTA, and so its shared memory, alive until all peers are done with it.
+    if (!peer_y) detail::cluster_arrive();
+  }
+  // 6. One packed copy per clip pair of the rank's values, all copies in one loop (a rank's share of one copy
+  // is too little to keep its threads busy); eight values (one 32-bit store) per thread and step where the
+  // layout allows.
+  float sc[3], rc[3];  // per clip pair: the scale and its reciprocal (constant indices: registers)
 #pragma unroll
-        for (int q = 0; q < 4; ++q)
-          w |= static_cast<uint32_t>(detail::pack2(code(Y[8 * j + 2 * q]), code(Y[8 * j + 2 * q + 1]))) << (8 * q);
-        reinterpret_cast<uint32_t*>(out)[j] = w;
-      }
+  for (int cp = 0; cp < 3; ++cp) {
+    sc[cp] = detail::sym_int4_scale(vmax, vmin, a.clips.max[cp], a.clips.min[cp]);
+    rc[cp] = __frcp_rn(sc[cp]);
+  }
+  const bool words = (L > 0 ? R % 8 == 0 : K % 8 == 0) && reinterpret_cast<uintptr_t>(packed) % 4 == 0;
+  const int wJ = n1 - n0;
+  // Units (words or bytes) of one copy: L = 0, the chunk's; else, per row of Y, the rank's columns.
+  const int per_row = L == 0 ? 0 : words ? wJ / 8 : wJ;
+  const int units = L == 0 ? (words ? n1 / 8 - n0 / 8 : n1 / 2 - n0 / 2) : L * per_row;
+  for (int j = tid; j < a.clips.n * units; j += kThreads) {
+    const int cp = j / units, u = j % units;
+    const float scale = pick3(sc, cp), rinv = pick3(rc, cp);
+    auto code = [&](float v) { return detail::sym_int4_code_fast(v, scale, rinv); };
+    uint8_t* out = packed + (cp * rows + t) * (K / 2);
+    if (words) {
+      // Eight consecutive values of the rank's Y (16-byte aligned: n0 and wY are multiples of 8).
+      const int i = L == 0 ? 0 : u / per_row, jj = L == 0 ? u : u % per_row;
+      const float4* y4 = reinterpret_cast<const float4*>(L == 0 ? Y + 8 * jj : Y + i * wY + 8 * jj);
+      const float4 lo = y4[0], hi = y4[1];
+      auto byte = [&](float v0, float v1) {
+        return static_cast<uint32_t>(detail::pack2(code(v0), code(v1)));
+      };
+      const uint32_t w =
+          byte(lo.x, lo.y) | byte(lo.z, lo.w) << 8 | byte(hi.x, hi.y) << 16 | byte(hi.z, hi.w) << 24;
+      reinterpret_cast<uint32_t*>(out)[(L == 0 ? n0 : i * R + n0) / 8 + jj] = w;
+    } else if (L == 0) {
+      out[n0 / 2 + u] = detail::pack2(code(Y[2 * u]), code(Y[2 * u + 1]));
     } else {
-      for (int j = tid; j < K / 2; j += kFusedThreads) out[j] = detail::pack2(code(Y[2 * j]), code(Y[2 * j + 1]));
+      // The bytes whose even element is the rank's; with odd R the odd one may be another rank's.
+      const int i = u / wJ, c = u % wJ, e = i * R + n0 + c;
+      if (e % 2 != 0) continue;
+      float v1;
+      if (c + 1 < wJ) {
+        v1 = Y[i * wY + c + 1];
+      } else {
+        const int i2 = (e + 1) / R, n2 = (e + 1) % R, owner = n2 / wY;
+        const float* src = owner == rank ? Y : detail::cluster_map(Y, owner);
+        v1 = src[i2 * wY + n2 - owner * wY];
+      }
+      out[e / 2] = detail::pack2(code(Y[i * wY + c]), code(v1));
     }
-    if (tid == 0) scales[cp * rows + t] = scale;
+  }
+  if (rank == 0 && tid < a.clips.n) scales[tid * rows + t] = pick3(sc, tid);
+  if (cl) {
+    if (peer_y) detail::cluster_arrive();
+    detail::cluster_wait();
   }
 }
 
@@ -430,41 +626,69 @@ bool fused_shape_ok(int64_t L, int64_t R, int64_t K) {
   return K >= 2 && K % 2 == 0 && K <= (1 << 24) && L >= 0 &&
          (L == 0 || (R >= 1 && L * R == K && L <= 4096 && R <= 4096));
 }
+
+// CTAs per token. split > 0: that many (any rank may be left without work); 0: the portable cluster size,
+// halved while a rank would have no n-tile of Y (L = 0: fewer than 512 values) or the grid would exceed two
+// CTAs per SM (then whole SMs per token stop paying: the tokens already fill the GPU). 1 where the device has
+// no clusters (all splits give the same bits).
+int fused_split(int split, bool clusters, int sms, int64_t rows, int64_t L, int64_t R, int64_t K) {
+  if (!clusters) return 1;
+  if (split > 0) return split;
+  const int64_t units = L > 0 ? (R + 7) / 8 : K / 512;
+  int C = kFusedMaxSplit;
+  while (C > 1 && (C > units || rows * C > 2LL * sms)) C /= 2;
+  return C;
+}
 }  // namespace
 
-size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device) {
-  return static_cast<size_t>(fused_shape(L, R, K, in, with_b, fused_smem_limit(device)).total);
+size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device, int split) {
+  const int C = std::min(std::max(split, 1), kFusedMaxSplit);
+  return static_cast<size_t>(fused_shape(L, R, K, in, with_b, C, fused_smem_limit(device)).total);
 }
 
 bool fused_quant_fits(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device) {
-  return fused_shape_ok(L, R, K) && fused_quant_smem(L, R, K, in, with_b, device) <= static_cast<size_t>(fused_smem_limit(device));
+  // One CTA per token needs the most: a shape that fits, fits at every split.
+  return fused_shape_ok(L, R, K) &&
+         fused_quant_smem(L, R, K, in, with_b, device, 1) <= static_cast<size_t>(fused_smem_limit(device));
 }
 
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
-                             cudaStream_t stream, bool pdl) {
+                             cudaStream_t stream, bool pdl, int split) {
   const auto misaligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
   if (rows < 0 || rows > 0x7FFFFFFF || !fused_shape_ok(a.L, a.R, K) || a.clips.n < 1 || a.clips.n > 3 ||
+      split < 0 || split > kFusedMaxSplit ||
       (a.L > 0 && (!a.a_pk || misaligned(a.a_pk, 16) || misaligned(a.b_pk, 16))) ||
       (rows > 0 && (!packed || !scales)) ||
-      (a.in == FusedIn::kSwiGLU && (!a.gate || !a.up || a.gu_stride < K || misaligned(a.gate, 4) || misaligned(a.up, 4) || a.gu_stride % 2 != 0)) ||
+      (a.in == FusedIn::kSwiGLU && (!a.gate || !a.up || a.gu_stride < K || misaligned(a.gate, 4) ||
+                                    misaligned(a.up, 4) || a.gu_stride % 2 != 0)) ||
       (a.in != FusedIn::kSwiGLU && (!a.x || a.x_stride < K || misaligned(a.x, 4))) ||
       (a.in == FusedIn::kRmsNorm && (!a.norm_w || misaligned(a.norm_w, 4))))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  int device = 0;
+  int device = 0, clusters = 0, sms = 0;
   FQ_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device));
+  FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int64_t limit = fused_smem_limit(device);
   FusedQuantArgs k = a;
   if (k.L == 0) k.b_pk = nullptr;
-  const FusedShape sh = fused_shape(k.L, k.R, K, k.in, k.b_pk != nullptr, limit);
+  const int C = fused_split(split, clusters != 0, sms, rows, k.L, k.R, K);
+  if (rows > 0x7FFFFFFF / C) return cudaErrorInvalidValue;  // grid.x = rows * C
+  const FusedShape sh = fused_shape(k.L, k.R, K, k.in, k.b_pk != nullptr, C, limit);
   if (sh.total > limit) return cudaErrorInvalidValue;
+  const int threads = fused_threads(C);
+  void (*kernel)(FusedQuantArgs, FusedShape, int, int64_t, uint8_t*, float*) =
+      threads == 1024  ? fused_quant_kernel<1024>
+      : threads == 512 ? fused_quant_kernel<512>
+                       : fused_quant_kernel<256>;
   // Always the whole limit, so that launches of different shapes never lower it under another's needs.
   if (sh.total > 48 * 1024)
     FQ_CUDA_RETURN_IF_ERROR(
-        cudaFuncSetAttribute(fused_quant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit)));
-  const detail::Launch l(dim3(static_cast<unsigned>(rows)), dim3(kFusedThreads), static_cast<size_t>(sh.total), stream,
-                         pdl);
-  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, fused_quant_kernel, k, sh, static_cast<int>(K), rows, packed, scales));
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit)));
+  const detail::Launch l(dim3(static_cast<unsigned>(rows * C)), dim3(static_cast<unsigned>(threads)),
+                         static_cast<size_t>(sh.total), stream, pdl, static_cast<unsigned>(C));
+  FQ_CUDA_RETURN_IF_ERROR(
+      cudaLaunchKernelEx(&l.cfg, kernel, k, sh, static_cast<int>(K), rows, packed, scales));
   return cudaSuccess;
 }
 

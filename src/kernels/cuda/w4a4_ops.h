@@ -27,17 +27,22 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
                                     const SymClips& clips, uint8_t* packed, float* scales, cudaStream_t stream);
 
 // ---- fused input pipeline of a W4A4 linear, few tokens (decode) -----------------------------------------------
-// One CTA per token does, in one kernel: the prologue (RMSNorm of an fp32 row: ref::rmsnorm with the weight;
-// or SwiGLU of fp16 gate/up rows: silu(g) * u; or a plain fp32 row), the Kronecker transform vec(A^T X B) on
-// fp16 tensor cores (mma.sync m16n8k16, fp32 sums), then quantize_sym_int4_multi's copies. Rounding points are
-// those of the engine's prefill route (cuBLAS on fp16 operands): X and B are fp16, T = X B is rounded to fp16,
-// Y = A^T T is fp32. L = 0: no transform (quantized in fp32). No B: the o_proj head mix Y = A^T X.
-// The transform matrices come pre-packed by fused_pack_operand: zero-padded to multiples of 16 and stored in
-// mma fragment order, so that a warp loads each fragment with one coalesced load (A as the left operand of
-// A^T T, B as the right operand of X B). Every global read is a cp.async stage: the constants (RMSNorm weight,
-// the packed operands while shared memory allows), then, after the previous grid (pdl: launched as a
-// programmatic dependent of it, so that the constants load while it runs), the token's row. K even, K = L * R
-// when L > 0; the shape must pass fused_quant_fits.
+// One kernel does, per token: the prologue (RMSNorm of an fp32 row: ref::rmsnorm with the weight; or SwiGLU
+// of fp16 gate/up rows: silu(g) * u; or a plain fp32 row), the Kronecker transform vec(A^T X B) on fp16
+// tensor cores (mma.sync m16n8k16, fp32 sums), then quantize_sym_int4_multi's copies. Rounding points are
+// those of the engine's prefill route (cuBLAS on fp16 operands): X and B are fp16, T = X B is rounded to
+// fp16, Y = A^T T is fp32. L = 0: no transform (quantized in fp32). No B: the o_proj head mix Y = A^T X. Each
+// token runs on a thread-block cluster of C CTAs (sm_90; C = 1, one CTA, elsewhere): rank r computes the
+// prologue and T = X B for its rows of X, sends each T value to the rank that owns its column (distributed
+// shared memory), then Y = A^T T, the min/max and the packed bytes for its columns; the ranks combine their
+// min/max through the cluster. `split` picks C (1 ... 8; 0: automatic, up to 8 CTAs per token while the grid
+// stays within two CTAs per SM); every C gives the same bits. The transform matrices come pre-packed by
+// fused_pack_operand: zero-padded to multiples of 16 and stored in mma fragment order, so that a warp loads
+// each fragment with one coalesced load (A as the left operand of A^T T, B as the right operand of X B).
+// Every global read is a cp.async stage: the constants (RMSNorm weight, the packed operands while shared
+// memory allows), then, after the previous grid (pdl: launched as a programmatic dependent of it, so that the
+// constants load while it runs), the token's input. K even, K = L * R when L > 0; the shape must pass
+// fused_quant_fits.
 enum class FusedIn { kRmsNorm, kSwiGLU, kPlain };
 struct FusedQuantArgs {
   FusedIn in = FusedIn::kPlain;
@@ -59,11 +64,13 @@ int64_t fused_operand_elems(int64_t n);
 // M fp32 [n, n] row-major -> dst (fused_operand_elems(n) fp16). left: the operand A^T of Y = A^T T (M = A);
 // else the operand B of T = X B (M = B).
 cudaError_t fused_pack_operand(const float* M, int64_t n, bool left, uint16_t* dst, cudaStream_t stream);
-// Dynamic shared memory of one CTA on `device`, and whether the device can give it.
-size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device);
+// Dynamic shared memory of one CTA on `device` with `split` CTAs per token (1, one CTA per token, needs the
+// most), and whether the device can give it (then every split fits).
+size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device, int split = 1);
 bool fused_quant_fits(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device);
+// split: 0 (automatic) or 1 ... 8 CTAs per token; a device without clusters always runs 1.
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
-                             cudaStream_t stream, bool pdl = false);
+                             cudaStream_t stream, bool pdl = false, int split = 0);
 
 // ---- q/k/v bias + RoPE + K transform (in place) --------------------------------------------------------------
 // qkv: [rows, (n_head + 2 n_head_kv) * head_dim] fp16, row stride qkv_stride (q heads, k heads, v heads, as the
