@@ -1,7 +1,7 @@
 // `flatquant bench --random llama-3-8b|qwen2.5-7b|HF_DIR | --model HF_DIR --engine fp16 [--batch 1,16]
 //                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv]
 //                  [--head-int8]
-//                  [--int8-prefill-rows 128] [--int8-acc-mb 32]
+//                  [--int8-prefill-rows 128] [--int8-acc-mb 256] [--fused-split 0]
 //                  [--json]`
 // Inference speed of the CUDA engine (docs/runtime.md): per batch size, the prefill of `prefill` tokens per
 // sequence (ms, median of `repeat` runs after a warm-up) and `decode` greedy tokens after it, one CUDA-graph
@@ -38,6 +38,7 @@ struct Options {
   int64_t prefill = 2048, decode = 256, repeat = 3;
   int64_t int8_prefill_rows = runtime::EngineOptions{}.int8_prefill_rows;
   int64_t int8_acc_mb = runtime::EngineOptions{}.int8_acc_mb;
+  int64_t fused_split = 0;
   uint64_t seed = 0;
   bool json = false, profile = false, no_graphs = false, no_gemv = false, head_int8 = false;
 };
@@ -130,6 +131,7 @@ int run(const Options& o) {
   eo.head_int8 = o.head_int8;
   eo.int8_prefill_rows = o.int8_prefill_rows;
   eo.int8_acc_mb = o.int8_acc_mb;
+  eo.fused_split = o.fused_split;
   std::unique_ptr<runtime::CudaEngine> eng;
   std::string name;
   const double t_load = now_s();
@@ -280,6 +282,7 @@ int run(const Options& o) {
   j["head_int8"] = o.head_int8;
   j["int8_prefill_rows"] = o.int8_prefill_rows;
   j["int8_acc_mb"] = o.int8_acc_mb;
+  j["fused_split"] = o.fused_split;
   j["int8_gemms"] = info.int8_gemms;  // GEMMs that took the int8 prefill route (0: none did)
   j["config"] = {{"n_layer", cfg.n_layer},     {"n_embd", cfg.n_embd},       {"n_head", cfg.n_head},
                  {"n_head_kv", cfg.n_head_kv}, {"head_dim", cfg.head_dim},   {"n_ff", cfg.n_ff},
@@ -338,6 +341,9 @@ Runner register_bench(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--int8-acc-mb", o->int8_acc_mb,
                   "The int8 prefill route's int32 sums buffer (MB; EngineOptions)")
+      ->capture_default_str();
+  sub->add_option("--fused-split", o->fused_split,
+                  "W4A4KV4 decode: CTAs per token of the fused transform kernel (1-8; 0: automatic)")
       ->capture_default_str();
   sub->add_flag("--json", o->json, "Print one JSON object to stdout");
   return [o]() -> int { return run(*o); };

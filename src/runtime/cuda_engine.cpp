@@ -400,6 +400,8 @@ void CudaEngine::Impl::init_device() {
   FQ_CHECK(o.max_batch >= 1 && o.max_batch <= 1024, "CudaEngine: max_batch must be in [1, 1024] (found {})",
            o.max_batch);
   FQ_CHECK(o.max_ctx >= 1, "CudaEngine: max_ctx must be positive (found {})", o.max_ctx);
+  FQ_CHECK(o.fused_split >= 0 && o.fused_split <= 8, "CudaEngine: fused_split must be in [0, 8] (found {})",
+           o.fused_split);
   FQ_CHECK(o.max_ctx * o.max_batch < (int64_t(1) << 31),
            "CudaEngine: max_ctx x max_batch too large ({} x {})", o.max_ctx, o.max_batch);
   E = cfg.n_embd, H = cfg.n_head, KV = cfg.n_head_kv, D = cfg.head_dim, F = cfg.n_ff, V = cfg.n_vocab,
@@ -876,7 +878,8 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
   };
   o_embd = warena.reserve(static_cast<size_t>(V * E) * h2);
   auto reserve_kron = [&](KronDev& k, int64_t K, cuda::FusedIn in) {
-    k.fused = cuda::fused_quant_fits(k.L, k.R, K, in, k.L > 0 && k.has_b, o.device);
+    k.fused = cuda::fused_quant_fits(k.L, k.R, K, in, k.L > 0 && k.has_b, o.device,
+                                     static_cast<int>(o.fused_split));
     if (!k.L) return;
     k.o_A = warena.reserve(static_cast<size_t>(k.L * k.L) * f4);
     k.o_A16 = warena.reserve(static_cast<size_t>(k.L * k.L) * h2);
@@ -1272,8 +1275,10 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     f.b_pk = k.Bpk;
     f.R = k.R;
     f.clips = clips;
-    op("fused_quant",
-       [&] { ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream, pdl), "fused transform + quantize"); });
+    op("fused_quant", [&] {
+      ck(cuda::fused_quant_int4(f, rows, K, xq, sxq, stream, pdl, static_cast<int>(o.fused_split)),
+         "fused transform + quantize");
+    });
   };
   // Prefill GEMMs on cuBLASLt's int8 GEMM where it has plans (their inputs are then quantized to int8 codes).
   const bool qkv8 = s8_route(rows, {HD, HD + KV * D, QKV}, E), o8 = s8_route(rows, {E}, HD),

@@ -55,8 +55,12 @@ struct FusedShape {
   int64_t off_w = 0, off_raw = 0, off_y = 0, off_apk = 0, off_bpk = 0, off_x16 = 0, off_tt = 0, total = 0;
 };
 
-__host__ __device__ inline int round16(int64_t n) { return static_cast<int>((n + 15) / 16 * 16); }
-inline int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
+__host__ __device__ inline int round16(int64_t n) {
+  return static_cast<int>((n + 15) / 16 * 16);
+}
+inline int64_t align16(int64_t n) {
+  return (n + 15) / 16 * 16;
+}
 
 // The layout of one CTA's shared memory for C CTAs per token (every rank's regions have the largest rank's
 // size); operands are staged while the total stays within `limit`. Each region shrinks or stays as C grows.
@@ -119,7 +123,9 @@ __device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ uint32_t lds32(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t lds32(const __half* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
 
 // n8 tiles per warp task (1, 2 or 4) for an mtiles x ntiles phase: the fewest mma rounds per warp,
 // ceil(tasks / warps) * grp; ties go to larger groups (independent mma chains, fewer left-operand loads).
@@ -438,7 +444,8 @@ __global__ void fused_pack_kernel(const float* __restrict__ M, int n, bool left,
       if (i < n && l < n) v = M[static_cast<int64_t>(l) * n + i];  // A^T[i][l]
     } else {
       const int tile = static_cast<int>(d / 128), w = static_cast<int>(d % 128), lane = w / 4, j = w % 4;
-      const int k = (tile % tiles_k) * 16 + 2 * (lane % 4) + (j % 2) + (j / 2) * 8, c = (tile / tiles_k) * 8 + lane / 4;
+      const int k = (tile % tiles_k) * 16 + 2 * (lane % 4) + (j % 2) + (j / 2) * 8,
+                c = (tile / tiles_k) * 8 + lane / 4;
       if (k < n && c < n) v = M[static_cast<int64_t>(k) * n + c];  // B[k][c]
     }
     dst[d] = __float2half_rn(v);
@@ -460,7 +467,8 @@ __global__ void quant_multi_kernel(const float* __restrict__ x, int64_t cols, in
   }
   detail::block_minmax(vmax, vmin, red);
   for (int c = 0; c < clips.n; ++c) {
-    const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[c], clips.min[c]), inv = __frcp_rn(scale);
+    const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[c], clips.min[c]),
+                inv = __frcp_rn(scale);
     uint8_t* out = packed + (c * rows + r) * (cols / 2);
     for (int64_t j = threadIdx.x; j < cols / 2; j += blockDim.x)
       out[j] = detail::pack2(detail::sym_int4_code_fast(xr[2 * j], scale, inv),
@@ -478,8 +486,9 @@ constexpr int kRopeStageMaxD = 128;  // matrices up to 128 x 128 fp32 (64 KB) ar
 __global__ void __launch_bounds__(kRopeThreads)
     rope_transform_kernel(__half* qkv, int64_t qkv_stride, int64_t row0, int64_t n_tok, int64_t pos0,
                           const int32_t* __restrict__ d_pos, const float* __restrict__ bias, int n_head,
-                          int n_kv, int d, const float* __restrict__ inv_freq, const float* __restrict__ q_mat,
-                          const float* __restrict__ k_mat, __half* out, int64_t out_stride, bool stage) {
+                          int n_kv, int d, const float* __restrict__ inv_freq,
+                          const float* __restrict__ q_mat, const float* __restrict__ k_mat, __half* out,
+                          int64_t out_stride, bool stage) {
   __shared__ float v[256], r[256], cs[256];
   extern __shared__ __align__(16) float Ms[];  // the head's matrix, staged (d <= kRopeStageMaxD)
   const int hh = blockIdx.x;
@@ -523,7 +532,8 @@ __global__ void __launch_bounds__(kRopeThreads)
   for (int e = threadIdx.x; e < d; e += blockDim.x) {
     float acc;
     if (M) {
-      // Eight independent partial sums keep eight matrix loads in flight (the decode launch is latency-bound).
+      // Eight independent partial sums keep eight matrix loads in flight (the decode launch is
+      // latency-bound).
       float p[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
       int j = 0;
       for (; j + 7 < d; j += 8)
@@ -544,7 +554,8 @@ __global__ void kv4_dequant_kernel(Kv4Layer c, int64_t slot0, int64_t n_pos, int
                                    __half* __restrict__ k_out, __half* __restrict__ v_out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t hb = c.head_dim / 2;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total_bytes; i += stride) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total_bytes;
+       i += stride) {
     const int64_t cell_out = i / hb, j = i % hb;  // (seq, pos, head) row of the output
     const int64_t h = cell_out % c.n_head_kv, p = (cell_out / c.n_head_kv) % n_pos,
                   s = cell_out / (c.n_head_kv * n_pos);
@@ -601,12 +612,14 @@ unsigned grid_for(int64_t n, int threads) {
 
 }  // namespace
 
-int64_t fused_operand_elems(int64_t n) { return n < 1 ? 0 : static_cast<int64_t>(round16(n)) * round16(n); }
+int64_t fused_operand_elems(int64_t n) {
+  return n < 1 ? 0 : static_cast<int64_t>(round16(n)) * round16(n);
+}
 
 cudaError_t fused_pack_operand(const float* M, int64_t n, bool left, uint16_t* dst, cudaStream_t stream) {
   if (n < 1 || n > 4096 || !M || !dst) return cudaErrorInvalidValue;
-  fused_pack_kernel<<<grid_for(fused_operand_elems(n), 256), 256, 0, stream>>>(M, static_cast<int>(n), left,
-                                                                               reinterpret_cast<__half*>(dst));
+  fused_pack_kernel<<<grid_for(fused_operand_elems(n), 256), 256, 0, stream>>>(
+      M, static_cast<int>(n), left, reinterpret_cast<__half*>(dst));
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -646,10 +659,18 @@ size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b
   return static_cast<size_t>(fused_shape(L, R, K, in, with_b, C, fused_smem_limit(device)).total);
 }
 
-bool fused_quant_fits(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device) {
-  // One CTA per token needs the most: a shape that fits, fits at every split.
-  return fused_shape_ok(L, R, K) &&
-         fused_quant_smem(L, R, K, in, with_b, device, 1) <= static_cast<size_t>(fused_smem_limit(device));
+bool fused_quant_fits(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device, int split) {
+  if (split == 0) {  // the largest split the device offers: an automatic launch raises C until it fits
+    int clusters = 0;
+    if (cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      clusters = 0;
+    }
+    split = clusters ? kFusedMaxSplit : 1;
+  }
+  return fused_shape_ok(L, R, K) && split >= 1 && split <= kFusedMaxSplit &&
+         fused_quant_smem(L, R, K, in, with_b, device, split) <=
+             static_cast<size_t>(fused_smem_limit(device));
 }
 
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
@@ -672,10 +693,15 @@ cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, u
   const int64_t limit = fused_smem_limit(device);
   FusedQuantArgs k = a;
   if (k.L == 0) k.b_pk = nullptr;
-  const int C = fused_split(split, clusters != 0, sms, rows, k.L, k.R, K);
-  if (rows > 0x7FFFFFFF / C) return cudaErrorInvalidValue;  // grid.x = rows * C
-  const FusedShape sh = fused_shape(k.L, k.R, K, k.in, k.b_pk != nullptr, C, limit);
-  if (sh.total > limit) return cudaErrorInvalidValue;
+  int C = fused_split(split, clusters != 0, sms, rows, k.L, k.R, K);
+  FusedShape sh = fused_shape(k.L, k.R, K, k.in, k.b_pk != nullptr, C, limit);
+  // Automatic: more CTAs per token while one CTA's share does not fit (fewer rows of X and columns of Y
+  // each).
+  while (split == 0 && clusters && sh.total > limit && C < kFusedMaxSplit) {
+    C *= 2;
+    sh = fused_shape(k.L, k.R, K, k.in, k.b_pk != nullptr, C, limit);
+  }
+  if (sh.total > limit || rows > 0x7FFFFFFF / C) return cudaErrorInvalidValue;  // grid.x = rows * C
   const int threads = fused_threads(C);
   void (*kernel)(FusedQuantArgs, FusedShape, int, int64_t, uint8_t*, float*) =
       threads == 1024  ? fused_quant_kernel<1024>
@@ -701,7 +727,7 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
   if (rows == 0) return cudaSuccess;
   const int threads = cols >= 4096 ? 512 : 256;
   quant_multi_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, cols, x_stride, rows, clips,
-                                                                           packed, scales);
+                                                                          packed, scales);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -709,8 +735,8 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
 cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok,
                                    int64_t pos0, const int32_t* d_pos, const float* bias, int64_t n_head,
                                    int64_t n_head_kv, int64_t head_dim, const float* inv_freq,
-                                   const float* q_mat, const float* k_mat, cudaStream_t stream, uint16_t* qk_out,
-                                   int64_t qk_stride) {
+                                   const float* q_mat, const float* k_mat, cudaStream_t stream,
+                                   uint16_t* qk_out, int64_t qk_stride) {
   if (qk_out && qk_stride < (n_head + n_head_kv) * head_dim) return cudaErrorInvalidValue;
   if (rows < 0 || n_tok < 1 || rows % n_tok != 0 || head_dim < 2 || head_dim % 2 != 0 || head_dim > 256 ||
       n_head < 1 || n_head_kv < 1 || qkv_stride < (n_head + 2 * n_head_kv) * head_dim || !inv_freq ||
@@ -720,16 +746,18 @@ cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t ro
   const int64_t heads = n_head + n_head_kv + (bias ? n_head_kv : 0);
   if (rows > 0x7FFFFFFF || heads > 0x7FFFFFFF) return cudaErrorInvalidValue;
   // The matrices are staged in shared memory when they fit (64 KB at head_dim 128).
-  const size_t smem = (q_mat || k_mat) && head_dim <= kRopeStageMaxD ? static_cast<size_t>(4 * head_dim * head_dim) : 0;
+  const size_t smem =
+      (q_mat || k_mat) && head_dim <= kRopeStageMaxD ? static_cast<size_t>(4 * head_dim * head_dim) : 0;
   if (smem > 48 * 1024)  // always the largest size, so that no launch lowers it under another's needs
-    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(rope_transform_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(rope_transform_kernel,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  4 * kRopeStageMaxD * kRopeStageMaxD));
   // gridDim.y is limited to 65535: rows beyond that go in further launches (the kernel adds row0).
   for (int64_t r0 = 0; r0 < rows; r0 += 65535) {
     const int64_t nr = std::min<int64_t>(rows - r0, 65535);
     rope_transform_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(nr)), kRopeThreads, smem,
-                            stream>>>(reinterpret_cast<__half*>(qkv), qkv_stride, r0, n_tok, pos0, d_pos, bias,
-                                      static_cast<int>(n_head), static_cast<int>(n_head_kv),
+                            stream>>>(reinterpret_cast<__half*>(qkv), qkv_stride, r0, n_tok, pos0, d_pos,
+                                      bias, static_cast<int>(n_head), static_cast<int>(n_head_kv),
                                       static_cast<int>(head_dim), inv_freq, q_mat, k_mat,
                                       reinterpret_cast<__half*>(qk_out), qk_stride, smem > 0);
     FQ_CUDA_RETURN_LAUNCH_ERROR();
@@ -745,9 +773,8 @@ cudaError_t kv4_dequant_f16(const Kv4Layer& c, int64_t slot0, int64_t n_seq, int
     return cudaErrorInvalidValue;
   const int64_t total = n_seq * n_pos * c.n_head_kv * (c.head_dim / 2);
   if (total == 0) return cudaSuccess;
-  kv4_dequant_kernel<<<grid_for(total, 256), 256, 0, stream>>>(c, slot0, n_pos, total,
-                                                              reinterpret_cast<__half*>(k_out),
-                                                              reinterpret_cast<__half*>(v_out));
+  kv4_dequant_kernel<<<grid_for(total, 256), 256, 0, stream>>>(
+      c, slot0, n_pos, total, reinterpret_cast<__half*>(k_out), reinterpret_cast<__half*>(v_out));
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }

@@ -65,9 +65,11 @@ int64_t fused_operand_elems(int64_t n);
 // else the operand B of T = X B (M = B).
 cudaError_t fused_pack_operand(const float* M, int64_t n, bool left, uint16_t* dst, cudaStream_t stream);
 // Dynamic shared memory of one CTA on `device` with `split` CTAs per token (1, one CTA per token, needs the
-// most), and whether the device can give it (then every split fits).
+// most), and whether the device can give it at that split (0: at the largest split the device offers, which an
+// automatic launch reaches: it raises C until the share fits; e.g. Qwen2.5-7B's 148 x 128 SwiGLU input needs
+// C >= 2 on an H100).
 size_t fused_quant_smem(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device, int split = 1);
-bool fused_quant_fits(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device);
+bool fused_quant_fits(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, int device, int split = 0);
 // split: 0 (automatic) or 1 ... 8 CTAs per token; a device without clusters always runs 1.
 cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, uint8_t* packed, float* scales,
                              cudaStream_t stream, bool pdl = false, int split = 0);
