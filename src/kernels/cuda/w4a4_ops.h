@@ -36,7 +36,7 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
 // prologue and T = X B for its rows of X, sends each T value to the rank that owns its column (distributed
 // shared memory), then Y = A^T T, the min/max and the packed bytes for its columns; the ranks combine their
 // min/max through the cluster. `split` picks C (1 ... 8; 0: automatic, up to 8 CTAs per token while the grid
-// stays within two CTAs per SM); every C gives the same bits. The transform matrices come pre-packed by
+// stays within a quarter of the SMs, raised where one CTA's share would not fit); every C gives the same bits. The transform matrices come pre-packed by
 // fused_pack_operand: zero-padded to multiples of 16 and stored in mma fragment order, so that a warp loads
 // each fragment with one coalesced load (A as the left operand of A^T T, B as the right operand of X B).
 // Every global read is a cp.async stage: the constants (RMSNorm weight, the packed operands while shared
