@@ -33,7 +33,8 @@ using test::DeviceBuffer;
 // per token) against a host chain with the kernel's rounding points: X and the transforms rounded to fp16,
 // T = X B rounded to fp16, Y = A^T T; sums in double. The kernel sums in fp32 in another order (and the
 // prologue's sum of squares is a block reduction), so a value may land on the other side of a rounding
-// boundary: scales agree to 1e-4, codes differ by at most one step, rarely. Against the unrounded fp32 chain
+// boundary: scales agree to 4e-4 (one fp16 step of a T value moves the row maximum by up to ~2^-11 of it; the
+// worst measured on the H100 is 1.8e-4, 86 x 128 at 40 rows), codes differ by at most one step, rarely. Against the unrounded fp32 chain
 // (ref::kron_transform) the dequantized values agree to a small fraction of a quantization step on average.
 // Every split (CTAs per token: automatic, 1, 2, 8; 8 leaves ranks without work on the small shapes) gives the
 // same bits as one CTA per token: each value comes from the same fp32 operations in the same order (mma sums
@@ -188,7 +189,7 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
           double err_exact = 0;  // mean |dequantized - exact| / scale
           for (int64_t r = 0; r < rows; ++r)
             EXPECT_NEAR(gs[static_cast<size_t>(cp * rows + r)], rs[static_cast<size_t>(r)],
-                        1e-4 * rs[static_cast<size_t>(r)])
+                        4e-4 * rs[static_cast<size_t>(r)])
                 << "row " << r;
           for (size_t i = 0; i < rp.size(); ++i)
             for (int hf = 0; hf < 2; ++hf) {
