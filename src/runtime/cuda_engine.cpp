@@ -1536,18 +1536,11 @@ GemmPlan* CudaEngine::Impl::plan_s8(int64_t M, int64_t N, int64_t K, const void*
   lt_check(
       cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
       "workspace preference");
-  lt_check(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aw, sizeof aw),
-      "alignment preference");
-  lt_check(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax, sizeof ax),
-      "alignment preference");
-  lt_check(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac),
-      "alignment preference");
-  lt_check(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac),
-      "alignment preference");
+  for (const auto& [attr, bytes] : {std::pair{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, aw},
+                                    {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, ax},
+                                    {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, ac},
+                                    {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, ac}})
+    lt_check(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof bytes), "alignment preference");
   cublasLtMatmulHeuristicResult_t res{};
   int n = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &n);

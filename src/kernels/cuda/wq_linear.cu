@@ -384,6 +384,27 @@ __device__ __forceinline__ float a8_epi(int32_t a, float sx, float sw, const flo
   return residual ? __fadd_rn(t, residual[o]) : t;
 }
 
+// Four consecutive outputs (8- or 16-byte aligned) / one output, fp16 or fp32.
+__device__ __forceinline__ void store4(void* y, bool f16, int64_t o, float t0, float t1, float t2, float t3) {
+  if (f16) {
+    const __half2 h01 = __halves2half2(__float2half_rn(t0), __float2half_rn(t1)),
+                  h23 = __halves2half2(__float2half_rn(t2), __float2half_rn(t3));
+    uint2 u;
+    u.x = *reinterpret_cast<const uint32_t*>(&h01);
+    u.y = *reinterpret_cast<const uint32_t*>(&h23);
+    *reinterpret_cast<uint2*>(static_cast<__half*>(y) + o) = u;
+  } else {
+    *reinterpret_cast<float4*>(static_cast<float*>(y) + o) = make_float4(t0, t1, t2, t3);
+  }
+}
+
+__device__ __forceinline__ void store1(void* y, bool f16, int64_t o, float t) {
+  if (f16)
+    static_cast<__half*>(y)[o] = __float2half_rn(t);
+  else
+    static_cast<float*>(y)[o] = t;
+}
+
 __global__ void a8_epilogue_kernel(const int32_t* __restrict__ acc, int64_t lda, const float* __restrict__ sx,
                                    const float* __restrict__ sw, const float* residual, void* y, bool y_f16,
                                    int64_t ldy, int64_t col0, int64_t n, int64_t row0, bool vec) {
@@ -395,27 +416,12 @@ __global__ void a8_epilogue_kernel(const int32_t* __restrict__ acc, int64_t lda,
   if (vec && j + 4 <= n) {
     const int4 q = *reinterpret_cast<const int4*>(a);
     const float4 w = *reinterpret_cast<const float4*>(sw + col0 + j);
-    const float t0 = a8_epi(q.x, s, w.x, residual, o), t1 = a8_epi(q.y, s, w.y, residual, o + 1),
-                t2 = a8_epi(q.z, s, w.z, residual, o + 2), t3 = a8_epi(q.w, s, w.w, residual, o + 3);
-    if (y_f16) {
-      const __half2 h01 = __halves2half2(__float2half_rn(t0), __float2half_rn(t1)),
-                    h23 = __halves2half2(__float2half_rn(t2), __float2half_rn(t3));
-      uint2 u;
-      u.x = *reinterpret_cast<const uint32_t*>(&h01);
-      u.y = *reinterpret_cast<const uint32_t*>(&h23);
-      *reinterpret_cast<uint2*>(static_cast<__half*>(y) + o) = u;
-    } else {
-      *reinterpret_cast<float4*>(static_cast<float*>(y) + o) = make_float4(t0, t1, t2, t3);
-    }
+    store4(y, y_f16, o, a8_epi(q.x, s, w.x, residual, o), a8_epi(q.y, s, w.y, residual, o + 1),
+           a8_epi(q.z, s, w.z, residual, o + 2), a8_epi(q.w, s, w.w, residual, o + 3));
     return;
   }
-  for (int64_t q = 0; q < 4 && j + q < n; ++q) {
-    const float t = a8_epi(a[q], s, sw[col0 + j + q], residual, o + q);
-    if (y_f16)
-      static_cast<__half*>(y)[o + q] = __float2half_rn(t);
-    else
-      static_cast<float*>(y)[o + q] = t;
-  }
+  for (int64_t q = 0; q < 4 && j + q < n; ++q)
+    store1(y, y_f16, o + q, a8_epi(a[q], s, sw[col0 + j + q], residual, o + q));
 }
 
 // a8_swiglu_epilogue: the layout of a8_epilogue_kernel, one output row per block row.
@@ -435,34 +441,17 @@ __global__ void a8_swiglu_epilogue_kernel(const int32_t* __restrict__ acc_g,
   if (j >= n) return;
   const float sg = sx_g[m], su = sx_u[m];
   const int64_t a = m * lda + j, o = m * ldo + j;
-  float t[4];
   if (vec && j + 4 <= n) {
     const int4 qg = *reinterpret_cast<const int4*>(acc_g + a), qu = *reinterpret_cast<const int4*>(acc_u + a);
     const float4 wg = *reinterpret_cast<const float4*>(sw_g + j),
                  wu = *reinterpret_cast<const float4*>(sw_u + j);
-    t[0] = a8_swiglu(qg.x, qu.x, sg, su, wg.x, wu.x);
-    t[1] = a8_swiglu(qg.y, qu.y, sg, su, wg.y, wu.y);
-    t[2] = a8_swiglu(qg.z, qu.z, sg, su, wg.z, wu.z);
-    t[3] = a8_swiglu(qg.w, qu.w, sg, su, wg.w, wu.w);
-    if (out_f16) {
-      const __half2 h01 = __halves2half2(__float2half_rn(t[0]), __float2half_rn(t[1])),
-                    h23 = __halves2half2(__float2half_rn(t[2]), __float2half_rn(t[3]));
-      uint2 u;
-      u.x = *reinterpret_cast<const uint32_t*>(&h01);
-      u.y = *reinterpret_cast<const uint32_t*>(&h23);
-      *reinterpret_cast<uint2*>(static_cast<__half*>(out) + o) = u;
-    } else {
-      *reinterpret_cast<float4*>(static_cast<float*>(out) + o) = make_float4(t[0], t[1], t[2], t[3]);
-    }
+    store4(out, out_f16, o, a8_swiglu(qg.x, qu.x, sg, su, wg.x, wu.x),
+           a8_swiglu(qg.y, qu.y, sg, su, wg.y, wu.y), a8_swiglu(qg.z, qu.z, sg, su, wg.z, wu.z),
+           a8_swiglu(qg.w, qu.w, sg, su, wg.w, wu.w));
     return;
   }
-  for (int64_t q = 0; q < 4 && j + q < n; ++q) {
-    const float v = a8_swiglu(acc_g[a + q], acc_u[a + q], sg, su, sw_g[j + q], sw_u[j + q]);
-    if (out_f16)
-      static_cast<__half*>(out)[o + q] = __float2half_rn(v);
-    else
-      static_cast<float*>(out)[o + q] = v;
-  }
+  for (int64_t q = 0; q < 4 && j + q < n; ++q)
+    store1(out, out_f16, o + q, a8_swiglu(acc_g[a + q], acc_u[a + q], sg, su, sw_g[j + q], sw_u[j + q]));
 }
 
 __global__ void unpack_int4_int8_kernel(const uint8_t* __restrict__ qw, int64_t total,
