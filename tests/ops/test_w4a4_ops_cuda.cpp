@@ -34,11 +34,12 @@ using test::DeviceBuffer;
 // T = X B rounded to fp16, Y = A^T T; sums in double. The kernel sums in fp32 in another order (and the
 // prologue's sum of squares is a block reduction), so a value may land on the other side of a rounding
 // boundary: scales agree to 4e-4 (one fp16 step of a T value moves the row maximum by up to ~2^-11 of it; the
-// worst measured on the H100 is 1.8e-4, 86 x 128 at 40 rows), codes differ by at most one step, rarely. Against the unrounded fp32 chain
-// (ref::kron_transform) the dequantized values agree to a small fraction of a quantization step on average.
-// Every split (CTAs per token: automatic, 1, 2, 8; 8 leaves ranks without work on the small shapes) gives the
-// same bits as one CTA per token: each value comes from the same fp32 operations in the same order (mma sums
-// over the same k-steps, a fixed-order RMSNorm sum of squares, exact min/max), only on other SMs.
+// worst measured on the H100 is 1.8e-4, 86 x 128 at 40 rows), codes differ by at most one step, rarely.
+// Against the unrounded fp32 chain (ref::kron_transform) the dequantized values agree to a small fraction of
+// a quantization step on average. Every split (CTAs per token: automatic, 1, 2, 8; 8 leaves ranks without
+// work on the small shapes) gives the same bits as one CTA per token: each value comes from the same fp32
+// operations in the same order (mma sums over the same k-steps, a fixed-order RMSNorm sum of squares, exact
+// min/max), only on other SMs.
 TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
   FQ_REQUIRE_CUDA();
   struct Case {
@@ -344,6 +345,50 @@ TEST(W4A4Ops, RopeKTransformMatchesReference) {
         EXPECT_EQ(got[static_cast<size_t>(r * stride + i)], x16[static_cast<size_t>(r * stride + i)]);
     }
     EXPECT_LE(md, 2e-3 * mr) << "H " << k.H << " d " << k.d;
+  }
+}
+
+// Without head matrices (the prefill route) RoPE runs one thread per rotation pair; with identity matrices
+// the per-head kernel computes the same values (x * 1 plus exact zeros), so the two must agree value for
+// value: in place and into qk_out, with and without a bias, host and device positions, the engine's shapes.
+TEST(W4A4Ops, RopePairsEqualsPerHeadKernel) {
+  FQ_REQUIRE_CUDA();
+  struct Case {
+    int64_t H, KV, d, n_seq, n_tok;
+    bool bias, dpos, qk_out;
+  };
+  for (const Case& k :
+       {Case{32, 8, 128, 1, 37, false, false, true}, Case{28, 4, 128, 2, 5, true, false, true},
+        Case{9, 3, 64, 3, 1, true, true, false}, Case{4, 2, 8, 2, 3, false, false, false}}) {
+    const int64_t QKV = (k.H + 2 * k.KV) * k.d, stride = QKV + 8, rows = k.n_seq * k.n_tok,
+                  QK = (k.H + k.KV) * k.d;
+    const auto xf = test::random_activations(static_cast<size_t>(rows * stride), 41, 4.0f);
+    std::vector<uint16_t> x16(xf.size());
+    for (size_t i = 0; i < xf.size(); ++i) x16[i] = f32_to_f16(xf[i]);
+    const auto bias = test::random_activations(static_cast<size_t>(QKV), 42, 1.0f);
+    std::vector<float> eye(static_cast<size_t>(k.d * k.d), 0.0f);
+    for (int64_t i = 0; i < k.d; ++i) eye[static_cast<size_t>(i * k.d + i)] = 1.0f;
+    const std::vector<float> inv = ref::rope_inv_freq(k.d, 500000.0, {});
+    std::vector<int32_t> pos(static_cast<size_t>(k.n_seq));
+    for (int64_t s = 0; s < k.n_seq; ++s) pos[static_cast<size_t>(s)] = static_cast<int32_t>(100 + 977 * s);
+    DeviceBuffer<float> db(bias), deye(eye), dinv(inv);
+    DeviceBuffer<int32_t> dpos(pos);
+    std::vector<uint16_t> outs[2], qks[2];
+    for (int path = 0; path < 2; ++path) {  // 0: pairs (no matrices), 1: per head (identity matrices)
+      DeviceBuffer<uint16_t> dq(x16), dqk(static_cast<size_t>(std::max<int64_t>(1, rows * QK)));
+      const float* m = path ? deye.get() : nullptr;
+      ASSERT_EQ(
+          cuda::qkv_rope_transform_f16(dq.get(), stride, rows, k.n_tok, 2040, k.dpos ? dpos.get() : nullptr,
+                                       k.bias ? db.get() : nullptr, k.H, k.KV, k.d, dinv.get(), m, m, nullptr,
+                                       k.qk_out ? dqk.get() : nullptr, k.qk_out ? QK : 0),
+          cudaSuccess);
+      outs[path] = dq.download();
+      if (k.qk_out) qks[path] = dqk.download();
+    }
+    for (size_t i = 0; i < outs[0].size(); ++i)
+      ASSERT_EQ(f16_to_f32(outs[0][i]), f16_to_f32(outs[1][i])) << "H " << k.H << " element " << i;
+    for (size_t i = 0; i < qks[0].size(); ++i)
+      ASSERT_EQ(f16_to_f32(qks[0][i]), f16_to_f32(qks[1][i])) << "H " << k.H << " qk_out element " << i;
   }
 }
 

@@ -548,6 +548,46 @@ __global__ void __launch_bounds__(kRopeThreads)
   }
 }
 
+// Without the head matrices (the prefill route; its K transform is a batched GEMM afterwards): one thread per
+// rotation pair of a q/k head, then (with a bias) one per element of a v head, no shared memory or barriers.
+// The per-block kernel above spent its time in 128-thread blocks of latency (2048 rows x 40 heads of blocks);
+// the operations, and so the bits, are the same.
+__global__ void rope_pairs_kernel(__half* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok, int64_t pos0,
+                                  const int32_t* __restrict__ d_pos, const float* __restrict__ bias,
+                                  int n_head, int n_kv, int d, const float* __restrict__ inv_freq,
+                                  __half* out, int64_t out_stride) {
+  const int half = d / 2, heads = n_head + n_kv;
+  const int64_t total = rows * heads * half, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += stride) {
+    const int64_t row = idx / (heads * half);
+    const int hh = static_cast<int>((idx / half) % heads), i = static_cast<int>(idx % half);
+    __half* h = qkv + row * qkv_stride + static_cast<int64_t>(hh) * d;
+    float a = __half2float(h[i]), b = __half2float(h[i + half]);
+    if (bias) {
+      a = __fadd_rn(a, bias[static_cast<int64_t>(hh) * d + i]);
+      b = __fadd_rn(b, bias[static_cast<int64_t>(hh) * d + i + half]);
+    }
+    const int64_t p = (d_pos ? static_cast<int64_t>(d_pos[row / n_tok]) : pos0) + row % n_tok;
+    float sn, co;
+    sincosf(__fmul_rn(inv_freq[i], static_cast<float>(p)), &sn, &co);
+    __half* o = out ? out + row * out_stride + static_cast<int64_t>(hh) * d : h;
+    o[i] = __float2half_rn(__fadd_rn(__fmul_rn(a, co), __fmul_rn(-b, sn)));
+    o[i + half] = __float2half_rn(__fadd_rn(__fmul_rn(b, co), __fmul_rn(a, sn)));
+  }
+}
+
+__global__ void v_bias_kernel(__half* qkv, int64_t qkv_stride, int64_t rows, int64_t v0, int64_t kvd,
+                              const float* __restrict__ bias) {
+  const int64_t total = rows * kvd, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += stride) {
+    const int64_t row = idx / kvd, e = idx % kvd;
+    __half* h = qkv + row * qkv_stride + v0 + e;
+    *h = __float2half_rn(__fadd_rn(__half2float(*h), bias[v0 + e]));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // kv4_dequant_f16: one thread per packed byte (two values) of K and of V.
 __global__ void kv4_dequant_kernel(Kv4Layer c, int64_t slot0, int64_t n_pos, int64_t total_bytes,
@@ -748,6 +788,20 @@ cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t ro
   if (rows == 0) return cudaSuccess;
   const int64_t heads = n_head + n_head_kv + (bias ? n_head_kv : 0);
   if (rows > 0x7FFFFFFF || heads > 0x7FFFFFFF) return cudaErrorInvalidValue;
+  if (!q_mat && !k_mat) {
+    rope_pairs_kernel<<<grid_for(rows * (n_head + n_head_kv) * (head_dim / 2), 256), 256, 0, stream>>>(
+        reinterpret_cast<__half*>(qkv), qkv_stride, rows, n_tok, pos0, d_pos, bias, static_cast<int>(n_head),
+        static_cast<int>(n_head_kv), static_cast<int>(head_dim), inv_freq, reinterpret_cast<__half*>(qk_out),
+        qk_stride);
+    FQ_CUDA_RETURN_LAUNCH_ERROR();
+    if (bias) {
+      v_bias_kernel<<<grid_for(rows * n_head_kv * head_dim, 256), 256, 0, stream>>>(
+          reinterpret_cast<__half*>(qkv), qkv_stride, rows, (n_head + n_head_kv) * head_dim,
+          n_head_kv * head_dim, bias);
+      FQ_CUDA_RETURN_LAUNCH_ERROR();
+    }
+    return cudaSuccess;
+  }
   // The matrices are staged in shared memory when they fit (64 KB at head_dim 128).
   const size_t smem =
       (q_mat || k_mat) && head_dim <= kRopeStageMaxD ? static_cast<size_t>(4 * head_dim * head_dim) : 0;
