@@ -343,7 +343,7 @@ Runner register_bench(CLI::App& app) {
                   "The int8 prefill route's int32 sums buffer (MB; EngineOptions)")
       ->capture_default_str();
   sub->add_option("--fused-split", o->fused_split,
-                  "W4A4KV4 decode: CTAs per token of the fused transform kernel (1-8; 0: automatic)")
+                  "W4A4KV4 decode: CTAs per token of the fused transform kernel (1, 2, 4, 8; 0: automatic)")
       ->capture_default_str();
   sub->add_flag("--json", o->json, "Print one JSON object to stdout");
   return [o]() -> int { return run(*o); };

@@ -400,8 +400,9 @@ void CudaEngine::Impl::init_device() {
   FQ_CHECK(o.max_batch >= 1 && o.max_batch <= 1024, "CudaEngine: max_batch must be in [1, 1024] (found {})",
            o.max_batch);
   FQ_CHECK(o.max_ctx >= 1, "CudaEngine: max_ctx must be positive (found {})", o.max_ctx);
-  FQ_CHECK(o.fused_split >= 0 && o.fused_split <= 8, "CudaEngine: fused_split must be in [0, 8] (found {})",
-           o.fused_split);
+  FQ_CHECK(o.fused_split == 0 || o.fused_split == 1 || o.fused_split == 2 || o.fused_split == 4 ||
+               o.fused_split == 8,
+           "CudaEngine: fused_split must be 0 (automatic), 1, 2, 4 or 8 (found {})", o.fused_split);
   FQ_CHECK(o.max_ctx * o.max_batch < (int64_t(1) << 31),
            "CudaEngine: max_ctx x max_batch too large ({} x {})", o.max_ctx, o.max_batch);
   E = cfg.n_embd, H = cfg.n_head, KV = cfg.n_head_kv, D = cfg.head_dim, F = cfg.n_ff, V = cfg.n_vocab,

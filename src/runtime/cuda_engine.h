@@ -44,7 +44,7 @@ struct EngineOptions {
   // GEMM) fit, at least 128 rows. Measured (H100, Llama-3-8B, 2048 rows): 16-32 MB chunks (L2-sized, 512 rows
   // for gate|up) are slower than whole 2048-row GEMMs (cuBLASLt's s8 kernels need the rows).
   int64_t int8_acc_mb = 256;
-  // W4A4KV4 decode: CTAs (a thread-block cluster) per token of the fused transform + quantize kernel, 1 ... 8;
+  // W4A4KV4 decode: CTAs (a thread-block cluster) per token of the fused transform + quantize kernel, 1, 2, 4 or 8;
   // 0: automatic (cuda::fused_quant_int4).
   int64_t fused_split = 0;
   int device = 0;

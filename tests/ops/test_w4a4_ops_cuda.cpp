@@ -36,10 +36,10 @@ using test::DeviceBuffer;
 // boundary: scales agree to 4e-4 (one fp16 step of a T value moves the row maximum by up to ~2^-11 of it; the
 // worst measured on the H100 is 1.8e-4, 86 x 128 at 40 rows), codes differ by at most one step, rarely.
 // Against the unrounded fp32 chain (ref::kron_transform) the dequantized values agree to a small fraction of
-// a quantization step on average. Every split (CTAs per token: automatic, 1, 2, 8; 8 leaves ranks without
-// work on the small shapes) gives the same bits as one CTA per token: each value comes from the same fp32
-// operations in the same order (mma sums over the same k-steps, a fixed-order RMSNorm sum of squares, exact
-// min/max), only on other SMs.
+// a quantization step on average. Every split (CTAs per token: automatic, 1, 2, 4, 8; 8 leaves ranks
+// without work on the small shapes) gives the same bits as one CTA per token: each value comes from the same
+// fp32 operations in the same order (mma sums over the same k-steps, a fixed-order RMSNorm sum of squares,
+// exact min/max), only on other SMs.
 TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
   FQ_REQUIRE_CUDA();
   struct Case {
@@ -155,7 +155,7 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
           p1;                 // the first split's output (1, or 2 where one CTA's share does not fit), which
       std::vector<float> s1;  // every other split must equal
       bool first = true;
-      for (int split : {1, 2, 0, 8}) {
+      for (int split : {1, 2, 0, 4, 8}) {
         SCOPED_TRACE(testing::Message() << "split " << split);
         if (split > 0 && !cuda::fused_quant_fits(L, R, K, k.in, k.with_b, device, split)) {
           ASSERT_EQ(split, 1) << "only one CTA per token may exceed the shared memory";
@@ -231,6 +231,7 @@ TEST(W4A4Ops, FusedQuantRejectsBadArguments) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   EXPECT_EQ(cuda::fused_quant_int4(f, 1, 64, dp.get(), ds.get(), nullptr, false, -1), cudaErrorInvalidValue);
   EXPECT_EQ(cuda::fused_quant_int4(f, 1, 64, dp.get(), ds.get(), nullptr, false, 9), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::fused_quant_int4(f, 1, 64, dp.get(), ds.get(), nullptr, false, 3), cudaErrorInvalidValue);
   EXPECT_EQ(cuda::fused_quant_int4(f, 1, 62, dp.get(), ds.get(), nullptr),
             cudaErrorInvalidValue);  // L R != K
   f.a_pk = pk.get() + 1;             // misaligned

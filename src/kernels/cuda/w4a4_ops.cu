@@ -711,7 +711,7 @@ bool fused_quant_fits(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b, 
     }
     split = clusters ? kFusedMaxSplit : 1;
   }
-  return fused_shape_ok(L, R, K) && split >= 1 && split <= kFusedMaxSplit &&
+  return fused_shape_ok(L, R, K) && split >= 1 && split <= kFusedMaxSplit && (split & (split - 1)) == 0 &&
          fused_quant_smem(L, R, K, in, with_b, device, split) <=
              static_cast<size_t>(fused_smem_limit(device));
 }
@@ -720,7 +720,7 @@ cudaError_t fused_quant_int4(const FusedQuantArgs& a, int64_t rows, int64_t K, u
                              cudaStream_t stream, bool pdl, int split) {
   const auto misaligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
   if (rows < 0 || rows > 0x7FFFFFFF || !fused_shape_ok(a.L, a.R, K) || a.clips.n < 1 || a.clips.n > 3 ||
-      split < 0 || split > kFusedMaxSplit ||
+      split < 0 || split > kFusedMaxSplit || (split & (split - 1)) != 0 ||
       (a.L > 0 && (!a.a_pk || misaligned(a.a_pk, 16) || misaligned(a.b_pk, 16))) ||
       (rows > 0 && (!packed || !scales)) ||
       (a.in == FusedIn::kSwiGLU && (!a.gate || !a.up || a.gu_stride < K || misaligned(a.gate, 4) ||
