@@ -160,6 +160,7 @@ struct KronDev {
   int64_t L = 0, R = 0;
   bool has_b = true;
   bool fused = false;  // the fused decode kernel fits the device (shared memory)
+  bool kq = false;     // the fused prefill transform + int8 quantizer fits (cuda::kron_quant_i8_fits)
   size_t o_A = 0, o_B = 0, o_A16 = 0, o_Bt16 = 0, o_Apk = 0, o_Bpk = 0;
   float *A = nullptr, *B = nullptr;
   uint16_t *A16 = nullptr, *Bt16 = nullptr;  // fp16, for prefill's GEMMs: A, B^T
@@ -252,6 +253,7 @@ struct CudaEngine::Impl {
   // still be in L2 when a8_epilogue reads them).
   bool s8_prefill = false;
   int64_t int8_gemms = 0;  // GEMMs run on that route (EngineInfo::int8_gemms)
+  int64_t kq_calls = 0;    // inputs transformed by kron_quant_i8_multi (EngineInfo::fused_prefill_transforms)
   int64_t acc_rows(int64_t n) const {
     return std::max<int64_t>(128, std::max<int64_t>(o.int8_acc_mb, 1) * (1 << 20) / (4 * n) / 128 * 128);
   }
@@ -337,6 +339,10 @@ struct CudaEngine::Impl {
   // int4.
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name,
                 bool to_i8 = false);
+  // The transform of fp16 rows and their quantization: on the int8 route, one kron_quant_i8_multi where k.kq;
+  // else kron() (no transform: src32, fp32) and quantize().
+  void transform_quant(const KronDev& k, const uint16_t* src16, const float* src32, int64_t rows, int64_t K,
+                       const cuda::SymClips& clips, bool to_i8);
   // The int8 prefill route for a W4A4 GEMM of `rows` rows, K inputs and column segments ending at `ends`:
   // whether it is on and cuBLASLt has an s8 plan for every segment and row chunk; and the GEMM itself
   // (weights unpacked into wscr, per row chunk and segment one cuBLASLt s8 GEMM and a8_epilogue; y_f32: fp32
@@ -882,6 +888,7 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
     k.fused = cuda::fused_quant_fits(k.L, k.R, K, in, k.L > 0 && k.has_b, o.device,
                                      static_cast<int>(o.fused_split));
     if (!k.L) return;
+    k.kq = o.fused_prefill_transform && cuda::kron_quant_i8_fits(k.L, k.R, k.has_b, o.device);
     k.o_A = warena.reserve(static_cast<size_t>(k.L * k.L) * f4);
     k.o_A16 = warena.reserve(static_cast<size_t>(k.L * k.L) * h2);
     k.o_Apk = warena.reserve(static_cast<size_t>(cuda::fused_operand_elems(k.L)) * h2);
@@ -1195,6 +1202,20 @@ void CudaEngine::Impl::quantize(const float* src, int64_t rows, int64_t K, const
   op(name, [&] { ck(cuda::quantize_sym_int4_multi(src, rows, K, K, clips, xq, sxq, stream), name); });
 }
 
+void CudaEngine::Impl::transform_quant(const KronDev& k, const uint16_t* src16, const float* src32,
+                                       int64_t rows, int64_t K, const cuda::SymClips& clips, bool to_i8) {
+  if (to_i8 && k.L && k.kq) {
+    op("kron_quant", [&] {
+      ck(cuda::kron_quant_i8_multi(src16, rows, K, k.Apk, k.L, k.has_b ? k.Bpk : nullptr, k.R, clips,
+                                   reinterpret_cast<int8_t*>(xq), sxq, (rows + 3) / 4 * 4, stream),
+         "fused transform + int8 quantize");
+    });
+    ++kq_calls;
+    return;
+  }
+  quantize(k.L ? kron(k, src16, rows) : src32, rows, K, clips, "quantize", to_i8);
+}
+
 bool CudaEngine::Impl::s8_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K) {
   if (!s8_prefill || rows < o.int8_prefill_rows || rows <= kFusedRows || K % 4 != 0) return false;
   const auto* W8 = static_cast<const int8_t*>(wscr);
@@ -1302,8 +1323,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
                        f16 ? DType::F16 : DType::F32, stream),
          "rmsnorm");
     });
-    const float* src = k.L ? kron(k, hb, rows) : tf;
-    quantize(src, rows, E, clips, "quantize", i8_out);
+    transform_quant(k, hb, tf, rows, E, clips, i8_out);
   };
   auto acts = [&](int n, std::initializer_list<int64_t> ends, int64_t K) {
     cuda::QgemmActs a;
@@ -1399,7 +1419,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     f.x_stride = HD;
     fused(f, w.om, HD, w.o_clip);
   } else {
-    quantize(w.om.L ? kron(w.om, hb, rows) : tf, rows, HD, w.o_clip, "quantize", o8);
+    transform_quant(w.om, hb, tf, rows, HD, w.o_clip, o8);
   }
   if (o8)
     s8_gemm(rows, {E}, HD, w.wo, w.so, x, true, "o_gemm");
@@ -1437,7 +1457,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
                         f16 ? DType::F16 : DType::F32, stream),
            "swiglu");
       });
-    quantize(w.dn.L ? kron(w.dn, hb, rows) : tf, rows, F, w.down_clip, "quantize", dn8);
+    transform_quant(w.dn, hb, tf, rows, F, w.down_clip, dn8);
   }
   if (dn8)
     s8_gemm(rows, {E}, F, w.wdown, w.sdown, x, true, "down_gemm");
@@ -1725,6 +1745,7 @@ EngineInfo CudaEngine::info() const {
   i.device_name = impl_->prop.name;
   i.n_sm = impl_->prop.multiProcessorCount;
   i.int8_gemms = impl_->int8_gemms;
+  i.fused_prefill_transforms = impl_->kq_calls;
   i.compute_capability = impl_->prop.major * 10 + impl_->prop.minor;
   return i;
 }

@@ -1,7 +1,7 @@
 // CudaEngine: the LibTorch-free CUDA inference engine of a Llama-family decoder (docs/runtime.md), with these
 // backends behind one API: FP16 weights and FP16 KV cache (the honest baseline); W4A4KV4 for a quantized
-// artifact (packed int4 weights on INT8 tensor cores, FlatQuant's online transforms, 4-bit KV cache); and W4A16,
-// W8A8, W4A8 artifacts (packed int4 / int8 weights, fp16 or int8 activations, FP16 KV cache).
+// artifact (packed int4 weights on INT8 tensor cores, FlatQuant's online transforms, 4-bit KV cache); and
+// W4A16, W8A8, W4A8 artifacts (packed int4 / int8 weights, fp16 or int8 activations, FP16 KV cache).
 //  - Weights live on the device in one arena: fused QKV [(H + 2 KV) d, E], fused gate|up [2 F, E], o, down,
 //    fp32 norms, embedding and head (tied: the embedding). Uploaded from ModelWeights (fp32 host, converted
 //    to fp16 one tensor at a time) or drawn on the device for random-weight benchmarks (no host copy).
@@ -36,22 +36,27 @@ struct EngineOptions {
   // The LM head as per-row int8 (cuda::quantize_rows_int8 of the fp16 head at load; logits by an int8 GEMV):
   // half the head's bytes per decode step. Its perplexity cost is measured in docs/runtime.md.
   bool head_int8 = false;
-  // W4A4KV4 prefill: GEMMs of at least this many rows run on cuBLASLt's int8 GEMM (the weights unpacked to int8
-  // per call, int32 sums, then the fp32 epilogue; bit-identical to the mma.sync kernel) where cuBLASLt has an
-  // algorithm (K % 4 == 0); else, and below it, the mma.sync int8 kernel of qgemm.h. 0: never.
+  // W4A4KV4 prefill: GEMMs of at least this many rows run on cuBLASLt's int8 GEMM (the weights unpacked to
+  // int8 per call, int32 sums, then the fp32 epilogue; bit-identical to the mma.sync kernel) where cuBLASLt
+  // has an algorithm (K % 4 == 0); else, and below it, the mma.sync int8 kernel of qgemm.h. 0: never.
   int64_t int8_prefill_rows = 128;
-  // The int8 route's int32 sums buffer (MB): rows go through cuBLASLt in chunks whose sums (all segments of one
-  // GEMM) fit, at least 128 rows. Measured (H100, Llama-3-8B, 2048 rows): 16-32 MB chunks (L2-sized, 512 rows
-  // for gate|up) are slower than whole 2048-row GEMMs (cuBLASLt's s8 kernels need the rows).
+  // The int8 route's int32 sums buffer (MB): rows go through cuBLASLt in chunks whose sums (all segments of
+  // one GEMM) fit, at least 128 rows. Measured (H100, Llama-3-8B, 2048 rows): 16-32 MB chunks (L2-sized, 512
+  // rows for gate|up) are slower than whole 2048-row GEMMs (cuBLASLt's s8 kernels need the rows).
   int64_t int8_acc_mb = 256;
-  // W4A4KV4 decode: CTAs (a thread-block cluster) per token of the fused transform + quantize kernel, 1, 2, 4 or 8;
-  // 0: automatic (cuda::fused_quant_int4).
+  // On the int8 route, each input's Kronecker transform and int8 quantization run as one kernel
+  // (cuda::kron_quant_i8_multi: one read of the fp16 rows, only the codes written) where the transform fits
+  // it; off: two cuBLAS GEMMs (fp16 T, fp32 Y through memory) and the quantizer. Same rounding points, other
+  // summation order.
+  bool fused_prefill_transform = true;
+  // W4A4KV4 decode: CTAs (a thread-block cluster) per token of the fused transform + quantize kernel, 1, 2, 4
+  // or 8; 0: automatic (cuda::fused_quant_int4).
   int64_t fused_split = 0;
   int device = 0;
 };
 
-// Sampling on the device (cuda::sample: temperature -> top-k -> top-p -> one Philox draw keyed by (seed, slot,
-// step)); temperature <= 0 or top_k == 1 is the argmax.
+// Sampling on the device (cuda::sample: temperature -> top-k -> top-p -> one Philox draw keyed by (seed,
+// slot, step)); temperature <= 0 or top_k == 1 is the argmax.
 struct DeviceSampling {
   float temperature = 1.0f;
   int32_t top_k = 0;
@@ -77,7 +82,9 @@ struct EngineInfo {
   std::string device_name;
   int n_sm = 0;
   int compute_capability = 0;  // major * 10 + minor
-  int64_t int8_gemms = 0;  // W4A4 GEMMs run on the int8 prefill route so far (EngineOptions::int8_prefill_rows)
+  // W4A4 GEMMs run on the int8 prefill route so far (EngineOptions::int8_prefill_rows).
+  int64_t int8_gemms = 0;
+  int64_t fused_prefill_transforms = 0;  // inputs of those through cuda::kron_quant_i8_multi so far
 };
 
 class CudaEngine {
@@ -116,9 +123,9 @@ class CudaEngine {
   // [batch, n_vocab], may be nullptr) and greedy (host int32 [batch], may be nullptr) are filled on return.
   void step(const int32_t* tokens, int64_t batch, float* logits, int32_t* greedy);
 
-  // One decode step for slots 0 .. batch-1 whose next tokens are drawn on the device inside the captured graph
-  // (one graph per batch size and sampling parameters): next[batch] (host) receives them; only the token ids
-  // cross to the host. rng_step keys the draw (use a new value per step).
+  // One decode step for slots 0 .. batch-1 whose next tokens are drawn on the device inside the captured
+  // graph (one graph per batch size and sampling parameters): next[batch] (host) receives them; only the
+  // token ids cross to the host. rng_step keys the draw (use a new value per step).
   void step_sample(const int32_t* tokens, int64_t batch, const DeviceSampling& sp, uint64_t rng_step,
                    int32_t* next);
 

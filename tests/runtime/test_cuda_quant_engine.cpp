@@ -1,7 +1,8 @@
 // The W4A4KV4 backend of the CUDA engine (CudaEngine(const Artifact&), docs/runtime.md) against the CPU artifact
-// runtime ref::QuantDecoder on the same artifact: all-position prefill logits (the two-GEMM transform route, and
-// chunked prefill through the few-token route with p0 > 0), teacher-forced decode steps, batch 3 at different
-// positions, graph replay == eager launches, random quantized weights, recipe errors.
+// runtime ref::QuantDecoder on the same artifact: all-position prefill logits (the int8 route with and without
+// the fused transform kernel, the mma.sync route, and chunked prefill through the few-token route with
+// p0 > 0), teacher-forced decode steps, batch 3 at different positions, graph replay == eager launches, random
+// quantized weights, recipe errors.
 // Artifacts: stories260K (real weights, real text) and tiny random models with GQA and q/k/v biases, folded with
 // random invertible transforms (tests/ref/fold_model.h) and a different activation clip per linear (so q/k/v and
 // gate/up need their own quantized copies).
@@ -110,7 +111,10 @@ constexpr double kKlFloor = 2e-3;
 
 // Prefill `toks` in chunks of `chunk` rows (all logits), then n_steps teacher-forced steps; each compared with
 // QuantDecoder (real mode: the same integer arithmetic) by the KL band above; perplexities against real and fake.
-void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int64_t n_steps, int64_t chunk) {
+// int8_rows: EngineOptions::int8_prefill_rows (chunks of at least that many rows take the int8 route and,
+// with fused_transform, cuda::kron_quant_i8_multi).
+void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int64_t n_steps, int64_t chunk,
+                       int64_t int8_rows = EngineOptions{}.int8_prefill_rows, bool fused_transform = true) {
   const int64_t V = a.cfg.n_vocab, n = static_cast<int64_t>(toks.size());
   const Artifact a16 = f16_embedding(a);
   QuantDecoder real(a, QuantMode::kReal, n + n_steps, 2), band(a16, QuantMode::kReal, n + n_steps, 2),
@@ -125,6 +129,8 @@ void check_against_cpu(const Artifact& a, const std::vector<int32_t>& toks, int6
   o.max_ctx = n + n_steps;
   o.max_tokens = chunk;
   o.max_logit_rows = chunk;
+  o.int8_prefill_rows = int8_rows;
+  o.fused_prefill_transform = fused_transform;
   CudaEngine eng(a, o);
   EXPECT_EQ(eng.info().backend, "w4a4kv4");
   eng.prefill(toks.data(), 1, n, 0, got.data(), true);
@@ -213,7 +219,9 @@ TEST(CudaQuantEngine, Stories260KMatchesCpuRuntime) {
   const Artifact a = make_quant_artifact(load_hf_weights(dir), 5);
   const std::vector<int32_t> text = story_tokens(dir);
   ASSERT_GE(text.size(), 100u);
-  check_against_cpu(a, text, 16, 256);  // all rows at once: the two-GEMM transform route
+  check_against_cpu(a, text, 16, 256);  // all rows at once: int8 route, fused transforms (4 x 43: odd rows)
+  check_against_cpu(a, text, 16, 256, 128, false);  // the same, the transforms as two GEMMs
+  check_against_cpu(a, text, 16, 256, 0);           // the mma.sync route
   check_against_cpu(a, text, 4, 12);    // chunks of 12 rows: the few-token route, p0 > 0
 }
 
@@ -245,6 +253,7 @@ TEST(CudaQuantEngine, Int8PrefillRouteEqualsMmaRoute) {
     o.max_tokens = n;
     o.max_logit_rows = n;
     o.int8_prefill_rows = int8_rows;
+    o.fused_prefill_transform = false;  // its transform sums in another order than cuBLAS (test below)
     CudaEngine eng(a, o);
     std::vector<float> l(static_cast<size_t>(n * V)), l1(static_cast<size_t>(V));
     eng.prefill(toks.data(), 1, n, 0, l.data(), true);
@@ -260,6 +269,29 @@ TEST(CudaQuantEngine, Int8PrefillRouteEqualsMmaRoute) {
   EXPECT_EQ(g8, 4 * c.n_layer) << "every prefill GEMM on the int8 route";
   ASSERT_EQ(l8.size(), l0.size());
   for (size_t i = 0; i < l8.size(); ++i) ASSERT_EQ(l8[i], l0[i]) << "logit " << i;
+}
+
+// The int8 route with the fused prefill transform (kron_quant_i8_multi) on every input that has a transform
+// (q|k|v, o, gate|up, down: 4 per layer; K = 100 gives a 10 x 10 down transform) against the CPU runtime, by
+// the KL band of check_against_cpu; the kernel itself equals the fused decode kernel bit for bit
+// (test_prefill_int8_cuda.cpp).
+TEST(CudaQuantEngine, FusedPrefillTransformMatchesCpuRuntime) {
+  FQ_REQUIRE_GPU();
+  ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, true, false);
+  c.n_embd = 64;
+  c.n_ff = 100;
+  const Artifact a = make_quant_artifact(test::random_model(c, 31), 32);
+  const std::vector<int32_t> toks = random_tokens(48, c.n_vocab, 5);
+  check_against_cpu(a, toks, 4, 48, 17);
+  EngineOptions o;
+  o.max_ctx = 50;
+  o.max_tokens = 48;
+  o.int8_prefill_rows = 17;
+  CudaEngine eng(a, o);
+  std::vector<float> l(static_cast<size_t>(c.n_vocab));
+  eng.prefill(toks.data(), 1, 48, 0, l.data(), false);
+  EXPECT_EQ(eng.info().fused_prefill_transforms, 4 * c.n_layer);
+  EXPECT_EQ(eng.info().int8_gemms, 4 * c.n_layer);
 }
 
 // Three slots at different positions decode in one batched step; each row equals its own CPU decoder.

@@ -26,4 +26,17 @@ cudaError_t quantize_sym_int4_i8_multi(const float* x, int64_t rows, int64_t col
                                        const SymClips& clips, int8_t* out, float* scales,
                                        int64_t scale_stride, cudaStream_t stream);
 
+// The same int8 copies of the FlatQuant-transformed rows, transform fused in (prefill_kron.cu): per token, X
+// = x_t viewed as [L, R] (fp16, row stride x_stride between tokens), T = X B rounded to fp16, Y = A^T T with
+// fp32 sums on fp16 tensor cores (b_pk nullptr: no B, Y = A^T X), then quantize_sym_int4_i8_multi's copies of
+// Y (codes to out + c * rows * L * R, scales to scales + c * scale_stride). These are the fused decode
+// kernel's operations and rounding points (w4a4_ops.h: fused_quant_int4 with a plain input), so for the same
+// fp16 row both give the same codes and scales. a_pk / b_pk: fused_pack_operand of A (left) and B (right),
+// 16-byte aligned. kron_quant_i8_fits: whether the device's shared memory holds the operands and one row
+// (else cudaErrorInvalidValue).
+bool kron_quant_i8_fits(int64_t L, int64_t R, bool with_b, int device);
+cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_stride, const uint16_t* a_pk,
+                                int64_t L, const uint16_t* b_pk, int64_t R, const SymClips& clips,
+                                int8_t* out, float* scales, int64_t scale_stride, cudaStream_t stream);
+
 }  // namespace fq::cuda

@@ -1,0 +1,349 @@
+// The int8 prefill route's fused transform + quantizer (prefill_int8.h: kron_quant_i8_multi).
+//
+// Before this kernel a prefill input took three ops: a cuBLAS GEMM T = X B over all rows ([rows * L, R] x
+// [R, R], fp16 out), a strided-batched GEMM Y = A^T T per token (fp32 out) and quantize_sym_int4_i8_multi,
+// i.e. the fp16 T and the fp32 Y made a round trip through memory (for a 2048-token Llama-3-8B prefill:
+// 11.5 ms of 55.7, bench/results/w4a4_engine_notes.md). Here a CTA reads a token's fp16 row once and writes
+// only its int8 codes.
+//
+// Each CTA loops over tokens (persistent grid, blocks = rows or the resident CTAs if fewer). Shared memory:
+// the packed operands (fused_pack_operand's fragment order, staged once per CTA), one or two X buffers
+// [Lp][ld] (the next token's row is a cp.async stage in flight while the current one computes), and T
+// [Lp][ld] (with B). ld = Rp + 8 halves: ld / 8 is odd, so the 8 rows of an ldmatrix phase hit 8 different
+// 16-byte bank groups. Padding (rows >= L, columns >= R) is zeroed once; the stages never write it. Per
+// token:
+//  1. T = X B on mma.sync m16n8k16 (A fragments of X by ldmatrix, B fragments from the packed operand), fp32
+//     sums rounded to fp16 into T. Warp tasks: 16 x 32 tiles.
+//  2. Y = A^T T (A^T from the packed operand, T fragments by ldmatrix.trans), fp32 sums kept in registers:
+//     each warp owns up to kTasks 16 x 32 tiles of Y. Their max/min, a block reduction, the scales.
+//  3. The codes from the registers: per clip copy, the four lanes of a quad exchange their column pairs so
+//     that each lane stores 8 consecutive bytes (a quad writes 32 bytes of one row: whole sectors).
+// Every step (the k-steps of each mma sum in order, fp16 rounding of T, fp32 Y, exact min/max, the scale and
+// code functions) is the fused decode kernel's (w4a4_ops.cu), so for the same fp16 X both give the same bits.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/async_copy.cuh"
+#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/prefill_int8.h"
+#include "kernels/cuda/quant_common.cuh"
+
+namespace fq::cuda {
+namespace {
+
+struct KqShape {
+  int L = 0, R = 0, Lp = 0, Rp = 0, ld = 0;
+  int MT = 0, NT = 0, groups = 0;  // m-tiles, n8-tiles of Y (ceil(R / 8)), groups of 4 n-tiles
+  int stages = 0;
+  bool with_b = false, wide = false;                   // wide: 16-byte cp.async rows (R % 8 == 0, x aligned)
+  int64_t off_b = 0, off_x = 0, off_t = 0, total = 0;  // bytes (A at 0)
+};
+
+inline int round16(int64_t n) {
+  return static_cast<int>((n + 15) / 16 * 16);
+}
+
+KqShape kq_shape(int64_t L, int64_t R, bool with_b, int stages) {
+  KqShape s;
+  s.L = static_cast<int>(L);
+  s.R = static_cast<int>(R);
+  s.Lp = round16(L);
+  s.Rp = round16(R);
+  s.ld = s.Rp + 8;
+  s.MT = s.Lp / 16;
+  s.NT = static_cast<int>((R + 7) / 8);
+  s.groups = (s.NT + 3) / 4;
+  s.stages = stages;
+  s.with_b = with_b;
+  const int64_t tile = 2LL * s.Lp * s.ld;
+  s.off_b = 2LL * s.Lp * s.Lp;
+  s.off_x = s.off_b + (with_b ? 2LL * s.Rp * s.Rp : 0);
+  s.off_t = s.off_x + stages * tile;
+  s.total = s.off_t + (with_b ? tile : 0);
+  return s;
+}
+
+int64_t smem_limit(int device) {
+  int optin = 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return optin;
+}
+
+// Tiles of Y (16 x 32) a CTA holds in registers: 16 warps x 3 (4 spill at 128 registers per thread).
+constexpr int kMaxTasks = 48;
+
+// Two X buffers where they fit, else one; total = 0 where not even one does (or the tiles of Y exceed what
+// a CTA's registers hold).
+KqShape kq_fit(int64_t L, int64_t R, bool with_b, int64_t limit) {
+  for (int st = 2; st >= 1; --st) {
+    const KqShape s = kq_shape(L, R, with_b, st);
+    if (s.total <= limit && s.MT * s.groups <= kMaxTasks) return s;
+  }
+  return KqShape{};
+}
+
+__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(detail::smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(detail::smem_u32(p)));
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// v[i] for i < 4 by selects (a dynamically indexed register array would live in local memory).
+__device__ __forceinline__ uint32_t pick4(const uint32_t (&v)[4], int i) {
+  return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3];
+}
+
+// Token t's row into the X buffer: L rows of R halves. Wide: 16-byte cp.async; else plain loads (rows of odd
+// length start mid-word; only tiny shapes have them).
+__device__ __forceinline__ void load_x(const KqShape& s, const __half* __restrict__ xr, __half* X) {
+  if (s.wide) {
+    const int per_row = s.R / 8, total = s.L * per_row;
+    for (int i = static_cast<int>(threadIdx.x); i < total; i += static_cast<int>(blockDim.x)) {
+      const int l = i / per_row, c = (i % per_row) * 8;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(detail::smem_u32(X + l * s.ld + c)),
+                   "l"(xr + l * s.R + c));
+    }
+  } else {
+    const int total = s.L * s.R;
+    for (int i = static_cast<int>(threadIdx.x); i < total; i += static_cast<int>(blockDim.x))
+      X[(i / s.R) * s.ld + i % s.R] = xr[i];
+  }
+}
+
+template <int kWarps, int kTasks>
+__global__ void __launch_bounds__(kWarps * 32)
+    kron_quant_i8_kernel(const __half* __restrict__ x, int64_t x_stride, int64_t rows,
+                         const __half* __restrict__ a_pk, const __half* __restrict__ b_pk, KqShape s,
+                         SymClips clips, int8_t* __restrict__ out, float* __restrict__ scales,
+                         int64_t scale_stride) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  __shared__ float red[2 * detail::kWarp];
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32, g = lane / 4,
+            tq = lane % 4;
+  const int L = s.L, R = s.R, ld = s.ld, K = L * R;
+  const uint4* As = reinterpret_cast<const uint4*>(sm);
+  const uint2* Bs = reinterpret_cast<const uint2*>(sm + s.off_b);
+  __half* Xs = reinterpret_cast<__half*>(sm + s.off_x);
+  __half* Ts = reinterpret_cast<__half*>(sm + s.off_t);
+  const int tile = s.Lp * ld;
+
+  // Zero the padding (and T), stage the constants and the first token.
+  for (int i = tid; i < s.stages * tile; i += kWarps * 32) {
+    const int l = (i % tile) / ld, c = i % ld;
+    if (l >= L || c >= R) Xs[i] = __float2half_rn(0.0f);
+  }
+  if (s.with_b)
+    for (int i = tid; i < tile; i += kWarps * 32) Ts[i] = __float2half_rn(0.0f);
+  detail::stage_async(sm, a_pk, 2LL * s.Lp * s.Lp);
+  if (s.with_b) detail::stage_async(sm + s.off_b, b_pk, 2LL * s.Rp * s.Rp);
+  int64_t t = blockIdx.x;
+  if (t < rows) load_x(s, x + t * x_stride, Xs);
+  cp_async_commit();
+
+  const int ksR = s.Rp / 16, ksL = s.Lp / 16, tasks = s.MT * s.groups;
+  for (int it = 0; t < rows; ++it, t += gridDim.x) {
+    const int64_t tn = t + gridDim.x;
+    const int st = s.stages == 2 ? it & 1 : 0;
+    if (s.stages == 2) {
+      // The other buffer was last read before the previous token's min/max barriers.
+      if (tn < rows) load_x(s, x + tn * x_stride, Xs + (st ^ 1) * tile);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const __half* X = Xs + st * tile;
+    const __half* T = X;  // no B: T = X
+
+    // 1. T = X B (n-tiles < NT; T's columns past them stay zero).
+    if (s.with_b) {
+      for (int task = warp; task < tasks; task += kWarps) {
+        const int mt = task / s.groups, n0 = (task % s.groups) * 4, nn = min(4, s.NT - n0);
+        float c[4][4] = {};
+        for (int ks = 0; ks < ksR; ++ks) {
+          uint32_t a[4];
+          ldmatrix_x4(a, X + (mt * 16 + lane % 16) * ld + ks * 16 + (lane / 16) * 8);
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (j < nn) {
+              const uint2 b = Bs[((n0 + j) * ksR + ks) * 32 + lane];
+              mma_f16(c[j], a, b.x, b.y);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (j < nn) {
+            __half* o = Ts + (mt * 16 + g) * ld + (n0 + j) * 8 + 2 * tq;
+            *reinterpret_cast<__half2*>(o) = __floats2half2_rn(c[j][0], c[j][1]);
+            *reinterpret_cast<__half2*>(o + 8 * ld) = __floats2half2_rn(c[j][2], c[j][3]);
+          }
+      }
+      __syncthreads();
+      T = Ts;
+    }
+
+    // 2. Y = A^T T into registers, with the min/max of the valid values.
+    float y[kTasks][4][4];
+    float vmax = 0.0f, vmin = 0.0f;  // 0 is neutral: the scale takes max(., 0) / min(., 0)
+#pragma unroll
+    for (int k = 0; k < kTasks; ++k) {
+      const int task = warp + k * kWarps, mt = task / s.groups, n0 = (task % s.groups) * 4;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) y[k][j][q] = 0.0f;
+      if (task >= tasks) continue;
+      for (int ks = 0; ks < ksL; ++ks) {
+        const uint4 av = As[(mt * ksL + ks) * 32 + lane];
+        const uint32_t a[4] = {av.x, av.y, av.z, av.w};
+#pragma unroll
+        for (int jp = 0; jp < 2; ++jp)
+          if (n0 + 2 * jp < s.NT) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, T + (ks * 16 + lane % 16) * ld + (n0 + 2 * jp + lane / 16) * 8);
+            mma_f16(y[k][2 * jp], a, b[0], b[1]);
+            mma_f16(y[k][2 * jp + 1], a, b[2], b[3]);
+          }
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int i = mt * 16 + g + (q >= 2 ? 8 : 0), n = (n0 + j) * 8 + 2 * tq + (q & 1);
+          if (i < L && n < R) {
+            vmax = fmaxf(vmax, y[k][j][q]);
+            vmin = fminf(vmin, y[k][j][q]);
+          }
+        }
+    }
+    detail::block_minmax(vmax, vmin, red);  // its barriers end every read of X and T for this token
+    if (s.stages == 1) {
+      if (tn < rows) load_x(s, x + tn * x_stride, Xs);
+      cp_async_commit();
+    }
+
+    // 3. The codes, one copy per clip pair.
+#pragma unroll
+    for (int cp = 0; cp < 3; ++cp) {
+      if (cp >= clips.n) break;
+      const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[cp], clips.min[cp]),
+                  rinv = __frcp_rn(scale);
+      auto code = [&](float v) {
+        return static_cast<uint32_t>(detail::sym_int4_code_fast(v, scale, rinv)) & 0xFFu;
+      };
+      int8_t* o = out + (cp * rows + t) * K;
+#pragma unroll
+      for (int k = 0; k < kTasks; ++k) {
+        const int task = warp + k * kWarps, mt = task / s.groups, n0 = (task % s.groups) * 4;
+        if (task >= tasks) continue;  // warp-uniform
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int i = mt * 16 + g + 8 * h;
+          uint32_t p[4];  // this lane's column pair (2 tq, 2 tq + 1) of each of the 4 n-tiles
+#pragma unroll
+          for (int j = 0; j < 4; ++j) p[j] = code(y[k][j][2 * h]) | code(y[k][j][2 * h + 1]) << 8;
+          if (s.wide) {
+            // Round r: lane tq receives from lane (tq - r) & 3 of its quad that lane's pair of n-tile n0 +
+            // tq.
+            uint32_t w[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) w[r] = 0;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              const int src = (tq - r) & 3;
+              const uint32_t v = __shfl_sync(0xffffffffu, pick4(p, (tq + r) & 3), (lane & ~3) | src);
+#pragma unroll
+              for (int q = 0; q < 4; ++q)
+                if (q == src) w[q] = v;
+            }
+            if (i < L && n0 + tq < s.NT)
+              *reinterpret_cast<uint2*>(o + i * R + (n0 + tq) * 8) =
+                  make_uint2(w[0] | w[1] << 16, w[2] | w[3] << 16);
+          } else if (i < L) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const int n = (n0 + j) * 8 + 2 * tq;
+              if (n < R) o[i * R + n] = static_cast<int8_t>(p[j] & 0xFFu);
+              if (n + 1 < R) o[i * R + n + 1] = static_cast<int8_t>(p[j] >> 8);
+            }
+          }
+        }
+      }
+      if (tid == 0) scales[cp * scale_stride + t] = scale;
+    }
+  }
+  cp_async_wait<0>();
+}
+
+}  // namespace
+
+bool kron_quant_i8_fits(int64_t L, int64_t R, bool with_b, int device) {
+  if (L < 1 || R < 1 || L > 4096 || R > 4096) return false;
+  return kq_fit(L, R, with_b, smem_limit(device)).total > 0;
+}
+
+cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_stride, const uint16_t* a_pk,
+                                int64_t L, const uint16_t* b_pk, int64_t R, const SymClips& clips,
+                                int8_t* out, float* scales, int64_t scale_stride, cudaStream_t stream) {
+  const auto misaligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
+  if (rows < 0 || rows > 0x7FFFFFFF || L < 1 || R < 1 || L > 4096 || R > 4096 || (L * R) % 2 != 0 ||
+      x_stride < L * R || clips.n < 1 || clips.n > 3 || scale_stride < rows ||
+      (rows > 0 &&
+       (!x || !a_pk || !out || !scales || misaligned(x, 2) || misaligned(a_pk, 16) || misaligned(b_pk, 16))))
+    return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  int device = 0, sms = 0;
+  FQ_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  KqShape s = kq_fit(L, R, b_pk != nullptr, smem_limit(device));
+  if (s.total == 0) return cudaErrorInvalidValue;
+  s.wide = R % 8 == 0 && x_stride % 8 == 0 && !misaligned(x, 16) && !misaligned(out, 8);
+  // 8 warps while each holds at most 2 tiles of Y (small transforms: several CTAs per SM), else 16 warps.
+  const int tasks = s.MT * s.groups;
+  void (*kernel)(const __half*, int64_t, int64_t, const __half*, const __half*, KqShape, SymClips, int8_t*,
+                 float*, int64_t) = tasks <= 8    ? kron_quant_i8_kernel<8, 1>
+                                    : tasks <= 16 ? kron_quant_i8_kernel<8, 2>
+                                    : tasks <= 32 ? kron_quant_i8_kernel<16, 2>
+                                                  : kron_quant_i8_kernel<16, 3>;
+  const int threads = tasks <= 16 ? 256 : 512;
+  FQ_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(s.total)));
+  int per_sm = 0;
+  FQ_CUDA_RETURN_IF_ERROR(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, static_cast<size_t>(s.total)));
+  const int64_t blocks = std::min<int64_t>(rows, static_cast<int64_t>(std::max(per_sm, 1)) * sms);
+  kernel<<<static_cast<unsigned>(blocks), threads, static_cast<size_t>(s.total), stream>>>(
+      reinterpret_cast<const __half*>(x), x_stride, rows, reinterpret_cast<const __half*>(a_pk),
+      reinterpret_cast<const __half*>(b_pk), s, clips, out, scales, scale_stride);
+  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  return cudaSuccess;
+}
+
+}  // namespace fq::cuda
