@@ -271,25 +271,25 @@ TEST(CudaQuantEngine, Int8PrefillRouteEqualsMmaRoute) {
   for (size_t i = 0; i < l8.size(); ++i) ASSERT_EQ(l8[i], l0[i]) << "logit " << i;
 }
 
-// The int8 route with the fused prefill transform (kron_quant_i8_multi) on every input that has a transform
-// (q|k|v, o, gate|up, down: 4 per layer; K = 100 gives a 10 x 10 down transform) against the CPU runtime, by
-// the KL band of check_against_cpu; the kernel itself equals the fused decode kernel bit for bit
-// (test_prefill_int8_cuda.cpp).
+// The int8 route with the fused prefill transform (kron_quant_i8_multi) on every input (q|k|v and gate|up:
+// 6 x 8, o: 6 heads x 16 without B, down: 8 x 9, odd rows) against the CPU runtime by the KL band of
+// check_against_cpu (the GQA + bias model above, whose mma.sync route passes it), and every input counted; the
+// kernel itself equals the fused decode kernel bit for bit (test_prefill_int8_cuda.cpp).
 TEST(CudaQuantEngine, FusedPrefillTransformMatchesCpuRuntime) {
   FQ_REQUIRE_GPU();
-  ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, true, false);
-  c.n_embd = 64;
-  c.n_ff = 100;
-  const Artifact a = make_quant_artifact(test::random_model(c, 31), 32);
-  const std::vector<int32_t> toks = random_tokens(48, c.n_vocab, 5);
-  check_against_cpu(a, toks, 4, 48, 17);
+  ModelConfig c = test::tiny_config_for_artifact(6, 2, 16, true, false);
+  c.n_embd = 48;
+  c.n_ff = 72;
+  const Artifact a = make_quant_artifact(test::random_model(c, 11), 12);
+  const std::vector<int32_t> toks = random_tokens(40, c.n_vocab, 3);
+  check_against_cpu(a, toks, 8, 40, 17);
   EngineOptions o;
-  o.max_ctx = 50;
-  o.max_tokens = 48;
+  o.max_ctx = 40;
+  o.max_tokens = 40;
   o.int8_prefill_rows = 17;
   CudaEngine eng(a, o);
   std::vector<float> l(static_cast<size_t>(c.n_vocab));
-  eng.prefill(toks.data(), 1, 48, 0, l.data(), false);
+  eng.prefill(toks.data(), 1, 40, 0, l.data(), false);
   EXPECT_EQ(eng.info().fused_prefill_transforms, 4 * c.n_layer);
   EXPECT_EQ(eng.info().int8_gemms, 4 * c.n_layer);
 }

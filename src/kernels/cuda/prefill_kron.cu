@@ -16,8 +16,10 @@
 //     sums rounded to fp16 into T. Warp tasks: 16 x 32 tiles.
 //  2. Y = A^T T (A^T from the packed operand, T fragments by ldmatrix.trans), fp32 sums kept in registers:
 //     each warp owns up to kTasks 16 x 32 tiles of Y. Their max/min, a block reduction, the scales.
-//  3. The codes from the registers: per clip copy, the four lanes of a quad exchange their column pairs so
-//     that each lane stores 8 consecutive bytes (a quad writes 32 bytes of one row: whole sectors).
+//  3. The codes from the registers, per clip copy: each lane stores its column pairs as 16-bit words (the
+//     rounding on full-rate ALU operations, quant_common.cuh's sym_int4_byte_fast). A first version
+//     gathered 8 bytes per lane by quad shuffles; with sym_int4_code_fast it was instruction-bound (ncu:
+//     64.6 us for Llama-3-8B's 2048-row q|k|v input, 38M warp instructions, 62 % SM throughput).
 // Every step (the k-steps of each mma sum in order, fp16 rounding of T, fp32 Y, exact min/max, the scale and
 // code functions) is the fused decode kernel's (w4a4_ops.cu), so for the same fp16 X both give the same bits.
 #include <cuda_fp16.h>
@@ -36,7 +38,9 @@ struct KqShape {
   int L = 0, R = 0, Lp = 0, Rp = 0, ld = 0;
   int MT = 0, NT = 0, groups = 0;  // m-tiles, n8-tiles of Y (ceil(R / 8)), groups of 4 n-tiles
   int stages = 0;
-  bool with_b = false, wide = false;                   // wide: 16-byte cp.async rows (R % 8 == 0, x aligned)
+  bool with_b = false;
+  bool wide = false;                                   // 16-byte cp.async rows (R % 8 == 0, x aligned)
+  bool even = false;                                   // R even and out 2-byte aligned: 16-bit code stores
   int64_t off_b = 0, off_x = 0, off_t = 0, total = 0;  // bytes (A at 0)
 };
 
@@ -112,11 +116,6 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// v[i] for i < 4 by selects (a dynamically indexed register array would live in local memory).
-__device__ __forceinline__ uint32_t pick4(const uint32_t (&v)[4], int i) {
-  return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3];
 }
 
 // Token t's row into the X buffer: L rows of R halves. Wide: 16-byte cp.async; else plain loads (rows of odd
@@ -255,8 +254,9 @@ __global__ void __launch_bounds__(kWarps * 32)
       if (cp >= clips.n) break;
       const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[cp], clips.min[cp]),
                   rinv = __frcp_rn(scale);
-      auto code = [&](float v) {
-        return static_cast<uint32_t>(detail::sym_int4_code_fast(v, scale, rinv)) & 0xFFu;
+      auto pair = [&](float v0, float v1) {  // two codes as the low 16 bits
+        return __byte_perm(detail::sym_int4_byte_fast(v0, scale, rinv),
+                           detail::sym_int4_byte_fast(v1, scale, rinv), 0x0040);
       };
       int8_t* o = out + (cp * rows + t) * K;
 #pragma unroll
@@ -266,32 +266,17 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int i = mt * 16 + g + 8 * h;
-          uint32_t p[4];  // this lane's column pair (2 tq, 2 tq + 1) of each of the 4 n-tiles
+          if (i >= L) continue;
+          int8_t* oi = o + i * R;
 #pragma unroll
-          for (int j = 0; j < 4; ++j) p[j] = code(y[k][j][2 * h]) | code(y[k][j][2 * h + 1]) << 8;
-          if (s.wide) {
-            // Round r: lane tq receives from lane (tq - r) & 3 of its quad that lane's pair of n-tile n0 +
-            // tq.
-            uint32_t w[4];
-#pragma unroll
-            for (int r = 0; r < 4; ++r) w[r] = 0;
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-              const int src = (tq - r) & 3;
-              const uint32_t v = __shfl_sync(0xffffffffu, pick4(p, (tq + r) & 3), (lane & ~3) | src);
-#pragma unroll
-              for (int q = 0; q < 4; ++q)
-                if (q == src) w[q] = v;
-            }
-            if (i < L && n0 + tq < s.NT)
-              *reinterpret_cast<uint2*>(o + i * R + (n0 + tq) * 8) =
-                  make_uint2(w[0] | w[1] << 16, w[2] | w[3] << 16);
-          } else if (i < L) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const int n = (n0 + j) * 8 + 2 * tq;
-              if (n < R) o[i * R + n] = static_cast<int8_t>(p[j] & 0xFFu);
-              if (n + 1 < R) o[i * R + n + 1] = static_cast<int8_t>(p[j] >> 8);
+          for (int j = 0; j < 4; ++j) {
+            const int n = (n0 + j) * 8 + 2 * tq;
+            const uint32_t p = pair(y[k][j][2 * h], y[k][j][2 * h + 1]);
+            if (s.even) {  // both columns valid or neither (R even), 2-byte aligned
+              if (n < R) *reinterpret_cast<uint16_t*>(oi + n) = static_cast<uint16_t>(p);
+            } else {
+              if (n < R) oi[n] = static_cast<int8_t>(p & 0xFFu);
+              if (n + 1 < R) oi[n + 1] = static_cast<int8_t>((p >> 8) & 0xFFu);
             }
           }
         }
@@ -324,7 +309,8 @@ cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_strid
   FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   KqShape s = kq_fit(L, R, b_pk != nullptr, smem_limit(device));
   if (s.total == 0) return cudaErrorInvalidValue;
-  s.wide = R % 8 == 0 && x_stride % 8 == 0 && !misaligned(x, 16) && !misaligned(out, 8);
+  s.wide = R % 8 == 0 && x_stride % 8 == 0 && !misaligned(x, 16);
+  s.even = R % 2 == 0 && !misaligned(out, 2);
   // 8 warps while each holds at most 2 tiles of Y (small transforms: several CTAs per SM), else 16 warps.
   const int tasks = s.MT * s.groups;
   void (*kernel)(const __half*, int64_t, int64_t, const __half*, const __half*, KqShape, SymClips, int8_t*,

@@ -27,13 +27,29 @@ __device__ __forceinline__ int sym_int4_code(float x, float scale) {
 }
 
 // sym_int4_code bit for bit, cheaper: x * inv (inv = __frcp_rn(scale)) is within 1e-6 of x / scale wherever
-// the code is not clamped (|x / scale| < 8.5, two roundings of 2^-24 each), so its nearest integer is the same
-// unless it lies within 1e-5 of a half-integer; there (rarely) the exact division decides.
+// the code is not clamped (|x / scale| < 8.5, two roundings of 2^-24 each), so its nearest integer is the
+// same unless it lies within 1e-5 of a half-integer; there (rarely) the exact division decides.
 __device__ __forceinline__ int sym_int4_code_fast(float x, float scale, float inv) {
   const float r = __fmul_rn(x, inv);
   const float f = r - floorf(r);
   if (fabsf(f - 0.5f) < 1e-5f) return sym_int4_code(x, scale);
   return min(max(__float2int_rn(r), -8), 7);
+}
+
+// sym_int4_code bit for bit as a byte (the code in the low 8 bits, two's complement; the upper bits are not
+// zero), on full-rate ALU operations only (sym_int4_code_fast's floorf and float-to-int conversions run on
+// the quarter-rate conversion pipe, which bounded the prefill transform kernel): clamp first (the bounds are
+// integers, so clamping and rounding commute), then round half to even by adding 1.5 * 2^23, whose sum's last
+// mantissa bits are the code. As in sym_int4_code_fast, the exact division decides within 1e-5 of a
+// half-integer; clamped values are integers and never land there, and next to a clamp bound both roundings
+// clamp to the same code.
+__device__ __forceinline__ uint32_t sym_int4_byte_fast(float x, float scale, float inv) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  const float r = fminf(fmaxf(__fmul_rn(x, inv), -8.0f), 7.0f);
+  const float m = __fadd_rn(r, kMagic);
+  if (fabsf(__fsub_rn(r, __fsub_rn(m, kMagic))) > 0.5f - 1e-5f)
+    return static_cast<uint32_t>(sym_int4_code(x, scale)) & 0xFFu;
+  return __float_as_uint(m);
 }
 
 // Mirrors the per-row parameters of ref::quantize_kv_asym_int4 (asymmetric 4-bit, integer zero point):
