@@ -271,8 +271,8 @@ TEST(CudaQuantEngine, Int8PrefillRouteEqualsMmaRoute) {
   for (size_t i = 0; i < l8.size(); ++i) ASSERT_EQ(l8[i], l0[i]) << "logit " << i;
 }
 
-// The int8 route with the fused prefill transform (kron_quant_i8_multi) on every input (q|k|v and gate|up:
-// 6 x 8, o: 6 heads x 16 without B, down: 8 x 9, odd rows) against the CPU runtime by the KL band of
+// The int8 route with the fused prefill transform (kron_quant_i8_multi) on every input (q|k|v, o: 6 heads x
+// 16 without B, gate|up, down: K = 72) against the CPU runtime by the KL band of
 // check_against_cpu (the GQA + bias model above, whose mma.sync route passes it), and every input counted; the
 // kernel itself equals the fused decode kernel bit for bit (test_prefill_int8_cuda.cpp).
 TEST(CudaQuantEngine, FusedPrefillTransformMatchesCpuRuntime) {
