@@ -41,6 +41,7 @@ struct KqShape {
   bool with_b = false;
   bool wide = false;                                   // 16-byte cp.async rows (R % 8 == 0, x aligned)
   bool even = false;                                   // R even and out 2-byte aligned: 16-bit code stores
+  int row_shift = -1;                                  // log2(R / 8) where R / 8 is a power of two
   int64_t off_b = 0, off_x = 0, off_t = 0, total = 0;  // bytes (A at 0)
 };
 
@@ -122,9 +123,11 @@ __device__ __forceinline__ void cp_async_commit() {
 // length start mid-word; only tiny shapes have them).
 __device__ __forceinline__ void load_x(const KqShape& s, const __half* __restrict__ xr, __half* X) {
   if (s.wide) {
-    const int per_row = s.R / 8, total = s.L * per_row;
+    // 16-byte chunks, per_row = R / 8 of them per row; a shift where per_row is a power of two (the engine's
+    // shapes) instead of a division.
+    const int per_row = s.R / 8, total = s.L * per_row, sh = s.row_shift;
     for (int i = static_cast<int>(threadIdx.x); i < total; i += static_cast<int>(blockDim.x)) {
-      const int l = i / per_row, c = (i % per_row) * 8;
+      const int l = sh >= 0 ? i >> sh : i / per_row, c = (sh >= 0 ? i & (per_row - 1) : i % per_row) * 8;
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(detail::smem_u32(X + l * s.ld + c)),
                    "l"(xr + l * s.R + c));
     }
@@ -152,13 +155,15 @@ __global__ void __launch_bounds__(kWarps * 32)
   __half* Ts = reinterpret_cast<__half*>(sm + s.off_t);
   const int tile = s.Lp * ld;
 
-  // Zero the padding (and T), stage the constants and the first token.
-  for (int i = tid; i < s.stages * tile; i += kWarps * 32) {
-    const int l = (i % tile) / ld, c = i % ld;
-    if (l >= L || c >= R) Xs[i] = __float2half_rn(0.0f);
+  // Zero the padding, stage the constants and the first token. Per warp one row at a time (no divisions):
+  // the X buffers' columns [R, ld) and rows [L, Lp); T's columns past its n-tiles (phase 2 reads them in tile
+  // pairs).
+  for (int b = 0; b < s.stages + (s.with_b ? 1 : 0); ++b) {
+    __half* Z = b < s.stages ? Xs + b * tile : Ts;
+    const int c0 = b < s.stages ? R : 8 * s.NT, l1 = b < s.stages ? L : s.Lp;
+    for (int l = warp; l < s.Lp; l += kWarps)
+      for (int c = (l < l1 ? c0 : 0) + lane; c < ld; c += 32) Z[l * ld + c] = __float2half_rn(0.0f);
   }
-  if (s.with_b)
-    for (int i = tid; i < tile; i += kWarps * 32) Ts[i] = __float2half_rn(0.0f);
   detail::stage_async(sm, a_pk, 2LL * s.Lp * s.Lp);
   if (s.with_b) detail::stage_async(sm + s.off_b, b_pk, 2LL * s.Rp * s.Rp);
   int64_t t = blockIdx.x;
@@ -311,6 +316,8 @@ cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_strid
   if (s.total == 0) return cudaErrorInvalidValue;
   s.wide = R % 8 == 0 && x_stride % 8 == 0 && !misaligned(x, 16);
   s.even = R % 2 == 0 && !misaligned(out, 2);
+  for (int sh = 0; sh < 12; ++sh)
+    if (R == 8LL << sh) s.row_shift = sh;
   // 8 warps while each holds at most 2 tiles of Y (small transforms: several CTAs per SM), else 16 warps.
   const int tasks = s.MT * s.groups;
   void (*kernel)(const __half*, int64_t, int64_t, const __half*, const __half*, KqShape, SymClips, int8_t*,
