@@ -348,6 +348,27 @@ TEST(DecodeAttnCuda, LongContext8192) {
   run_decode_case({28, 4, 128, {8193}, 8200}, DType::F32, DType::F32, 0, 901);
 }
 
+// The tensor-core kernel's per-warp cp.async pipeline (32-key chunks, 3 stages; warp w of a CTA takes chunks
+// w, w + 4, ... of its key range; copies past the range are zero-filled): a batch of 16 sequences of
+// different lengths around the chunk and tile edges (one key, shorter than one chunk, one past a chunk, a
+// split whose last warps get no chunk, warps with more chunks than stages), forced split counts from one CTA
+// per sequence (up to 32 chunks per warp) to many splits of a few keys (most of them empty), head_dim 64 and
+// 128, GQA groups of 1, 4 and 8.
+TEST(DecodeAttnCuda, PipelineEdges) {
+  FQ_REQUIRE_CUDA();
+  const std::vector<std::pair<int64_t, int64_t>> heads = {{8, 8}, {32, 8}, {16, 2}};
+  const std::vector<int32_t> len16 = {1, 5, 31, 32, 33, 63, 95, 127, 128, 129, 161, 255, 257, 383, 641, 1000};
+  uint32_t seed = 1500;
+  for (int64_t d : {64, 128})
+    for (auto [nh, H] : heads) {
+      run_decode_case({nh, H, d, len16, 1000}, DType::F16, DType::F32, 0, seed++);
+      for (int split : {1, 3, 64})
+        run_decode_case({nh, H, d, {33, 1, 4000, 97}, 4000}, DType::F32, DType::F16, split, seed++);
+    }
+  // Many splits with several chunks each, and a length far from any edge.
+  run_decode_case({32, 8, 128, {8191, 4099}, 8192}, DType::F16, DType::F32, 40, seed++);
+}
+
 TEST(DecodeAttnCuda, LengthBeyondCacheIsFlagged) {
   FQ_REQUIRE_CUDA();
   const CacheImage img = random_cache(1, 16, 1, 8, 7);
@@ -369,6 +390,21 @@ TEST(DecodeAttnCuda, PlanCoversLongContextsAndRejectsBadShapes) {
   EXPECT_EQ(p.heads_per_cta, 4);
   EXPECT_EQ(cuda::decode_attention_plan(16, 28, 4, 2048, 132).heads_per_cta, 7);
   EXPECT_EQ(cuda::decode_attention_plan(2, 16, 1, 64, 132).heads_per_cta, 8);
+  // One wave of 3 CTAs per SM: Llama-3-8B heads (32/8) at batch 16 on 132 SMs: 128 CTAs per split, 3 splits.
+  EXPECT_EQ(cuda::decode_attention_plan(16, 32, 8, 2048, 132).n_split, 3);
+  EXPECT_EQ(cuda::decode_attention_plan(16, 32, 8, 8192, 132).n_split, 3);
+  EXPECT_EQ(cuda::decode_attention_plan(1, 32, 8, 2048, 132).n_split, 16);
+  // No split is empty at max_len (the kernels round a split up to whole 128-key tiles): 1 x 8192 would be 49
+  // splits of 256 keys, of which 32 hold keys.
+  EXPECT_EQ(cuda::decode_attention_plan(1, 32, 8, 8192, 132).n_split, 32);
+  for (int64_t batch : {1, 2, 3, 5, 16, 64})
+    for (int64_t len : {1, 100, 129, 1000, 2048, 2300, 5000, 8192, 100000}) {
+      const auto pl = cuda::decode_attention_plan(batch, 32, 8, len, 132);
+      const int64_t n = pl.n_split, per = ((len + n - 1) / n + 127) / 128 * 128;
+      EXPECT_GE(n, 1);
+      EXPECT_LE(batch * 8 * n, std::max<int64_t>(3 * 132, batch * 8)) << "more CTAs than one wave";
+      EXPECT_LT((n - 1) * per, len) << "batch " << batch << " len " << len << ": empty split " << n - 1;
+    }
   cuda::Kv4Layer l;
   l.n_slots = 1;
   l.max_ctx = 16;

@@ -22,7 +22,8 @@ __device__ __forceinline__ void stage_async(void* dst, const void* src, int64_t 
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
   const int64_t step = blockDim.x;
-  if (((reinterpret_cast<uintptr_t>(d) | reinterpret_cast<uintptr_t>(s) | static_cast<uintptr_t>(bytes)) & 15) == 0) {
+  if (((reinterpret_cast<uintptr_t>(d) | reinterpret_cast<uintptr_t>(s) | static_cast<uintptr_t>(bytes)) &
+       15) == 0) {
     for (int64_t i = threadIdx.x * 16LL; i < bytes; i += step * 16)
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(d + i)), "l"(s + i));
   } else {
@@ -58,7 +59,33 @@ __device__ __forceinline__ void stage_box_async(void* dst, const void* src, int6
   }
 }
 
-__device__ __forceinline__ void async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+__device__ __forceinline__ void async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+// One thread's copies, for per-warp pipelines: 16 bytes through L2 only (cp.async.cg; both addresses 16-byte
+// aligned) or 4 bytes (cp.async.ca; 4-byte aligned). When !valid nothing is read and the destination is
+// zero-filled (src-size 0); src must still be a mapped address (the sanitizer checks it).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+               "r"(valid ? 4 : 0)
+               : "memory");
+}
+// Closes the thread's current group of copies (an empty group is fine and completes at once).
+__device__ __forceinline__ void async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most N of the thread's committed groups are pending. The copies are then visible to this
+// thread only: other threads read them after a barrier (__syncwarp / __syncthreads).
+template <int N>
+__device__ __forceinline__ void async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -113,7 +140,8 @@ __device__ __forceinline__ T* cluster_map(T* p, int rank) {
 #endif
 }
 
-// A 16-byte load of data read exactly once (streamed weights): kept out of L1 so that reused data stays there.
+// A 16-byte load of data read exactly once (streamed weights): kept out of L1 so that reused data stays
+// there.
 __device__ __forceinline__ uint4 load_stream(const void* p) {
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"

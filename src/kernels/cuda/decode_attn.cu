@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.cuh"
 
@@ -36,7 +37,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxHeadsPerCta = 8;
 constexpr int kMaxSplit = 256;
 constexpr int kMinKeysPerSplit = 128;
-constexpr int kResidentCtasPerSm = 2;  // see decode_attention_plan
 constexpr unsigned kFull = 0xffffffffu;
 
 // Nibble e of w as a float, minus zb - 2^23: the float with bits 0x4B000000 | n is exactly 2^23 + n.
@@ -330,6 +330,14 @@ __global__ void decode_combine_kernel(const float* __restrict__ ws, int64_t n_pa
 // the four keys it needs, so output n-block j, column c is dim c*D/8 + j.
 // Each warp runs its own online softmax over chunks of 32 keys (warp w takes chunks w, w + 4, ... of the
 // CTA's key range); the four warps are merged in shared memory at the end. No __syncthreads in the loop.
+// Per-warp cp.async pipeline (kMmaStages buffers per warp): the codes, scales and zeros of a chunk are copied
+// into the warp's shared-memory stage kMmaStages - 1 chunks ahead of their use, so while a chunk is computed
+// the next two are in flight (the register-staged loads of the previous version kept one chunk per warp in
+// flight and waited for it before computing: latency-bound, bench/results/attn_notes.md). The lanes copy
+// whole 16-byte pieces of the code rows (cp.async.cg) and the four per-key floats (4-byte cp.async.ca: they
+// sit n_head_kv floats apart, one per 32-byte sector); keys past the range are zero-filled, which gives the
+// same zeros as the old register path. Only __syncwarp orders the stages (a stage is rewritten one iteration
+// after its last read: the warp barrier at the top of each iteration covers it).
 __device__ __forceinline__ uint32_t h2_bits(__half2 h) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
@@ -380,19 +388,47 @@ __device__ __forceinline__ void load_words(const uint8_t* p, uint32_t (&w)[N]) {
 
 constexpr int kMmaNb = 4;  // 8-key n-blocks per warp step (32 keys)
 constexpr int kMmaChunk = 8 * kMmaNb;
+// Stage buffers per warp. With 3 a warp has two chunks in flight while it computes one (9.2 KB of codes and
+// scales at D = 128, ~110 KB per SM at 3 CTAs): by Little's law at ~1.5 us HBM latency that is several times
+// what 3 TB/s needs (expected). 4 stages would not fit 3 CTAs per SM (80 KB each).
+constexpr int kMmaStages = 3;
+// __launch_bounds__ minimum: 3 CTAs (12 warps) per SM caps the kernel at 168 registers; the shared memory
+// (60 KB per CTA at D = 128) also allows 3. decode_attention_plan sizes its wave with this.
+constexpr int kMmaCtasPerSm = 3;
+
+// Byte layout of one warp's stage (one chunk of 32 keys): K codes [32][D/2], V codes [32][D/2 + 16] (rows
+// padded by 16 bytes: the P.V loads of a half warp, rows 2t + e at byte g * D/16, then hit 32 distinct banks;
+// unpadded rows 2 keys apart share banks), then k_scale, k_zero, v_scale, v_zero [4][32] floats. The score
+// loads (rows g, bytes t * D/8) read whole 128-byte lines per phase, conflict-free without padding.
+template <int D>
+struct MmaStage {
+  static constexpr int kRow = D / 2;
+  static constexpr int kVRow = D / 2 + 16;
+  static constexpr int kK = 0;
+  static constexpr int kV = kK + kMmaChunk * kRow;
+  static constexpr int kScales = kV + kMmaChunk * kVRow;
+  static constexpr int kBytes = kScales + 4 * kMmaChunk * static_cast<int>(sizeof(float));
+  static constexpr int kWarpBytes = kMmaStages * kBytes;
+  static constexpr int kCtaBytes = kWarps * kWarpBytes;
+  // After the loop a warp's merge rows [8][D] floats reuse its own stage buffers.
+  static_assert(8 * D * static_cast<int>(sizeof(float)) <= kWarpBytes, "merge rows fit the stages");
+  static_assert(kV % 16 == 0 && kScales % 16 == 0 && kBytes % 16 == 0, "16-byte aligned copies");
+};
 
 template <int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMmaCtasPerSm)
     decode_attn_mma_kernel(Kv4Layer c, const void* __restrict__ qv, bool q_f16, int64_t q_stride, int n_head,
                            int heads_per_cta, const int32_t* __restrict__ d_len, void* __restrict__ outv,
                            bool out_f16, float* __restrict__ ws, int n_split, int32_t* d_overflow) {
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
-  constexpr int KW = D / 32;  // K code words per thread and key row (dims [t*D/4, (t+1)*D/4))
-  constexpr int KB = D / 16;  // k-blocks of the score MMA
-  constexpr int VW = D / 64;  // V code words per thread and key (dims [g*D/8, (g+1)*D/8))
-  constexpr int NB = D / 8;   // n-blocks (8 dims) of the P.V MMA
+  using L = MmaStage<D>;
+  constexpr int KW = D / 32;   // K code words per thread and key row (dims [t*D/4, (t+1)*D/4))
+  constexpr int KB = D / 16;   // k-blocks of the score MMA
+  constexpr int VW = D / 64;   // V code words per thread and key (dims [g*D/8, (g+1)*D/8))
+  constexpr int NB = D / 8;    // n-blocks (8 dims) of the P.V MMA
+  constexpr int PPR = D / 32;  // 16-byte pieces per code row; lane copies pieces lane, lane + 32, ...
+  extern __shared__ __align__(16) unsigned char mma_smem[];
   __shared__ float s_m[kWarps][8], s_l[kWarps][8];
-  __shared__ float s_o[kWarps][8][D];
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;
@@ -412,6 +448,46 @@ __global__ void __launch_bounds__(kThreads)
   len = max(len, 0);
   const int per = ((len + n_split - 1) / n_split + kTile - 1) / kTile * kTile;
   const int k0 = min(len, split * per), k1 = min(len, k0 + per);
+
+  // This warp's chunks: c0 = k0 + (warp + kWarps * i) * 32 for i < n_mine.
+  const int first = k0 + warp * kMmaChunk;
+  const int n_mine = first < k1 ? (k1 - first + kWarps * kMmaChunk - 1) / (kWarps * kMmaChunk) : 0;
+  unsigned char* const wbuf = mma_smem + warp * L::kWarpBytes;
+
+  // Producer side: lane copies the 16-byte pieces (key pkey + (32 / PPR) * i, part ppart) of the K and V rows
+  // and the four floats of key `lane`. Invalid keys (>= k1) zero-fill and read nothing; their source address
+  // is the chunk's first key, which exists.
+  const int64_t row_cells = static_cast<int64_t>(b) * c.max_ctx;  // slot b
+  const int pkey = lane / PPR, ppart = lane % PPR;
+  const int64_t pos_bytes = static_cast<int64_t>(H) * (D / 2);  // global distance of consecutive positions
+  auto issue = [&](int c0, int stage) {
+    unsigned char* sb = wbuf + stage * L::kBytes;
+    const int64_t cell0 = (row_cells + c0) * H + kvh;
+    const uint8_t* kg = c.k + cell0 * (D / 2) + ppart * 16;
+    const uint8_t* vg = c.v + cell0 * (D / 2) + ppart * 16;
+#pragma unroll
+    for (int i = 0; i < PPR; ++i) {
+      const int key = pkey + (32 / PPR) * i;
+      const bool ok = c0 + key < k1;
+      const int64_t off = ok ? key * pos_bytes : 0;
+      detail::cp_async16(sb + L::kK + key * L::kRow + ppart * 16, kg + off, ok);
+      detail::cp_async16(sb + L::kV + key * L::kVRow + ppart * 16, vg + off, ok);
+    }
+    const bool ok = c0 + lane < k1;
+    const int64_t cell = cell0 + (ok ? static_cast<int64_t>(lane) * H : 0);
+    float* ss = reinterpret_cast<float*>(sb + L::kScales);
+    detail::cp_async4(ss + lane, c.k_scale + cell, ok);
+    detail::cp_async4(ss + kMmaChunk + lane, c.k_zero + cell, ok);
+    detail::cp_async4(ss + 2 * kMmaChunk + lane, c.v_scale + cell, ok);
+    detail::cp_async4(ss + 3 * kMmaChunk + lane, c.v_zero + cell, ok);
+  };
+  // Prologue: the first kMmaStages - 1 chunks, one commit group each (empty groups keep the count uniform),
+  // issued before the q loads so that both latencies overlap.
+#pragma unroll
+  for (int s = 0; s < kMmaStages - 1; ++s) {
+    if (s < n_mine) issue(first + s * kWarps * kMmaChunk, s);
+    detail::async_commit();
+  }
 
   // q fragments (A of the score MMA): rows g = hi, g + 8 = lo of head h0 + g, in this thread's dim order.
   uint32_t qa[KB][4];
@@ -438,68 +514,58 @@ __global__ void __launch_bounds__(kThreads)
       }
   }
 
-  const int64_t row_cells = static_cast<int64_t>(b) * c.max_ctx;  // slot b
   float m_run = -INFINITY, l_part = 0.0f, sc_run = 1.0f;
   float acc[NB][4];
 #pragma unroll
   for (int j = 0; j < NB; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 
-  for (int c0 = k0 + warp * kMmaChunk; c0 < k1; c0 += kWarps * kMmaChunk) {
-    // Loads first (all independent): K row c0 + 8nb + g; scales / V of keys c0 + 8nb + 2t + e.
-    uint32_t kw[kMmaNb][KW];
-    float kz[kMmaNb];
-#pragma unroll
-    for (int nb = 0; nb < kMmaNb; ++nb) {
-      const int j = c0 + nb * 8 + g;
-      if (j < k1) {
-        const int64_t cell = (row_cells + j) * H + kvh;
-        load_words(c.k + cell * (D / 2) + t * (D / 8), kw[nb]);
-        kz[nb] = c.k_zero[cell];
-      } else {
-#pragma unroll
-        for (int u = 0; u < KW; ++u) kw[nb][u] = 0;
-        kz[nb] = 0.0f;
-      }
+  int stage = 0;
+  for (int i = 0; i < n_mine; ++i) {
+    const int c0 = first + i * kWarps * kMmaChunk;
+    // Chunk i has landed (this lane's copies); the warp barrier makes every lane's copies visible and ends
+    // all reads of the stage the next copy overwrites (chunk i - 1's).
+    detail::async_wait<kMmaStages - 2>();
+    __syncwarp();
+    {
+      const int ahead = i + kMmaStages - 1;
+      int st = stage + kMmaStages - 1;
+      st = st >= kMmaStages ? st - kMmaStages : st;
+      if (ahead < n_mine) issue(c0 + (kMmaStages - 1) * kWarps * kMmaChunk, st);
+      detail::async_commit();
     }
-    float ks[kMmaNb][2], vs[kMmaNb][2], vz[kMmaNb][2];
-    uint32_t vw[kMmaNb][2][VW];
-#pragma unroll
-    for (int nb = 0; nb < kMmaNb; ++nb)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int j = c0 + nb * 8 + 2 * t + e;
-        if (j < k1) {
-          const int64_t cell = (row_cells + j) * H + kvh;
-          ks[nb][e] = c.k_scale[cell];
-          vs[nb][e] = c.v_scale[cell];
-          vz[nb][e] = c.v_zero[cell];
-          load_words(c.v + cell * (D / 2) + g * (D / 16), vw[nb][e]);
-        } else {
-          ks[nb][e] = vs[nb][e] = vz[nb][e] = 0.0f;
-#pragma unroll
-          for (int u = 0; u < VW; ++u) vw[nb][e][u] = 0;
-        }
-      }
+    const unsigned char* sb = wbuf + stage * L::kBytes;
+    const float* ss = reinterpret_cast<const float*>(sb + L::kScales);
+    stage = stage + 1 == kMmaStages ? 0 : stage + 1;
 
-    // Scores (base-2 logits) of head g for keys c0 + 8nb + 2t + e.
+    // Scores (base-2 logits) of head g for keys c0 + 8nb + 2t + e. Zero-filled keys give finite scores
+    // (codes and zero 0, scale 0) that the j < k1 test replaces by -inf.
     float sv[kMmaNb][2];
 #pragma unroll
     for (int nb = 0; nb < kMmaNb; ++nb) {
+      uint32_t kw[KW];
+      load_words(sb + L::kK + (nb * 8 + g) * L::kRow + t * (D / 8), kw);
+      const float kz = ss[kMmaChunk + nb * 8 + g];
+      const float2 ks = *reinterpret_cast<const float2*>(ss + nb * 8 + 2 * t);
       float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      const __half2 z = __float2half2_rn(1024.0f + kz[nb]);
+      const __half2 z = __float2half2_rn(1024.0f + kz);
 #pragma unroll
       for (int u = 0; u < KW; ++u) {
-        const uint32_t x = kw[nb][u];
+        const uint32_t x = kw[u];
         mma_f16_16816(s, qa[2 * u][0], qa[2 * u][1], qa[2 * u][2], qa[2 * u][3], nib_h2(x, 0, z),
                       nib_h2(x, 4, z));
         mma_f16_16816(s, qa[2 * u + 1][0], qa[2 * u + 1][1], qa[2 * u + 1][2], qa[2 * u + 1][3],
                       nib_h2(x, 8, z), nib_h2(x, 12, z));
       }
+      const int j = c0 + nb * 8 + 2 * t;
+      sv[nb][0] = j < k1 ? (s[0] + s[2]) * ks.x : -INFINITY;
+      sv[nb][1] = j + 1 < k1 ? (s[1] + s[3]) * ks.y : -INFINITY;
+    }
+    float vs[kMmaNb][2];
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int j = c0 + nb * 8 + 2 * t + e;
-        sv[nb][e] = j < k1 ? (s[e] + s[2 + e]) * ks[nb][e] : -INFINITY;
-      }
+    for (int nb = 0; nb < kMmaNb; ++nb) {
+      const float2 v2 = *reinterpret_cast<const float2*>(ss + 2 * kMmaChunk + nb * 8 + 2 * t);
+      vs[nb][0] = v2.x;
+      vs[nb][1] = v2.y;
     }
     // Chunk max of head g and of v_scale (the four lanes of group g hold all 32 keys).
     float mx = -INFINITY, vmx = 0.0f;
@@ -543,11 +609,16 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int nb = 2 * hh + r;
-        const __half2 z = __floats2half2_rn(1024.0f + vz[nb][0], 1024.0f + vz[nb][1]);
+        const float2 vz = *reinterpret_cast<const float2*>(ss + 3 * kMmaChunk + nb * 8 + 2 * t);
+        uint32_t vw[2][VW];
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          load_words(sb + L::kV + (nb * 8 + 2 * t + e) * L::kVRow + g * (D / 16), vw[e]);
+        const __half2 z = __floats2half2_rn(1024.0f + vz.x, 1024.0f + vz.y);
 #pragma unroll
         for (int u = 0; u < VW; ++u) {
-          const uint32_t x = __byte_perm(vw[nb][0][u], vw[nb][1][u], 0x5410);  // bytes 0, 1 of both keys
-          const uint32_t y = __byte_perm(vw[nb][0][u], vw[nb][1][u], 0x7632);  // bytes 2, 3
+          const uint32_t x = __byte_perm(vw[0][u], vw[1][u], 0x5410);  // bytes 0, 1 of both keys
+          const uint32_t y = __byte_perm(vw[0][u], vw[1][u], 0x7632);  // bytes 2, 3
           bv[r][8 * u + 0] = nib_h2(x, 0, z);
           bv[r][8 * u + 1] = nib_h2(x, 4, z);
           bv[r][8 * u + 2] = nib_h2(x, 8, z);
@@ -566,15 +637,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // Merge: the warp's row sum (over the 4 lanes of group g), its output rows (hi + lo accumulators, scale
-  // 2^E undone), then the 4 warps of the CTA as in the split combine.
+  // 2^E undone) into its own stage buffers (after its copies and reads are done: no copy is pending, only
+  // empty groups), then the 4 warps of the CTA as in the split combine.
+  detail::async_wait<0>();
+  __syncwarp();
   l_part += __shfl_xor_sync(kFull, l_part, 1);
   l_part += __shfl_xor_sync(kFull, l_part, 2);
   const float inv_sc = 1.0f / sc_run;
+  float(*const s_o)[D] = reinterpret_cast<float(*)[D]>(wbuf);  // [8][D]
 #pragma unroll
   for (int j = 0; j < NB; ++j)
 #pragma unroll
-    for (int e = 0; e < 2; ++e)
-      s_o[warp][g][(2 * t + e) * (D / 8) + j] = (acc[j][e] + acc[j][2 + e]) * inv_sc;
+    for (int e = 0; e < 2; ++e) s_o[g][(2 * t + e) * (D / 8) + j] = (acc[j][e] + acc[j][2 + e]) * inv_sc;
   if (t == 0) {
     s_m[warp][g] = m_run;
     s_l[warp][g] = l_part;
@@ -591,7 +665,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) {
         const float f = exp2f(s_m[w][gg] - M);  // 0 for a warp without keys
-        o += f * s_o[w][gg][e];
+        o += f * reinterpret_cast<const float*>(mma_smem + w * L::kWarpBytes)[gg * D + e];
         l += f * s_l[w][gg];
       }
     }
@@ -614,16 +688,31 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Shared-memory opt-in (60 KB at D = 128, over the 48 KB default) and the carveout that lets kMmaCtasPerSm
+// CTAs share an SM, set once per process (a function-local static in the caller): not again inside a
+// CUDA-graph capture, where the runtime may refuse non-stream calls. (One device per process is assumed.)
+template <int D>
+cudaError_t set_mma_attributes() {
+  auto kernel = decode_attn_mma_kernel<D>;
+  FQ_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, MmaStage<D>::kCtaBytes));
+  FQ_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                               cudaSharedmemCarveoutMaxShared));
+  return cudaSuccess;
+}
+
 template <int D>
 cudaError_t launch_decode_mma(const Kv4Layer& c, const void* q, bool q_f16, int64_t q_stride, int64_t batch,
                               int64_t n_head, int heads_per_cta, int n_chunk, const int32_t* d_len, void* out,
                               bool out_f16, float* ws, int n_split, int32_t* d_overflow,
                               cudaStream_t stream) {
+  static const cudaError_t attr = set_mma_attributes<D>();
+  FQ_CUDA_RETURN_IF_ERROR(attr);
   const dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(c.n_head_kv * n_chunk),
                   static_cast<unsigned>(batch));
-  decode_attn_mma_kernel<D><<<grid, kThreads, 0, stream>>>(c, q, q_f16, q_stride, static_cast<int>(n_head),
-                                                           heads_per_cta, d_len, out, out_f16, ws, n_split,
-                                                           d_overflow);
+  decode_attn_mma_kernel<D><<<grid, kThreads, MmaStage<D>::kCtaBytes, stream>>>(
+      c, q, q_f16, q_stride, static_cast<int>(n_head), heads_per_cta, d_len, out, out_f16, ws, n_split,
+      d_overflow);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -672,12 +761,23 @@ DecodeAttnPlan decode_attention_plan(int64_t batch, int64_t n_head, int64_t n_he
   p.heads_per_cta = static_cast<int>(std::min<int64_t>(G, kMaxHeadsPerCta));
   const int64_t n_chunk = (G + p.heads_per_cta - 1) / p.heads_per_cta;
   const int64_t base = batch * n_head_kv * n_chunk;
-  // One full wave: the tensor-core kernel (210 registers at head_dim 128) keeps two CTAs per SM resident, and
-  // a partial last wave costs as much as a full one, so take the largest split count whose CTAs fit one wave
-  // (with more CTAs than a wave: no split). A split shorter than one tile is pure overhead.
-  const int64_t wave = kResidentCtasPerSm * static_cast<int64_t>(std::max(n_sm, 1));
+  // One full wave: the tensor-core kernel keeps kMmaCtasPerSm = 3 CTAs per SM resident (165 registers and
+  // 60 KB of shared memory at head_dim 128; the register-staged version had 210 and 2), and a partial last
+  // wave cost as much as a full one (measured with 2 per SM: batch 16 x 8192 at 5 splits / 640 CTAs took
+  // 125 us, at 2 splits / 256 CTAs 99 us), so take the largest split count whose CTAs fit one wave (with more
+  // CTAs than a wave: no split). Llama-3-8B shapes at batch 16 (128 (sequence, kv head) pairs) now get 3
+  // splits instead of 2. A split shorter than one tile is pure overhead. (The CUDA-core kernel, used for the
+  // other head_dims, shares the plan.)
+  const int64_t wave = kMmaCtasPerSm * static_cast<int64_t>(std::max(n_sm, 1));
   int64_t n = std::max<int64_t>(1, wave / base);
   n = std::min(n, std::max<int64_t>(1, (max_len + kMinKeysPerSplit - 1) / kMinKeysPerSplit));
+  // The kernels round a split up to whole tiles, so some counts leave the last splits empty at max_len
+  // (batch 1 x 8192: 33 or 49 splits are 256 keys each, 32 of them hold keys): drop those CTAs, which only
+  // cost a launch slot and combine work.
+  if (max_len > 0) {
+    const int64_t per = ((max_len + n - 1) / n + kTile - 1) / kTile * kTile;
+    n = (max_len + per - 1) / per;
+  }
   p.n_split = static_cast<int>(std::clamp<int64_t>(n, 1, kMaxSplit));
   return p;
 }
