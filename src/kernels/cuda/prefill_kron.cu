@@ -28,6 +28,7 @@
 
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/prefill_int8.h"
 #include "kernels/cuda/quant_common.cuh"
 
@@ -91,34 +92,6 @@ KqShape kq_fit(int64_t L, int64_t R, bool with_b, int64_t limit) {
   return KqShape{};
 }
 
-__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(detail::smem_u32(p)));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const __half* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(detail::smem_u32(p)));
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
 // Token t's row into the X buffer: L rows of R halves. Wide: 16-byte cp.async; else plain loads (rows of odd
 // length start mid-word; only tiny shapes have them).
 __device__ __forceinline__ void load_x(const KqShape& s, const __half* __restrict__ xr, __half* X) {
@@ -168,7 +141,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (s.with_b) detail::stage_async(sm + s.off_b, b_pk, 2LL * s.Rp * s.Rp);
   int64_t t = blockIdx.x;
   if (t < rows) load_x(s, x + t * x_stride, Xs);
-  cp_async_commit();
+  detail::async_commit();
 
   const int ksR = s.Rp / 16, ksL = s.Lp / 16, tasks = s.MT * s.groups;
   for (int it = 0; t < rows; ++it, t += gridDim.x) {
@@ -177,10 +150,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (s.stages == 2) {
       // The other buffer was last read before the previous token's min/max barriers.
       if (tn < rows) load_x(s, x + tn * x_stride, Xs + (st ^ 1) * tile);
-      cp_async_commit();
-      cp_async_wait<1>();
+      detail::async_commit();
+      detail::async_wait<1>();
     } else {
-      cp_async_wait<0>();
+      detail::async_wait<0>();
     }
     __syncthreads();
     const __half* X = Xs + st * tile;
@@ -193,12 +166,12 @@ __global__ void __launch_bounds__(kWarps * 32)
         float c[4][4] = {};
         for (int ks = 0; ks < ksR; ++ks) {
           uint32_t a[4];
-          ldmatrix_x4(a, X + (mt * 16 + lane % 16) * ld + ks * 16 + (lane / 16) * 8);
+          detail::ldmatrix_x4(a, X + (mt * 16 + lane % 16) * ld + ks * 16 + (lane / 16) * 8);
 #pragma unroll
           for (int j = 0; j < 4; ++j)
             if (j < nn) {
               const uint2 b = Bs[((n0 + j) * ksR + ks) * 32 + lane];
-              mma_f16(c[j], a, b.x, b.y);
+              detail::mma_f16(c[j], a, b.x, b.y);
             }
         }
 #pragma unroll
@@ -231,9 +204,9 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (int jp = 0; jp < 2; ++jp)
           if (n0 + 2 * jp < s.NT) {
             uint32_t b[4];
-            ldmatrix_x4_trans(b, T + (ks * 16 + lane % 16) * ld + (n0 + 2 * jp + lane / 16) * 8);
-            mma_f16(y[k][2 * jp], a, b[0], b[1]);
-            mma_f16(y[k][2 * jp + 1], a, b[2], b[3]);
+            detail::ldmatrix_x4_trans(b, T + (ks * 16 + lane % 16) * ld + (n0 + 2 * jp + lane / 16) * 8);
+            detail::mma_f16(y[k][2 * jp], a, b[0], b[1]);
+            detail::mma_f16(y[k][2 * jp + 1], a, b[2], b[3]);
           }
       }
 #pragma unroll
@@ -250,7 +223,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     detail::block_minmax(vmax, vmin, red);  // its barriers end every read of X and T for this token
     if (s.stages == 1) {
       if (tn < rows) load_x(s, x + tn * x_stride, Xs);
-      cp_async_commit();
+      detail::async_commit();
     }
 
     // 3. The codes, one copy per clip pair.
@@ -289,7 +262,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       if (tid == 0) scales[cp * scale_stride + t] = scale;
     }
   }
-  cp_async_wait<0>();
+  detail::async_wait<0>();
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/quant_common.cuh"
 #include "kernels/cuda/reduce.cuh"
 #include "kernels/cuda/w4a4_ops.h"
@@ -113,14 +114,6 @@ FusedShape fused_shape(int64_t L, int64_t R, int64_t K, FusedIn in, bool with_b,
     if (s.total <= limit) break;
   }
   return s;
-}
-
-__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ uint32_t lds32(const __half* p) {
@@ -298,7 +291,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             if (j < nn) {
               const uint2* p = reinterpret_cast<const uint2*>(bpk) + ((ntg + j) * ks_n + ks) * 32 + lane;
               const uint2 bf = s.stage_b ? *p : __ldg(p);
-              mma_f16(c[j], af, bf.x, bf.y);
+              detail::mma_f16(c[j], af, bf.x, bf.y);
             }
         }
 #pragma unroll
@@ -342,7 +335,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int j = 0; j < 4; ++j)
           if (j < nn) {
             const __half* tb = Tt + ((ntg + j) * 8 + g) * s.ldt + ks * 16 + 2 * tq;
-            mma_f16(c[j], af, lds32(tb), lds32(tb + 8));
+            detail::mma_f16(c[j], af, lds32(tb), lds32(tb + 8));
           }
       }
 #pragma unroll
