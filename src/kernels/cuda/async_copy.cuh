@@ -140,6 +140,74 @@ __device__ __forceinline__ T* cluster_map(T* p, int rank) {
 #endif
 }
 
+// Cluster exchange through mbarriers (sm_90): a CTA initializes a barrier in its shared memory that expects
+// `bytes` of transactions, publishes the init (fence + the cluster arrive/wait that every CTA does before its
+// first remote access), then peers push values into it with st.async, each counted on that barrier, and the
+// owner waits for the barrier's phase: no cluster-wide barrier (and no release fence) per exchange.
+__device__ __forceinline__ void mbar_init_expect(uint64_t* bar, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "mbarrier.init.shared::cta.b64 [%0], 1;\n"
+      "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+      "fence.mbarrier_init.release.cluster;\n" ::"r"(smem_u32(bar)),
+      "r"(bytes)
+      : "memory");
+#else
+  (void)bar;
+  (void)bytes;
+#endif
+}
+// Waits for phase `parity` of the barrier; the values pushed into this CTA are then visible.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  unsigned done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+#else
+  (void)bar;
+  (void)parity;
+#endif
+}
+// The address of `p` (this CTA's shared memory) in the cluster's CTA `rank`, as a shared::cluster address.
+__device__ __forceinline__ unsigned cluster_addr(const void* p, int rank) {
+  unsigned r = smem_u32(p);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mapa.shared::cluster.u32 %0, %0, %1;\n" : "+r"(r) : "r"(rank));
+#else
+  (void)rank;
+#endif
+  return r;
+}
+// Stores v into `dst` (this CTA's address of a shared variable) in the cluster's CTA `rank`, counted (8 / 4
+// bytes) on that CTA's barrier `bar` (this CTA's address of it). sm_90 only (clusters).
+__device__ __forceinline__ void st_async_f2(float2* dst, float2 v, uint64_t* bar, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];\n" ::"r"(
+                   cluster_addr(dst, rank)),
+               "f"(v.x), "f"(v.y), "r"(cluster_addr(bar, rank))
+               : "memory");
+#else
+  (void)dst, (void)v, (void)bar, (void)rank;
+#endif
+}
+__device__ __forceinline__ void st_async_u32(void* dst, uint32_t v, uint64_t* bar, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(
+                   cluster_addr(dst, rank)),
+               "r"(v), "r"(cluster_addr(bar, rank))
+               : "memory");
+#else
+  (void)dst, (void)v, (void)bar, (void)rank;
+#endif
+}
+
 // A 16-byte load of data read exactly once (streamed weights): kept out of L1 so that reused data stays
 // there.
 __device__ __forceinline__ uint4 load_stream(const void* p) {

@@ -24,10 +24,12 @@ namespace {
 //    while shared memory allows), then, after pdl_wait(), its box of the token's input (RMSNorm: the whole
 //    fp32 row, whose sum of squares every rank needs; summing it again is cheaper than a cluster reduction);
 //  - with B, phase 1: the prologue for its rows of X (m-tiles [mt0, mt1)), then T = X B for those rows, each
-//    fp16 value of T stored straight into the T^T tile (Tt) of the rank that owns its column in phase 2, then
-//    a cluster barrier. Without B, it fills its Tt from the input;
+//    pair of fp16 values of T pushed straight into the T^T tile (Tt) of the rank that owns its column in
+//    phase 2 (st.async, counted on the owner's mbarrier, which the owner waits for). Without B, it fills its
+//    Tt from the input;
 //  - phase 2: Y = A^T T for its columns (n-tiles [nt0, nt1)), fp32, and their min/max;
-//  - the row's min/max: a block reduction, then every warp combines the pairs of all ranks;
+//  - the row's min/max: a block reduction, then each rank pushes its pair into every rank's shared memory
+//    (st.async, counted on an mbarrier: no cluster-wide barrier) and every warp combines the C pairs;
 //  - the packed bytes of its columns, one copy per clip pair; rank 0 stores the scales.
 // L = 0 (no transform): rank r takes a chunk of K / C values (a multiple of 8). Every output value comes from
 // the same operations whatever C (each mma sum runs over the same k-steps in the same order, the RMSNorm sum
@@ -169,7 +171,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int kWarps = kThreads / detail::kWarp;
   extern __shared__ __align__(16) unsigned char smraw[];
   __shared__ float red[2 * detail::kWarp];
-  __shared__ float2 mm;  // this CTA's (max, min) of the row, read by every rank of the cluster
+  __shared__ float2 mm[kFusedMaxSplit];  // (max, min) of the row's part of every rank, pushed by each rank
+  __shared__ uint64_t mm_bar;            // counts the pushes
+  __shared__ uint64_t t_bar;             // counts the T values pushed into Tt (with B)
   const int C = s.C, rank = static_cast<int>(blockIdx.x % static_cast<unsigned>(C));
   const int64_t t = blockIdx.x / static_cast<unsigned>(C);  // clusters are C consecutive CTAs along x
   const bool cl = C > 1;
@@ -178,9 +182,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
   const int L = static_cast<int>(a.L), R = static_cast<int>(a.R), Rv = L > 0 ? R : K;  // the row as [Lv, Rv]
   const bool with_b = a.b_pk != nullptr;
-  // Phase 1 writes into the peers' shared memory, which a CTA may do only once they run: this arrival says
-  // that this one does (the wait is just before the first such write).
-  if (cl && L > 0 && with_b) detail::cluster_arrive_relaxed();
 
   // The rank's share. Output columns [n0, n1) of Y (L = 0: values [n0, n1)); input box rows [row0, row1) x
   // columns [col0, col1) of the row viewed as [Lv, Rv].
@@ -210,6 +211,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   const int bw = col1 - col0, box_rows = row1 - row0;
+  // Phase 1 (with B) and the min/max exchange write into the peers' shared memory, which a CTA may do only
+  // once they run and their barriers are initialized: this arrival says that this one is (the wait is just
+  // before the first such write). t_bar counts the T values of the rank's columns (all Lp rows, from every
+  // rank), mm_bar the C (max, min) pairs.
+  if (cl) {
+    if (threadIdx.x == 0) {
+      detail::mbar_init_expect(&mm_bar, static_cast<unsigned>(C * sizeof(float2)));
+      if (L > 0 && with_b)
+        detail::mbar_init_expect(&t_bar, static_cast<unsigned>(2 * s.Lp * 8 * (nt1 - nt0)));
+    }
+    detail::cluster_arrive_relaxed();
+  }
   const int64_t box0 = static_cast<int64_t>(row0) * Rv + col0;  // the box's first element in the row
 
   float* wbox = reinterpret_cast<float*>(smraw + s.off_w);
@@ -294,24 +307,34 @@ __global__ void __launch_bounds__(kThreads, 1)
               detail::mma_f16(c[j], af, bf.x, bf.y);
             }
         }
+        // Lane (g, tq) holds T rows m = 16 mt + g, m + 8 of columns n, n + 1 (n = 2 tq). With its partner
+        // lane (g ^ 1) it forms pairs of rows of one column (adjacent halves of Tt): an even g stores rows
+        // (m, m + 1) and (m + 8, m + 9) of column n, an odd g rows (m - 1, m) and (m + 7, m + 8) of n + 1.
+        const bool odd = (g & 1) != 0;
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          if (j < nn) {
+          if (j < nn) {  // warp-uniform
+            const float r0 = __shfl_xor_sync(0xffffffffu, odd ? c[j][0] : c[j][1], 4);
+            const float r1 = __shfl_xor_sync(0xffffffffu, odd ? c[j][2] : c[j][3], 4);
+            const __half2 lo = odd ? __floats2half2_rn(r0, c[j][1]) : __floats2half2_rn(c[j][0], r0);
+            const __half2 hi = odd ? __floats2half2_rn(r1, c[j][3]) : __floats2half2_rn(c[j][2], r1);
             const int nt = ntg + j, owner = nt / s.nper;
-            __half* dst = owner == rank ? Tt : detail::cluster_map(Tt, owner);
-            const int n = 8 * (nt - owner * s.nper) + 2 * tq, m = (mt0 + mt) * 16 + g;
-            dst[n * s.ldt + m] = __float2half_rn(c[j][0]);
-            dst[(n + 1) * s.ldt + m] = __float2half_rn(c[j][1]);
-            dst[n * s.ldt + m + 8] = __float2half_rn(c[j][2]);
-            dst[(n + 1) * s.ldt + m + 8] = __float2half_rn(c[j][3]);
+            const int n = 8 * (nt - owner * s.nper) + 2 * tq + (odd ? 1 : 0),
+                      m = (mt0 + mt) * 16 + g - (odd ? 1 : 0);
+            __half* d0 = Tt + n * s.ldt + m;
+            if (cl) {
+              detail::st_async_u32(d0, reinterpret_cast<const uint32_t&>(lo), &t_bar, owner);
+              detail::st_async_u32(d0 + 8, reinterpret_cast<const uint32_t&>(hi), &t_bar, owner);
+            } else {
+              *reinterpret_cast<__half2*>(d0) = lo;
+              *reinterpret_cast<__half2*>(d0 + 8) = hi;
+            }
           }
       }
-      // All of Tt has arrived (the cluster barrier orders the peers' writes before the reads below); raw and
-      // X16 are dead, so Y may overwrite raw.
-      if (cl)
-        detail::cluster_sync();
-      else
-        __syncthreads();
+      // All of Tt has arrived (t_bar counted every value pushed into it); raw and X16 are dead, so Y may
+      // overwrite raw.
+      if (cl) detail::mbar_wait(&t_bar, 0);
+      __syncthreads();
     } else {
       // No B: T = X; the rank's columns of X, transposed, fp16, zero-padded.
       const int ncols = 8 * (nt1 - nt0);
@@ -357,16 +380,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Odd R: a packed byte may pair this rank's last column with a value of another rank, read from its Y.
   const bool peer_y = cl && L > 0 && R % 2 != 0;
   if (cl) {
-    if (tid == 0) mm = make_float2(vmax, vmin);
-    detail::cluster_sync();
-    const float2 p = lane < C ? *detail::cluster_map(&mm, lane) : make_float2(0.0f, 0.0f);
+    if (!(L > 0 && with_b)) detail::cluster_wait();  // (with B: waited before phase 1)
+    // Thread r pushes this rank's pair to rank r; every CTA waits for all C pairs in its own memory. A CTA
+    // stays alive until all pushes into it have landed, so none is left with a write in flight to it.
+    if (tid < C) detail::st_async_f2(&mm[rank], make_float2(vmax, vmin), &mm_bar, tid);
+    detail::mbar_wait(&mm_bar, 0);
+    __syncthreads();  // (also orders the pairs for tools that do not model st.async)
+    const float2 p = lane < C ? mm[lane] : make_float2(0.0f, 0.0f);
     vmax = p.x;
     vmin = p.y;
     detail::warp_minmax(vmax, vmin);
-    // The last read of a peer's shared memory is done (peer_y: after the packing below); the matching wait at
-    // the end keeps every CTA, and so its shared memory, alive until all peers are done with it.
-    if (!peer_y) detail::cluster_arrive();
   }
+  if (peer_y) detail::cluster_sync();  // every rank's Y is written before a peer reads it below
   // 6. One packed copy per clip pair of the rank's values, all copies in one loop (a rank's share of one copy
   // is too little to keep its threads busy); eight values (one 32-bit store) per thread and step where the
   // layout allows.
@@ -415,10 +440,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   if (rank == 0 && tid < a.clips.n) scales[tid * rows + t] = pick3(sc, tid);
-  if (cl) {
-    if (peer_y) detail::cluster_arrive();
-    detail::cluster_wait();
-  }
+  // peer_y: every CTA, and so its Y, stays alive until all peers are done reading it.
+  if (peer_y) detail::cluster_sync();
 }
 
 // fused_pack_operand: element d of the packed operand (see fused_quant_kernel's loads). left: 16 x 16 tiles
