@@ -282,10 +282,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int Lp = s.Lp, Rp = s.Rp;
     if (with_b) {
       // The rank's rows of X, fp16, zero-padded.
+      // A warp per row, two columns per lane (Rp and ldx are even): no index divisions.
       const int xrows = 16 * (mt1 - mt0);
-      for (int i = tid; i < xrows * Rp; i += kThreads) {
-        const int lr = i / Rp, r = i % Rp, l = 16 * mt0 + lr;
-        X16[lr * s.ldx + r] = l < L && r < R ? __float2half_rn(value(l, r)) : __float2half_rn(0.0f);
+      for (int lr = warp; lr < xrows; lr += kWarps) {
+        const int l = 16 * mt0 + lr;
+        for (int r = 2 * lane; r < Rp; r += 2 * detail::kWarp) {
+          const float v0 = l < L && r < R ? value(l, r) : 0.0f;
+          const float v1 = l < L && r + 1 < R ? value(l, r + 1) : 0.0f;
+          *reinterpret_cast<__half2*>(X16 + lr * s.ldx + r) = __floats2half2_rn(v0, v1);
+        }
       }
       __syncthreads();
       if (cl) detail::cluster_wait();  // every peer runs: its Tt may be written
@@ -337,10 +342,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();
     } else {
       // No B: T = X; the rank's columns of X, transposed, fp16, zero-padded.
+      // A warp per column, two rows per lane (Lp and ldt are even).
       const int ncols = 8 * (nt1 - nt0);
-      for (int i = tid; i < ncols * Lp; i += kThreads) {
-        const int nl = i / Lp, m = i % Lp, n = 8 * nt0 + nl;
-        Tt[nl * s.ldt + m] = m < L && n < R ? __float2half_rn(value(m, n)) : __float2half_rn(0.0f);
+      for (int nl = warp; nl < ncols; nl += kWarps) {
+        const int n = 8 * nt0 + nl;
+        for (int m = 2 * lane; m < Lp; m += 2 * detail::kWarp) {
+          const float v0 = m < L && n < R ? value(m, n) : 0.0f;
+          const float v1 = m + 1 < L && n < R ? value(m + 1, n) : 0.0f;
+          *reinterpret_cast<__half2*>(Tt + nl * s.ldt + m) = __floats2half2_rn(v0, v1);
+        }
       }
       __syncthreads();
     }
