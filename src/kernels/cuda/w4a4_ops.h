@@ -35,9 +35,10 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
 // quantize_sym_int4_multi's copies. Rounding points are those of the engine's prefill route (cuBLAS on fp16
 // operands): X and B are fp16, T = X B is rounded to fp16, Y = A^T T is fp32. L = 0: no transform (quantized
 // in fp32). No B: the o_proj head mix Y = A^T X. Each token runs on a thread-block cluster of C CTAs (sm_90;
-// C = 1, one CTA, elsewhere): rank r computes the prologue and T = X B for its rows of X, sends each T value
-// to the rank that owns its column (distributed shared memory), then Y = A^T T, the min/max and the packed
-// bytes for its columns; the ranks combine their min/max through the cluster. `split` picks C (1, 2, 4 or 8;
+// C = 1, one CTA, elsewhere): rank r computes the prologue and T = X B for its rows of X, pushes the T values
+// to the rank that owns their column (distributed shared memory, st.async counted on the owner's mbarrier),
+// then Y = A^T T, the min/max and the packed bytes for its columns; the ranks push their min/max pairs to each
+// other the same way. `split` picks C (1, 2, 4 or 8;
 // 0: automatic, up to 8 CTAs per token while the grid stays within a quarter of the SMs, raised where one
 // CTA's share would not fit); every C gives the same bits. The transform matrices come pre-packed by
 // fused_pack_operand: zero-padded to multiples of 16 and stored in mma fragment order, so that a warp loads
