@@ -1350,12 +1350,16 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     });
   }
   const int64_t QK = (H + KV) * D;
-  if (!few && w.kmat && QK <= HB) {
-    // Prefill: RoPE into t16, then q <- q Pk^{-T} and k <- k Pk as batched tensor-core GEMMs back into big
+  // The GEMM route of the K transform (prefill; decode at many rows) appends to the cache separately.
+  const bool k_gemm = !few && w.kmat && QK <= HB;
+  if (k_gemm) {
+    // Prefill (and decode at many rows, at each sequence's position): RoPE into t16, then q <- q Pk^{-T} and
+    // k <- k Pk as batched tensor-core GEMMs back into big
     // (per token, column-major: C[D, heads] = M^T . X^T with M read as its row-major storage).
     op("rope", [&] {
-      ck(cuda::qkv_rope_transform_f16(big, QKV, rows, n_tok, p0, nullptr, w.bqkv, H, KV, D, inv_freq, nullptr,
-                                      nullptr, stream, t16, QK),
+      ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0,
+                                      decode ? in_pos() : nullptr, w.bqkv, H, KV, D, inv_freq, nullptr, nullptr,
+                                      stream, t16, QK),
          "q/k/v RoPE");
     });
     op("k_transform_gemm", [&] {
@@ -1371,20 +1375,27 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
           fail("cuBLAS: K transform GEMM failed (status {})", static_cast<int>(st));
       }
     });
+  } else if (decode) {
+    // Decode: the per-head kernel also writes the new K and V into the KV4 cache (one launch, not two).
+    op("rope_ktrans_kv4", [&] {
+      ck(cuda::qkv_rope_transform_kv4_f16(big, QKV, rows, 1, 0, 0, in_pos(), w.bqkv, H, KV, D, inv_freq, w.kinv,
+                                          w.kmat, c, d_flags, w.kv_clip, stream),
+         "q/k/v RoPE + K transform + KV4 append");
+    });
   } else {
     op("rope_ktrans", [&] {
-      ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0,
-                                      decode ? in_pos() : nullptr, w.bqkv, H, KV, D, inv_freq, w.kinv, w.kmat,
-                                      stream),
+      ck(cuda::qkv_rope_transform_f16(big, QKV, rows, n_tok, p0, nullptr, w.bqkv, H, KV, D, inv_freq, w.kinv,
+                                      w.kmat, stream),
          "q/k/v RoPE + K transform");
     });
   }
-  op("kv4_append", [&] {
-    ck(cuda::kv4_append(c, big + HD, big + HD + KV * D, DType::F16, decode ? batch : n_seq,
-                        decode ? 1 : n_tok, QKV, decode ? 0 : slot0, decode ? 0 : p0,
-                        decode ? in_pos() : nullptr, d_flags, w.kv_clip, stream),
-       "KV4 append");
-  });
+  if (!decode || k_gemm)
+    op("kv4_append", [&] {
+      ck(cuda::kv4_append(c, big + HD, big + HD + KV * D, DType::F16, decode ? batch : n_seq,
+                          decode ? 1 : n_tok, QKV, decode ? 0 : slot0, decode ? 0 : p0,
+                          decode ? in_pos() : nullptr, d_flags, w.kv_clip, stream),
+         "KV4 append");
+    });
   // The attention output: fp32 for the fused kernel or the plain quantizer, fp16 for the head-mix GEMM.
   const bool o_fused = few && w.om.fused, attn16 = w.om.L && !o_fused;
   if (decode) {

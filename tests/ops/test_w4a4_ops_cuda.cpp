@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -423,6 +424,89 @@ TEST(W4A4Ops, Kv4DequantMatchesReference) {
       ASSERT_EQ(got[i], f32_to_f16(deq[i])) << (w ? "V" : "K") << " element " << i;
   }
   EXPECT_EQ(cuda::kv4_dequant_f16(c, 2, 2, n_tok, ko.get(), vo.get(), nullptr), cudaErrorInvalidValue);
+}
+
+// The decode launch that also appends to the KV4 cache == the per-head RoPE kernel followed by kv4_append on
+// its output, bit for bit: q/k/v rows, codes, scales and zeros (the rest of the cache untouched), with and
+// without a bias and head matrices, GQA, head_dim 8 / 64 / 128, host and device positions; a device position
+// past the context raises the overflow flag and writes nothing for that sequence.
+TEST(W4A4Ops, RopeKv4AppendEqualsSeparateKernels) {
+  FQ_REQUIRE_CUDA();
+  struct Case {
+    int64_t H, KV, d, n_seq, n_tok;
+    bool bias, mats, dpos;
+  };
+  const int64_t slots = 6, ctx = 24, slot0 = 1;
+  for (const Case& k : {Case{9, 3, 64, 1, 7, true, true, false}, Case{32, 8, 128, 4, 1, false, true, true},
+                        Case{28, 4, 128, 5, 1, true, true, true}, Case{4, 2, 8, 3, 2, true, false, true}}) {
+    const int64_t QKV = (k.H + 2 * k.KV) * k.d, stride = QKV + 8, rows = k.n_seq * k.n_tok;
+    const auto xf = test::random_activations(static_cast<size_t>(rows * stride), 51, 4.0f);
+    std::vector<uint16_t> x16(xf.size());
+    for (size_t i = 0; i < xf.size(); ++i) x16[i] = f32_to_f16(xf[i]);
+    const auto bias = test::random_activations(static_cast<size_t>(QKV), 52, 1.0f);
+    const auto qm = test::random_matrix(k.d, 53), km = test::random_matrix(k.d, 54);
+    const std::vector<float> inv = ref::rope_inv_freq(k.d, 500000.0, {});
+    std::vector<int32_t> pos(static_cast<size_t>(k.n_seq));
+    for (int64_t s = 0; s < k.n_seq; ++s) pos[static_cast<size_t>(s)] = static_cast<int32_t>(2 + 7 * s);
+    if (k.dpos && k.n_seq > 2) pos[1] = static_cast<int32_t>(ctx);  // past the context: flagged, not written
+    const int64_t pos0 = 5;
+    DeviceBuffer<float> db(bias), dqm(qm), dkm(km), dinv(inv);
+    DeviceBuffer<int32_t> dpos(pos);
+    const size_t cells = static_cast<size_t>(slots * ctx * k.KV);
+    std::vector<uint8_t> poison8(cells * static_cast<size_t>(k.d) / 2, 0x5A);
+    std::vector<float> poison(cells, -3.25f);
+    std::vector<uint16_t> qkv_out[2];
+    std::vector<uint8_t> kc_out[2], vc_out[2];
+    std::vector<float> sc_out[2][4];
+    int32_t flag[2] = {0, 0};
+    for (int path = 0; path < 2; ++path) {  // 0: separate kernels, 1: one launch
+      DeviceBuffer<uint16_t> dq(x16);
+      DeviceBuffer<uint8_t> kc(poison8), vc(poison8);
+      DeviceBuffer<float> ks(poison), kz(poison), vs(poison), vz(poison);
+      DeviceBuffer<int32_t> dflag(std::vector<int32_t>{0});
+      const cuda::Kv4Layer c{kc.get(), ks.get(), kz.get(), vc.get(), vs.get(),
+                             vz.get(), slots,    ctx,      k.KV,     k.d};
+      const cuda::Kv4Clip clip{0.93f, 0.97f, 0.9f, 1.0f};
+      const int32_t* dp = k.dpos ? dpos.get() : nullptr;
+      const float *qmp = k.mats ? dqm.get() : nullptr, *kmp = k.mats ? dkm.get() : nullptr;
+      const float* bp = k.bias ? db.get() : nullptr;
+      if (path == 0) {
+        // Without matrices this runs the pairs kernel (RopePairsEqualsPerHeadKernel: the same values).
+        ASSERT_EQ(cuda::qkv_rope_transform_f16(dq.get(), stride, rows, k.n_tok, pos0, dp, bp, k.H, k.KV, k.d,
+                                               dinv.get(), qmp, kmp, nullptr),
+                  cudaSuccess);
+        ASSERT_EQ(cuda::kv4_append(c, dq.get() + k.H * k.d, dq.get() + (k.H + k.KV) * k.d, DType::F16,
+                                   k.n_seq, k.n_tok, stride, slot0, pos0, dp, dflag.get(), clip, nullptr),
+                  cudaSuccess);
+      } else {
+        ASSERT_EQ(
+            cuda::qkv_rope_transform_kv4_f16(dq.get(), stride, rows, k.n_tok, slot0, pos0, dp, bp, k.H, k.KV,
+                                             k.d, dinv.get(), qmp, kmp, c, dflag.get(), clip, nullptr),
+            cudaSuccess);
+      }
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      qkv_out[path] = dq.download();
+      kc_out[path] = kc.download();
+      vc_out[path] = vc.download();
+      sc_out[path][0] = ks.download();
+      sc_out[path][1] = kz.download();
+      sc_out[path][2] = vs.download();
+      sc_out[path][3] = vz.download();
+      flag[path] = dflag.download()[0];
+    }
+    const std::string what = "H " + std::to_string(k.H) + " d " + std::to_string(k.d);
+    for (size_t i = 0; i < qkv_out[0].size(); ++i)
+      ASSERT_EQ(qkv_out[0][i], qkv_out[1][i]) << what << " qkv element " << i;
+    ASSERT_EQ(kc_out[0], kc_out[1]) << what;
+    ASSERT_EQ(vc_out[0], vc_out[1]) << what;
+    for (int j = 0; j < 4; ++j)
+      for (size_t i = 0; i < cells; ++i)
+        ASSERT_EQ(sc_out[0][j][i], sc_out[1][j][i]) << what << " scale/zero array " << j << " cell " << i;
+    EXPECT_EQ(flag[0], flag[1]) << what;
+    EXPECT_EQ(flag[1], k.dpos && k.n_seq > 2 ? 1 : 0) << what;
+    // Something was written (the comparison is not between two untouched caches).
+    EXPECT_NE(kc_out[1], poison8) << what;
+  }
 }
 
 // Several activation copies over column segments == ref::qgemm_w4a4 per segment, bit for bit (one decode

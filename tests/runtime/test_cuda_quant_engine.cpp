@@ -297,8 +297,9 @@ TEST(CudaQuantEngine, FusedPrefillTransformMatchesCpuRuntime) {
 // Three slots at different positions decode in one batched step; each row equals its own CPU decoder.
 // n sequences at different positions decode together: n <= 16 runs the fused decode kernels, more the GEMM
 // route (whose fp16 inputs the decode attention then writes).
-void check_batch_decode(int64_t n) {
-  const ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, false, true);
+void check_batch_decode(int64_t n, int64_t n_ff = 0) {
+  ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, false, true);
+  if (n_ff > 0) c.n_ff = n_ff;
   const Artifact a = make_quant_artifact(test::random_model(c, 21), 22);
   const int64_t V = c.n_vocab;
   std::vector<int64_t> lens(static_cast<size_t>(n));
@@ -348,6 +349,14 @@ TEST(CudaQuantEngine, Batch3AtDifferentPositions) {
 TEST(CudaQuantEngine, Batch20DecodesOnTheGemmRoute) {
   FQ_REQUIRE_GPU();
   check_batch_decode(20);
+}
+
+// With n_ff >= (n_head + n_head_kv) * head_dim the K transform of more than 16 rows runs as batched GEMMs
+// after a RoPE kernel (the prefill route), also at decode, where each sequence has its own position (Llama-3-8B
+// takes this route at batch 17..64).
+TEST(CudaQuantEngine, Batch20DecodesOnTheKTransformGemmRoute) {
+  FQ_REQUIRE_GPU();
+  check_batch_decode(20, 112);
 }
 
 // Graph replays give bitwise the logits of eager launches; the on-device greedy loop the tokens of steps.

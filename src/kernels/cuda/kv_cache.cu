@@ -4,7 +4,7 @@
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.cuh"
-#include "kernels/cuda/quant_common.cuh"
+#include "kernels/cuda/kv4_store.cuh"
 
 namespace fq::cuda {
 namespace {
@@ -36,25 +36,8 @@ __global__ void kv4_append_kernel(Kv4Layer c, const T* __restrict__ k, const T* 
   }
   const bool is_v = blockIdx.y == 1;
   const T* row = (is_v ? v : k) + (b * n_tok + t) * x_stride + h * d;
-  const float cmax = is_v ? clip.v_max : clip.k_max, cmin = is_v ? clip.v_min : clip.k_min;
-  float vmax = 0.0f, vmin = 0.0f;
-  for (int64_t i = lane; i < d; i += detail::kWarp) {
-    const float x = to_f32(row[i]);
-    vmax = fmaxf(vmax, x);
-    vmin = fminf(vmin, x);
-  }
-  detail::warp_minmax(vmax, vmin);
-  float s, z;
-  detail::asym_int4_params(vmax, vmin, cmax, cmin, s, z);
-  const int64_t cell = ((slot0 + b) * c.max_ctx + pos) * H + h;
-  uint8_t* out = (is_v ? c.v : c.k) + cell * (d / 2);
-  for (int64_t j = lane; j < d / 2; j += detail::kWarp)
-    out[j] = static_cast<uint8_t>(detail::asym_int4_code(to_f32(row[2 * j]), s, z) |
-                                  (detail::asym_int4_code(to_f32(row[2 * j + 1]), s, z) << 4));
-  if (lane == 0) {
-    (is_v ? c.v_scale : c.k_scale)[cell] = s;
-    (is_v ? c.v_zero : c.k_zero)[cell] = z;
-  }
+  detail::kv4_store_row(c, is_v, ((slot0 + b) * c.max_ctx + pos) * H + h, clip,
+                        [&](int64_t i) { return to_f32(row[i]); });
 }
 
 }  // namespace

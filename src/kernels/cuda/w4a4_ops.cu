@@ -8,6 +8,7 @@
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/kv4_store.cuh"
 #include "kernels/cuda/quant_common.cuh"
 #include "kernels/cuda/reduce.cuh"
 #include "kernels/cuda/w4a4_ops.h"
@@ -509,12 +510,23 @@ __global__ void quant_multi_kernel(const float* __restrict__ x, int64_t cols, in
 constexpr int kRopeThreads = 128;
 constexpr int kRopeStageMaxD = 128;  // matrices up to 128 x 128 fp32 (64 KB) are staged in shared memory
 
+// With kv4.on, every k and v head (fp16-rounded, as the cache append reads them) also goes into the KV4 cache
+// at slot kv4.slot0 + row / n_tok, the row's position (outside [0, max_ctx): the overflow flag, nothing
+// written).
+struct RopeKv4 {
+  bool on = false;
+  Kv4Layer c;
+  int64_t slot0 = 0;
+  int32_t* overflow = nullptr;
+  Kv4Clip clip;
+};
+
 __global__ void __launch_bounds__(kRopeThreads)
     rope_transform_kernel(__half* qkv, int64_t qkv_stride, int64_t row0, int64_t n_tok, int64_t pos0,
                           const int32_t* __restrict__ d_pos, const float* __restrict__ bias, int n_head,
                           int n_kv, int d, const float* __restrict__ inv_freq,
                           const float* __restrict__ q_mat, const float* __restrict__ k_mat, __half* out,
-                          int64_t out_stride, bool stage) {
+                          int64_t out_stride, bool stage, RopeKv4 kv4) {
   __shared__ float v[256], r[256], cs[256];
   extern __shared__ __align__(16) float Ms[];  // the head's matrix, staged (d <= kRopeStageMaxD)
   const int hh = blockIdx.x;
@@ -529,12 +541,27 @@ __global__ void __launch_bounds__(kRopeThreads)
     const float a = __half2float(h[i]);
     v[i] = bh ? __fadd_rn(a, bh[i]) : a;
   }
+  const int64_t p = (d_pos ? static_cast<int64_t>(d_pos[row / n_tok]) : pos0) + row % n_tok;
+  // The head's cache cell (k and v heads, with kv4.on), or -1.
+  auto cell = [&]() -> int64_t {
+    if (p < 0 || p >= kv4.c.max_ctx) {
+      if (threadIdx.x == 0 && kv4.overflow) *kv4.overflow = 1;
+      return -1;
+    }
+    const int kvh = hh - n_head - (hh >= n_head + n_kv ? n_kv : 0);
+    return ((kv4.slot0 + row / n_tok) * kv4.c.max_ctx + p) * n_kv + kvh;
+  };
+  auto rounded = [&](int64_t i) { return __half2float(__float2half_rn(v[i])); };
   if (hh >= n_head + n_kv) {  // a v head: the bias only
     __syncthreads();
-    for (int i = threadIdx.x; i < d; i += blockDim.x) h[i] = __float2half_rn(v[i]);
+    if (bh)
+      for (int i = threadIdx.x; i < d; i += blockDim.x) h[i] = __float2half_rn(v[i]);
+    if (kv4.on && threadIdx.x < detail::kWarp) {
+      const int64_t ci = cell();
+      if (ci >= 0) detail::kv4_store_row(kv4.c, true, ci, kv4.clip, rounded);
+    }
     return;
   }
-  const int64_t p = (d_pos ? static_cast<int64_t>(d_pos[row / n_tok]) : pos0) + row % n_tok;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     float s, co;
     sincosf(__fmul_rn(inv_freq[i], static_cast<float>(p)), &s, &co);
@@ -571,6 +598,14 @@ __global__ void __launch_bounds__(kRopeThreads)
       acc = r[e];
     }
     o[e] = __float2half_rn(acc);
+    v[e] = acc;  // (v is dead since the rotation)
+  }
+  if (kv4.on && hh >= n_head) {  // a k head: into the cache too
+    __syncthreads();
+    if (threadIdx.x < detail::kWarp) {
+      const int64_t ci = cell();
+      if (ci >= 0) detail::kv4_store_row(kv4.c, false, ci, kv4.clip, rounded);
+    }
   }
 }
 
@@ -801,20 +836,20 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
   return cudaSuccess;
 }
 
-cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok,
-                                   int64_t pos0, const int32_t* d_pos, const float* bias, int64_t n_head,
-                                   int64_t n_head_kv, int64_t head_dim, const float* inv_freq,
-                                   const float* q_mat, const float* k_mat, cudaStream_t stream,
-                                   uint16_t* qk_out, int64_t qk_stride) {
+namespace {
+cudaError_t rope_launch(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok, int64_t pos0,
+                        const int32_t* d_pos, const float* bias, int64_t n_head, int64_t n_head_kv,
+                        int64_t head_dim, const float* inv_freq, const float* q_mat, const float* k_mat,
+                        cudaStream_t stream, uint16_t* qk_out, int64_t qk_stride, const RopeKv4& kv4) {
   if (qk_out && qk_stride < (n_head + n_head_kv) * head_dim) return cudaErrorInvalidValue;
   if (rows < 0 || n_tok < 1 || rows % n_tok != 0 || head_dim < 2 || head_dim % 2 != 0 || head_dim > 256 ||
       n_head < 1 || n_head_kv < 1 || qkv_stride < (n_head + 2 * n_head_kv) * head_dim || !inv_freq ||
       rows > 65535 * 1024LL || (rows > 0 && !qkv))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  const int64_t heads = n_head + n_head_kv + (bias ? n_head_kv : 0);
+  const int64_t heads = n_head + n_head_kv + (bias || kv4.on ? n_head_kv : 0);
   if (rows > 0x7FFFFFFF || heads > 0x7FFFFFFF) return cudaErrorInvalidValue;
-  if (!q_mat && !k_mat) {
+  if (!q_mat && !k_mat && !kv4.on) {
     rope_pairs_kernel<<<grid_for(rows * (n_head + n_head_kv) * (head_dim / 2), 256), 256, 0, stream>>>(
         reinterpret_cast<__half*>(qkv), qkv_stride, rows, n_tok, pos0, d_pos, bias, static_cast<int>(n_head),
         static_cast<int>(n_head_kv), static_cast<int>(head_dim), inv_freq, reinterpret_cast<__half*>(qk_out),
@@ -842,10 +877,44 @@ cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t ro
                             stream>>>(reinterpret_cast<__half*>(qkv), qkv_stride, r0, n_tok, pos0, d_pos,
                                       bias, static_cast<int>(n_head), static_cast<int>(n_head_kv),
                                       static_cast<int>(head_dim), inv_freq, q_mat, k_mat,
-                                      reinterpret_cast<__half*>(qk_out), qk_stride, smem > 0);
+                                      reinterpret_cast<__half*>(qk_out), qk_stride, smem > 0, kv4);
     FQ_CUDA_RETURN_LAUNCH_ERROR();
   }
   return cudaSuccess;
+}
+}  // namespace
+
+cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok,
+                                   int64_t pos0, const int32_t* d_pos, const float* bias, int64_t n_head,
+                                   int64_t n_head_kv, int64_t head_dim, const float* inv_freq,
+                                   const float* q_mat, const float* k_mat, cudaStream_t stream,
+                                   uint16_t* qk_out, int64_t qk_stride) {
+  return rope_launch(qkv, qkv_stride, rows, n_tok, pos0, d_pos, bias, n_head, n_head_kv, head_dim, inv_freq,
+                     q_mat, k_mat, stream, qk_out, qk_stride, RopeKv4{});
+}
+
+cudaError_t qkv_rope_transform_kv4_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok,
+                                       int64_t slot0, int64_t pos0, const int32_t* d_pos, const float* bias,
+                                       int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                                       const float* inv_freq, const float* q_mat, const float* k_mat,
+                                       const Kv4Layer& cache, int32_t* d_overflow, const Kv4Clip& clip,
+                                       cudaStream_t stream) {
+  const Kv4Layer& c = cache;
+  // kv4_append's checks: the cache's shape matches the heads, the slots exist, positions are checked here
+  // when known on the host and flagged on the device otherwise.
+  if (c.n_slots < 1 || c.max_ctx < 1 || c.n_head_kv != n_head_kv || c.head_dim != head_dim || !c.k || !c.v ||
+      !c.k_scale || !c.k_zero || !c.v_scale || !c.v_zero || n_tok < 1 || rows < 0 || rows % n_tok != 0 ||
+      slot0 < 0 || slot0 + rows / n_tok > c.n_slots)
+    return cudaErrorInvalidValue;
+  if (d_pos ? d_overflow == nullptr : (pos0 < 0 || pos0 + n_tok > c.max_ctx)) return cudaErrorInvalidValue;
+  RopeKv4 kv4;
+  kv4.on = true;
+  kv4.c = c;
+  kv4.slot0 = slot0;
+  kv4.overflow = d_overflow;
+  kv4.clip = clip;
+  return rope_launch(qkv, qkv_stride, rows, n_tok, pos0, d_pos, bias, n_head, n_head_kv, head_dim, inv_freq,
+                     q_mat, k_mat, stream, nullptr, 0, kv4);
 }
 
 cudaError_t kv4_dequant_f16(const Kv4Layer& c, int64_t slot0, int64_t n_seq, int64_t n_pos, uint16_t* k_out,

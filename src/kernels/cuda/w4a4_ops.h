@@ -97,6 +97,18 @@ cudaError_t qkv_rope_transform_f16(uint16_t* qkv, int64_t qkv_stride, int64_t ro
                                    const float* q_mat, const float* k_mat, cudaStream_t stream,
                                    uint16_t* qk_out = nullptr, int64_t qk_stride = 0);
 
+// ---- q/k/v bias + RoPE + K transform + KV4 cache append (decode: one launch for both)
+// qkv_rope_transform_f16 with the per-head kernel (q_mat / k_mat may be null: RoPE only), and every new k head
+// (after RoPE and the K transform) and v head (after the bias), as fp16 values, written into the KV4 cache as
+// kv4_append(cache, k, v, F16, rows / n_tok, n_tok, qkv_stride, slot0, pos0, d_pos, d_overflow, clip) would:
+// the same codes, scales and zeros (tested). cache.n_head_kv / head_dim must equal n_head_kv / head_dim.
+cudaError_t qkv_rope_transform_kv4_f16(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok,
+                                       int64_t slot0, int64_t pos0, const int32_t* d_pos, const float* bias,
+                                       int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                                       const float* inv_freq, const float* q_mat, const float* k_mat,
+                                       const Kv4Layer& cache, int32_t* d_overflow, const Kv4Clip& clip,
+                                       cudaStream_t stream);
+
 // ---- KV4 cache read-back
 // ------------------------------------------------------------------------------------ k_out, v_out [n_seq,
 // n_pos, n_head_kv, head_dim] fp16 = ref::dequantize_kv_asym_int4 of slots slot0 .. slot0 + n_seq - 1,
