@@ -246,7 +246,7 @@ struct CudaEngine::Impl {
   uint8_t* xq = nullptr;                      // packed activations, up to 3 copies [copy][rows][K/2]
   float* sxq = nullptr;                       // their scales [copy][rows]
   uint16_t *kf16 = nullptr, *vf16 = nullptr;  // [kv_rows, KV, D] fp16 K/V read back for prefill attention
-  static constexpr int64_t kFusedRows = 16;   // up to this many rows: the fused decode kernel, else GEMMs
+  static constexpr int64_t kFusedRows = 64;   // up to this many rows: the fused decode kernel, else GEMMs
   // The int8 prefill route (EngineOptions::int8_prefill_rows): activations as int8 code copies in xq
   // ([copy][rows][K] bytes, scales at sxq + copy * align4(rows)), weights unpacked per GEMM into wscr,
   // cuBLASLt s8 GEMMs into acc32 in row chunks of at most EngineOptions::int8_acc_mb (so that the sums can

@@ -149,10 +149,10 @@ void check_case(const Case& c, uint32_t seed) {
 
 TEST(QgemmCuda, DecodeEveryTokenCount) {
   FQ_REQUIRE_CUDA();
-  // M = 1..16 (both token-tile widths of the mma kernel), ragged row groups
+  // M = 1..64 (the four token-tile widths of the mma kernel: 8, 16, 32, 64), ragged row groups
   // (N % 16 != 0), K with partial 128-k steps (K % 128 != 0) and more steps than warps.
   uint32_t seed = 1;
-  for (int64_t M = 1; M <= 16; ++M) {
+  for (int64_t M = 1; M <= 64; M += M < 20 ? 1 : 3) {
     check_case({M, 1, 32, small_m_kernel(M)}, seed += 10);
     check_case({M, 43, 96, small_m_kernel(M)}, seed += 10);
     check_case({M, 148, 1056, small_m_kernel(M)}, seed += 10);
@@ -168,24 +168,24 @@ TEST(QgemmCuda, DecodeModelShapes) {
                                                   {512, 3584},  {18944, 3584}, {3584, 18944}, {576, 576},
                                                   {1536, 576},  {576, 1536}};
   uint32_t seed = 1000;
-  for (int64_t M : {1, 5, 16})
+  for (int64_t M : {1, 5, 16, 32, 64})
     for (const auto& [N, K] : nk) check_case({M, N, K, small_m_kernel(M)}, seed += 10);
 }
 
 TEST(QgemmCuda, Prefill) {
   FQ_REQUIRE_CUDA();
-  // M not a multiple of 128 (17, 77, 200, 1100), N not a multiple of 8 or 2 (43, 1001, 4090), K with a half
+  // M not a multiple of 128 (65, 77, 200, 1100), N not a multiple of 8 or 2 (43, 1001, 4090), K with a half
   // k-tile tail (K % 64 == 32), model shapes with a few rows, and one full 2048-row GEMM.
   uint32_t seed = 2000;
-  check_case({17, 64, 64, "prefill"}, seed += 10);
+  check_case({65, 64, 64, "prefill"}, seed += 10);
   check_case({77, 43, 96, "prefill"}, seed += 10);
   check_case({77, 1001, 576, "prefill"}, seed += 10);
   check_case({200, 1536, 576, "prefill"}, seed += 10);
   check_case({128, 576, 1536, "prefill"}, seed += 10);
   check_case({77, 4096, 4096, "prefill"}, seed += 10);
   check_case({77, 512, 3584, "prefill"}, seed += 10);
-  check_case({33, 256, 14336, "prefill"}, seed += 10);
-  check_case({19, 136, 18944, "prefill"}, seed += 10);
+  check_case({97, 256, 14336, "prefill"}, seed += 10);
+  check_case({71, 136, 18944, "prefill"}, seed += 10);
   check_case({1100, 4090, 160, "prefill"}, seed += 10);
   check_case({2048, 4096, 1024, "prefill"}, seed += 10);
 }

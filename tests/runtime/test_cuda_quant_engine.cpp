@@ -230,8 +230,9 @@ TEST(CudaQuantEngine, GqaBiasChunkedPrefillMatchesCpuRuntime) {
   ModelConfig c = test::tiny_config_for_artifact(6, 2, 16, true, false);
   c.n_embd = 48;
   c.n_ff = 72;
+  c.n_ctx = 128;
   const Artifact a = make_quant_artifact(test::random_model(c, 11), 12);
-  check_against_cpu(a, random_tokens(40, c.n_vocab, 3), 8, 40);
+  check_against_cpu(a, random_tokens(80, c.n_vocab, 3), 8, 80);  // more than 64 rows: the GEMM route
   check_against_cpu(a, random_tokens(40, c.n_vocab, 4), 8, 7);
 }
 
@@ -244,8 +245,9 @@ TEST(CudaQuantEngine, Int8PrefillRouteEqualsMmaRoute) {
   ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, true, false);
   c.n_embd = 64;
   c.n_ff = 100;  // K = 100: cuBLASLt s8 needs K % 4 == 0 only (the mma.sync kernel falls back at K % 32 != 0)
+  c.n_ctx = 128;
   const Artifact a = make_quant_artifact(test::random_model(c, 31), 32);
-  const std::vector<int32_t> toks = random_tokens(48, c.n_vocab, 5);
+  const std::vector<int32_t> toks = random_tokens(80, c.n_vocab, 5);  // more than 64 rows: not the fused path
   const int64_t V = c.n_vocab, n = static_cast<int64_t>(toks.size());
   auto prefill = [&](int64_t int8_rows, int64_t* int8_gemms) {
     EngineOptions o;
@@ -280,22 +282,23 @@ TEST(CudaQuantEngine, FusedPrefillTransformMatchesCpuRuntime) {
   ModelConfig c = test::tiny_config_for_artifact(6, 2, 16, true, false);
   c.n_embd = 48;
   c.n_ff = 72;
+  c.n_ctx = 128;
   const Artifact a = make_quant_artifact(test::random_model(c, 11), 12);
-  const std::vector<int32_t> toks = random_tokens(40, c.n_vocab, 3);
-  check_against_cpu(a, toks, 8, 40, 17);
+  const std::vector<int32_t> toks = random_tokens(80, c.n_vocab, 3);  // more than 64 rows
+  check_against_cpu(a, toks, 8, 80, 17);
   EngineOptions o;
-  o.max_ctx = 40;
-  o.max_tokens = 40;
+  o.max_ctx = 80;
+  o.max_tokens = 80;
   o.int8_prefill_rows = 17;
   CudaEngine eng(a, o);
   std::vector<float> l(static_cast<size_t>(c.n_vocab));
-  eng.prefill(toks.data(), 1, 40, 0, l.data(), false);
+  eng.prefill(toks.data(), 1, 80, 0, l.data(), false);
   EXPECT_EQ(eng.info().fused_prefill_transforms, 4 * c.n_layer);
   EXPECT_EQ(eng.info().int8_gemms, 4 * c.n_layer);
 }
 
 // Three slots at different positions decode in one batched step; each row equals its own CPU decoder.
-// n sequences at different positions decode together: n <= 16 runs the fused decode kernels, more the GEMM
+// n sequences at different positions decode together: n <= 64 runs the fused decode kernels, more the GEMM
 // route (whose fp16 inputs the decode attention then writes).
 void check_batch_decode(int64_t n, int64_t n_ff = 0) {
   ModelConfig c = test::tiny_config_for_artifact(4, 2, 16, false, true);
@@ -346,17 +349,23 @@ TEST(CudaQuantEngine, Batch3AtDifferentPositions) {
   check_batch_decode(3);
 }
 
-TEST(CudaQuantEngine, Batch20DecodesOnTheGemmRoute) {
+// 17..64 rows: the fused kernels and the decode GEMM with four and eight token tiles.
+TEST(CudaQuantEngine, Batch20And40DecodeWithWideTokenTiles) {
   FQ_REQUIRE_GPU();
   check_batch_decode(20);
+  check_batch_decode(40);
 }
 
-// With n_ff >= (n_head + n_head_kv) * head_dim the K transform of more than 16 rows runs as batched GEMMs
-// after a RoPE kernel (the prefill route), also at decode, where each sequence has its own position (Llama-3-8B
-// takes this route at batch 17..64).
-TEST(CudaQuantEngine, Batch20DecodesOnTheKTransformGemmRoute) {
+TEST(CudaQuantEngine, Batch70DecodesOnTheGemmRoute) {
   FQ_REQUIRE_GPU();
-  check_batch_decode(20, 112);
+  check_batch_decode(70);
+}
+
+// With n_ff >= (n_head + n_head_kv) * head_dim the K transform of more than 64 rows runs as batched GEMMs
+// after a RoPE kernel (the prefill route), also at decode, where each sequence has its own position.
+TEST(CudaQuantEngine, Batch70DecodesOnTheKTransformGemmRoute) {
+  FQ_REQUIRE_GPU();
+  check_batch_decode(70, 112);
 }
 
 // Graph replays give bitwise the logits of eager launches; the on-device greedy loop the tokens of steps.

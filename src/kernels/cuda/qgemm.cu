@@ -249,11 +249,11 @@ __global__ void __launch_bounds__(WM* WN * 32)
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Decode (M <= 16): "swapped" mma, the weights are the A operand (16 output rows per warp), the tokens the B
-// operand (NT = 1 or 2 column tiles of 8, tokens past M are zeros). Each weight byte is used by exactly one
+// Decode (M <= 64): "swapped" mma, the weights are the A operand (16 output rows per warp), the tokens the B
+// operand (NT = 1, 2, 4 or 8 column tiles of 8, tokens past M are zeros). Each weight byte is used by exactly one
 // warp, so the weights go from HBM straight into registers (no shared memory), 16 bytes per lane per load:
 // lane (g, t) loads chunk 4s + t (32 k) of rows g and g + 8 for step s (128 k), and the same chunk of
-// tokens g (and g + 8) from the small, L1/L2-resident activations. Word i of the chunk feeds k-step i of the
+// tokens g (g + 8, ...) from the small, L1/L2-resident activations. Word i of the chunk feeds k-step i of the
 // step (4 mma per column tile). Steps are split over the 8 warps of a block, whose partial sums are added in
 // shared memory (exact int32). Splitting K over blocks too (int32 atomics into a workspace, the last block
 // runs the epilogue) was measured slower on every shape, even k/v (1024 x 4096): the atomic tail costs more
@@ -282,9 +282,10 @@ __global__ void __launch_bounds__(W * 32, MINB)
     qgemm_decode_kernel(QgemmActs acts, const uint8_t* __restrict__ qw, const float* __restrict__ sw,
                         const T* residual, T* y, int M, int N, int64_t ldy, int64_t row_bytes) {
   constexpr int kThreads = W * 32;
-  constexpr int E = 256 / kThreads;  // (weight row, token) outputs of the group per thread in the epilogue
-  static_assert(256 % kThreads == 0, "at most 8 warps");
-  __shared__ int red[W][16][16];  // [warp][weight row][token]
+  constexpr int kTok = NT <= 2 ? 16 : 8 * NT;   // token columns of the reduction
+  constexpr int E = 16 * kTok / kThreads;       // (weight row, token) outputs of the group per thread
+  static_assert((16 * kTok) % kThreads == 0, "at most 8 warps");
+  __shared__ int red[W][16][kTok];  // [warp][weight row][token]
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n_base = static_cast<int>(blockIdx.x) * 16;
@@ -300,7 +301,7 @@ __global__ void __launch_bounds__(W * 32, MINB)
   float sw_e[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    const int r = (tid + e * kThreads) >> 4;
+    const int r = (tid + e * kThreads) / kTok;
     sw_e[e] = n_base + r < N ? sw[n_base + r] : 0.0f;
   }
   // The activation copy of this block's 16 output rows (segment boundaries are multiples of 16); selected
@@ -314,7 +315,7 @@ __global__ void __launch_bounds__(W * 32, MINB)
   float sx_e[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    const int m = (tid + e * kThreads) & 15;
+    const int m = (tid + e * kThreads) % kTok;
     sx_e[e] = m < M ? sx[m] : 0.0f;
   }
   const uint8_t* xr[NT];
@@ -370,7 +371,7 @@ __global__ void __launch_bounds__(W * 32, MINB)
   bool mine[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
+    const int idx = tid + e * kThreads, r = idx / kTok, m = idx % kTok;
     mine[e] = m < M && n_base + r < N;
     v[e] = 0;
     if (mine[e]) {
@@ -380,7 +381,7 @@ __global__ void __launch_bounds__(W * 32, MINB)
   }
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    const int idx = tid + e * kThreads, r = idx >> 4, m = idx & 15;
+    const int idx = tid + e * kThreads, r = idx / kTok, m = idx % kTok;
     if (mine[e]) {
       const int64_t i = static_cast<int64_t>(m) * ldy + n_base + r;
       y[i] = from_f32<T>(epilogue(v[e] >> 8, sx_e[e], sw_e[e], residual, i));
@@ -388,7 +389,7 @@ __global__ void __launch_bounds__(W * 32, MINB)
   }
 }
 
-template <int W, int U, bool HOIST, int MINB, typename T>
+template <int W, int U, int NT, bool HOIST, int MINB, typename T>
 cudaError_t launch_decode_v(const QgemmActs& acts, const uint8_t* qw, const float* sw, const T* residual,
                             T* y, int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream,
                             bool pdl) {
@@ -396,22 +397,25 @@ cudaError_t launch_decode_v(const QgemmActs& acts, const uint8_t* qw, const floa
   if (groups > 0x7fffffff) return cudaErrorInvalidValue;
   const int m = static_cast<int>(M), n = static_cast<int>(N);
   const detail::Launch l(dim3(static_cast<unsigned>(groups)), dim3(W * 32), 0, stream, pdl);
-  if (M <= 8)
-    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, qgemm_decode_kernel<W, U, 1, HOIST, MINB, T>, acts, qw,
-                                               sw, residual, y, m, n, ldy, K / 2));
-  else
-    FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, qgemm_decode_kernel<W, U, 2, HOIST, MINB, T>, acts, qw,
-                                               sw, residual, y, m, n, ldy, K / 2));
+  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, qgemm_decode_kernel<W, U, NT, HOIST, MINB, T>, acts, qw,
+                                             sw, residual, y, m, n, ldy, K / 2));
   return cudaSuccess;
 }
 
 // The dispatched configuration: 8 warps, 2 steps per iteration, >= 4 blocks per SM (64 registers), the first
-// weights before the PDL wait at M <= 8 only (measured: faster at M = 1, slower at M = 16).
+// weights before the PDL wait at M <= 8 only (measured: faster at M = 1, slower at M = 16). M = 17..32: four
+// token tiles, >= 2 blocks per SM (the tiles' activation registers do not fit in 64); M = 33..64: eight, one
+// step per iteration.
 template <typename T>
 cudaError_t launch_decode(const QgemmActs& acts, const uint8_t* qw, const float* sw, const T* residual, T* y,
                           int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream, bool pdl) {
-  if (M <= 8) return launch_decode_v<8, 2, true, 4, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
-  return launch_decode_v<8, 2, false, 4, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
+  if (M <= 8)
+    return launch_decode_v<8, 2, 1, true, 4, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
+  if (M <= 16)
+    return launch_decode_v<8, 2, 2, false, 4, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
+  if (M <= 32)
+    return launch_decode_v<8, 2, 4, false, 2, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
+  return launch_decode_v<8, 1, 8, false, 2, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -438,7 +442,9 @@ __global__ void qgemm_fallback_kernel(const uint8_t* __restrict__ qx, const floa
 // ---------------------------------------------------------------------------------------------------------
 // Dispatch. Measured on the H100 (bench/results/qgemm_notes.md, "Decode, second pass"): the mma decode kernel
 // for every M <= 16 (since its rewrite it also beats the dp4a GEMV at M = 1: o_proj 5.3 vs 6.2 us, down_proj
-// 13.3 vs 15.9 us in the decode-layer graph); the 128x128 prefill tile (2 blocks per SM) beat 128x256,
+// 13.3 vs 15.9 us in the decode-layer graph), and with four / eight token tiles for M = 17..64 (one pass over
+// the weights; the 128-row prefill tile left most SMs idle there: Llama-3-8B decode at batch 32 took 15.8
+// ms/step, at 48 18.7, slower than the FP16 engine); the 128x128 prefill tile (2 blocks per SM) beat 128x256,
 // 256x128, 64x256 and 8-warp 128x128 on every measured shape.
 
 enum class Kind { kDecode, kPrefill, kFallback };

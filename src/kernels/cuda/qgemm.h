@@ -5,10 +5,10 @@
 // bench/results/qgemm_notes.md.
 //
 // One entry point chooses the kernel (qgemm_w4a4_kernel_name says which):
-// - M <= 16: "decode", weights streamed from HBM straight into registers, the tokens padded to 8 or 16
-//   columns of the mma, K split over the 8 warps of a block (faster than the dp4a GEMV of qgemv.h, kept as
+// - M <= 64: "decode", weights streamed from HBM straight into registers, the tokens padded to 8, 16, 32 or
+//   64 columns of the mma, K split over the 8 warps of a block (faster than the dp4a GEMV of qgemv.h, kept as
 //   an alternative, from M = 1 on).
-// - M > 16: "prefill", 128x128 block tiles (4 warps, 2 blocks per SM), the packed int4 tiles copied with a
+// - M > 64: "prefill", 128x128 block tiles (4 warps, 2 blocks per SM), the packed int4 tiles copied with a
 //   4-stage cp.async pipeline and unpacked to s8 in registers.
 // - K % 32 != 0 or qx/qw not 16-byte aligned: "fallback", a plain exact kernel (e.g. stories260K, K = 172).
 #pragma once
@@ -21,7 +21,7 @@ namespace fq::cuda {
 
 // int32 headroom: the tensor-core path sums 256 * x * w (nibbles unpacked as 16 * value), |acc| <= 2^14 * K.
 constexpr int64_t kQgemmMaxK = 65536;
-constexpr int64_t kQgemmDecodeMaxM = 16;
+constexpr int64_t kQgemmDecodeMaxM = 64;
 
 // qx: packed int4 activations [M, K/2] (low nibble = even element), sx [M] fp32 per-token scales;
 // qw: packed int4 weights [N, K/2], sw [N] fp32 per-output-channel scales. residual [M, N] or nullptr, may
@@ -46,7 +46,7 @@ cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_
 // W4A4 engine, whose consumers share one transformed input but each has its own clip pair, hence its own
 // quantized copy. Columns [0, end[0]) use qx[0]/sx[0], [end[0], end[1]) qx[1]/sx[1], ... ; end[n-1] = N.
 // Every copy is [M, K/2] / [M] as above. Results equal qgemm_w4a4_cuda(_f16) run per segment (one decode
-// launch when M <= 16 and every boundary is a multiple of 16, else one launch per segment).
+// launch when M <= 64 and every boundary is a multiple of 16, else one launch per segment).
 struct QgemmActs {
   int n = 1;
   const uint8_t* qx[3] = {nullptr, nullptr, nullptr};
