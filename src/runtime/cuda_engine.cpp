@@ -263,7 +263,7 @@ struct CudaEngine::Impl {
   // copies per consumer clip in xq (a_bits 8; copy c at xq + c * wq_copy_stride(rows, K)); FP16 KV cache.
   bool wq = false;
   int w_bits = 4, a_bits = 4;
-  int32_t* acc32 = nullptr;  // [kAccRows, max N] int32 sums of the cuBLASLt s8 GEMM (more than 16 rows)
+  int32_t* acc32 = nullptr;  // [kAccRows, max N] int32 sums of the cuBLASLt s8 GEMM (> kFusedRows rows)
   void* wscr = nullptr;      // [max N * K] weight scratch: fp16 dequantized (a16) or int8 unpacked (w4a8)
   static constexpr int64_t kAccRows = 2048;        // rows per s8 GEMM call (bounds acc32)
   static constexpr int64_t kWqGemvSliceRows = 64;  // a16: up to this many rows the int4 GEMV in 16-row slices
@@ -1358,8 +1358,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     // (per token, column-major: C[D, heads] = M^T . X^T with M read as its row-major storage).
     op("rope", [&] {
       ck(cuda::qkv_rope_transform_f16(big, QKV, rows, decode ? 1 : n_tok, decode ? 0 : p0,
-                                      decode ? in_pos() : nullptr, w.bqkv, H, KV, D, inv_freq, nullptr, nullptr,
-                                      stream, t16, QK),
+                                      decode ? in_pos() : nullptr, w.bqkv, H, KV, D, inv_freq, nullptr,
+                                      nullptr, stream, t16, QK),
          "q/k/v RoPE");
     });
     op("k_transform_gemm", [&] {
@@ -1378,8 +1378,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   } else if (decode) {
     // Decode: the per-head kernel also writes the new K and V into the KV4 cache (one launch, not two).
     op("rope_ktrans_kv4", [&] {
-      ck(cuda::qkv_rope_transform_kv4_f16(big, QKV, rows, 1, 0, 0, in_pos(), w.bqkv, H, KV, D, inv_freq, w.kinv,
-                                          w.kmat, c, d_flags, w.kv_clip, stream),
+      ck(cuda::qkv_rope_transform_kv4_f16(big, QKV, rows, 1, 0, 0, in_pos(), w.bqkv, H, KV, D, inv_freq,
+                                          w.kinv, w.kmat, c, d_flags, w.kv_clip, stream),
          "q/k/v RoPE + K transform + KV4 append");
     });
   } else {

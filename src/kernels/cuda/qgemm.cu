@@ -250,9 +250,9 @@ __global__ void __launch_bounds__(WM* WN * 32)
 
 // ---------------------------------------------------------------------------------------------------------
 // Decode (M <= 64): "swapped" mma, the weights are the A operand (16 output rows per warp), the tokens the B
-// operand (NT = 1, 2, 4 or 8 column tiles of 8, tokens past M are zeros). Each weight byte is used by exactly one
-// warp, so the weights go from HBM straight into registers (no shared memory), 16 bytes per lane per load:
-// lane (g, t) loads chunk 4s + t (32 k) of rows g and g + 8 for step s (128 k), and the same chunk of
+// operand (NT = 1, 2, 4 or 8 column tiles of 8, tokens past M are zeros). Each weight byte is used by exactly
+// one warp, so the weights go from HBM straight into registers (no shared memory), 16 bytes per lane per
+// load: lane (g, t) loads chunk 4s + t (32 k) of rows g and g + 8 for step s (128 k), and the same chunk of
 // tokens g (g + 8, ...) from the small, L1/L2-resident activations. Word i of the chunk feeds k-step i of the
 // step (4 mma per column tile). Steps are split over the 8 warps of a block, whose partial sums are added in
 // shared memory (exact int32). Splitting K over blocks too (int32 atomics into a workspace, the last block
@@ -282,8 +282,8 @@ __global__ void __launch_bounds__(W * 32, MINB)
     qgemm_decode_kernel(QgemmActs acts, const uint8_t* __restrict__ qw, const float* __restrict__ sw,
                         const T* residual, T* y, int M, int N, int64_t ldy, int64_t row_bytes) {
   constexpr int kThreads = W * 32;
-  constexpr int kTok = NT <= 2 ? 16 : 8 * NT;   // token columns of the reduction
-  constexpr int E = 16 * kTok / kThreads;       // (weight row, token) outputs of the group per thread
+  constexpr int kTok = NT <= 2 ? 16 : 8 * NT;  // token columns of the reduction
+  constexpr int E = 16 * kTok / kThreads;      // (weight row, token) outputs of the group per thread
   static_assert((16 * kTok) % kThreads == 0, "at most 8 warps");
   __shared__ int red[W][16][kTok];  // [warp][weight row][token]
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;

@@ -7,8 +7,8 @@
 
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
-#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/kv4_store.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/quant_common.cuh"
 #include "kernels/cuda/reduce.cuh"
 #include "kernels/cuda/w4a4_ops.h"
