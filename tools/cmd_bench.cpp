@@ -37,7 +37,7 @@ struct Options {
   std::string random, model, engine = "fp16", batches = "1,16";
   int64_t prefill = 2048, decode = 256, repeat = 3;
   int64_t int8_prefill_rows = runtime::EngineOptions{}.int8_prefill_rows;
-  bool no_fused_prefill_transform = false;
+  bool no_fused_prefill_transform = false, no_wgmma_prefill = false;
   int64_t int8_acc_mb = runtime::EngineOptions{}.int8_acc_mb;
   int64_t fused_split = 0;
   uint64_t seed = 0;
@@ -132,6 +132,7 @@ int run(const Options& o) {
   eo.head_int8 = o.head_int8;
   eo.int8_prefill_rows = o.int8_prefill_rows;
   eo.fused_prefill_transform = !o.no_fused_prefill_transform;
+  eo.wgmma_prefill = !o.no_wgmma_prefill;
   eo.int8_acc_mb = o.int8_acc_mb;
   eo.fused_split = o.fused_split;
   std::unique_ptr<runtime::CudaEngine> eng;
@@ -288,6 +289,8 @@ int run(const Options& o) {
   j["int8_gemms"] = info.int8_gemms;  // GEMMs that took the int8 prefill route (0: none did)
   j["fused_prefill_transforms"] = info.fused_prefill_transforms;
   j["fused_prefill_transform"] = !o.no_fused_prefill_transform;
+  j["wgmma_gemms"] = info.wgmma_gemms;  // of int8_gemms, those on our sm_90a kernel
+  j["wgmma_prefill"] = !o.no_wgmma_prefill;
   j["config"] = {{"n_layer", cfg.n_layer},     {"n_embd", cfg.n_embd},       {"n_head", cfg.n_head},
                  {"n_head_kv", cfg.n_head_kv}, {"head_dim", cfg.head_dim},   {"n_ff", cfg.n_ff},
                  {"n_vocab", cfg.n_vocab},     {"attn_bias", cfg.attn_bias}, {"rope", cfg.rope_scaling.type}};
@@ -347,6 +350,9 @@ Runner register_bench(CLI::App& app) {
       "--no-fused-prefill-transform", o->no_fused_prefill_transform,
       "W4A4KV4 int8 prefill route: the Kronecker transform as two cuBLAS GEMMs and a separate quantizer "
       "(default: one fused kernel, EngineOptions::fused_prefill_transform)");
+  sub->add_flag("--no-wgmma-prefill", o->no_wgmma_prefill,
+                "W4A4KV4 int8 prefill route: cuBLASLt s8 GEMMs (weights unpacked per call, int32 sums, epilogue "
+                "kernels) instead of our sm_90a wgmma kernel (EngineOptions::wgmma_prefill)");
   sub->add_option("--int8-acc-mb", o->int8_acc_mb,
                   "The int8 prefill route's int32 sums buffer (MB; EngineOptions)")
       ->capture_default_str();

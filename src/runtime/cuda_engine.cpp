@@ -252,6 +252,8 @@ struct CudaEngine::Impl {
   // cuBLASLt s8 GEMMs into acc32 in row chunks of at most EngineOptions::int8_acc_mb (so that the sums can
   // still be in L2 when a8_epilogue reads them).
   bool s8_prefill = false;
+  bool wg_prefill = false;  // the int8 route's GEMMs on cuda::w4a8_gemm_wgmma where wg_route
+  int64_t wg_gemms = 0;     // GEMMs run on it (EngineInfo::wgmma_gemms)
   int64_t int8_gemms = 0;  // GEMMs run on that route (EngineInfo::int8_gemms)
   int64_t kq_calls = 0;    // inputs transformed by kron_quant_i8_multi (EngineInfo::fused_prefill_transforms)
   int64_t acc_rows(int64_t n) const {
@@ -337,17 +339,22 @@ struct CudaEngine::Impl {
   void kron_to(const KronDev& k, const uint16_t* src16, int64_t rows, void* dst, bool dst16);
   // to_i8: int8 code copies for the int8 prefill route (scales at sxq + copy * align4(rows)), else packed
   // int4.
+  // perm: the codes in the W4A8 GEMM's column order (cuda::wgmma_perm_col; to_i8 only).
   void quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips, const char* name,
-                bool to_i8 = false);
+                bool to_i8 = false, bool perm = false);
   // The transform of fp16 rows and their quantization: on the int8 route, one kron_quant_i8_multi where k.kq;
   // else kron() (no transform: src32, fp32) and quantize().
   void transform_quant(const KronDev& k, const uint16_t* src16, const float* src32, int64_t rows, int64_t K,
-                       const cuda::SymClips& clips, bool to_i8);
+                       const cuda::SymClips& clips, bool to_i8, bool perm);
   // The int8 prefill route for a W4A4 GEMM of `rows` rows, K inputs and column segments ending at `ends`:
   // whether it is on and cuBLASLt has an s8 plan for every segment and row chunk; and the GEMM itself
   // (weights unpacked into wscr, per row chunk and segment one cuBLASLt s8 GEMM and a8_epilogue; y_f32: fp32
   // y += (the residual), else fp16 y).
   bool s8_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K);
+  // Of those, the GEMMs our sm_90a kernel runs (cuda::w4a8_gemm_wgmma: the packed weights read directly, the
+  // epilogue fused; its inputs are quantized in its permuted column order): K and every segment end
+  // multiples of 128.
+  bool wg_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K) const;
   // swiglu_out: gate|up with SwiGLU fused into the epilogue (a8_swiglu_epilogue) -> swiglu_out [rows, N/2]
   // (fp16 when swiglu_f16, else fp32); y unused.
   void s8_gemm(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, const uint8_t* W,
@@ -519,6 +526,9 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
   size_t o_tf = 0, o_t16 = 0, o_xq = 0, o_sxq = 0, o_kf = 0, o_vf = 0, o_acc = 0, o_wscr = 0;
   s8_prefill =
       quant && !wq && o.int8_prefill_rows > 0 && max_tokens >= std::max(o.int8_prefill_rows, kFusedRows + 1);
+  wg_prefill = s8_prefill && o.wgmma_prefill && cuda::w4a8_wgmma_available(o.device);
+  // Every W4A4 GEMM on the wgmma kernel: no unpacked weights, no int32 sums.
+  const bool wg_all = wg_prefill && E % 128 == 0 && HD % 128 == 0 && (KV * D) % 128 == 0 && F % 128 == 0;
   if (quant && !wq) {
     const size_t copies_k = static_cast<size_t>(std::max({3 * E, HD, F}));
     kv_rows = std::max(max_tokens, o.max_ctx);
@@ -526,7 +536,7 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
     o_t16 = sarena.reserve(mt * HB * h2);
     o_xq = sarena.reserve(s8_prefill ? mt * copies_k : mt * copies_k / 2);
     o_sxq = sarena.reserve(3 * (mt + 3) * f4);
-    if (s8_prefill) {
+    if (s8_prefill && !wg_all) {
       const int64_t max_n = std::max({QKV, 2 * F, E});  // all segments of one GEMM (s8_gemm's acc layout)
       o_wscr = sarena.reserve(static_cast<size_t>(std::max({QKV * E, E * HD, 2 * F * E, E * F})));
       o_acc = sarena.reserve(static_cast<size_t>(std::min(max_tokens, acc_rows(max_n)) * max_n + 3 * 64) * 4);
@@ -557,7 +567,7 @@ void CudaEngine::Impl::plan_workspace(size_t attn_bytes) {
     vf16 = sarena.at<uint16_t>(o_vf);
   }
   lt_ws = sarena.at<void>(o_lt);
-  if (s8_prefill) {
+  if (s8_prefill && !wg_all) {
     wscr = sarena.at<void>(o_wscr);
     acc32 = sarena.at<int32_t>(o_acc);
   }
@@ -1189,12 +1199,12 @@ void CudaEngine::Impl::kron_to(const KronDev& k, const uint16_t* src16, int64_t 
 }
 
 void CudaEngine::Impl::quantize(const float* src, int64_t rows, int64_t K, const cuda::SymClips& clips,
-                                const char* name, bool to_i8) {
+                                const char* name, bool to_i8, bool perm) {
   if (to_i8) {
     const int64_t sstride = (rows + 3) / 4 * 4;
     op(name, [&] {
       ck(cuda::quantize_sym_int4_i8_multi(src, rows, K, K, clips, reinterpret_cast<int8_t*>(xq), sxq, sstride,
-                                          stream),
+                                          stream, perm),
          name);
     });
     return;
@@ -1203,21 +1213,23 @@ void CudaEngine::Impl::quantize(const float* src, int64_t rows, int64_t K, const
 }
 
 void CudaEngine::Impl::transform_quant(const KronDev& k, const uint16_t* src16, const float* src32,
-                                       int64_t rows, int64_t K, const cuda::SymClips& clips, bool to_i8) {
+                                       int64_t rows, int64_t K, const cuda::SymClips& clips, bool to_i8,
+                                       bool perm) {
   if (to_i8 && k.L && k.kq) {
     op("kron_quant", [&] {
       ck(cuda::kron_quant_i8_multi(src16, rows, K, k.Apk, k.L, k.has_b ? k.Bpk : nullptr, k.R, clips,
-                                   reinterpret_cast<int8_t*>(xq), sxq, (rows + 3) / 4 * 4, stream),
+                                   reinterpret_cast<int8_t*>(xq), sxq, (rows + 3) / 4 * 4, stream, perm),
          "fused transform + int8 quantize");
     });
     ++kq_calls;
     return;
   }
-  quantize(k.L ? kron(k, src16, rows) : src32, rows, K, clips, "quantize", to_i8);
+  quantize(k.L ? kron(k, src16, rows) : src32, rows, K, clips, "quantize", to_i8, perm);
 }
 
 bool CudaEngine::Impl::s8_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K) {
   if (!s8_prefill || rows < o.int8_prefill_rows || rows <= kFusedRows || K % 4 != 0) return false;
+  if (wg_route(rows, ends, K)) return true;
   const auto* W8 = static_cast<const int8_t*>(wscr);
   const auto* X8 = reinterpret_cast<const int8_t*>(xq);
   const int64_t chunk = acc_rows(*(ends.end() - 1));
@@ -1234,10 +1246,48 @@ bool CudaEngine::Impl::s8_route(int64_t rows, std::initializer_list<int64_t> end
   return true;
 }
 
+bool CudaEngine::Impl::wg_route(int64_t rows, std::initializer_list<int64_t> ends, int64_t K) const {
+  if (!wg_prefill || rows < o.int8_prefill_rows || rows <= kFusedRows || K % 128 != 0 || K > 65536 ||
+      3 * rows + 256 > 0x7FFFFFFF)
+    return false;
+  for (int64_t e : ends)
+    if (e % 128 != 0) return false;
+  return true;
+}
+
 void CudaEngine::Impl::s8_gemm(int64_t rows, std::initializer_list<int64_t> ends, int64_t K, const uint8_t* W,
                                const float* sw, void* y, bool y_f32, const char* name, void* swiglu_out,
                                bool swiglu_f16) {
   const int64_t N = *(ends.end() - 1), sstride = (rows + 3) / 4 * 4, chunk = acc_rows(N);
+  if (wg_route(rows, ends, K)) {
+    cuda::W4A8Gemm g;
+    g.w = W;
+    g.sw = sw;
+    g.x = reinterpret_cast<const int8_t*>(xq);
+    g.sx = sxq;
+    g.sx_stride = sstride;
+    g.nseg = static_cast<int>(ends.size());
+    int i = 0;
+    for (int64_t e : ends) g.end[i++] = e;
+    g.rows = rows;
+    g.N = N;
+    g.K = K;
+    if (swiglu_out) {
+      g.swiglu = true;
+      g.y = swiglu_out;
+      g.y_f16 = swiglu_f16;
+      g.ldy = N / 2;
+    } else {
+      g.y = y;
+      g.y_f16 = !y_f32;
+      g.ldy = N;
+      g.residual = y_f32 ? static_cast<const float*>(y) : nullptr;
+    }
+    op(name, [&] { ck(cuda::w4a8_gemm_wgmma(g, stream), name); });
+    ++int8_gemms;
+    ++wg_gemms;
+    return;
+  }
   auto* W8 = static_cast<int8_t*>(wscr);
   const auto* X8 = reinterpret_cast<const int8_t*>(xq);
   op("unpack_w4", [&] { ck(cuda::unpack_int4_int8(W, N, K, W8, stream), "int4 weight unpacking"); });
@@ -1305,8 +1355,12 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   // Prefill GEMMs on cuBLASLt's int8 GEMM where it has plans (their inputs are then quantized to int8 codes).
   const bool qkv8 = s8_route(rows, {HD, HD + KV * D, QKV}, E), o8 = s8_route(rows, {E}, HD),
              gu8 = s8_route(rows, {F, 2 * F}, E), dn8 = s8_route(rows, {E}, F);
+  // Of those, the ones on our wgmma kernel: their codes are written in its column order.
+  const bool qkvw = wg_route(rows, {HD, HD + KV * D, QKV}, E), ow = wg_route(rows, {E}, HD),
+             guw = wg_route(rows, {F, 2 * F}, E), dnw = wg_route(rows, {E}, F);
   // RMSNorm, the Kronecker transform and the per-consumer quantized copies of one input.
-  auto norm_quant = [&](const float* nw, const KronDev& k, const cuda::SymClips& clips, bool i8_out) {
+  auto norm_quant = [&](const float* nw, const KronDev& k, const cuda::SymClips& clips, bool i8_out,
+                        bool perm) {
     if (few && k.fused) {
       cuda::FusedQuantArgs f;
       f.in = cuda::FusedIn::kRmsNorm;
@@ -1323,7 +1377,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
                        f16 ? DType::F16 : DType::F32, stream),
          "rmsnorm");
     });
-    transform_quant(k, hb, tf, rows, E, clips, i8_out);
+    transform_quant(k, hb, tf, rows, E, clips, i8_out, perm);
   };
   auto acts = [&](int n, std::initializer_list<int64_t> ends, int64_t K) {
     cuda::QgemmActs a;
@@ -1339,7 +1393,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   };
 
   // ---- attention
-  norm_quant(w.n1, w.ln, w.qkv_clips, qkv8);
+  norm_quant(w.n1, w.ln, w.qkv_clips, qkv8, qkvw);
   if (qkv8) {
     s8_gemm(rows, {HD, HD + KV * D, QKV}, E, w.wqkv, w.sqkv, big, false, "qkv_gemm");
   } else {
@@ -1430,7 +1484,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     f.x_stride = HD;
     fused(f, w.om, HD, w.o_clip);
   } else {
-    transform_quant(w.om, hb, tf, rows, HD, w.o_clip, o8);
+    transform_quant(w.om, hb, tf, rows, HD, w.o_clip, o8, ow);
   }
   if (o8)
     s8_gemm(rows, {E}, HD, w.wo, w.so, x, true, "o_gemm");
@@ -1440,7 +1494,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     });
 
   // ---- MLP
-  norm_quant(w.n2, w.ug, w.gu_clips, gu8);
+  norm_quant(w.n2, w.ug, w.gu_clips, gu8, guw);
   // The int8 route (never at few rows) fuses SwiGLU into the gate|up epilogue: it writes what the swiglu op
   // would.
   if (gu8) {
@@ -1468,7 +1522,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
                         f16 ? DType::F16 : DType::F32, stream),
            "swiglu");
       });
-    transform_quant(w.dn, hb, tf, rows, F, w.down_clip, dn8);
+    transform_quant(w.dn, hb, tf, rows, F, w.down_clip, dn8, dnw);
   }
   if (dn8)
     s8_gemm(rows, {E}, F, w.wdown, w.sdown, x, true, "down_gemm");
@@ -1757,6 +1811,8 @@ EngineInfo CudaEngine::info() const {
   i.n_sm = impl_->prop.multiProcessorCount;
   i.int8_gemms = impl_->int8_gemms;
   i.fused_prefill_transforms = impl_->kq_calls;
+  i.wgmma_gemms = impl_->wg_gemms;
+  i.wgmma_prefill = impl_->wg_prefill;
   i.compute_capability = impl_->prop.major * 10 + impl_->prop.minor;
   return i;
 }

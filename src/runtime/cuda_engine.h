@@ -49,6 +49,10 @@ struct EngineOptions {
   // it; off: two cuBLAS GEMMs (fp16 T, fp32 Y through memory) and the quantizer. Same rounding points, other
   // summation order.
   bool fused_prefill_transform = true;
+  // On the int8 route, on an sm_90 GPU: the W4A4 GEMMs whose K and column segments are multiples of 128 run
+  // our wgmma kernel (cuda::w4a8_gemm_wgmma: packed weights read as stored, no int32 buffer, the epilogue and
+  // SwiGLU fused) instead of unpacking + cuBLASLt + the epilogue kernels. Same bits. Off: cuBLASLt.
+  bool wgmma_prefill = true;
   // W4A4KV4 decode: CTAs (a thread-block cluster) per token of the fused transform + quantize kernel, 1, 2, 4
   // or 8; 0: automatic (cuda::fused_quant_int4).
   int64_t fused_split = 0;
@@ -85,6 +89,8 @@ struct EngineInfo {
   // W4A4 GEMMs run on the int8 prefill route so far (EngineOptions::int8_prefill_rows).
   int64_t int8_gemms = 0;
   int64_t fused_prefill_transforms = 0;  // inputs of those through cuda::kron_quant_i8_multi so far
+  int64_t wgmma_gemms = 0;               // of int8_gemms, those on cuda::w4a8_gemm_wgmma
+  bool wgmma_prefill = false;            // that route is on (EngineOptions::wgmma_prefill and an sm_90 GPU)
 };
 
 class CudaEngine {

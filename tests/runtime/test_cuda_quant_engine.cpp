@@ -273,6 +273,55 @@ TEST(CudaQuantEngine, Int8PrefillRouteEqualsMmaRoute) {
   for (size_t i = 0; i < l8.size(); ++i) ASSERT_EQ(l8[i], l0[i]) << "logit " << i;
 }
 
+// Shapes whose K and column segments are multiples of 128 (q|k|v 256 | 128 | 128, o K = 256, gate|up 2 x 256,
+// down K = 256): on an sm_90 GPU every prefill GEMM runs our wgmma kernel (cuda::w4a8_gemm_wgmma), with
+// its inputs quantized in its permuted order. Logits of the prefill and of a decode step after it EQUAL those
+// of the cuBLASLt route (same codes, same int32 sums, same epilogue), and the route is within the CPU
+// runtime's KL band. With the bias (Qwen2-style) model: the bias add happens after the GEMM.
+TEST(CudaQuantEngine, WgmmaPrefillEqualsCublasLtRouteAndMatchesCpuRuntime) {
+  FQ_REQUIRE_GPU();
+  for (const bool bias : {false, true}) {
+    SCOPED_TRACE(bias ? "bias" : "no bias");
+    ModelConfig c = test::tiny_config_for_artifact(4, 2, 64, bias, false);
+    c.n_embd = 128;
+    c.n_ff = 256;
+    c.n_ctx = 160;
+    const Artifact a = make_quant_artifact(test::random_model(c, 41), 42);
+    const std::vector<int32_t> toks = random_tokens(150, c.n_vocab, 7);  // > 128 rows: a partial token tile
+    const int64_t V = c.n_vocab, n = static_cast<int64_t>(toks.size());
+    auto prefill = [&](bool wgmma, int64_t* wg_gemms, bool* wg_on) {
+      EngineOptions o;
+      o.max_ctx = n + 2;
+      o.max_tokens = n;
+      o.max_logit_rows = n;
+      o.int8_prefill_rows = 17;
+      o.wgmma_prefill = wgmma;
+      CudaEngine eng(a, o);
+      std::vector<float> l(static_cast<size_t>(n * V)), l1(static_cast<size_t>(V));
+      eng.prefill(toks.data(), 1, n, 0, l.data(), true);
+      int32_t next = 3;
+      eng.step(&next, 1, l1.data(), nullptr);
+      l.insert(l.end(), l1.begin(), l1.end());
+      EXPECT_EQ(eng.info().int8_gemms, 4 * c.n_layer);
+      *wg_gemms = eng.info().wgmma_gemms;
+      if (wgmma) *wg_on = eng.info().wgmma_prefill;
+      return l;
+    };
+    int64_t gw = 0, gl = 0;
+    bool on = false;
+    const std::vector<float> lw = prefill(true, &gw, &on), ll = prefill(false, &gl, &on);
+    EXPECT_EQ(gl, 0);
+    if (!on) {
+      EXPECT_EQ(gw, 0);
+      GTEST_SKIP() << "no sm_90 GPU: the wgmma route is off (compared the cuBLASLt route with itself)";
+    }
+    EXPECT_EQ(gw, 4 * c.n_layer) << "every prefill GEMM on the wgmma kernel";
+    ASSERT_EQ(lw.size(), ll.size());
+    for (size_t i = 0; i < lw.size(); ++i) ASSERT_EQ(lw[i], ll[i]) << "logit " << i;
+    check_against_cpu(a, toks, 4, n, 17);
+  }
+}
+
 // The int8 route with the fused prefill transform (kron_quant_i8_multi) on every input (q|k|v, o: 6 heads x
 // 16 without B, gate|up, down: K = 72) against the CPU runtime by the KL band of
 // check_against_cpu (the GQA + bias model above, whose mma.sync route passes it), and every input counted; the

@@ -20,7 +20,7 @@ __device__ __forceinline__ uint32_t byte_of(int q) {
 __global__ void __launch_bounds__(kMaxThreads)
     quant_i8_kernel(const float* __restrict__ x, int64_t chunks, int64_t x_stride, int64_t rows,
                     SymClips clips, int8_t* __restrict__ out, float* __restrict__ scales,
-                    int64_t scale_stride) {
+                    int64_t scale_stride, bool perm) {
   __shared__ float red[2 * detail::kWarp];
   const int64_t r = blockIdx.x;
   const float4* xr = reinterpret_cast<const float4*>(x + r * x_stride);
@@ -42,7 +42,9 @@ __global__ void __launch_bounds__(kMaxThreads)
 #pragma unroll
     for (int i = 0; i < kMaxChunks; ++i) {
       const int64_t j = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
-      if (j < chunks) o[j] = code(v[i].x) | (code(v[i].y) << 8) | (code(v[i].z) << 16) | (code(v[i].w) << 24);
+      if (j < chunks)
+        o[perm ? wgmma_perm_col(4 * j) / 4 : j] =
+            code(v[i].x) | (code(v[i].y) << 8) | (code(v[i].z) << 16) | (code(v[i].w) << 24);
     }
     if (threadIdx.x == 0) scales[c * scale_stride + r] = scale;
   }
@@ -52,8 +54,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 
 cudaError_t quantize_sym_int4_i8_multi(const float* x, int64_t rows, int64_t cols, int64_t x_stride,
                                        const SymClips& clips, int8_t* out, float* scales,
-                                       int64_t scale_stride, cudaStream_t stream) {
-  if (rows < 0 || rows > 0x7FFFFFFF || cols < 4 || cols % 4 != 0 ||
+                                       int64_t scale_stride, cudaStream_t stream, bool perm) {
+  if (rows < 0 || rows > 0x7FFFFFFF || cols < 4 || cols % 4 != 0 || (perm && cols % 128 != 0) ||
       cols > int64_t{kMaxThreads} * kMaxChunks * 4 || x_stride < cols || x_stride % 4 != 0 || clips.n < 1 ||
       clips.n > 3 || scale_stride < rows ||
       (rows > 0 && (!x || !out || !scales || reinterpret_cast<uintptr_t>(x) % 16 != 0 ||
@@ -64,7 +66,7 @@ cudaError_t quantize_sym_int4_i8_multi(const float* x, int64_t rows, int64_t col
   const int64_t chunks = cols / 4;
   const int threads = static_cast<int>(std::clamp<int64_t>((chunks / 4 + 31) / 32 * 32, 64, kMaxThreads));
   quant_i8_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, chunks, x_stride, rows, clips, out,
-                                                                       scales, scale_stride);
+                                                                       scales, scale_stride, perm);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }

@@ -21,10 +21,11 @@ namespace fq::cuda {
 // bytes instead of packed nibbles: for c < clips.n, copy c of x [rows, cols] (row stride x_stride, fp32) goes
 // to out + c * rows * cols ([rows, cols], one byte per value) and its scales to scales + c * scale_stride (>=
 // rows). One read of each row (held in registers) for all copies. cols % 4 == 0, cols <= 32768, x 16-byte
-// aligned, x_stride % 4 == 0, out 4-byte aligned.
+// aligned, x_stride % 4 == 0, out 4-byte aligned. perm: the code of column k at column wgmma_perm_col(k)
+// (the W4A8 GEMM's order below; cols % 128 == 0).
 cudaError_t quantize_sym_int4_i8_multi(const float* x, int64_t rows, int64_t cols, int64_t x_stride,
                                        const SymClips& clips, int8_t* out, float* scales,
-                                       int64_t scale_stride, cudaStream_t stream);
+                                       int64_t scale_stride, cudaStream_t stream, bool perm = false);
 
 // The same int8 copies of the FlatQuant-transformed rows, transform fused in (prefill_kron.cu): per token, X
 // = x_t viewed as [L, R] (fp16, row stride x_stride between tokens), T = X B rounded to fp16, Y = A^T T with
@@ -33,10 +34,50 @@ cudaError_t quantize_sym_int4_i8_multi(const float* x, int64_t rows, int64_t col
 // kernel's operations and rounding points (w4a4_ops.h: fused_quant_int4 with a plain input), so for the same
 // fp16 row both give the same codes and scales. a_pk / b_pk: fused_pack_operand of A (left) and B (right),
 // 16-byte aligned. kron_quant_i8_fits: whether the device's shared memory holds the operands and one row
-// (else cudaErrorInvalidValue).
+// (else cudaErrorInvalidValue). perm: as quantize_sym_int4_i8_multi's (L * R % 128 == 0).
 bool kron_quant_i8_fits(int64_t L, int64_t R, bool with_b, int device);
 cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_stride, const uint16_t* a_pk,
                                 int64_t L, const uint16_t* b_pk, int64_t R, const SymClips& clips,
-                                int8_t* out, float* scales, int64_t scale_stride, cudaStream_t stream);
+                                int8_t* out, float* scales, int64_t scale_stride, cudaStream_t stream,
+                                bool perm = false);
+
+// ---- The sm_90a W4A8 GEMM (prefill_wgmma.cu): the int8 route's GEMM without cuBLASLt ---------------------
+// y = epilogue(codes x int4 weights) as the cuBLASLt route computes it (unpack_int4_int8 + s8 GEMM +
+// a8_epilogue / a8_swiglu_epilogue), BIT FOR BIT, in one kernel: the packed int4 weights are read as they are
+// stored (TMA into shared memory, unpacked to s8 in registers as wgmma's A operand), the codes by TMA as its B
+// operand, int32 sums on the INT8 tensor cores (wgmma, sm_90a), the epilogue from the registers. No int32 buffer,
+// no unpacked weight copy.
+//
+// The codes must be stored column-PERMUTED within each group of 128 (so that each thread's weight bytes are
+// one contiguous 16-byte load): code of natural column k at column wgmma_perm_col(k). The quantizers write that
+// order when asked (`perm` of quantize_sym_int4_i8_multi / kron_quant_i8_multi).
+__host__ __device__ constexpr int64_t wgmma_perm_col(int64_t k) {
+  // k = 128 T + 32 t + 8 s + 4 h + j  ->  128 T + 32 s + 16 h + 4 t + j
+  return (k & ~int64_t{127}) | (k & 3) | (((k >> 5) & 3) << 2) | (((k >> 2) & 1) << 4) | (((k >> 3) & 3) << 5);
+}
+
+struct W4A8Gemm {
+  const uint8_t* w = nullptr;  // packed int4 weights [N, K/2] (low nibble = even k), 16-byte aligned
+  const float* sw = nullptr;   // [N] per-output-channel scales
+  const int8_t* x = nullptr;   // codes: copy c at x + c * rows * K ([rows, K], permuted), 16-byte aligned
+  const float* sx = nullptr;   // copy c's per-token scales at sx + c * sx_stride
+  int64_t sx_stride = 0;
+  int nseg = 1;                     // column segments (1..3): [0, end[0]) reads copy 0, [end[0], end[1]) copy 1..
+  int64_t end[3] = {0, 0, 0};       // end[nseg - 1] = N; every end a multiple of 128
+  int64_t rows = 0, N = 0, K = 0;   // K a multiple of 128, <= 65536
+  void* y = nullptr;                // [rows, N] (row stride ldy), fp16 or fp32; 8-byte aligned, ldy even
+  bool y_f16 = true;
+  int64_t ldy = 0;
+  const float* residual = nullptr;  // fp32 [rows, N] (row stride ldy), may alias y; fp32 y only
+  // gate|up + SwiGLU: nseg = 2, end = {F, 2 F}, F a multiple of 128; y = silu(g) * u [rows, F] (row stride ldy)
+  // with g and u rounded to fp16 first, as a8_swiglu_epilogue.
+  bool swiglu = false;
+};
+// Whether this device runs it (compute capability 9.0 and the kernels built for sm_90a), and whether the
+// operands meet its requirements.
+bool w4a8_wgmma_available(int device);
+bool w4a8_wgmma_fits(const W4A8Gemm& g);
+// cudaErrorInvalidValue (nothing launched) when !w4a8_wgmma_fits, cudaErrorNotSupported when unavailable.
+cudaError_t w4a8_gemm_wgmma(const W4A8Gemm& g, cudaStream_t stream);
 
 }  // namespace fq::cuda

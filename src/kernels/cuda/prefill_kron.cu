@@ -43,6 +43,7 @@ struct KqShape {
   bool wide = false;                                   // 16-byte cp.async rows (R % 8 == 0, x aligned)
   bool even = false;                                   // R even and out 2-byte aligned: 16-bit code stores
   int row_shift = -1;                                  // log2(R / 8) where R / 8 is a power of two
+  bool perm = false;                                   // codes at wgmma_perm_col (prefill_int8.h)
   int64_t off_b = 0, off_x = 0, off_t = 0, total = 0;  // bytes (A at 0)
 };
 
@@ -245,16 +246,18 @@ __global__ void __launch_bounds__(kWarps * 32)
         for (int h = 0; h < 2; ++h) {
           const int i = mt * 16 + g + 8 * h;
           if (i >= L) continue;
-          int8_t* oi = o + i * R;
+          const int64_t row0 = static_cast<int64_t>(i) * R;
+          // The column of a code: natural, or the W4A8 GEMM's permuted order (a pair stays adjacent).
+          const auto col = [&](int64_t c) { return s.perm ? wgmma_perm_col(c) : c; };
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
             const int n = (n0 + j) * 8 + 2 * tq;
             const uint32_t p = pair(y[k][j][2 * h], y[k][j][2 * h + 1]);
             if (s.even) {  // both columns valid or neither (R even), 2-byte aligned
-              if (n < R) *reinterpret_cast<uint16_t*>(oi + n) = static_cast<uint16_t>(p);
+              if (n < R) *reinterpret_cast<uint16_t*>(o + col(row0 + n)) = static_cast<uint16_t>(p);
             } else {
-              if (n < R) oi[n] = static_cast<int8_t>(p & 0xFFu);
-              if (n + 1 < R) oi[n + 1] = static_cast<int8_t>((p >> 8) & 0xFFu);
+              if (n < R) o[col(row0 + n)] = static_cast<int8_t>(p & 0xFFu);
+              if (n + 1 < R) o[col(row0 + n + 1)] = static_cast<int8_t>((p >> 8) & 0xFFu);
             }
           }
         }
@@ -274,9 +277,11 @@ bool kron_quant_i8_fits(int64_t L, int64_t R, bool with_b, int device) {
 
 cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_stride, const uint16_t* a_pk,
                                 int64_t L, const uint16_t* b_pk, int64_t R, const SymClips& clips,
-                                int8_t* out, float* scales, int64_t scale_stride, cudaStream_t stream) {
+                                int8_t* out, float* scales, int64_t scale_stride, cudaStream_t stream,
+                                bool perm) {
   const auto misaligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
   if (rows < 0 || rows > 0x7FFFFFFF || L < 1 || R < 1 || L > 4096 || R > 4096 || (L * R) % 2 != 0 ||
+      (perm && (L * R) % 128 != 0) ||
       x_stride < L * R || clips.n < 1 || clips.n > 3 || scale_stride < rows ||
       (rows > 0 &&
        (!x || !a_pk || !out || !scales || misaligned(x, 2) || misaligned(a_pk, 16) || misaligned(b_pk, 16))))
@@ -289,6 +294,7 @@ cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_strid
   if (s.total == 0) return cudaErrorInvalidValue;
   s.wide = R % 8 == 0 && x_stride % 8 == 0 && !misaligned(x, 16);
   s.even = R % 2 == 0 && !misaligned(out, 2);
+  s.perm = perm;
   for (int sh = 0; sh < 12; ++sh)
     if (R == 8LL << sh) s.row_shift = sh;
   // 8 warps while each holds at most 2 tiles of Y (small transforms: several CTAs per SM), else 16 warps.

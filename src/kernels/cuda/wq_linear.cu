@@ -17,6 +17,7 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/a8_epilogue.cuh"
 #include "kernels/cuda/async_copy.cuh"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/quant_common.cuh"
@@ -379,10 +380,7 @@ __global__ void a8_simple_kernel(Segs a, const uint8_t* __restrict__ qw, bool w4
 // One block row per output row (blockIdx.y, chunks of 65535 rows in the host loop), four columns per thread:
 // int4 / float4 loads and 8- or 16-byte stores where the pointers and strides allow (vec), else one column at
 // a time. Every element: ref::qgemm_epilogue's operations in its order.
-__device__ __forceinline__ float a8_epi(int32_t a, float sx, float sw, const float* residual, int64_t o) {
-  float t = __fmul_rn(__fmul_rn(__int2float_rn(a), sx), sw);
-  return residual ? __fadd_rn(t, residual[o]) : t;
-}
+using detail::a8_epi;
 
 // Four consecutive outputs (8- or 16-byte aligned) / one output, fp16 or fp32.
 __device__ __forceinline__ void store4(void* y, bool f16, int64_t o, float t0, float t1, float t2, float t3) {
@@ -425,11 +423,7 @@ __global__ void a8_epilogue_kernel(const int32_t* __restrict__ acc, int64_t lda,
 }
 
 // a8_swiglu_epilogue: the layout of a8_epilogue_kernel, one output row per block row.
-__device__ __forceinline__ float a8_swiglu(int32_t ag, int32_t au, float sg, float su, float wg, float wu) {
-  const float g = __half2float(__float2half_rn(a8_epi(ag, sg, wg, nullptr, 0)));
-  const float u = __half2float(__float2half_rn(a8_epi(au, su, wu, nullptr, 0)));
-  return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
-}
+using detail::a8_swiglu;
 
 __global__ void a8_swiglu_epilogue_kernel(const int32_t* __restrict__ acc_g,
                                           const int32_t* __restrict__ acc_u, int64_t lda,
