@@ -39,7 +39,7 @@ struct Options {
   int64_t int8_prefill_rows = runtime::EngineOptions{}.int8_prefill_rows;
   bool no_fused_prefill_transform = false, no_wgmma_prefill = false;
   int64_t int8_acc_mb = runtime::EngineOptions{}.int8_acc_mb;
-  int64_t fused_split = 0;
+  int64_t fused_split = 0, wgmma_cluster = 0;
   uint64_t seed = 0;
   bool json = false, profile = false, no_graphs = false, no_gemv = false, head_int8 = false;
 };
@@ -133,6 +133,7 @@ int run(const Options& o) {
   eo.int8_prefill_rows = o.int8_prefill_rows;
   eo.fused_prefill_transform = !o.no_fused_prefill_transform;
   eo.wgmma_prefill = !o.no_wgmma_prefill;
+  eo.wgmma_cluster = o.wgmma_cluster;
   eo.int8_acc_mb = o.int8_acc_mb;
   eo.fused_split = o.fused_split;
   std::unique_ptr<runtime::CudaEngine> eng;
@@ -291,6 +292,7 @@ int run(const Options& o) {
   j["fused_prefill_transform"] = !o.no_fused_prefill_transform;
   j["wgmma_gemms"] = info.wgmma_gemms;  // of int8_gemms, those on our sm_90a kernel
   j["wgmma_prefill"] = !o.no_wgmma_prefill;
+  j["wgmma_cluster"] = o.wgmma_cluster;
   j["config"] = {{"n_layer", cfg.n_layer},     {"n_embd", cfg.n_embd},       {"n_head", cfg.n_head},
                  {"n_head_kv", cfg.n_head_kv}, {"head_dim", cfg.head_dim},   {"n_ff", cfg.n_ff},
                  {"n_vocab", cfg.n_vocab},     {"attn_bias", cfg.attn_bias}, {"rope", cfg.rope_scaling.type}};
@@ -353,6 +355,10 @@ Runner register_bench(CLI::App& app) {
   sub->add_flag("--no-wgmma-prefill", o->no_wgmma_prefill,
                 "W4A4KV4 int8 prefill route: cuBLASLt s8 GEMMs (weights unpacked per call, int32 sums, epilogue "
                 "kernels) instead of our sm_90a wgmma kernel (EngineOptions::wgmma_prefill)");
+  sub->add_option("--wgmma-cluster", o->wgmma_cluster,
+                  "CTAs per cluster sharing each tile of codes in that kernel: 0 automatic, 1, 2 or 4 "
+                  "(EngineOptions::wgmma_cluster)")
+      ->check(CLI::IsMember({0, 1, 2, 4}));
   sub->add_option("--int8-acc-mb", o->int8_acc_mb,
                   "The int8 prefill route's int32 sums buffer (MB; EngineOptions)")
       ->capture_default_str();

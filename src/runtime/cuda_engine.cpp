@@ -1272,6 +1272,7 @@ void CudaEngine::Impl::s8_gemm(int64_t rows, std::initializer_list<int64_t> ends
     g.rows = rows;
     g.N = N;
     g.K = K;
+    g.cluster = static_cast<int>(o.wgmma_cluster);
     if (swiglu_out) {
       g.swiglu = true;
       g.y = swiglu_out;

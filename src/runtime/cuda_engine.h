@@ -53,6 +53,9 @@ struct EngineOptions {
   // our wgmma kernel (cuda::w4a8_gemm_wgmma: packed weights read as stored, no int32 buffer, the epilogue and
   // SwiGLU fused) instead of unpacking + cuBLASLt + the epilogue kernels. Same bits. Off: cuBLASLt.
   bool wgmma_prefill = true;
+  // Its thread-block clusters along the output channels (CTAs that share each tile of codes): 0 automatic
+  // (cuda::W4A8Gemm::cluster), else 1, 2 or 4 where the shape allows.
+  int64_t wgmma_cluster = 0;
   // W4A4KV4 decode: CTAs (a thread-block cluster) per token of the fused transform + quantize kernel, 1, 2, 4
   // or 8; 0: automatic (cuda::fused_quant_int4).
   int64_t fused_split = 0;

@@ -85,6 +85,8 @@ TEST(W4A8Wgmma, EqualsReferenceBitForBit) {
       {300, 4096, {512, 640, 768}, true, false},
       {256, 4096, {384}, false, true},
       {513, 384, {256}, false, false},
+      {300, 256, {512, 1024, 1536}, true, false},
+      {130, 512, {1024}, false, true},
   };
   for (const Case& c : cases) {
     const int64_t M = c.rows, K = c.K, N = c.ends.back();
@@ -114,40 +116,50 @@ TEST(W4A8Wgmma, EqualsReferenceBitForBit) {
           want[static_cast<size_t>(m * N + start + j)] = yseg[static_cast<size_t>(m * n + j)];
       start += n;
     }
-    DeviceBuffer<int8_t> dx(x.perm);
-    DeviceBuffer<uint8_t> dw(qw);
-    DeviceBuffer<float> dsw(sw), dsx(sx), dy32(res);
-    DeviceBuffer<uint16_t> dy16(static_cast<size_t>(M * N));
-    cuda::W4A8Gemm g;
-    g.w = dw.get();
-    g.sw = dsw.get();
-    g.x = dx.get();
-    g.sx = dsx.get();
-    g.sx_stride = sstride;
-    g.nseg = nseg;
-    for (int s = 0; s < nseg; ++s) g.end[s] = c.ends[static_cast<size_t>(s)];
-    g.rows = M;
-    g.N = N;
-    g.K = K;
-    g.y = c.f16 ? static_cast<void*>(dy16.get()) : static_cast<void*>(dy32.get());
-    g.y_f16 = c.f16;
-    g.ldy = N;
-    g.residual = c.residual ? dy32.get() : nullptr;
-    if (!c.residual) dy32.poison();
-    ASSERT_TRUE(cuda::w4a8_wgmma_fits(g));
-    ASSERT_EQ(cuda::w4a8_gemm_wgmma(g, nullptr), cudaSuccess);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    if (c.f16) {
-      const auto y = dy16.download();
-      for (size_t i = 0; i < y.size(); ++i)
-        ASSERT_EQ(y[i], f32_to_f16(want[i]))
-            << "token " << i / static_cast<size_t>(N) << " channel " << i % static_cast<size_t>(N);
-    } else {
-      const auto y = dy32.download();
-      for (size_t i = 0; i < y.size(); ++i)
-        ASSERT_EQ(std::memcmp(&y[i], &want[i], sizeof(float)), 0)
-            << "token " << i / static_cast<size_t>(N) << " channel " << i % static_cast<size_t>(N) << ": "
-            << y[i] << " vs " << want[i];
+    for (const int cluster : {1, 2, 4}) {  // CTAs sharing each tile of codes (where the shape allows)
+      SCOPED_TRACE(testing::Message() << "cluster " << cluster);
+      DeviceBuffer<int8_t> dx(x.perm);
+      DeviceBuffer<uint8_t> dw(qw);
+      DeviceBuffer<float> dsw(sw), dsx(sx), dy32(res);
+      DeviceBuffer<uint16_t> dy16(static_cast<size_t>(M * N));
+      cuda::W4A8Gemm g;
+      g.w = dw.get();
+      g.sw = dsw.get();
+      g.x = dx.get();
+      g.sx = dsx.get();
+      g.sx_stride = sstride;
+      g.nseg = nseg;
+      for (int s = 0; s < nseg; ++s) g.end[s] = c.ends[static_cast<size_t>(s)];
+      g.rows = M;
+      g.N = N;
+      g.K = K;
+      g.y = c.f16 ? static_cast<void*>(dy16.get()) : static_cast<void*>(dy32.get());
+      g.y_f16 = c.f16;
+      g.ldy = N;
+      g.residual = c.residual ? dy32.get() : nullptr;
+      g.cluster = cluster;
+      if (c.residual)
+        dy32.upload(res);  // the residual is added in place
+      else
+        dy32.poison();
+      ASSERT_TRUE(cuda::w4a8_wgmma_fits(g));
+      // 12 tiles with ends multiples of 512 take any size; the 128-wide segments only 1.
+      const int want_c = N == 1536 ? cluster : nseg == 3 && N == 768 ? 1 : cuda::w4a8_wgmma_cluster(g);
+      EXPECT_EQ(cuda::w4a8_wgmma_cluster(g), want_c);
+      ASSERT_EQ(cuda::w4a8_gemm_wgmma(g, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      if (c.f16) {
+        const auto y = dy16.download();
+        for (size_t i = 0; i < y.size(); ++i)
+          ASSERT_EQ(y[i], f32_to_f16(want[i]))
+              << "token " << i / static_cast<size_t>(N) << " channel " << i % static_cast<size_t>(N);
+      } else {
+        const auto y = dy32.download();
+        for (size_t i = 0; i < y.size(); ++i)
+          ASSERT_EQ(std::memcmp(&y[i], &want[i], sizeof(float)), 0)
+              << "token " << i / static_cast<size_t>(N) << " channel " << i % static_cast<size_t>(N) << ": "
+              << y[i] << " vs " << want[i];
+      }
     }
   }
 }
@@ -156,8 +168,10 @@ TEST(W4A8Wgmma, SwiGLUEqualsGateUpThenSwiglu) {
   FQ_REQUIRE_WGMMA();
   for (const bool f16 : {true, false})
     for (const int64_t M : {1, 200}) {
-      const int64_t F = 384, K = 256, N = 2 * F;
-      SCOPED_TRACE(testing::Message() << "M " << M << (f16 ? " fp16" : " fp32"));
+      const int64_t F = M == 1 ? 384 : 512, K = 256, N = 2 * F;  // 3 or 4 channel tiles
+      const int cluster = f16 ? 4 : 2;
+      SCOPED_TRACE(testing::Message()
+                   << "M " << M << " F " << F << (f16 ? " fp16" : " fp32") << " cluster " << cluster);
       const Codes x = random_codes(2, M, K, 21 + static_cast<uint32_t>(M));
       const auto qw = test::random_packed(static_cast<size_t>(N * K / 2), 22);
       const auto sw = test::random_scales(static_cast<size_t>(N), 23);
@@ -198,6 +212,8 @@ TEST(W4A8Wgmma, SwiGLUEqualsGateUpThenSwiglu) {
       g.y_f16 = f16;
       g.ldy = F;
       g.swiglu = true;
+      g.cluster = cluster;
+      EXPECT_EQ(cuda::w4a8_wgmma_cluster(g), F == 512 ? cluster : 1);
       ASSERT_EQ(cuda::w4a8_gemm_wgmma(g, nullptr), cudaSuccess);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       if (f16) {

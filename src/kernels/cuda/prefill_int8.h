@@ -72,11 +72,18 @@ struct W4A8Gemm {
   // gate|up + SwiGLU: nseg = 2, end = {F, 2 F}, F a multiple of 128; y = silu(g) * u [rows, F] (row stride ldy)
   // with g and u rounded to fp16 first, as a8_swiglu_epilogue.
   bool swiglu = false;
+  // CTAs per thread-block cluster along the output channels, which share (multicast) each tile of codes, 1, 2
+  // or 4 where the shape allows (the channel tiles of 128 divide by it; segment ends are multiples of 128 x
+  // it), else 1; 0: automatic = 1 (on the H100, Llama-3-8B prefill, 2 and 4 were slower: the kernel is not
+  // bound by L2 reads of the codes; bench/results/qgemm_notes.md).
+  int cluster = 0;
 };
 // Whether this device runs it (compute capability 9.0 and the kernels built for sm_90a), and whether the
 // operands meet its requirements.
 bool w4a8_wgmma_available(int device);
 bool w4a8_wgmma_fits(const W4A8Gemm& g);
+// The cluster size a launch uses (W4A8Gemm::cluster resolved against the shape).
+int w4a8_wgmma_cluster(const W4A8Gemm& g);
 // cudaErrorInvalidValue (nothing launched) when !w4a8_wgmma_fits, cudaErrorNotSupported when unavailable.
 cudaError_t w4a8_gemm_wgmma(const W4A8Gemm& g, cudaStream_t stream);
 

@@ -92,6 +92,52 @@ __device__ __forceinline__ void tma_2d(uint32_t dst, const CUtensorMap& map, int
   (void)dst, (void)map, (void)c0, (void)c1, (void)bar;
 #endif
 }
+// The same box multicast into the shared memory (same offset) of every CTA of the cluster in `mask`, counted
+// on each one's barrier at bar's offset.
+__device__ __forceinline__ void tma_2d_multicast(uint32_t dst, const CUtensorMap& map, int c0, int c1,
+                                                 uint32_t bar, uint16_t mask) {
+#if FQ_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
+      "[%1, {%2, "
+      "%3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+      : "memory");
+#else
+  (void)dst, (void)map, (void)c0, (void)c1, (void)bar, (void)mask;
+#endif
+}
+// Arrive on the barrier at `bar` (this CTA's offset) in the cluster's CTA `rank`. Default (CTA-scope release)
+// semantics: the arrive only says that this warp's wgmma reads of a stage are done (wgmma.wait_group), no
+// write of ours has to be ordered at cluster scope (measured: .release.cluster costs ~1K cycles per arrive,
+// which made 2- and 4-CTA clusters 2x and 4x slower).
+__device__ __forceinline__ void bar_arrive_cluster(uint32_t bar, unsigned rank) {
+#if FQ_WGMMA
+  asm volatile(
+      "{\n.reg .b32 ra;\n"
+      "mapa.shared::cluster.u32 ra, %0, %1;\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
+      "r"(rank)
+      : "memory");
+#else
+  (void)bar, (void)rank;
+#endif
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r = 0;
+#if FQ_WGMMA
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+  return r;
+}
+__device__ __forceinline__ void cluster_barrier() {
+#if FQ_WGMMA
+  __syncwarp();
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+                   : "memory");
+#endif
+}
+
 __device__ __forceinline__ void wgmma_fence() {
 #if FQ_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -146,6 +192,13 @@ __device__ __forceinline__ void wgmma_n128(uint32_t (&d)[64], const uint32_t* a,
 #endif
 }
 
+// The four k32 steps' descriptors of a B tile, computed before the wgmma.fence (volatile: not sunk between
+// the wgmmas, where ptxas would serialize them for an input register defined inside the pipeline stage).
+__device__ __forceinline__ void descs(uint32_t tile, uint64_t (&d)[4]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) asm volatile("mov.b64 %0, %1;\n" : "=l"(d[j]) : "l"(desc_sw128(tile + 32 * j)));
+}
+
 // Two weight rows' 16 bytes (natural k 32 t .. 32 t + 31) -> the A fragments of the four k32 steps: step s
 // at a[4 s .. 4 s + 3] = {lo k 8s+0..3, hi k 8s+0..3, lo k 8s+4..7, hi k 8s+4..7} (relative to 32 t), each
 // value 16x in its byte.
@@ -180,7 +233,9 @@ struct Params {
   int nseg;
   int64_t end[3];
   int rows, K;
-  int64_t F;  // SwiGLU: the up rows start at F
+  int64_t F;    // SwiGLU: the up rows start at F
+  int cluster;  // CTAs per cluster along the channel tiles (1, 2 or 4): each loads 128 / cluster token rows
+                // of every B tile and multicasts them to all
   void* y;
   bool y_f16;
   int64_t ldy;
@@ -211,19 +266,34 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The column segment of the tile (constant indices: a run-time index would copy p to local memory).
   const int seg = kSwiGLU ? 0 : (p.nseg > 1 && c0 >= p.end[0]) + (p.nseg > 2 && c0 >= p.end[1]);
 
+  const int C = p.cluster;
+  const unsigned rank = C > 1 ? cluster_rank() : 0u;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       bar_init(full0 + 8 * s, 1);
-      bar_init(empty0 + 8 * s, 8);  // one arrive per consumer warp
+      bar_init(empty0 + 8 * s, 8 * C);  // one arrive per consumer warp of every CTA that writes the stage
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
+  if (C > 1)
+    cluster_barrier();  // the peers' barriers are initialized before any multicast or remote arrive
+  else
+    __syncthreads();
 
   if (warp >= 8) {  // producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (warp == 8 && lane == 0) {
       const int xrow = kSwiGLU ? m0 : seg * p.rows + m0;
+      // This CTA's slice of each B tile: rows [rank * part, (rank + 1) * part), multicast to the cluster.
+      const int part = 128 / C;
+      const uint32_t boff = rank * part * 128;
+      const uint16_t mask = static_cast<uint16_t>((1u << C) - 1u);
+      auto load_b = [&](uint32_t dst, int c0x, int row, uint32_t fb) {
+        if (C > 1)
+          tma_2d_multicast(dst + boff, tx, c0x, row + static_cast<int>(rank) * part, fb, mask);
+        else
+          tma_2d(dst, tx, c0x, row, fb);
+      };
       for (int kt = 0; kt < KT; ++kt) {
         const int s = kt % kStages;
         if (kt >= kStages) bar_wait(empty0 + 8 * s, ((kt / kStages) - 1) & 1);
@@ -232,14 +302,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma_2d(st + 2 * kBTile, tw, kt * 64, c0, fb);
         if (kSwiGLU) {
           tma_2d(st + 2 * kBTile + kATile, tw, kt * 64, static_cast<int>(p.F) + c0, fb);
-          tma_2d(st, tx, kt * 128, xrow, fb);
-          tma_2d(st + kBTile, tx, kt * 128, p.rows + xrow, fb);
+          load_b(st, kt * 128, xrow, fb);
+          load_b(st + kBTile, kt * 128, p.rows + xrow, fb);
         } else {
-          tma_2d(st, tx, kt * 128, xrow, fb);
-          tma_2d(st + kBTile, tx, kt * 128, xrow + 128, fb);
+          load_b(st, kt * 128, xrow, fb);
+          load_b(st + kBTile, kt * 128, xrow + 128, fb);
         }
       }
     }
+    if (C > 1) cluster_barrier();  // the peers may still arrive on this CTA's barriers
     return;
   }
 
@@ -252,45 +323,58 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc0[i] = acc1[i] = 0u;
   uint32_t ax[16], ay[16];
+  // A consumed stage is free once every CTA that writes into it (the whole cluster: multicast) has heard.
+  auto release = [&](uint32_t bar) {
+    if (C == 1) {
+      bar_arrive(bar);
+    } else {
+      for (int q = 0; q < C; ++q) bar_arrive_cluster(bar, static_cast<unsigned>(q));
+    }
+  };
 
   if (kSwiGLU) {
     for (int kt = 0; kt < KT; ++kt) {
       const int s = kt % kStages;
       bar_wait(full0 + 8 * s, (kt / kStages) & 1);
       const uint8_t* st = sbase + s * kStageBytes;
-      const uint32_t b0 = base + s * kStageBytes, b1 = b0 + kBTile;
+      uint64_t d0[4], d1[4];
+      descs(base + s * kStageBytes, d0);
+      descs(base + s * kStageBytes + kBTile, d1);
       wgmma_wait<1>();  // the previous step's gate group is done: ax is free
       load_a(st + 2 * kBTile, r, t, odd, ax);
-      wgmma_fence();
       fence_acc(acc0);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_n128(acc0, ax + 4 * j, desc_sw128(b0 + 32 * j));
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous step's up group is done: ay is free, that step's stage too
-      if (kt > 0 && lane == 0) bar_arrive(empty0 + 8 * ((kt - 1) % kStages));
-      load_a(st + 2 * kBTile, r + 128, t, odd, ay);
       wgmma_fence();
-      fence_acc(acc1);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_n128(acc1, ay + 4 * j, desc_sw128(b1 + 32 * j));
+      for (int j = 0; j < 4; ++j) wgmma_n128(acc0, ax + 4 * j, d0[j]);
       wgmma_commit();
+      wgmma_wait<1>();  // the previous step's up group is done: ay is free, that step's stage too (released
+                        // below)
+      load_a(st + 2 * kBTile, r + 128, t, odd, ay);
+      fence_acc(acc1);
+      wgmma_fence();
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wgmma_n128(acc1, ay + 4 * j, d1[j]);
+      wgmma_commit();
+      if (kt > 0 && lane == 0) release(empty0 + 8 * ((kt - 1) % kStages));
     }
   } else {
     auto step = [&](int kt, uint32_t(&a)[16]) {
       const int s = kt % kStages;
       bar_wait(full0 + 8 * s, (kt / kStages) & 1);
-      const uint32_t b0 = base + s * kStageBytes, b1 = b0 + kBTile;
+      uint64_t d0[4], d1[4];  // B0 (tokens 0..127), B1 (128..255)
+      descs(base + s * kStageBytes, d0);
+      descs(base + s * kStageBytes + kBTile, d1);
       load_a(sbase + s * kStageBytes + 2 * kBTile, r, t, odd, a);
-      wgmma_fence();
       fence_acc(acc0);
       fence_acc(acc1);
+      wgmma_fence();
 #pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_n128(acc0, a + 4 * j, desc_sw128(b0 + 32 * j));
+      for (int j = 0; j < 4; ++j) wgmma_n128(acc0, a + 4 * j, d0[j]);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_n128(acc1, a + 4 * j, desc_sw128(b1 + 32 * j));
+      for (int j = 0; j < 4; ++j) wgmma_n128(acc1, a + 4 * j, d1[j]);
       wgmma_commit();
       wgmma_wait<1>();  // the previous step is done: its registers and its stage are free
-      if (kt > 0 && lane == 0) bar_arrive(empty0 + 8 * ((kt - 1) % kStages));
+      if (kt > 0 && lane == 0) release(empty0 + 8 * ((kt - 1) % kStages));
     };
     for (int kt = 0; kt < KT; kt += 2) {
       step(kt, ax);
@@ -341,6 +425,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     out(acc0, 0);
     out(acc1, 1);
   }
+  if (C > 1) cluster_barrier();
 #else
   (void)tw, (void)tx, (void)p;
 #endif
@@ -401,6 +486,19 @@ bool w4a8_wgmma_fits(const W4A8Gemm& g) {
   return true;
 }
 
+// Clusters of C CTAs along the channel tiles share each B tile (multicast): all C tiles of a cluster must
+// read the same code copy (segment ends multiples of 128 C), and their count must divide by C.
+int w4a8_wgmma_cluster(const W4A8Gemm& g) {
+  const int64_t tiles_n = (g.swiglu ? g.end[0] : g.N) / 128;
+  for (int c : {4, 2}) {
+    if (c != g.cluster) continue;  // 0 (automatic): 1, measured fastest (bench/results/qgemm_notes.md)
+    bool ok = tiles_n % c == 0;
+    for (int s = 0; s < g.nseg && !g.swiglu; ++s) ok = ok && g.end[s] % (128 * c) == 0;
+    if (ok) return c;
+  }
+  return 1;
+}
+
 cudaError_t w4a8_gemm_wgmma(const W4A8Gemm& g, cudaStream_t stream) {
   if (!w4a8_wgmma_fits(g)) return cudaErrorInvalidValue;
   int device = 0;
@@ -415,9 +513,11 @@ cudaError_t w4a8_gemm_wgmma(const W4A8Gemm& g, cudaStream_t stream) {
   CUtensorMap tw{}, tx{};
   FQ_CUDA_RETURN_IF_ERROR(make_map(encode, &tw, g.w, static_cast<uint64_t>(g.K / 2),
                                    static_cast<uint64_t>(g.N), 64, 128, CU_TENSOR_MAP_SWIZZLE_NONE));
+  const int64_t tiles_n = (g.swiglu ? g.end[0] : g.N) / 128;
+  const int C = w4a8_wgmma_cluster(g);
   FQ_CUDA_RETURN_IF_ERROR(make_map(encode, &tx, g.x, static_cast<uint64_t>(g.K),
-                                   static_cast<uint64_t>(g.nseg * g.rows), 128, 128,
-                                   CU_TENSOR_MAP_SWIZZLE_128B));
+                                   static_cast<uint64_t>(g.nseg * g.rows), 128,
+                                   static_cast<uint32_t>(128 / C), CU_TENSOR_MAP_SWIZZLE_128B));
   Params p{};
   p.sw = g.sw;
   p.sx = g.sx;
@@ -427,6 +527,7 @@ cudaError_t w4a8_gemm_wgmma(const W4A8Gemm& g, cudaStream_t stream) {
   p.rows = static_cast<int>(g.rows);
   p.K = static_cast<int>(g.K);
   p.F = g.end[0];
+  p.cluster = C;
   p.y = g.y;
   p.y_f16 = g.y_f16;
   p.ldy = g.ldy;
@@ -434,11 +535,21 @@ cudaError_t w4a8_gemm_wgmma(const W4A8Gemm& g, cudaStream_t stream) {
   const auto kernel = g.swiglu ? w4a8_wgmma_kernel<true> : w4a8_wgmma_kernel<false>;
   FQ_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  const int64_t bm = g.swiglu ? 128 : 256, tiles_n = (g.swiglu ? g.end[0] : g.N) / 128;
-  const dim3 grid(static_cast<unsigned>((g.rows + bm - 1) / bm), static_cast<unsigned>(tiles_n));
+  const int64_t bm = g.swiglu ? 128 : 256;
   if (tiles_n > 65535) return cudaErrorInvalidValue;
-  kernel<<<grid, kThreads, kSmemBytes, stream>>>(tw, tx, p);
-  FQ_CUDA_RETURN_LAUNCH_ERROR();
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>((g.rows + bm - 1) / bm), static_cast<unsigned>(tiles_n));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = static_cast<unsigned>(C);
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, tw, tx, p));
   return cudaSuccess;
 }
 
