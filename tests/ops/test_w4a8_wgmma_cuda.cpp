@@ -1,7 +1,8 @@
 // The sm_90a W4A8 GEMM (src/kernels/cuda/prefill_int8.h: w4a8_gemm_wgmma) against the CPU reference
 // ref::qgemm_w4a4 (same int32 sums, same epilogue order): outputs BIT FOR BIT, fp16 and fp32, with and
 // without the fp32 residual (in place, as the engine adds into x), one to three column segments that read
-// different code copies, token counts that leave partial tiles (1, 77, 300) and several K (128, 384, 4096);
+// different code copies, token counts that leave partial tiles (1, 77, 300) or span two rasterization groups
+// (2300), several K (128, 384, 4096), cluster sizes 1, 2 and 4;
 // the SwiGLU mode against the reference's gate and up rounded to fp16 and cuda::swiglu. The codes go in
 // through the permuted order the quantizers write (checked here too: perm = the natural codes moved to
 // wgmma_perm_col). Outputs are poisoned first. Skips without a GPU or on a GPU other than sm_90.
@@ -87,6 +88,7 @@ TEST(W4A8Wgmma, EqualsReferenceBitForBit) {
       {513, 384, {256}, false, false},
       {300, 256, {512, 1024, 1536}, true, false},
       {130, 512, {1024}, false, true},
+      {2300, 128, {256, 512}, true, false},  // 9 token tiles: 2 groups
   };
   for (const Case& c : cases) {
     const int64_t M = c.rows, K = c.K, N = c.ends.back();
@@ -167,7 +169,7 @@ TEST(W4A8Wgmma, EqualsReferenceBitForBit) {
 TEST(W4A8Wgmma, SwiGLUEqualsGateUpThenSwiglu) {
   FQ_REQUIRE_WGMMA();
   for (const bool f16 : {true, false})
-    for (const int64_t M : {1, 200}) {
+    for (const int64_t M : {1, 1100}) {  // 1100: 9 token tiles of 128, two rasterization groups
       const int64_t F = M == 1 ? 384 : 512, K = 256, N = 2 * F;  // 3 or 4 channel tiles
       const int cluster = f16 ? 4 : 2;
       SCOPED_TRACE(testing::Message()

@@ -36,6 +36,7 @@ namespace {
 using detail::smem_u32;
 
 constexpr int kStages = 4;
+constexpr int kGroupM = 8;         // token tiles per rasterization group (see the kernel)
 constexpr int kThreads = 384;      // 2 consumer warpgroups + 1 producer warpgroup (one thread issues the TMA)
 constexpr int kBTile = 128 * 128;  // 128 tokens x 128 bytes of codes
 constexpr int kATile = 128 * 64;   // 128 weight rows x 64 bytes (128 int4)
@@ -233,7 +234,8 @@ struct Params {
   int nseg;
   int64_t end[3];
   int rows, K;
-  int64_t F;    // SwiGLU: the up rows start at F
+  int64_t F;             // SwiGLU: the up rows start at F
+  int tiles_m, tiles_n;  // token tiles, channel tiles
   int cluster;  // CTAs per cluster along the channel tiles (1, 2 or 4): each loads 128 / cluster token rows
                 // of every B tile and multicasts them to all
   void* y;
@@ -261,8 +263,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t full0 = base + kStages * kStageBytes, empty0 = full0 + kStages * 8;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int KT = p.K / 128;
-  const int m0 = static_cast<int>(blockIdx.x) * (kSwiGLU ? 128 : 256);
-  const int c0 = static_cast<int>(blockIdx.y) * 128;
+  // The block's tiles, in groups of kGroupM token tiles: within a group the token tiles vary fastest, then
+  // the channel tiles, so that a group's codes stay in L2 while the weights stream past (at 32K tokens the
+  // codes of one input are 128 MB: a plain token-fastest order re-read them from DRAM for every channel
+  // tile). A cluster's CTAs take adjacent channel tiles of the same token tile.
+  int mt = 0, nt = 0;
+  {
+    const int C = p.cluster, cid = static_cast<int>(blockIdx.x) / C, tn = p.tiles_n / C;
+    const int first = cid / (kGroupM * tn) * kGroupM, gs = min(kGroupM, p.tiles_m - first),
+              local = cid % (kGroupM * tn);
+    mt = first + local % gs;
+    nt = local / gs * C + static_cast<int>(blockIdx.x) % C;
+  }
+  const int m0 = mt * (kSwiGLU ? 128 : 256);
+  const int c0 = nt * 128;
   // The column segment of the tile (constant indices: a run-time index would copy p to local memory).
   const int seg = kSwiGLU ? 0 : (p.nseg > 1 && c0 >= p.end[0]) + (p.nseg > 2 && c0 >= p.end[1]);
 
@@ -536,16 +550,19 @@ cudaError_t w4a8_gemm_wgmma(const W4A8Gemm& g, cudaStream_t stream) {
   FQ_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const int64_t bm = g.swiglu ? 128 : 256;
-  if (tiles_n > 65535) return cudaErrorInvalidValue;
+  const int64_t tiles_m = (g.rows + bm - 1) / bm;
+  if (tiles_m * tiles_n > 0x7FFFFFFF) return cudaErrorInvalidValue;
+  p.tiles_m = static_cast<int>(tiles_m);
+  p.tiles_n = static_cast<int>(tiles_n);
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>((g.rows + bm - 1) / bm), static_cast<unsigned>(tiles_n));
+  cfg.gridDim = dim3(static_cast<unsigned>(tiles_m * tiles_n));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = kSmemBytes;
   cfg.stream = stream;
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 1;
-  attr.val.clusterDim.y = static_cast<unsigned>(C);
+  attr.val.clusterDim.x = static_cast<unsigned>(C);
+  attr.val.clusterDim.y = 1;
   attr.val.clusterDim.z = 1;
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
