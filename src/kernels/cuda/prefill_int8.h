@@ -44,16 +44,21 @@ cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_strid
 // ---- The sm_90a W4A8 GEMM (prefill_wgmma.cu): the int8 route's GEMM without cuBLASLt ---------------------
 // y = epilogue(codes x int4 weights) as the cuBLASLt route computes it (unpack_int4_int8 + s8 GEMM +
 // a8_epilogue / a8_swiglu_epilogue), BIT FOR BIT, in one kernel: the packed int4 weights are read as they are
-// stored (TMA into shared memory, unpacked to s8 in registers as wgmma's A operand), the codes by TMA as its B
-// operand, int32 sums on the INT8 tensor cores (wgmma, sm_90a), the epilogue from the registers. No int32 buffer,
-// no unpacked weight copy.
+// stored (TMA into shared memory, unpacked to s8 in registers as wgmma's A operand), the codes by TMA as its
+// B operand, int32 sums on the INT8 tensor cores (wgmma, sm_90a), the epilogue from the registers. No int32
+// buffer, no unpacked weight copy.
 //
 // The codes must be stored column-PERMUTED within each group of 128 (so that each thread's weight bytes are
-// one contiguous 16-byte load): code of natural column k at column wgmma_perm_col(k). The quantizers write that
-// order when asked (`perm` of quantize_sym_int4_i8_multi / kron_quant_i8_multi).
-__host__ __device__ constexpr int64_t wgmma_perm_col(int64_t k) {
+// one contiguous 16-byte load): code of natural column k at column wgmma_perm_col(k). The quantizers write
+// that order when asked (`perm` of quantize_sym_int4_i8_multi / kron_quant_i8_multi). The int form is for
+// kernels whose row offsets fit 32 bits (cheaper address arithmetic).
+template <typename I>
+__host__ __device__ constexpr I wgmma_perm_col_t(I k) {
   // k = 128 T + 32 t + 8 s + 4 h + j  ->  128 T + 32 s + 16 h + 4 t + j
-  return (k & ~int64_t{127}) | (k & 3) | (((k >> 5) & 3) << 2) | (((k >> 2) & 1) << 4) | (((k >> 3) & 3) << 5);
+  return (k & ~I{127}) | (k & 3) | (((k >> 5) & 3) << 2) | (((k >> 2) & 1) << 4) | (((k >> 3) & 3) << 5);
+}
+__host__ __device__ constexpr int64_t wgmma_perm_col(int64_t k) {
+  return wgmma_perm_col_t<int64_t>(k);
 }
 
 struct W4A8Gemm {
@@ -62,15 +67,15 @@ struct W4A8Gemm {
   const int8_t* x = nullptr;   // codes: copy c at x + c * rows * K ([rows, K], permuted), 16-byte aligned
   const float* sx = nullptr;   // copy c's per-token scales at sx + c * sx_stride
   int64_t sx_stride = 0;
-  int nseg = 1;                     // column segments (1..3): [0, end[0]) reads copy 0, [end[0], end[1]) copy 1..
-  int64_t end[3] = {0, 0, 0};       // end[nseg - 1] = N; every end a multiple of 128
-  int64_t rows = 0, N = 0, K = 0;   // K a multiple of 128, <= 65536
-  void* y = nullptr;                // [rows, N] (row stride ldy), fp16 or fp32; 8-byte aligned, ldy even
+  int nseg = 1;                // column segments (1..3): [0, end[0]) reads copy 0, [end[0], end[1]) copy 1..
+  int64_t end[3] = {0, 0, 0};  // end[nseg - 1] = N; every end a multiple of 128
+  int64_t rows = 0, N = 0, K = 0;  // K a multiple of 128, <= 65536
+  void* y = nullptr;               // [rows, N] (row stride ldy), fp16 or fp32; 8-byte aligned, ldy even
   bool y_f16 = true;
   int64_t ldy = 0;
   const float* residual = nullptr;  // fp32 [rows, N] (row stride ldy), may alias y; fp32 y only
-  // gate|up + SwiGLU: nseg = 2, end = {F, 2 F}, F a multiple of 128; y = silu(g) * u [rows, F] (row stride ldy)
-  // with g and u rounded to fp16 first, as a8_swiglu_epilogue.
+  // gate|up + SwiGLU: nseg = 2, end = {F, 2 F}, F a multiple of 128; y = silu(g) * u [rows, F] (row stride
+  // ldy) with g and u rounded to fp16 first, as a8_swiglu_epilogue.
   bool swiglu = false;
   // CTAs per thread-block cluster along the output channels, which share (multicast) each tile of codes, 1, 2
   // or 4 where the shape allows (the channel tiles of 128 divide by it; segment ends are multiples of 128 x

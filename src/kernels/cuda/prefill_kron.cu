@@ -8,18 +8,24 @@
 //
 // Each CTA loops over tokens (persistent grid, blocks = rows or the resident CTAs if fewer). Shared memory:
 // the packed operands (fused_pack_operand's fragment order, staged once per CTA), one or two X buffers
-// [Lp][ld] (the next token's row is a cp.async stage in flight while the current one computes), and T
-// [Lp][ld] (with B). ld = Rp + 8 halves: ld / 8 is odd, so the 8 rows of an ldmatrix phase hit 8 different
-// 16-byte bank groups. Padding (rows >= L, columns >= R) is zeroed once; the stages never write it. Per
-// token:
+// [Lp][ld] (the next token's row is a cp.async stage in flight while the current one computes; with one
+// buffer and B it loads as soon as phase 1 has read X), and T [Lp][ld] (with B). ld = Rp + 8 halves: ld / 8
+// is odd, so the 8 rows of an ldmatrix phase hit 8 different 16-byte bank groups. The padding the mma phases
+// read (rows >= L, columns [R, Rp)) is zeroed once; the stages never write it. Per token:
 //  1. T = X B on mma.sync m16n8k16 (A fragments of X by ldmatrix, B fragments from the packed operand), fp32
 //     sums rounded to fp16 into T. Warp tasks: 16 x 32 tiles.
 //  2. Y = A^T T (A^T from the packed operand, T fragments by ldmatrix.trans), fp32 sums kept in registers:
-//     each warp owns up to kTasks 16 x 32 tiles of Y. Their max/min, a block reduction, the scales.
+//     each warp owns kTasks (1 or 3) 16 x 32 tiles of Y. Their max/min, a block reduction, the scales.
 //  3. The codes from the registers, per clip copy: each lane stores its column pairs as 16-bit words (the
-//     rounding on full-rate ALU operations, quant_common.cuh's sym_int4_byte_fast). A first version
-//     gathered 8 bytes per lane by quad shuffles; with sym_int4_code_fast it was instruction-bound (ncu:
-//     64.6 us for Llama-3-8B's 2048-row q|k|v input, 38M warp instructions, 62 % SM throughput).
+//     rounding on full-rate ALU operations, quant_common.cuh's sym_int4_byte_fast_dev), one 64-bit address
+//     per row of a tile and immediate offsets; the rare values next to a half-integer send the thread to a
+//     second, exact pass. A first version gathered 8 bytes per lane by quad shuffles; with
+//     sym_int4_code_fast it was instruction-bound (ncu: 64.6 us for Llama-3-8B's 2048-row q|k|v input, 38M
+//     warp instructions, 62 % SM throughput); per-pair 64-bit permuted addresses and tie branches: 63 us,
+//     31M; this form 56 us, 23M (bench/results/w4a4_engine_notes.md, "Eighth pass").
+// A warp owns one tile of Y where the input has at most 32 (28 warps for Llama-3-8B's down input: 172 ->
+// 170 us, the 16-warp form with two tiles per warp was as fast before this phase 3 and 185 us after), else
+// three.
 // Every step (the k-steps of each mma sum in order, fp16 rounding of T, fp32 Y, exact min/max, the scale and
 // code functions) is the fused decode kernel's (w4a4_ops.cu), so for the same fp16 X both give the same bits.
 #include <cuda_fp16.h>
@@ -43,7 +49,7 @@ struct KqShape {
   bool wide = false;                                   // 16-byte cp.async rows (R % 8 == 0, x aligned)
   bool even = false;                                   // R even and out 2-byte aligned: 16-bit code stores
   int row_shift = -1;                                  // log2(R / 8) where R / 8 is a power of two
-  bool perm = false;                                   // codes at wgmma_perm_col (prefill_int8.h)
+  bool fast = false;                                   // phase 3's fast form (see the kernel)
   int64_t off_b = 0, off_x = 0, off_t = 0, total = 0;  // bytes (A at 0)
 };
 
@@ -112,8 +118,9 @@ __device__ __forceinline__ void load_x(const KqShape& s, const __half* __restric
   }
 }
 
-template <int kWarps, int kTasks>
-__global__ void __launch_bounds__(kWarps * 32)
+// kTasks tiles of Y per warp, blockDim.x / 32 = ceil(tasks / kTasks) warps (up to 32 with one tile each).
+template <int kTasks, bool kPerm>
+__global__ void __launch_bounds__(kTasks == 1 ? 1024 : 512)
     kron_quant_i8_kernel(const __half* __restrict__ x, int64_t x_stride, int64_t rows,
                          const __half* __restrict__ a_pk, const __half* __restrict__ b_pk, KqShape s,
                          SymClips clips, int8_t* __restrict__ out, float* __restrict__ scales,
@@ -121,7 +128,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   extern __shared__ __align__(16) unsigned char sm[];
   __shared__ float red[2 * detail::kWarp];
   const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32, g = lane / 4,
-            tq = lane % 4;
+            tq = lane % 4, nw = static_cast<int>(blockDim.x) / 32;
   const int L = s.L, R = s.R, ld = s.ld, K = L * R;
   const uint4* As = reinterpret_cast<const uint4*>(sm);
   const uint2* Bs = reinterpret_cast<const uint2*>(sm + s.off_b);
@@ -129,14 +136,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   __half* Ts = reinterpret_cast<__half*>(sm + s.off_t);
   const int tile = s.Lp * ld;
 
-  // Zero the padding, stage the constants and the first token. Per warp one row at a time (no divisions):
-  // the X buffers' columns [R, ld) and rows [L, Lp); T's columns past its n-tiles (phase 2 reads them in tile
-  // pairs).
+  // Zero the padding the mma phases read, stage the constants and the first token. Per warp one row at a time
+  // (no divisions): the X buffers' columns [R, Rp) and rows [L, Lp); T's columns [8 NT, Rp) (phase 2 reads
+  // them in tile pairs) and rows [L, Lp). Columns [Rp, ld) are never read. Nothing for the engine's shapes.
   for (int b = 0; b < s.stages + (s.with_b ? 1 : 0); ++b) {
     __half* Z = b < s.stages ? Xs + b * tile : Ts;
-    const int c0 = b < s.stages ? R : 8 * s.NT, l1 = b < s.stages ? L : s.Lp;
-    for (int l = warp; l < s.Lp; l += kWarps)
-      for (int c = (l < l1 ? c0 : 0) + lane; c < ld; c += 32) Z[l * ld + c] = __float2half_rn(0.0f);
+    const int c0 = b < s.stages ? R : 8 * s.NT;
+    for (int l = (c0 < s.Rp ? 0 : L) + warp; l < s.Lp; l += nw)
+      for (int c = (l < L ? c0 : 0) + lane; c < s.Rp; c += 32) Z[l * ld + c] = __float2half_rn(0.0f);
   }
   detail::stage_async(sm, a_pk, 2LL * s.Lp * s.Lp);
   if (s.with_b) detail::stage_async(sm + s.off_b, b_pk, 2LL * s.Rp * s.Rp);
@@ -162,7 +169,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
     // 1. T = X B (n-tiles < NT; T's columns past them stay zero).
     if (s.with_b) {
-      for (int task = warp; task < tasks; task += kWarps) {
+      for (int task = warp; task < tasks; task += nw) {
         const int mt = task / s.groups, n0 = (task % s.groups) * 4, nn = min(4, s.NT - n0);
         float c[4][4] = {};
         for (int ks = 0; ks < ksR; ++ks) {
@@ -185,6 +192,10 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
       __syncthreads();
       T = Ts;
+      if (s.stages == 1) {  // X is free already: the next token's row loads during phases 2 and 3
+        if (tn < rows) load_x(s, x + tn * x_stride, Xs);
+        detail::async_commit();
+      }
     }
 
     // 2. Y = A^T T into registers, with the min/max of the valid values.
@@ -192,7 +203,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     float vmax = 0.0f, vmin = 0.0f;  // 0 is neutral: the scale takes max(., 0) / min(., 0)
 #pragma unroll
     for (int k = 0; k < kTasks; ++k) {
-      const int task = warp + k * kWarps, mt = task / s.groups, n0 = (task % s.groups) * 4;
+      const int task = warp + k * nw, mt = task / s.groups, n0 = (task % s.groups) * 4;
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -222,43 +233,65 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
     }
     detail::block_minmax(vmax, vmin, red);  // its barriers end every read of X and T for this token
-    if (s.stages == 1) {
+    if (s.stages == 1 && !s.with_b) {
       if (tn < rows) load_x(s, x + tn * x_stride, Xs);
       detail::async_commit();
     }
 
-    // 3. The codes, one copy per clip pair.
+    // 3. The codes, one copy per clip pair. Fast form (s.fast: R even, out 2-byte aligned, and for the
+    // permuted order R % 32 == 0): a pair's two codes are adjacent, and the pairs j = 0..3 of a row of a
+    // task lie kJ bytes apart (natural 8; permuted 32: the row's 32-column block starts at a multiple of 32,
+    // so its n-tile j only sets wgmma_perm_col's s bits), so one 64-bit address per row and immediate
+    // offsets. The rounding is the fast one; a thread that met a value within 1e-5 of a half-integer (rare)
+    // rewrites its codes of that copy in the general form below (exact; same thread, same bytes: the later
+    // store wins). General form (other shapes): byte stores at wgmma_perm_col, exact rounding per value.
+    constexpr int kJ = kPerm ? 32 : 8;
 #pragma unroll
     for (int cp = 0; cp < 3; ++cp) {
       if (cp >= clips.n) break;
       const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[cp], clips.min[cp]),
                   rinv = __frcp_rn(scale);
-      auto pair = [&](float v0, float v1) {  // two codes as the low 16 bits
-        return __byte_perm(detail::sym_int4_byte_fast(v0, scale, rinv),
-                           detail::sym_int4_byte_fast(v1, scale, rinv), 0x0040);
-      };
       int8_t* o = out + (cp * rows + t) * K;
+      float dev[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // per n-tile j (independent max chains)
+      if (s.fast) {
 #pragma unroll
-      for (int k = 0; k < kTasks; ++k) {
-        const int task = warp + k * kWarps, mt = task / s.groups, n0 = (task % s.groups) * 4;
-        if (task >= tasks) continue;  // warp-uniform
+        for (int k = 0; k < kTasks; ++k) {
+          const int task = warp + k * nw, mt = task / s.groups, n0 = (task % s.groups) * 4;
+          if (task >= tasks) break;  // warp-uniform
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int i = mt * 16 + g + 8 * h;
-          if (i >= L) continue;
-          const int64_t row0 = static_cast<int64_t>(i) * R;
-          // The column of a code: natural, or the W4A8 GEMM's permuted order (a pair stays adjacent).
-          const auto col = [&](int64_t c) { return s.perm ? wgmma_perm_col(c) : c; };
+          for (int h = 0; h < 2; ++h) {
+            const int i = mt * 16 + g + 8 * h, base = i * R + n0 * 8 + 2 * tq;
+            if (i >= L) continue;
+            int8_t* ob = o + (kPerm ? wgmma_perm_col_t<int>(base) : base);
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int n = (n0 + j) * 8 + 2 * tq;
-            const uint32_t p = pair(y[k][j][2 * h], y[k][j][2 * h + 1]);
-            if (s.even) {  // both columns valid or neither (R even), 2-byte aligned
-              if (n < R) *reinterpret_cast<uint16_t*>(o + col(row0 + n)) = static_cast<uint16_t>(p);
-            } else {
-              if (n < R) o[col(row0 + n)] = static_cast<int8_t>(p & 0xFFu);
-              if (n + 1 < R) o[col(row0 + n + 1)] = static_cast<int8_t>((p >> 8) & 0xFFu);
+            for (int j = 0; j < 4; ++j) {
+              const uint32_t c0 = detail::sym_int4_byte_fast_dev(y[k][j][2 * h], rinv, dev[j]),
+                             c1 = detail::sym_int4_byte_fast_dev(y[k][j][2 * h + 1], rinv, dev[j]);
+              if ((n0 + j) * 8 + 2 * tq < R)
+                *reinterpret_cast<uint16_t*>(ob + j * kJ) =
+                    static_cast<uint16_t>(__byte_perm(c0, c1, 0x0040));
             }
+          }
+        }
+      }
+      if (!s.fast || fmaxf(fmaxf(dev[0], dev[1]), fmaxf(dev[2], dev[3])) > detail::kTieDev) {
+#pragma unroll
+        for (int k = 0; k < kTasks; ++k) {
+          const int task = warp + k * nw, mt = task / s.groups, n0 = (task % s.groups) * 4;
+          if (task >= tasks) break;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int i = mt * 16 + g + 8 * h;
+            if (i >= L) continue;
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int n = (n0 + j) * 8 + 2 * tq + e, c = i * R + n;
+                if (n < R)
+                  o[kPerm ? wgmma_perm_col_t<int>(c) : c] = static_cast<int8_t>(
+                      detail::sym_int4_byte_fast(y[k][j][2 * h + e], scale, rinv) & 0xFFu);
+              }
           }
         }
       }
@@ -281,8 +314,7 @@ cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_strid
                                 bool perm) {
   const auto misaligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
   if (rows < 0 || rows > 0x7FFFFFFF || L < 1 || R < 1 || L > 4096 || R > 4096 || (L * R) % 2 != 0 ||
-      (perm && (L * R) % 128 != 0) ||
-      x_stride < L * R || clips.n < 1 || clips.n > 3 || scale_stride < rows ||
+      (perm && (L * R) % 128 != 0) || x_stride < L * R || clips.n < 1 || clips.n > 3 || scale_stride < rows ||
       (rows > 0 &&
        (!x || !a_pk || !out || !scales || misaligned(x, 2) || misaligned(a_pk, 16) || misaligned(b_pk, 16))))
     return cudaErrorInvalidValue;
@@ -294,17 +326,18 @@ cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_strid
   if (s.total == 0) return cudaErrorInvalidValue;
   s.wide = R % 8 == 0 && x_stride % 8 == 0 && !misaligned(x, 16);
   s.even = R % 2 == 0 && !misaligned(out, 2);
-  s.perm = perm;
+  s.fast = s.even && (!perm || R % 32 == 0);
   for (int sh = 0; sh < 12; ++sh)
     if (R == 8LL << sh) s.row_shift = sh;
-  // 8 warps while each holds at most 2 tiles of Y (small transforms: several CTAs per SM), else 16 warps.
   const int tasks = s.MT * s.groups;
-  void (*kernel)(const __half*, int64_t, int64_t, const __half*, const __half*, KqShape, SymClips, int8_t*,
-                 float*, int64_t) = tasks <= 8    ? kron_quant_i8_kernel<8, 1>
-                                    : tasks <= 16 ? kron_quant_i8_kernel<8, 2>
-                                    : tasks <= 32 ? kron_quant_i8_kernel<16, 2>
-                                                  : kron_quant_i8_kernel<16, 3>;
-  const int threads = tasks <= 16 ? 256 : 512;
+  using Kernel = void (*)(const __half*, int64_t, int64_t, const __half*, const __half*, KqShape, SymClips,
+                          int8_t*, float*, int64_t);
+  // One tile of Y per warp up to 32 tiles (Llama-3-8B's down input: 28 warps; more warps, shorter phases
+  // between the barriers), else three.
+  const bool one = tasks <= 32;
+  const Kernel kernel = one ? (perm ? kron_quant_i8_kernel<1, true> : kron_quant_i8_kernel<1, false>)
+                            : (perm ? kron_quant_i8_kernel<3, true> : kron_quant_i8_kernel<3, false>);
+  const int threads = 32 * (one ? tasks : (tasks + 2) / 3);
   FQ_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(s.total)));
   int per_sm = 0;

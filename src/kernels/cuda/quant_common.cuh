@@ -43,13 +43,23 @@ __device__ __forceinline__ int sym_int4_code_fast(float x, float scale, float in
 // mantissa bits are the code. As in sym_int4_code_fast, the exact division decides within 1e-5 of a
 // half-integer; clamped values are integers and never land there, and next to a clamp bound both roundings
 // clamp to the same code.
-__device__ __forceinline__ uint32_t sym_int4_byte_fast(float x, float scale, float inv) {
+// sym_int4_byte_fast's fast rounding alone. `dev` becomes the max of itself and the rounded value's distance
+// from its integer; where it exceeds kTieDev the exact division must decide (the byte is then not the code).
+// For loops that store first and redo the rare ties after one check (several independent `dev` chains keep
+// the max off the critical path).
+constexpr float kTieDev = 0.5f - 1e-5f;
+__device__ __forceinline__ uint32_t sym_int4_byte_fast_dev(float x, float inv, float& dev) {
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
   const float r = fminf(fmaxf(__fmul_rn(x, inv), -8.0f), 7.0f);
   const float m = __fadd_rn(r, kMagic);
-  if (fabsf(__fsub_rn(r, __fsub_rn(m, kMagic))) > 0.5f - 1e-5f)
-    return static_cast<uint32_t>(sym_int4_code(x, scale)) & 0xFFu;
+  dev = fmaxf(dev, fabsf(__fsub_rn(r, __fsub_rn(m, kMagic))));
   return __float_as_uint(m);
+}
+
+__device__ __forceinline__ uint32_t sym_int4_byte_fast(float x, float scale, float inv) {
+  float dev = 0.0f;
+  const uint32_t b = sym_int4_byte_fast_dev(x, inv, dev);
+  return dev > kTieDev ? static_cast<uint32_t>(sym_int4_code(x, scale)) & 0xFFu : b;
 }
 
 // Mirrors the per-row parameters of ref::quantize_kv_asym_int4 (asymmetric 4-bit, integer zero point):
