@@ -52,25 +52,27 @@ const char* name(DType t) {
 
 TEST(LayerOpsCuda, RmsNormMatchesReference) {
   FQ_REQUIRE_CUDA();
-  for (int64_t dim : {8, 576, 3584, 4096})
-    for (DType xt : {DType::F32, DType::F16})
-      for (DType yt : {DType::F32, DType::F16}) {
-        const int64_t n = 5, stride = dim + 3;
-        auto x = test::random_activations(static_cast<size_t>(n * stride), static_cast<uint32_t>(dim));
-        if (xt == DType::F16) test::round_f16(x);
-        auto w = test::random_activations(static_cast<size_t>(dim), static_cast<uint32_t>(dim + 1));
-        std::vector<float> dense(static_cast<size_t>(n * dim)), want(dense.size());
-        for (int64_t r = 0; r < n; ++r) std::copy_n(x.begin() + r * stride, dim, dense.begin() + r * dim);
-        ref::rmsnorm(dense.data(), w.data(), n, dim, 1e-5f, want.data());
-        ActBuffer dx(x, xt), dy(static_cast<size_t>(n * dim), yt);
-        DeviceBuffer<float> dw(w);
-        ASSERT_EQ(cuda::rmsnorm(dx.get(), xt, stride, dw.get(), n, dim, 1e-5f, dy.get(), yt, nullptr),
-                  cudaSuccess);
-        FQ_CUDA_CHECK(cudaDeviceSynchronize(), "rmsnorm");
-        const double rtol = yt == DType::F16 ? 1e-3 : 2e-6;
-        EXPECT_EQ(test::check_rows(dy.download(), want, dim, rtol, 0.0, "rmsnorm"), "")
-            << "dim " << dim << " x " << name(xt) << " y " << name(yt);
-      }
+  // Row stride dim + 3 takes the scalar kernel; dim + 4 with fp32 x the vector one (up to 8192 elements).
+  for (int64_t dim : {8, 576, 3584, 4096, 8192, 8200})
+    for (int64_t pad : {3, 4})
+      for (DType xt : {DType::F32, DType::F16})
+        for (DType yt : {DType::F32, DType::F16}) {
+          const int64_t n = 5, stride = dim + pad;
+          auto x = test::random_activations(static_cast<size_t>(n * stride), static_cast<uint32_t>(dim));
+          if (xt == DType::F16) test::round_f16(x);
+          auto w = test::random_activations(static_cast<size_t>(dim), static_cast<uint32_t>(dim + 1));
+          std::vector<float> dense(static_cast<size_t>(n * dim)), want(dense.size());
+          for (int64_t r = 0; r < n; ++r) std::copy_n(x.begin() + r * stride, dim, dense.begin() + r * dim);
+          ref::rmsnorm(dense.data(), w.data(), n, dim, 1e-5f, want.data());
+          ActBuffer dx(x, xt), dy(static_cast<size_t>(n * dim), yt);
+          DeviceBuffer<float> dw(w);
+          ASSERT_EQ(cuda::rmsnorm(dx.get(), xt, stride, dw.get(), n, dim, 1e-5f, dy.get(), yt, nullptr),
+                    cudaSuccess);
+          FQ_CUDA_CHECK(cudaDeviceSynchronize(), "rmsnorm");
+          const double rtol = yt == DType::F16 ? 1e-3 : 2e-6;
+          EXPECT_EQ(test::check_rows(dy.download(), want, dim, rtol, 0.0, "rmsnorm"), "")
+              << "dim " << dim << " stride " << stride << " x " << name(xt) << " y " << name(yt);
+        }
 }
 
 TEST(LayerOpsCuda, RopeMatchesReferenceAtArbitraryPositions) {

@@ -3,16 +3,16 @@
 // probabilities to fp16 for the P.V product (as flash attention does), so it matches within fp16 tolerance.
 //
 // Tensor-core kernel (head_dim D = 64 or 128): one CTA of 4 warps per (64-query tile, query head, sequence);
-// warp w owns query rows 16w..16w+15. Q is loaded once (cp.async -> shared -> ldmatrix into A fragments); K
-// and V tiles of 64 keys stream through a two-stage cp.async pipeline (rows padded by 16 bytes, so the 8 row
-// addresses of every ldmatrix fall in distinct bank groups). Per key tile:
-//   S = Q K^T      mma.sync m16n8k16 (f16 x f16 -> f32); K rows are the B operand's columns ("col" layout),
-//   read
-//                  with ldmatrix (no transpose);
-//   online softmax per row in the base-2 domain (scale * log2 e folded in), causal mask on the diagonal
-//   tiles; O += P V       P re-packed from the S accumulators straight into A fragments (the m16n8 C layout
-//   of two
-//                  adjacent key blocks is the m16k16 A layout), V read with ldmatrix.trans.
+// warp w owns query rows 16w..16w+15. Q is loaded once (cp.async -> shared -> ldmatrix into A fragments, in
+// the second stage's space before the pipeline starts); K and V tiles of 64 keys stream through a two-stage
+// cp.async pipeline (rows padded by 16 bytes, so the 8 row addresses of every ldmatrix fall in distinct bank
+// groups). Per key tile:
+//   S = Q K^T   mma.sync m16n8k16 (f16 x f16 -> f32); K rows are the B operand's columns ("col" layout), read
+//               with ldmatrix (no transpose);
+//   softmax     online, per row, in the base-2 domain (scale * log2 e folded in), causal mask on the
+//               diagonal tiles;
+//   O += P V    P re-packed from the S accumulators straight into A fragments (the m16n8 C layout of two
+//               adjacent key blocks is the m16k16 A layout), V read with ldmatrix.trans.
 // Query tiles are scheduled longest first (the last tile attends to the most keys).
 //
 // Fallback (any even head_dim <= 256): one CTA per (query, head, sequence), 128 keys per step, fp32
@@ -101,15 +101,19 @@ __device__ __forceinline__ void load_tile(__half* dst, const __half* src, int64_
   }
 }
 
+// Three CTAs per SM: 70 KB of shared memory each and at most 170 registers per thread.
 template <int D>
-__global__ void __launch_bounds__(kThreads) prefill_attn_mma_kernel(PrefillArgs a) {
+__global__ void __launch_bounds__(kThreads, 3) prefill_attn_mma_kernel(PrefillArgs a) {
   constexpr int LD = D + 8;   // padded row, in halves
   constexpr int KS = D / 16;  // k-steps of Q K^T
   constexpr int ND = D / 8;   // n-tiles of the output
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __half* sQ = reinterpret_cast<__half*>(smem_raw);
-  __half* sK = sQ + kBM * LD;      // [2][kBN][LD]
-  __half* sV = sK + 2 * kBN * LD;  // [2][kBN][LD]
+  // Two stages of [K tile; V tile]; Q is staged in stage 1 before the pipeline starts (its fragments go to
+  // registers first): 70 KB for D = 128, three CTAs per SM (87 KB with a separate Q buffer: two).
+  static_assert(kBM <= 2 * kBN, "Q must fit in one stage");
+  __half* const sK = reinterpret_cast<__half*>(smem_raw);  // stage s: K at sK + s * 2 kBN LD
+  __half* const sV = sK + kBN * LD;                        //          V at sV + s * 2 kBN LD
+  __half* const sQ = sK + 2 * kBN * LD;
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;
@@ -130,8 +134,16 @@ __global__ void __launch_bounds__(kThreads) prefill_attn_mma_kernel(PrefillArgs 
   load_tile<D>(sK, kg, a.kv_stride, kBN, min(kBN, n_keys));
   load_tile<D>(sV, vg, a.kv_stride, kBN, min(kBN, n_keys));
   cp_async_commit();
-
+  cp_async_wait<0>();
+  __syncthreads();
+  // Q fragments: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
   uint32_t qf[KS][4];
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks)
+    ldmatrix_x4(qf[ks],
+                sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LD + ks * 16 + 8 * (lane / 16));
+  __syncthreads();  // stage 1 (Q) is the first prefetch target
+
   float o[ND][4];
 #pragma unroll
   for (int i = 0; i < ND; ++i)
@@ -145,9 +157,9 @@ __global__ void __launch_bounds__(kThreads) prefill_attn_mma_kernel(PrefillArgs 
     const int buf = kt & 1;
     if (kt + 1 < n_kt) {
       const int nb = (kt + 1) & 1, key0 = (kt + 1) * kBN;
-      load_tile<D>(sK + nb * kBN * LD, kg + static_cast<int64_t>(key0) * a.kv_stride, a.kv_stride, kBN,
+      load_tile<D>(sK + nb * 2 * kBN * LD, kg + static_cast<int64_t>(key0) * a.kv_stride, a.kv_stride, kBN,
                    min(kBN, n_keys - key0));
-      load_tile<D>(sV + nb * kBN * LD, vg + static_cast<int64_t>(key0) * a.kv_stride, a.kv_stride, kBN,
+      load_tile<D>(sV + nb * 2 * kBN * LD, vg + static_cast<int64_t>(key0) * a.kv_stride, a.kv_stride, kBN,
                    min(kBN, n_keys - key0));
       cp_async_commit();
       cp_async_wait<1>();
@@ -155,15 +167,8 @@ __global__ void __launch_bounds__(kThreads) prefill_attn_mma_kernel(PrefillArgs 
       cp_async_wait<0>();
     }
     __syncthreads();
-    if (kt == 0) {
-      // Q fragments: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-        ldmatrix_x4(qf[ks],
-                    sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LD + ks * 16 + 8 * (lane / 16));
-    }
-    const __half* k_s = sK + buf * kBN * LD;
-    const __half* v_s = sV + buf * kBN * LD;
+    const __half* k_s = sK + buf * 2 * kBN * LD;
+    const __half* v_s = sV + buf * 2 * kBN * LD;
 
     // S = Q K^T for 64 keys: 8 n-tiles of 8 keys.
     float s[kBN / 8][4];
@@ -400,7 +405,7 @@ cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16
                                     q_batch_stride, kv_stride, kv_batch_stride, out, out_dtype, stream);
   const PrefillArgs a = make_args(q, k, v, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride,
                                   kv_stride, kv_batch_stride, out, out_dtype);
-  const size_t smem = static_cast<size_t>(kBM + 4 * kBN) * (head_dim + 8) * sizeof(__half);
+  const size_t smem = static_cast<size_t>(4 * kBN) * (head_dim + 8) * sizeof(__half);
   const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM), static_cast<unsigned>(n_head),
                   static_cast<unsigned>(batch));
   // The shared-memory opt-in is set once per process (a function-local static): not again inside a CUDA-graph

@@ -609,43 +609,41 @@ __global__ void __launch_bounds__(kRopeThreads)
   }
 }
 
-// Without the head matrices (the prefill route; its K transform is a batched GEMM afterwards): one thread per
-// rotation pair of a q/k head, then (with a bias) one per element of a v head, no shared memory or barriers.
-// The per-block kernel above spent its time in 128-thread blocks of latency (2048 rows x 40 heads of blocks);
-// the operations, and so the bits, are the same.
-__global__ void rope_pairs_kernel(__half* qkv, int64_t qkv_stride, int64_t rows, int64_t n_tok, int64_t pos0,
+// Without the head matrices (the prefill route; its K transform is a batched GEMM afterwards): one block per
+// row, blockDim a multiple of half, so a thread keeps one frequency index i (one sincosf) and walks the q/k
+// heads, then (with a bias) the v heads; no shared memory or barriers. The per-block
+// kernel above spent its time in 128-thread blocks of latency (2048 rows x 40 heads of blocks); a first
+// version of this one, one thread per pair over a flat index, was instruction-bound on its 64-bit divisions
+// and a sincosf per pair (60 us for a 2048-row Llama-3-8B prefill, ncu). The operations, and so the bits,
+// are the same.
+__global__ void rope_pairs_kernel(__half* qkv, int64_t qkv_stride, int64_t n_tok, int64_t pos0,
                                   const int32_t* __restrict__ d_pos, const float* __restrict__ bias,
                                   int n_head, int n_kv, int d, const float* __restrict__ inv_freq,
                                   __half* out, int64_t out_stride) {
-  const int half = d / 2, heads = n_head + n_kv;
-  const int64_t total = rows * heads * half, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += stride) {
-    const int64_t row = idx / (heads * half);
-    const int hh = static_cast<int>((idx / half) % heads), i = static_cast<int>(idx % half);
-    __half* h = qkv + row * qkv_stride + static_cast<int64_t>(hh) * d;
+  const int half = d / 2, heads = n_head + n_kv, tid = static_cast<int>(threadIdx.x);
+  const int i = tid % half, step = static_cast<int>(blockDim.x) / half;
+  const int64_t row = blockIdx.x;
+  const int64_t p = (d_pos ? static_cast<int64_t>(d_pos[row / n_tok]) : pos0) + row % n_tok;
+  float sn, co;
+  sincosf(__fmul_rn(inv_freq[i], static_cast<float>(p)), &sn, &co);
+  __half* const hrow = qkv + row * qkv_stride;
+  __half* const orow = out ? out + row * out_stride : hrow;
+  // With a bias the v heads (after the q/k heads, in place in qkv) get it added, not rotated.
+  for (int hh = tid / half; hh < heads + (bias ? n_kv : 0); hh += step) {
+    __half* h = hrow + hh * d;
     float a = __half2float(h[i]), b = __half2float(h[i + half]);
     if (bias) {
-      a = __fadd_rn(a, bias[static_cast<int64_t>(hh) * d + i]);
-      b = __fadd_rn(b, bias[static_cast<int64_t>(hh) * d + i + half]);
+      a = __fadd_rn(a, bias[hh * d + i]);
+      b = __fadd_rn(b, bias[hh * d + i + half]);
     }
-    const int64_t p = (d_pos ? static_cast<int64_t>(d_pos[row / n_tok]) : pos0) + row % n_tok;
-    float sn, co;
-    sincosf(__fmul_rn(inv_freq[i], static_cast<float>(p)), &sn, &co);
-    __half* o = out ? out + row * out_stride + static_cast<int64_t>(hh) * d : h;
+    if (hh >= heads) {
+      h[i] = __float2half_rn(a);
+      h[i + half] = __float2half_rn(b);
+      continue;
+    }
+    __half* o = orow + hh * d;
     o[i] = __float2half_rn(__fadd_rn(__fmul_rn(a, co), __fmul_rn(-b, sn)));
     o[i + half] = __float2half_rn(__fadd_rn(__fmul_rn(b, co), __fmul_rn(a, sn)));
-  }
-}
-
-__global__ void v_bias_kernel(__half* qkv, int64_t qkv_stride, int64_t rows, int64_t v0, int64_t kvd,
-                              const float* __restrict__ bias) {
-  const int64_t total = rows * kvd, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += stride) {
-    const int64_t row = idx / kvd, e = idx % kvd;
-    __half* h = qkv + row * qkv_stride + v0 + e;
-    *h = __float2half_rn(__fadd_rn(__half2float(*h), bias[v0 + e]));
   }
 }
 
@@ -850,17 +848,12 @@ cudaError_t rope_launch(uint16_t* qkv, int64_t qkv_stride, int64_t rows, int64_t
   const int64_t heads = n_head + n_head_kv + (bias || kv4.on ? n_head_kv : 0);
   if (rows > 0x7FFFFFFF || heads > 0x7FFFFFFF) return cudaErrorInvalidValue;
   if (!q_mat && !k_mat && !kv4.on) {
-    rope_pairs_kernel<<<grid_for(rows * (n_head + n_head_kv) * (head_dim / 2), 256), 256, 0, stream>>>(
-        reinterpret_cast<__half*>(qkv), qkv_stride, rows, n_tok, pos0, d_pos, bias, static_cast<int>(n_head),
+    const int half = static_cast<int>(head_dim / 2);
+    rope_pairs_kernel<<<static_cast<unsigned>(rows), half * std::max(1, 256 / half), 0, stream>>>(
+        reinterpret_cast<__half*>(qkv), qkv_stride, n_tok, pos0, d_pos, bias, static_cast<int>(n_head),
         static_cast<int>(n_head_kv), static_cast<int>(head_dim), inv_freq, reinterpret_cast<__half*>(qk_out),
         qk_stride);
     FQ_CUDA_RETURN_LAUNCH_ERROR();
-    if (bias) {
-      v_bias_kernel<<<grid_for(rows * n_head_kv * head_dim, 256), 256, 0, stream>>>(
-          reinterpret_cast<__half*>(qkv), qkv_stride, rows, (n_head + n_head_kv) * head_dim,
-          n_head_kv * head_dim, bias);
-      FQ_CUDA_RETURN_LAUNCH_ERROR();
-    }
     return cudaSuccess;
   }
   // The matrices are staged in shared memory when they fit (64 KB at head_dim 128).
