@@ -13,7 +13,8 @@
 //               diagonal tiles;
 //   O += P V    P re-packed from the S accumulators straight into A fragments (the m16n8 C layout of two
 //               adjacent key blocks is the m16k16 A layout), V read with ldmatrix.trans.
-// Query tiles are scheduled longest first (the last tile attends to the most keys).
+// Query tiles are scheduled longest first (the last tile attends to the most keys), all heads of a tile index
+// together.
 //
 // Fallback (any even head_dim <= 256): one CTA per (query, head, sequence), 128 keys per step, fp32
 // throughout.
@@ -118,8 +119,8 @@ __global__ void __launch_bounds__(kThreads, 3) prefill_attn_mma_kernel(PrefillAr
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;
   const int n_qt = (a.n + kBM - 1) / kBM;
-  const int qt = n_qt - 1 - static_cast<int>(blockIdx.x);  // longest tiles first
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int qt = n_qt - 1 - static_cast<int>(blockIdx.y);  // longest tiles first
+  const int h = blockIdx.x, b = blockIdx.z;
   const int kvh = h / (a.n_head / a.n_head_kv);
   const int i0 = qt * kBM;
   const int q_valid = min(kBM, a.n - i0);
@@ -406,7 +407,10 @@ cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16
   const PrefillArgs a = make_args(q, k, v, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride,
                                   kv_stride, kv_batch_stride, out, out_dtype);
   const size_t smem = static_cast<size_t>(4 * kBN) * (head_dim + 8) * sizeof(__half);
-  const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM), static_cast<unsigned>(n_head),
+  // Heads fastest, then query tiles longest first: the first wave holds every head's longest tiles (the short
+  // ones fill the tail), and the query heads of one KV head run side by side (their K/V tiles shared in L2).
+  if ((n + kBM - 1) / kBM > 65535) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(n_head), static_cast<unsigned>((n + kBM - 1) / kBM),
                   static_cast<unsigned>(batch));
   // The shared-memory opt-in is set once per process (a function-local static): not again inside a CUDA-graph
   // capture, where the runtime may refuse non-stream calls. (One device per process is assumed.)
