@@ -13,10 +13,13 @@
 //      j, the codes are stored permuted (wgmma_perm_col) so that B's column 32 s + 16 h + 4 t + j is that k.
 // Each consumer warpgroup keeps two m64 x n128 s32 accumulators (128 registers): tokens 0..127 and 128..255
 // of the tile, or (SwiGLU) the gate and the up rows of the same 64 channels and 128 tokens, whose epilogue
-// combines them in registers.
+// combines them in registers. Without clusters the grid is persistent (one CTA per SM walks its tiles; the
+// ring's stage counter runs on across tiles, so the producer fills the next tile's stages during the
+// epilogue).
 #include <cuda.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/a8_epilogue.cuh"
@@ -263,22 +266,27 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t full0 = base + kStages * kStageBytes, empty0 = full0 + kStages * 8;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int KT = p.K / 128;
-  // The block's tiles, in groups of kGroupM token tiles: within a group the token tiles vary fastest, then
-  // the channel tiles, so that a group's codes stay in L2 while the weights stream past (at 32K tokens the
-  // codes of one input are 128 MB: a plain token-fastest order re-read them from DRAM for every channel
-  // tile). A cluster's CTAs take adjacent channel tiles of the same token tile.
-  int mt = 0, nt = 0;
-  {
-    const int C = p.cluster, cid = static_cast<int>(blockIdx.x) / C, tn = p.tiles_n / C;
+  // The tiles, in groups of kGroupM token tiles: within a group the token tiles vary fastest, then the
+  // channel tiles, so that a group's codes stay in L2 while the weights stream past (at 32K tokens the codes
+  // of one input are 128 MB: a plain token-fastest order re-read them from DRAM for every channel tile). A
+  // cluster's CTAs take adjacent channel tiles of the same token tile. Without clusters the grid is
+  // persistent (one CTA per SM): CTA b takes tiles b, b + gridDim.x, ...; the producer loads the next tile's
+  // first stages while the consumers run the epilogue. With clusters one tile per CTA.
+  struct Tile {
+    int m0, c0, seg;
+  };
+  const int n_tiles = p.tiles_m * p.tiles_n;
+  const auto tile_of = [&](int tile) {
+    const int C = p.cluster, cid = tile / C, tn = p.tiles_n / C;
     const int first = cid / (kGroupM * tn) * kGroupM, gs = min(kGroupM, p.tiles_m - first),
               local = cid % (kGroupM * tn);
-    mt = first + local % gs;
-    nt = local / gs * C + static_cast<int>(blockIdx.x) % C;
-  }
-  const int m0 = mt * (kSwiGLU ? 128 : 256);
-  const int c0 = nt * 128;
-  // The column segment of the tile (constant indices: a run-time index would copy p to local memory).
-  const int seg = kSwiGLU ? 0 : (p.nseg > 1 && c0 >= p.end[0]) + (p.nseg > 2 && c0 >= p.end[1]);
+    Tile u;
+    u.m0 = (first + local % gs) * (kSwiGLU ? 128 : 256);
+    u.c0 = (local / gs * C + tile % C) * 128;
+    // The column segment (constant indices: a run-time index would copy p to local memory).
+    u.seg = kSwiGLU ? 0 : (p.nseg > 1 && u.c0 >= p.end[0]) + (p.nseg > 2 && u.c0 >= p.end[1]);
+    return u;
+  };
 
   const int C = p.cluster;
   const unsigned rank = C > 1 ? cluster_rank() : 0u;
@@ -297,7 +305,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warp >= 8) {  // producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (warp == 8 && lane == 0) {
-      const int xrow = kSwiGLU ? m0 : seg * p.rows + m0;
       // This CTA's slice of each B tile: rows [rank * part, (rank + 1) * part), multicast to the cluster.
       const int part = 128 / C;
       const uint32_t boff = rank * part * 128;
@@ -308,19 +315,24 @@ __global__ void __launch_bounds__(kThreads, 1)
         else
           tma_2d(dst, tx, c0x, row, fb);
       };
-      for (int kt = 0; kt < KT; ++kt) {
-        const int s = kt % kStages;
-        if (kt >= kStages) bar_wait(empty0 + 8 * s, ((kt / kStages) - 1) & 1);
-        const uint32_t st = base + s * kStageBytes, fb = full0 + 8 * s;
-        bar_expect(fb, kSwiGLU ? 2 * kBTile + 2 * kATile : 2 * kBTile + kATile);
-        tma_2d(st + 2 * kBTile, tw, kt * 64, c0, fb);
-        if (kSwiGLU) {
-          tma_2d(st + 2 * kBTile + kATile, tw, kt * 64, static_cast<int>(p.F) + c0, fb);
-          load_b(st, kt * 128, xrow, fb);
-          load_b(st + kBTile, kt * 128, p.rows + xrow, fb);
-        } else {
-          load_b(st, kt * 128, xrow, fb);
-          load_b(st + kBTile, kt * 128, xrow + 128, fb);
+      int it = 0;  // k-steps loaded so far (all tiles): stage it % kStages, its use (it / kStages)
+      for (int tile = static_cast<int>(blockIdx.x); tile < n_tiles; tile += static_cast<int>(gridDim.x)) {
+        const Tile u = tile_of(tile);
+        const int xrow = kSwiGLU ? u.m0 : u.seg * p.rows + u.m0;
+        for (int kt = 0; kt < KT; ++kt, ++it) {
+          const int s = it % kStages;
+          if (it >= kStages) bar_wait(empty0 + 8 * s, ((it / kStages) - 1) & 1);
+          const uint32_t st = base + s * kStageBytes, fb = full0 + 8 * s;
+          bar_expect(fb, kSwiGLU ? 2 * kBTile + 2 * kATile : 2 * kBTile + kATile);
+          tma_2d(st + 2 * kBTile, tw, kt * 64, u.c0, fb);
+          if (kSwiGLU) {
+            tma_2d(st + 2 * kBTile + kATile, tw, kt * 64, static_cast<int>(p.F) + u.c0, fb);
+            load_b(st, kt * 128, xrow, fb);
+            load_b(st + kBTile, kt * 128, p.rows + xrow, fb);
+          } else {
+            load_b(st, kt * 128, xrow, fb);
+            load_b(st + kBTile, kt * 128, xrow + 128, fb);
+          }
         }
       }
     }
@@ -334,8 +346,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool odd = gid & 1;
   const int r = 64 * wg + 16 * wv + 2 * gid;  // the thread's A rows r, r + 1 (SwiGLU: up rows + 128)
   uint32_t acc0[64], acc1[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) acc0[i] = acc1[i] = 0u;
   uint32_t ax[16], ay[16];
   // A consumed stage is free once every CTA that writes into it (the whole cluster: multicast) has heard.
   auto release = [&](uint32_t bar) {
@@ -346,98 +356,109 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  if (kSwiGLU) {
-    for (int kt = 0; kt < KT; ++kt) {
-      const int s = kt % kStages;
-      bar_wait(full0 + 8 * s, (kt / kStages) & 1);
-      const uint8_t* st = sbase + s * kStageBytes;
-      uint64_t d0[4], d1[4];
-      descs(base + s * kStageBytes, d0);
-      descs(base + s * kStageBytes + kBTile, d1);
-      wgmma_wait<1>();  // the previous step's gate group is done: ax is free
-      load_a(st + 2 * kBTile, r, t, odd, ax);
-      fence_acc(acc0);
-      wgmma_fence();
+  int it0 = 0;  // k-steps consumed before this tile (all tiles): as the producer counts
+  for (int tile = static_cast<int>(blockIdx.x); tile < n_tiles;
+       tile += static_cast<int>(gridDim.x), it0 += KT) {
+    const Tile u = tile_of(tile);
+    const int m0 = u.m0, c0 = u.c0, seg = u.seg;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_n128(acc0, ax + 4 * j, d0[j]);
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous step's up group is done: ay is free, that step's stage too (released
-                        // below)
-      load_a(st + 2 * kBTile, r + 128, t, odd, ay);
-      fence_acc(acc1);
-      wgmma_fence();
-#pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_n128(acc1, ay + 4 * j, d1[j]);
-      wgmma_commit();
-      if (kt > 0 && lane == 0) release(empty0 + 8 * ((kt - 1) % kStages));
-    }
-  } else {
-    auto step = [&](int kt, uint32_t(&a)[16]) {
-      const int s = kt % kStages;
-      bar_wait(full0 + 8 * s, (kt / kStages) & 1);
-      uint64_t d0[4], d1[4];  // B0 (tokens 0..127), B1 (128..255)
-      descs(base + s * kStageBytes, d0);
-      descs(base + s * kStageBytes + kBTile, d1);
-      load_a(sbase + s * kStageBytes + 2 * kBTile, r, t, odd, a);
-      fence_acc(acc0);
-      fence_acc(acc1);
-      wgmma_fence();
-#pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_n128(acc0, a + 4 * j, d0[j]);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_n128(acc1, a + 4 * j, d1[j]);
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous step is done: its registers and its stage are free
-      if (kt > 0 && lane == 0) release(empty0 + 8 * ((kt - 1) % kStages));
-    };
-    for (int kt = 0; kt < KT; kt += 2) {
-      step(kt, ax);
-      if (kt + 1 < KT) step(kt + 1, ay);
-    }
-  }
-  wgmma_wait<0>();
-  fence_acc(acc0);
-  fence_acc(acc1);
+    for (int i = 0; i < 64; ++i) acc0[i] = acc1[i] = 0u;
 
-  // Epilogue: d[4 i + e] = (row r, token 8 i + 2 t + e), d[4 i + 2 + e] = (row r + 1, same token).
-  const int64_t ch = c0 + r;
-  if (kSwiGLU) {
-    const float wg0 = p.sw[ch], wg1 = p.sw[ch + 1], wu0 = p.sw[p.F + ch], wu1 = p.sw[p.F + ch + 1];
-    const float* sxg = p.sx;
-    const float* sxu = p.sx + p.sx_stride;
+    if (kSwiGLU) {
+      for (int kt = 0; kt < KT; ++kt) {
+        const int it = it0 + kt, s = it % kStages;
+        bar_wait(full0 + 8 * s, (it / kStages) & 1);
+        const uint8_t* st = sbase + s * kStageBytes;
+        uint64_t d0[4], d1[4];
+        descs(base + s * kStageBytes, d0);
+        descs(base + s * kStageBytes + kBTile, d1);
+        wgmma_wait<1>();  // the previous step's gate group is done: ax is free
+        load_a(st + 2 * kBTile, r, t, odd, ax);
+        fence_acc(acc0);
+        wgmma_fence();
 #pragma unroll
-    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 4; ++j) wgmma_n128(acc0, ax + 4 * j, d0[j]);
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous step's up group is done: ay is free, that step's stage too (released
+                          // below)
+        load_a(st + 2 * kBTile, r + 128, t, odd, ay);
+        fence_acc(acc1);
+        wgmma_fence();
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int tok = m0 + 8 * i + 2 * t + e;
-        if (tok >= p.rows) continue;
-        const float sg = sxg[tok], su = sxu[tok];
-        const float v0 = detail::a8_swiglu(static_cast<int32_t>(acc0[4 * i + e]) >> 4,
-                                           static_cast<int32_t>(acc1[4 * i + e]) >> 4, sg, su, wg0, wu0);
-        const float v1 = detail::a8_swiglu(static_cast<int32_t>(acc0[4 * i + 2 + e]) >> 4,
-                                           static_cast<int32_t>(acc1[4 * i + 2 + e]) >> 4, sg, su, wg1, wu1);
-        store2(p.y, p.y_f16, tok * p.ldy + ch, v0, v1);
+        for (int j = 0; j < 4; ++j) wgmma_n128(acc1, ay + 4 * j, d1[j]);
+        wgmma_commit();
+        if (kt > 0 && lane == 0) release(empty0 + 8 * ((it - 1) % kStages));
       }
-  } else {
-    const float w0 = p.sw[ch], w1 = p.sw[ch + 1];
-    const float* sx = p.sx + seg * p.sx_stride;
-    auto out = [&](uint32_t(&d)[64], int half) {
+    } else {
+      auto step = [&](int kt, uint32_t(&a)[16]) {
+        const int it = it0 + kt, s = it % kStages;
+        bar_wait(full0 + 8 * s, (it / kStages) & 1);
+        uint64_t d0[4], d1[4];  // B0 (tokens 0..127), B1 (128..255)
+        descs(base + s * kStageBytes, d0);
+        descs(base + s * kStageBytes + kBTile, d1);
+        load_a(sbase + s * kStageBytes + 2 * kBTile, r, t, odd, a);
+        fence_acc(acc0);
+        fence_acc(acc1);
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wgmma_n128(acc0, a + 4 * j, d0[j]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wgmma_n128(acc1, a + 4 * j, d1[j]);
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous step is done: its registers and its stage are free
+        if (kt > 0 && lane == 0) release(empty0 + 8 * ((it - 1) % kStages));
+      };
+      for (int kt = 0; kt < KT; kt += 2) {
+        step(kt, ax);
+        if (kt + 1 < KT) step(kt + 1, ay);
+      }
+    }
+    wgmma_wait<0>();
+    fence_acc(acc0);
+    fence_acc(acc1);
+    if (lane == 0) release(empty0 + 8 * ((it0 + KT - 1) % kStages));  // the tile's last stage
+
+    // Epilogue: d[4 i + e] = (row r, token 8 i + 2 t + e), d[4 i + 2 + e] = (row r + 1, same token).
+    const int64_t ch = c0 + r;
+    if (kSwiGLU) {
+      const float wg0 = p.sw[ch], wg1 = p.sw[ch + 1], wu0 = p.sw[p.F + ch], wu1 = p.sw[p.F + ch + 1];
+      const float* sxg = p.sx;
+      const float* sxu = p.sx + p.sx_stride;
 #pragma unroll
       for (int i = 0; i < 16; ++i)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int tok = m0 + 128 * half + 8 * i + 2 * t + e;
+          const int tok = m0 + 8 * i + 2 * t + e;
           if (tok >= p.rows) continue;
-          const float s = sx[tok];
-          const int64_t o = tok * p.ldy + ch;
-          const float v0 = detail::a8_epi(static_cast<int32_t>(d[4 * i + e]) >> 4, s, w0, p.residual, o);
+          const float sg = sxg[tok], su = sxu[tok];
+          const float v0 = detail::a8_swiglu(static_cast<int32_t>(acc0[4 * i + e]) >> 4,
+                                             static_cast<int32_t>(acc1[4 * i + e]) >> 4, sg, su, wg0, wu0);
           const float v1 =
-              detail::a8_epi(static_cast<int32_t>(d[4 * i + 2 + e]) >> 4, s, w1, p.residual, o + 1);
-          store2(p.y, p.y_f16, o, v0, v1);
+              detail::a8_swiglu(static_cast<int32_t>(acc0[4 * i + 2 + e]) >> 4,
+                                static_cast<int32_t>(acc1[4 * i + 2 + e]) >> 4, sg, su, wg1, wu1);
+          store2(p.y, p.y_f16, tok * p.ldy + ch, v0, v1);
         }
-    };
-    out(acc0, 0);
-    out(acc1, 1);
+    } else {
+      const float w0 = p.sw[ch], w1 = p.sw[ch + 1];
+      const float* sx = p.sx + seg * p.sx_stride;
+      auto out = [&](uint32_t(&d)[64], int half) {
+#pragma unroll
+        for (int i = 0; i < 16; ++i)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int tok = m0 + 128 * half + 8 * i + 2 * t + e;
+            if (tok >= p.rows) continue;
+            const float s = sx[tok];
+            const int64_t o = tok * p.ldy + ch;
+            const float v0 = detail::a8_epi(static_cast<int32_t>(d[4 * i + e]) >> 4, s, w0, p.residual, o);
+            const float v1 =
+                detail::a8_epi(static_cast<int32_t>(d[4 * i + 2 + e]) >> 4, s, w1, p.residual, o + 1);
+            store2(p.y, p.y_f16, o, v0, v1);
+          }
+      };
+      out(acc0, 0);
+      out(acc1, 1);
+    }
   }
   if (C > 1) cluster_barrier();
 #else
@@ -554,8 +575,12 @@ cudaError_t w4a8_gemm_wgmma(const W4A8Gemm& g, cudaStream_t stream) {
   if (tiles_m * tiles_n > 0x7FFFFFFF) return cudaErrorInvalidValue;
   p.tiles_m = static_cast<int>(tiles_m);
   p.tiles_n = static_cast<int>(tiles_n);
+  // Persistent without clusters: one CTA per SM (the kernel's shared memory and registers allow no second).
+  int sms = 0;
+  FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t grid = C == 1 ? std::min<int64_t>(tiles_m * tiles_n, sms) : tiles_m * tiles_n;
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(tiles_m * tiles_n));
+  cfg.gridDim = dim3(static_cast<unsigned>(grid));
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = kSmemBytes;
   cfg.stream = stream;
