@@ -394,36 +394,54 @@ TEST(W4A4Ops, RopePairsEqualsPerHeadKernel) {
   }
 }
 
-// kv4_append, then the read-back equals ref::dequantize_kv_asym_int4 of ref::quantize_kv_asym_int4.
+// kv4_append, then the read-back equals ref::dequantize_kv_asym_int4 of ref::quantize_kv_asym_int4: fp32 and
+// fp16 rows (fp16 at head_dim 64 / 128 takes the vector append kernel), head_dim 12 (the one-byte read-back)
+// and 64 / 128 (the vector one).
 TEST(W4A4Ops, Kv4DequantMatchesReference) {
   FQ_REQUIRE_CUDA();
-  const int64_t slots = 3, ctx = 20, KV = 3, d = 64, n_seq = 2, n_tok = 13, slot0 = 1;
-  cuda::Kv4Layer c;
-  const size_t cells = static_cast<size_t>(slots * ctx * KV);
-  DeviceBuffer<uint8_t> kc(cells * d / 2), vc(cells * d / 2);
-  DeviceBuffer<float> ks(cells), kz(cells), vs(cells), vz(cells);
-  c = {kc.get(), ks.get(), kz.get(), vc.get(), vs.get(), vz.get(), slots, ctx, KV, d};
-  const auto k = test::random_activations(static_cast<size_t>(n_seq * n_tok * KV * d), 31);
-  const auto v = test::random_activations(static_cast<size_t>(n_seq * n_tok * KV * d), 32);
-  DeviceBuffer<float> dk(k), dv(v);
-  ASSERT_EQ(cuda::kv4_append(c, dk.get(), dv.get(), DType::F32, n_seq, n_tok, KV * d, slot0, 0, nullptr,
-                             nullptr, cuda::Kv4Clip{}, nullptr),
-            cudaSuccess);
-  DeviceBuffer<uint16_t> ko(static_cast<size_t>(n_seq * n_tok * KV * d)), vo(ko.bytes() / 2);
-  ASSERT_EQ(cuda::kv4_dequant_f16(c, slot0, n_seq, n_tok, ko.get(), vo.get(), nullptr), cudaSuccess);
-  const auto gk = ko.download(), gv = vo.download();
-  for (int w = 0; w < 2; ++w) {
-    const auto& src = w ? v : k;
-    const int64_t rows = n_seq * n_tok;
-    std::vector<uint8_t> p(static_cast<size_t>(rows * KV * d / 2));
-    std::vector<float> s(static_cast<size_t>(rows * KV)), z(s.size()), deq(src.size());
-    ref::quantize_kv_asym_int4(src.data(), rows, KV, d, KV * d, 1.0f, 1.0f, p.data(), s.data(), z.data());
-    ref::dequantize_kv_asym_int4(p.data(), s.data(), z.data(), rows, KV, d, deq.data());
-    const auto& got = w ? gv : gk;
-    for (size_t i = 0; i < deq.size(); ++i)
-      ASSERT_EQ(got[i], f32_to_f16(deq[i])) << (w ? "V" : "K") << " element " << i;
-  }
-  EXPECT_EQ(cuda::kv4_dequant_f16(c, 2, 2, n_tok, ko.get(), vo.get(), nullptr), cudaErrorInvalidValue);
+  for (const int64_t d : {12, 64, 128})
+    for (const DType dt : {DType::F32, DType::F16}) {
+      SCOPED_TRACE(testing::Message() << "head_dim " << d << (dt == DType::F16 ? " fp16" : " fp32"));
+      const int64_t slots = 3, ctx = 20, KV = 3, n_seq = 2, n_tok = 13, slot0 = 1;
+      cuda::Kv4Layer c;
+      const size_t cells = static_cast<size_t>(slots * ctx * KV);
+      DeviceBuffer<uint8_t> kc(cells * d / 2), vc(cells * d / 2);
+      DeviceBuffer<float> ks(cells), kz(cells), vs(cells), vz(cells);
+      c = {kc.get(), ks.get(), kz.get(), vc.get(), vs.get(), vz.get(), slots, ctx, KV, d};
+      auto k = test::random_activations(static_cast<size_t>(n_seq * n_tok * KV * d), 31);
+      auto v = test::random_activations(static_cast<size_t>(n_seq * n_tok * KV * d), 32);
+      std::vector<uint16_t> k16(k.size()), v16(v.size());
+      for (size_t i = 0; i < k.size(); ++i) {
+        k16[i] = f32_to_f16(k[i]);
+        v16[i] = f32_to_f16(v[i]);
+        if (dt == DType::F16) {
+          k[i] = f16_to_f32(k16[i]);
+          v[i] = f16_to_f32(v16[i]);
+        }
+      }
+      DeviceBuffer<float> dk(k), dv(v);
+      DeviceBuffer<uint16_t> dk16(k16), dv16(v16);
+      const bool h = dt == DType::F16;
+      ASSERT_EQ(cuda::kv4_append(c, h ? static_cast<const void*>(dk16.get()) : dk.get(),
+                                 h ? static_cast<const void*>(dv16.get()) : dv.get(), dt, n_seq, n_tok,
+                                 KV * d, slot0, 0, nullptr, nullptr, cuda::Kv4Clip{}, nullptr),
+                cudaSuccess);
+      DeviceBuffer<uint16_t> ko(static_cast<size_t>(n_seq * n_tok * KV * d)), vo(ko.bytes() / 2);
+      ASSERT_EQ(cuda::kv4_dequant_f16(c, slot0, n_seq, n_tok, ko.get(), vo.get(), nullptr), cudaSuccess);
+      const auto gk = ko.download(), gv = vo.download();
+      for (int w = 0; w < 2; ++w) {
+        const auto& src = w ? v : k;
+        const int64_t rows = n_seq * n_tok;
+        std::vector<uint8_t> p(static_cast<size_t>(rows * KV * d / 2));
+        std::vector<float> s(static_cast<size_t>(rows * KV)), z(s.size()), deq(src.size());
+        ref::quantize_kv_asym_int4(src.data(), rows, KV, d, KV * d, 1.0f, 1.0f, p.data(), s.data(), z.data());
+        ref::dequantize_kv_asym_int4(p.data(), s.data(), z.data(), rows, KV, d, deq.data());
+        const auto& got = w ? gv : gk;
+        for (size_t i = 0; i < deq.size(); ++i)
+          ASSERT_EQ(got[i], f32_to_f16(deq[i])) << (w ? "V" : "K") << " element " << i;
+      }
+      EXPECT_EQ(cuda::kv4_dequant_f16(c, 2, 2, n_tok, ko.get(), vo.get(), nullptr), cudaErrorInvalidValue);
+    }
 }
 
 // The decode launch that also appends to the KV4 cache == the per-head RoPE kernel followed by kv4_append on

@@ -670,6 +670,39 @@ __global__ void kv4_dequant_kernel(Kv4Layer c, int64_t slot0, int64_t n_pos, int
   }
 }
 
+// The same, 4 code bytes (8 values, 16-byte stores) per thread where head_dim % 8 == 0 and the outputs are
+// 16-byte aligned: wpr = head_dim / 8 threads per output row, 32-bit row arithmetic. The one-byte version
+// spent its time on three 64-bit divisions per byte (per 2048-token Llama-3-8B prefill 0.41 ms, this one
+// 0.24).
+__global__ void kv4_dequant_vec_kernel(Kv4Layer c, int slot0, int n_pos, int n_rows, int wpr,
+                                       __half* __restrict__ k_out, __half* __restrict__ v_out) {
+  const int rows_per_block = static_cast<int>(blockDim.x) / wpr, H = static_cast<int>(c.n_head_kv);
+  const int j = static_cast<int>(threadIdx.x) % wpr;  // 4-byte word of the row
+  for (int row = static_cast<int>(blockIdx.x) * rows_per_block + static_cast<int>(threadIdx.x) / wpr;
+       row < n_rows; row += static_cast<int>(gridDim.x) * rows_per_block) {
+    const int h = row % H, p = (row / H) % n_pos, sq = row / (H * n_pos);
+    const int64_t cell = ((static_cast<int64_t>(slot0) + sq) * c.max_ctx + p) * H + h;
+    const uint32_t kw = reinterpret_cast<const uint32_t*>(c.k + cell * (c.head_dim / 2))[j],
+                   vw = reinterpret_cast<const uint32_t*>(c.v + cell * (c.head_dim / 2))[j];
+    const float ks = c.k_scale[cell], kz = c.k_zero[cell], vs = c.v_scale[cell], vz = c.v_zero[cell];
+    const auto dq = [](uint32_t w, float sc, float z) {
+      uint4 o;
+      uint32_t* op = &o.x;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const uint32_t byte = (w >> (8 * b)) & 0xFFu;
+        const __half2 hv =
+            __halves2half2(__float2half_rn(__fmul_rn(__fsub_rn(static_cast<float>(byte & 0xF), z), sc)),
+                           __float2half_rn(__fmul_rn(__fsub_rn(static_cast<float>(byte >> 4), z), sc)));
+        op[b] = *reinterpret_cast<const uint32_t*>(&hv);
+      }
+      return o;
+    };
+    reinterpret_cast<uint4*>(k_out + static_cast<int64_t>(row) * c.head_dim)[j] = dq(kw, ks, kz);
+    reinterpret_cast<uint4*>(v_out + static_cast<int64_t>(row) * c.head_dim)[j] = dq(vw, vs, vz);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Random fills (benchmarks).
 __device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
@@ -918,6 +951,19 @@ cudaError_t kv4_dequant_f16(const Kv4Layer& c, int64_t slot0, int64_t n_seq, int
     return cudaErrorInvalidValue;
   const int64_t total = n_seq * n_pos * c.n_head_kv * (c.head_dim / 2);
   if (total == 0) return cudaSuccess;
+  const int64_t n_rows = n_seq * n_pos * c.n_head_kv, wpr = c.head_dim / 8;
+  const auto al16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+  if (c.head_dim % 8 == 0 && wpr <= 256 && n_rows <= 0x7FFFFFFF && slot0 + n_seq <= 0x7FFFFFFF &&
+      al16(k_out) && al16(v_out) && reinterpret_cast<uintptr_t>(c.k) % 4 == 0 &&
+      reinterpret_cast<uintptr_t>(c.v) % 4 == 0) {
+    const int threads = static_cast<int>(256 / wpr * wpr);
+    const int64_t blocks = std::min<int64_t>((n_rows + threads / wpr - 1) / (threads / wpr), 1 << 20);
+    kv4_dequant_vec_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+        c, static_cast<int>(slot0), static_cast<int>(n_pos), static_cast<int>(n_rows), static_cast<int>(wpr),
+        reinterpret_cast<__half*>(k_out), reinterpret_cast<__half*>(v_out));
+    FQ_CUDA_RETURN_LAUNCH_ERROR();
+    return cudaSuccess;
+  }
   kv4_dequant_kernel<<<grid_for(total, 256), 256, 0, stream>>>(
       c, slot0, n_pos, total, reinterpret_cast<__half*>(k_out), reinterpret_cast<__half*>(v_out));
   FQ_CUDA_RETURN_LAUNCH_ERROR();
