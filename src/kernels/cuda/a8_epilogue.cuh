@@ -8,10 +8,15 @@
 
 namespace fq::cuda::detail {
 
+// t = float(acc) * sx * sw (+ res where has_res): the residual value already loaded.
+__device__ __forceinline__ float a8_epi_v(int32_t a, float sx, float sw, bool has_res, float res) {
+  const float t = __fmul_rn(__fmul_rn(__int2float_rn(a), sx), sw);
+  return has_res ? __fadd_rn(t, res) : t;
+}
+
 // t = float(acc) * sx * sw (+ residual[o]).
 __device__ __forceinline__ float a8_epi(int32_t a, float sx, float sw, const float* residual, int64_t o) {
-  float t = __fmul_rn(__fmul_rn(__int2float_rn(a), sx), sw);
-  return residual ? __fadd_rn(t, residual[o]) : t;
+  return a8_epi_v(a, sx, sw, residual != nullptr, residual ? residual[o] : 0.0f);
 }
 
 // SwiGLU of the fp16-rounded gate and up epilogues: silu(g) * u with cuda::swiglu's operations.

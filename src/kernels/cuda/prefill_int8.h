@@ -73,7 +73,8 @@ struct W4A8Gemm {
   void* y = nullptr;               // [rows, N] (row stride ldy), fp16 or fp32; 8-byte aligned, ldy even
   bool y_f16 = true;
   int64_t ldy = 0;
-  const float* residual = nullptr;  // fp32 [rows, N] (row stride ldy), may alias y; fp32 y only
+  // fp32 [rows, N] (row stride ldy), 8-byte aligned, may alias y; fp32 y only.
+  const float* residual = nullptr;
   // gate|up + SwiGLU: nseg = 2, end = {F, 2 F}, F a multiple of 128; y = silu(g) * u [rows, F] (row stride
   // ldy) with g and u rounded to fp16 first, as a8_swiglu_epilogue.
   bool swiglu = false;
