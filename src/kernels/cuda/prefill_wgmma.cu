@@ -420,9 +420,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     // Epilogue: d[4 i + e] = (row r, token 8 i + 2 t + e), d[4 i + 2 + e] = (row r + 1, same token). In
     // chunks of 4 i (8 tokens): first every load of the chunk (token scales, fp32 residual pairs), then the
-    // math and the stores. Interleaved, each load waited for the store before it (y may alias the residual,
-    // so the compiler keeps their order): with 8 warps per SM the epilogue was latency-bound and took ~8 of
-    // the 29 ms of the four GEMMs in a 2048-token Llama-3-8B prefill.
+    // math and the stores (chunks of 8 i spilled and were slower). Interleaved, each load waited for the
+    // store before it (y may alias the residual, so the compiler keeps their order): with 8 warps per SM the
+    // epilogue was latency-bound and took ~8 of the 29 ms of the four GEMMs in a 2048-token Llama-3-8B
+    // prefill.
     constexpr int kChunk = 4;
     const int64_t ch = c0 + r;
     if (kSwiGLU) {
