@@ -18,26 +18,40 @@ __device__ __forceinline__ float to_f32(__half x) {
   return __half2float(x);
 }
 
+// The warp's (sequence, token, kv head) row: its input offset and its cache cell; cell -1 past the rows or
+// outside the context (which sets the overflow flag).
+struct RowAt {
+  int64_t x = 0, cell = -1;
+};
+__device__ __forceinline__ RowAt row_at(const Kv4Layer& c, int64_t n_rows, int64_t n_tok, int64_t x_stride,
+                                        int64_t slot0, int64_t pos0, const int32_t* d_pos,
+                                        int32_t* d_overflow) {
+  RowAt a;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / detail::kWarp;
+  if (r >= n_rows) return a;
+  const int64_t H = c.n_head_kv;
+  const int64_t h = r % H, t = (r / H) % n_tok, b = r / (H * n_tok);
+  const int64_t pos = (d_pos ? static_cast<int64_t>(d_pos[b]) : pos0) + t;
+  if (pos < 0 || pos >= c.max_ctx) {
+    if (threadIdx.x % detail::kWarp == 0 && d_overflow) *d_overflow = 1;
+    return a;
+  }
+  a.x = (b * n_tok + t) * x_stride + h * c.head_dim;
+  a.cell = ((slot0 + b) * c.max_ctx + pos) * H + h;
+  return a;
+}
+
 // One warp per (sequence, token, kv head) row; blockIdx.y = 0 quantizes K, 1 quantizes V.
 template <typename T>
 __global__ void kv4_append_kernel(Kv4Layer c, const T* __restrict__ k, const T* __restrict__ v,
                                   int64_t n_rows, int64_t n_tok, int64_t x_stride, int64_t slot0,
                                   int64_t pos0, const int32_t* __restrict__ d_pos, int32_t* d_overflow,
                                   Kv4Clip clip) {
-  const int lane = threadIdx.x % detail::kWarp;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / detail::kWarp;
-  if (r >= n_rows) return;  // whole warps leave together
-  const int64_t H = c.n_head_kv, d = c.head_dim;
-  const int64_t h = r % H, t = (r / H) % n_tok, b = r / (H * n_tok);
-  const int64_t pos = (d_pos ? static_cast<int64_t>(d_pos[b]) : pos0) + t;
-  if (pos < 0 || pos >= c.max_ctx) {
-    if (lane == 0 && d_overflow) *d_overflow = 1;
-    return;
-  }
+  const RowAt a = row_at(c, n_rows, n_tok, x_stride, slot0, pos0, d_pos, d_overflow);
+  if (a.cell < 0) return;  // whole warps leave together
   const bool is_v = blockIdx.y == 1;
-  const T* row = (is_v ? v : k) + (b * n_tok + t) * x_stride + h * d;
-  detail::kv4_store_row(c, is_v, ((slot0 + b) * c.max_ctx + pos) * H + h, clip,
-                        [&](int64_t i) { return to_f32(row[i]); });
+  const T* row = (is_v ? v : k) + a.x;
+  detail::kv4_store_row(c, is_v, a.cell, clip, [&](int64_t i) { return to_f32(row[i]); });
 }
 
 // fp16 rows of D = 64, 128 or 256: each lane loads its V = D / 32 consecutive values once (one 4-, 8- or
@@ -57,17 +71,10 @@ __global__ void kv4_append_f16_kernel(Kv4Layer c, const __half* __restrict__ k, 
     uint8_t b[V / 2];
   };
   const int lane = threadIdx.x % detail::kWarp;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / detail::kWarp;
-  if (r >= n_rows) return;  // whole warps leave together
-  const int64_t H = c.n_head_kv;
-  const int64_t h = r % H, t = (r / H) % n_tok, b = r / (H * n_tok);
-  const int64_t pos = (d_pos ? static_cast<int64_t>(d_pos[b]) : pos0) + t;
-  if (pos < 0 || pos >= c.max_ctx) {
-    if (lane == 0 && d_overflow) *d_overflow = 1;
-    return;
-  }
+  const RowAt a = row_at(c, n_rows, n_tok, x_stride, slot0, pos0, d_pos, d_overflow);
+  if (a.cell < 0) return;  // whole warps leave together
   const bool is_v = blockIdx.y == 1;
-  const Halves x = reinterpret_cast<const Halves*>((is_v ? v : k) + (b * n_tok + t) * x_stride + h * D)[lane];
+  const Halves x = reinterpret_cast<const Halves*>((is_v ? v : k) + a.x)[lane];
   float f[V];
   float vmax = 0.0f, vmin = 0.0f;
 #pragma unroll
@@ -79,7 +86,7 @@ __global__ void kv4_append_f16_kernel(Kv4Layer c, const __half* __restrict__ k, 
   detail::warp_minmax(vmax, vmin);
   float sc, z;
   detail::asym_int4_params(vmax, vmin, is_v ? clip.v_max : clip.k_max, is_v ? clip.v_min : clip.k_min, sc, z);
-  const int64_t cell = ((slot0 + b) * c.max_ctx + pos) * H + h;
+  const int64_t cell = a.cell;
   Codes o;
 #pragma unroll
   for (int j = 0; j < V / 2; ++j)
