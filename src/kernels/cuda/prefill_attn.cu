@@ -2,11 +2,13 @@
 // Reference: ref::attention (fp32) on the same fp16 values; the tensor-core kernel rounds the softmax
 // probabilities to fp16 for the P.V product (as flash attention does), so it matches within fp16 tolerance.
 //
-// Tensor-core kernel (head_dim D = 64 or 128): one CTA of 4 warps per (64-query tile, query head, sequence);
-// warp w owns query rows 16w..16w+15. Q is loaded once (cp.async -> shared -> ldmatrix into A fragments, in
-// the second stage's space before the pipeline starts); K and V tiles of 64 keys stream through a two-stage
-// cp.async pipeline (rows padded by 16 bytes, so the 8 row addresses of every ldmatrix fall in distinct bank
-// groups). Per key tile:
+// Tensor-core kernel (head_dim D = 64 or 128): one CTA of 4 warps per (query tile, query head, sequence).
+// From 128 queries per sequence, 128-query tiles: warp w owns rows 32w..32w+31 as two m16 row blocks, so that
+// every K and V fragment read from shared memory feeds two mmas (Q is read from its shared buffer per key
+// tile). Below, 64-query tiles: warp w owns rows 16w..16w+15 and Q's fragments stay in registers (loaded
+// once, staged in the second stage's space before the pipeline starts). K and V tiles of 64 keys stream
+// through a two-stage cp.async pipeline (rows padded by 16 bytes, so the 8 row addresses of every ldmatrix
+// fall in distinct bank groups). Per key tile:
 //   S = Q K^T   mma.sync m16n8k16 (f16 x f16 -> f32); K rows are the B operand's columns ("col" layout), read
 //               with ldmatrix (no transpose);
 //   softmax     online, per row, in the base-2 domain (scale * log2 e folded in), causal mask on the
@@ -29,7 +31,6 @@
 namespace fq::cuda {
 namespace {
 
-constexpr int kBM = 64;  // queries per CTA
 constexpr int kBN = 64;  // keys per tile
 constexpr int kThreads = 128;
 constexpr unsigned kFull = 0xffffffffu;
@@ -102,28 +103,40 @@ __device__ __forceinline__ void load_tile(__half* dst, const __half* src, int64_
   }
 }
 
-// Three CTAs per SM: 70 KB of shared memory each and at most 170 registers per thread.
-template <int D>
-__global__ void __launch_bounds__(kThreads, 3) prefill_attn_mma_kernel(PrefillArgs a) {
+// kMB m16 row blocks per warp (BM = 64 kMB queries per CTA). kMB = 1: Q's fragments stay in registers, Q
+// staged in stage 1 before the pipeline starts: 70 KB for D = 128, three CTAs per SM. kMB = 2: each K and V
+// fragment read from shared memory feeds two row blocks (half the ldmatrix traffic per mma, which bounded the
+// kMB = 1 kernel), Q in its own buffer and read per key tile (its fragments would not fit in registers next
+// to 2 x 64 output accumulators): 104 KB for D = 128, two CTAs per SM.
+template <int kMB>
+__host__ __device__ constexpr int prefill_bm() {
+  return 64 * kMB;
+}
+template <int D, int kMB>
+constexpr size_t prefill_smem() {
+  return static_cast<size_t>(kMB == 1 ? 4 * kBN : 4 * kBN + prefill_bm<kMB>()) * (D + 8) * sizeof(__half);
+}
+
+template <int D, int kMB>
+__global__ void __launch_bounds__(kThreads, kMB == 1 ? 3 : 2) prefill_attn_mma_kernel(PrefillArgs a) {
+  constexpr int BM = prefill_bm<kMB>();
   constexpr int LD = D + 8;   // padded row, in halves
   constexpr int KS = D / 16;  // k-steps of Q K^T
   constexpr int ND = D / 8;   // n-tiles of the output
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  // Two stages of [K tile; V tile]; Q is staged in stage 1 before the pipeline starts (its fragments go to
-  // registers first): 70 KB for D = 128, three CTAs per SM (87 KB with a separate Q buffer: two).
-  static_assert(kBM <= 2 * kBN, "Q must fit in one stage");
+  static_assert(kMB == 2 || BM <= 2 * kBN, "Q must fit in one stage");
   __half* const sK = reinterpret_cast<__half*>(smem_raw);  // stage s: K at sK + s * 2 kBN LD
   __half* const sV = sK + kBN * LD;                        //          V at sV + s * 2 kBN LD
-  __half* const sQ = sK + 2 * kBN * LD;
+  __half* const sQ = sK + (kMB == 1 ? 2 : 4) * kBN * LD;
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int g = lane / 4, t = lane % 4;
-  const int n_qt = (a.n + kBM - 1) / kBM;
+  const int n_qt = (a.n + BM - 1) / BM;
   const int qt = n_qt - 1 - static_cast<int>(blockIdx.y);  // longest tiles first
   const int h = blockIdx.x, b = blockIdx.z;
   const int kvh = h / (a.n_head / a.n_head_kv);
-  const int i0 = qt * kBM;
-  const int q_valid = min(kBM, a.n - i0);
+  const int i0 = qt * BM;
+  const int q_valid = min(BM, a.n - i0);
   const int n_keys = a.p0 + i0 + q_valid;  // keys any query of the tile can see
   const int n_kt = (n_keys + kBN - 1) / kBN;
 
@@ -131,28 +144,43 @@ __global__ void __launch_bounds__(kThreads, 3) prefill_attn_mma_kernel(PrefillAr
   const __half* kg = a.k + b * a.kv_batch_stride + kvh * D;
   const __half* vg = a.v + b * a.kv_batch_stride + kvh * D;
 
-  load_tile<D>(sQ, qg, a.q_stride, kBM, q_valid);
+  load_tile<D>(sQ, qg, a.q_stride, BM, q_valid);
   load_tile<D>(sK, kg, a.kv_stride, kBN, min(kBN, n_keys));
   load_tile<D>(sV, vg, a.kv_stride, kBN, min(kBN, n_keys));
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
-  // Q fragments: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
-  uint32_t qf[KS][4];
+  // Q fragments (ldmatrix x4): matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows
+  // 8-15, k 8-15) of row block mb, k-step ks.
+  const auto q_frag = [&](uint32_t(&r)[4], int mb, int ks) {
+    ldmatrix_x4(r, sQ + ((warp * kMB + mb) * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LD + ks * 16 +
+                       8 * (lane / 16));
+  };
+  uint32_t qf[kMB == 1 ? KS : 1][4];
+  if (kMB == 1) {
 #pragma unroll
-  for (int ks = 0; ks < KS; ++ks)
-    ldmatrix_x4(qf[ks],
-                sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * LD + ks * 16 + 8 * (lane / 16));
-  __syncthreads();  // stage 1 (Q) is the first prefetch target
+    for (int ks = 0; ks < (kMB == 1 ? KS : 0); ++ks) q_frag(qf[ks], 0, ks);
+    __syncthreads();  // stage 1 (Q) is the first prefetch target
+  }
 
-  float o[ND][4];
+  float o[kMB][ND][4];
 #pragma unroll
-  for (int i = 0; i < ND; ++i)
+  for (int mb = 0; mb < kMB; ++mb)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) o[i][j] = 0.0f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-  const int r0 = warp * 16 + g;  // this thread's rows in the tile: r0 and r0 + 8
-  const int qp0 = a.p0 + i0 + r0, qp1 = qp0 + 8;
+    for (int i = 0; i < ND; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o[mb][i][j] = 0.0f;
+  // Row block mb: this thread's rows (warp kMB + mb) 16 + g (index 0) and + 8 (index 1).
+  float m[kMB][2], l[kMB][2];
+  int qp[kMB][2];
+#pragma unroll
+  for (int mb = 0; mb < kMB; ++mb)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      m[mb][e] = -INFINITY;
+      l[mb][e] = 0.0f;
+      qp[mb][e] = a.p0 + i0 + (warp * kMB + mb) * 16 + g + 8 * e;
+    }
 
   for (int kt = 0; kt < n_kt; ++kt) {
     const int buf = kt & 1;
@@ -171,71 +199,99 @@ __global__ void __launch_bounds__(kThreads, 3) prefill_attn_mma_kernel(PrefillAr
     const __half* k_s = sK + buf * 2 * kBN * LD;
     const __half* v_s = sV + buf * 2 * kBN * LD;
 
-    // S = Q K^T for 64 keys: 8 n-tiles of 8 keys.
-    float s[kBN / 8][4];
+    // S = Q K^T for 64 keys: 8 n-tiles of 8 keys per row block.
+    float s[kMB][kBN / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
+    for (int mb = 0; mb < kMB; ++mb)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) s[nt][j] = 0.0f;
+      for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) s[mb][nt][j] = 0.0f;
+    if (kMB == 1) {
+#pragma unroll
+      for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+        for (int ks = 0; ks < KS; ks += 2) {
+          uint32_t bk[4];  // b0, b1 of k-step ks, then of ks + 1
+          ldmatrix_x4(bk, k_s + (nt * 8 + lane % 8) * LD + ks * 16 + 8 * (lane / 8));
+          mma_16816(s[0][nt], qf[kMB == 1 ? ks : 0], bk[0], bk[1]);
+          mma_16816(s[0][nt], qf[kMB == 1 ? ks + 1 : 0], bk[2], bk[3]);
+        }
+    } else {
 #pragma unroll
       for (int ks = 0; ks < KS; ks += 2) {
-        uint32_t bk[4];  // b0, b1 of k-step ks, then of ks + 1
-        ldmatrix_x4(bk, k_s + (nt * 8 + lane % 8) * LD + ks * 16 + 8 * (lane / 8));
-        mma_16816(s[nt], qf[ks], bk[0], bk[1]);
-        mma_16816(s[nt], qf[ks + 1], bk[2], bk[3]);
+        uint32_t qa[kMB][2][4];
+#pragma unroll
+        for (int mb = 0; mb < kMB; ++mb) {
+          q_frag(qa[mb][0], mb, ks);
+          q_frag(qa[mb][1], mb, ks + 1);
+        }
+#pragma unroll
+        for (int nt = 0; nt < kBN / 8; ++nt) {
+          uint32_t bk[4];
+          ldmatrix_x4(bk, k_s + (nt * 8 + lane % 8) * LD + ks * 16 + 8 * (lane / 8));
+#pragma unroll
+          for (int mb = 0; mb < kMB; ++mb) {
+            mma_16816(s[mb][nt], qa[mb][0], bk[0], bk[1]);
+            mma_16816(s[mb][nt], qa[mb][1], bk[2], bk[3]);
+          }
+        }
       }
     }
-    // Scale, causal mask (only tiles that reach past the first query of the tile need it), row max.
+    // Scale, causal mask (only tiles that reach past the first query of the tile need it), online softmax.
     const int key_base = kt * kBN;
     const bool need_mask = key_base + kBN - 1 > a.p0 + i0;
-    float mx0 = -INFINITY, mx1 = -INFINITY;
+    uint32_t pf[kMB][kBN / 16][4];  // P as A fragments, one per 16-key step
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt)
+    for (int mb = 0; mb < kMB; ++mb) {
+      float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float x = s[nt][j] * a.scale_log2;
-        if (need_mask) {
-          const int key = key_base + nt * 8 + 2 * t + (j & 1);
-          if (key > (j < 2 ? qp0 : qp1)) x = -INFINITY;
+      for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float x = s[mb][nt][j] * a.scale_log2;
+          if (need_mask) {
+            const int key = key_base + nt * 8 + 2 * t + (j & 1);
+            if (key > qp[mb][j / 2]) x = -INFINITY;
+          }
+          s[mb][nt][j] = x;
+          if (j < 2)
+            mx0 = fmaxf(mx0, x);
+          else
+            mx1 = fmaxf(mx1, x);
         }
-        s[nt][j] = x;
-        if (j < 2)
-          mx0 = fmaxf(mx0, x);
-        else
-          mx1 = fmaxf(mx1, x);
+#pragma unroll
+      for (int off = 1; off <= 2; off *= 2) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(kFull, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(kFull, mx1, off));
       }
+      const float mn0 = fmaxf(m[mb][0], mx0), mn1 = fmaxf(m[mb][1], mx1);
+      // A row can only be fully masked so far if it has no key yet (never: key 0 is in tile 0); guard anyway.
+      const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
+      const float al0 = exp2f(m[mb][0] - mu0), al1 = exp2f(m[mb][1] - mu1);
+      m[mb][0] = mn0;
+      m[mb][1] = mn1;
+      float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
-    for (int off = 1; off <= 2; off *= 2) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(kFull, mx0, off));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(kFull, mx1, off));
-    }
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    // A row can only be fully masked so far if it has no key yet (never: key 0 is in tile 0); guard anyway.
-    const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
-    m0 = mn0;
-    m1 = mn1;
-    float ps0 = 0.0f, ps1 = 0.0f;
-    uint32_t pf[kBN / 16][4];  // P as A fragments, one per 16-key step
+      for (int nt = 0; nt < kBN / 8; ++nt) {
+        const float e0 = exp2f(s[mb][nt][0] - mu0), e1 = exp2f(s[mb][nt][1] - mu0);
+        const float e2 = exp2f(s[mb][nt][2] - mu1), e3 = exp2f(s[mb][nt][3] - mu1);
+        ps0 += e0 + e1;
+        ps1 += e2 + e3;
+        pf[mb][nt / 2][(nt % 2) * 2 + 0] = pack_half2(e0, e1);
+        pf[mb][nt / 2][(nt % 2) * 2 + 1] = pack_half2(e2, e3);
+      }
+      l[mb][0] = l[mb][0] * al0 + ps0;
+      l[mb][1] = l[mb][1] * al1 + ps1;
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
-      const float e0 = exp2f(s[nt][0] - mu0), e1 = exp2f(s[nt][1] - mu0);
-      const float e2 = exp2f(s[nt][2] - mu1), e3 = exp2f(s[nt][3] - mu1);
-      ps0 += e0 + e1;
-      ps1 += e2 + e3;
-      pf[nt / 2][(nt % 2) * 2 + 0] = pack_half2(e0, e1);
-      pf[nt / 2][(nt % 2) * 2 + 1] = pack_half2(e2, e3);
+      for (int dt = 0; dt < ND; ++dt) {
+        o[mb][dt][0] *= al0;
+        o[mb][dt][1] *= al0;
+        o[mb][dt][2] *= al1;
+        o[mb][dt][3] *= al1;
+      }
     }
-    l0 = l0 * al0 + ps0;
-    l1 = l1 * al1 + ps1;
-#pragma unroll
-    for (int dt = 0; dt < ND; ++dt) {
-      o[dt][0] *= al0;
-      o[dt][1] *= al0;
-      o[dt][2] *= al1;
-      o[dt][3] *= al1;
-    }
-    // O += P V: k-steps of 16 keys, output n-tiles of 8 dims in pairs.
+    // O += P V: k-steps of 16 keys, output n-tiles of 8 dims in pairs; each V fragment feeds every row block.
 #pragma unroll
     for (int j = 0; j < kBN / 16; ++j) {
 #pragma unroll
@@ -243,34 +299,41 @@ __global__ void __launch_bounds__(kThreads, 3) prefill_attn_mma_kernel(PrefillAr
         uint32_t bv[4];  // b0, b1 of dims dt*8.., then of (dt+1)*8..
         ldmatrix_x4_trans(bv,
                           v_s + (j * 16 + lane % 8 + 8 * ((lane / 8) % 2)) * LD + dt * 8 + 8 * (lane / 16));
-        mma_16816(o[dt], pf[j], bv[0], bv[1]);
-        mma_16816(o[dt + 1], pf[j], bv[2], bv[3]);
+#pragma unroll
+        for (int mb = 0; mb < kMB; ++mb) {
+          mma_16816(o[mb][dt], pf[mb][j], bv[0], bv[1]);
+          mma_16816(o[mb][dt + 1], pf[mb][j], bv[2], bv[3]);
+        }
       }
     }
     __syncthreads();  // the buffer just read is the next prefetch target
   }
 
-#pragma unroll
-  for (int off = 1; off <= 2; off *= 2) {
-    l0 += __shfl_xor_sync(kFull, l0, off);
-    l1 += __shfl_xor_sync(kFull, l1, off);
-  }
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
   const int64_t out_row = static_cast<int64_t>(a.n_head) * D;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = r0 + 8 * half;
-    if (r >= q_valid) continue;
-    const float inv = half ? inv1 : inv0;
-    const int64_t base = (static_cast<int64_t>(b) * a.n + i0 + r) * out_row + static_cast<int64_t>(h) * D;
+  for (int mb = 0; mb < kMB; ++mb) {
+    float l0 = l[mb][0], l1 = l[mb][1];
 #pragma unroll
-    for (int dt = 0; dt < ND; ++dt) {
-      const float x0 = o[dt][2 * half] * inv, x1 = o[dt][2 * half + 1] * inv;
-      const int64_t off = base + dt * 8 + 2 * t;
-      if (a.out_f16)
-        *reinterpret_cast<__half2*>(static_cast<__half*>(a.out) + off) = __floats2half2_rn(x0, x1);
-      else
-        *reinterpret_cast<float2*>(static_cast<float*>(a.out) + off) = make_float2(x0, x1);
+    for (int off = 1; off <= 2; off *= 2) {
+      l0 += __shfl_xor_sync(kFull, l0, off);
+      l1 += __shfl_xor_sync(kFull, l1, off);
+    }
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = (warp * kMB + mb) * 16 + g + 8 * half;
+      if (r >= q_valid) continue;
+      const float inv = half ? inv1 : inv0;
+      const int64_t base = (static_cast<int64_t>(b) * a.n + i0 + r) * out_row + static_cast<int64_t>(h) * D;
+#pragma unroll
+      for (int dt = 0; dt < ND; ++dt) {
+        const float x0 = o[mb][dt][2 * half] * inv, x1 = o[mb][dt][2 * half + 1] * inv;
+        const int64_t off = base + dt * 8 + 2 * t;
+        if (a.out_f16)
+          *reinterpret_cast<__half2*>(static_cast<__half*>(a.out) + off) = __floats2half2_rn(x0, x1);
+        else
+          *reinterpret_cast<float2*>(static_cast<float*>(a.out) + off) = make_float2(x0, x1);
+      }
     }
   }
 }
@@ -406,25 +469,39 @@ cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16
                                     q_batch_stride, kv_stride, kv_batch_stride, out, out_dtype, stream);
   const PrefillArgs a = make_args(q, k, v, n, p0, n_head, n_head_kv, head_dim, q_stride, q_batch_stride,
                                   kv_stride, kv_batch_stride, out, out_dtype);
-  const size_t smem = static_cast<size_t>(4 * kBN) * (head_dim + 8) * sizeof(__half);
   // Heads fastest, then query tiles longest first: the first wave holds every head's longest tiles (the short
   // ones fill the tail), and the query heads of one KV head run side by side (their K/V tiles shared in L2).
-  if ((n + kBM - 1) / kBM > 65535) return cudaErrorInvalidValue;
-  const dim3 grid(static_cast<unsigned>(n_head), static_cast<unsigned>((n + kBM - 1) / kBM),
+  // 128-query tiles (two row blocks per warp) from 128 queries per sequence, else 64.
+  const bool two = n >= 128;
+  const int64_t bm = two ? prefill_bm<2>() : prefill_bm<1>();
+  if ((n + bm - 1) / bm > 65535) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(n_head), static_cast<unsigned>((n + bm - 1) / bm),
                   static_cast<unsigned>(batch));
-  // The shared-memory opt-in is set once per process (a function-local static): not again inside a CUDA-graph
-  // capture, where the runtime may refuse non-stream calls. (One device per process is assumed.)
-  if (head_dim == 64) {
-    static const cudaError_t attr64 = cudaFuncSetAttribute(
-        prefill_attn_mma_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    FQ_CUDA_RETURN_IF_ERROR(attr64);
-    prefill_attn_mma_kernel<64><<<grid, kThreads, smem, stream>>>(a);
+  // The shared-memory opt-in is set once per process per kernel (a function-local static): not again inside a
+  // CUDA-graph capture, where the runtime may refuse non-stream calls. (One device per process is assumed.)
+  const auto launch = [&](auto kernel, size_t smem, const cudaError_t& attr) {
+    FQ_CUDA_RETURN_IF_ERROR(attr);
+    kernel<<<grid, kThreads, smem, stream>>>(a);
+    return cudaSuccess;
+  };
+  const auto opt_in = [](auto kernel, size_t smem) {
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  };
+  cudaError_t e = cudaSuccess;
+  if (head_dim == 64 && !two) {
+    static const cudaError_t attr = opt_in(prefill_attn_mma_kernel<64, 1>, prefill_smem<64, 1>());
+    e = launch(prefill_attn_mma_kernel<64, 1>, prefill_smem<64, 1>(), attr);
+  } else if (head_dim == 64) {
+    static const cudaError_t attr = opt_in(prefill_attn_mma_kernel<64, 2>, prefill_smem<64, 2>());
+    e = launch(prefill_attn_mma_kernel<64, 2>, prefill_smem<64, 2>(), attr);
+  } else if (!two) {
+    static const cudaError_t attr = opt_in(prefill_attn_mma_kernel<128, 1>, prefill_smem<128, 1>());
+    e = launch(prefill_attn_mma_kernel<128, 1>, prefill_smem<128, 1>(), attr);
   } else {
-    static const cudaError_t attr128 = cudaFuncSetAttribute(
-        prefill_attn_mma_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    FQ_CUDA_RETURN_IF_ERROR(attr128);
-    prefill_attn_mma_kernel<128><<<grid, kThreads, smem, stream>>>(a);
+    static const cudaError_t attr = opt_in(prefill_attn_mma_kernel<128, 2>, prefill_smem<128, 2>());
+    e = launch(prefill_attn_mma_kernel<128, 2>, prefill_smem<128, 2>(), attr);
   }
+  FQ_CUDA_RETURN_IF_ERROR(e);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
 }
