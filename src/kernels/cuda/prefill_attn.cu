@@ -219,21 +219,18 @@ __global__ void __launch_bounds__(kThreads, kMB == 1 ? 3 : 2) prefill_attn_mma_k
         }
     } else {
 #pragma unroll
-      for (int ks = 0; ks < KS; ks += 2) {
-        uint32_t qa[kMB][2][4];
+      for (int ks = 0; ks < KS; ++ks) {  // one k-step at a time: fewer live fragment registers
+        uint32_t qa[kMB][4];
 #pragma unroll
-        for (int mb = 0; mb < kMB; ++mb) {
-          q_frag(qa[mb][0], mb, ks);
-          q_frag(qa[mb][1], mb, ks + 1);
-        }
+        for (int mb = 0; mb < kMB; ++mb) q_frag(qa[mb], mb, ks);
 #pragma unroll
-        for (int nt = 0; nt < kBN / 8; ++nt) {
-          uint32_t bk[4];
-          ldmatrix_x4(bk, k_s + (nt * 8 + lane % 8) * LD + ks * 16 + 8 * (lane / 8));
+        for (int nt = 0; nt < kBN / 8; nt += 2) {
+          uint32_t bk[4];  // b0, b1 of keys nt * 8.., then of (nt + 1) * 8..
+          ldmatrix_x4(bk, k_s + (nt * 8 + lane % 8 + 8 * (lane / 16)) * LD + ks * 16 + 8 * ((lane / 8) % 2));
 #pragma unroll
           for (int mb = 0; mb < kMB; ++mb) {
-            mma_16816(s[mb][nt], qa[mb][0], bk[0], bk[1]);
-            mma_16816(s[mb][nt], qa[mb][1], bk[2], bk[3]);
+            mma_16816(s[mb][nt], qa[mb], bk[0], bk[1]);
+            mma_16816(s[mb][nt + 1], qa[mb], bk[2], bk[3]);
           }
         }
       }
