@@ -430,6 +430,18 @@ PrefillArgs make_args(const uint16_t* q, const uint16_t* k, const uint16_t* v, i
   return a;
 }
 
+// The shared-memory opt-in is set once per process per kernel (a function-local static): not again inside a
+// CUDA-graph capture, where the runtime may refuse non-stream calls. (One device per process is assumed.)
+template <int D, int kMB>
+cudaError_t launch_mma(const PrefillArgs& a, dim3 grid, cudaStream_t stream) {
+  constexpr size_t smem = prefill_smem<D, kMB>();
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      prefill_attn_mma_kernel<D, kMB>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  FQ_CUDA_RETURN_IF_ERROR(attr);
+  prefill_attn_mma_kernel<D, kMB><<<grid, kThreads, smem, stream>>>(a);
+  return cudaSuccess;
+}
+
 }  // namespace
 
 cudaError_t prefill_attention_simple(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t batch,
@@ -474,30 +486,9 @@ cudaError_t prefill_attention(const uint16_t* q, const uint16_t* k, const uint16
   if ((n + bm - 1) / bm > 65535) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(n_head), static_cast<unsigned>((n + bm - 1) / bm),
                   static_cast<unsigned>(batch));
-  // The shared-memory opt-in is set once per process per kernel (a function-local static): not again inside a
-  // CUDA-graph capture, where the runtime may refuse non-stream calls. (One device per process is assumed.)
-  const auto launch = [&](auto kernel, size_t smem, const cudaError_t& attr) {
-    FQ_CUDA_RETURN_IF_ERROR(attr);
-    kernel<<<grid, kThreads, smem, stream>>>(a);
-    return cudaSuccess;
-  };
-  const auto opt_in = [](auto kernel, size_t smem) {
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  };
-  cudaError_t e = cudaSuccess;
-  if (head_dim == 64 && !two) {
-    static const cudaError_t attr = opt_in(prefill_attn_mma_kernel<64, 1>, prefill_smem<64, 1>());
-    e = launch(prefill_attn_mma_kernel<64, 1>, prefill_smem<64, 1>(), attr);
-  } else if (head_dim == 64) {
-    static const cudaError_t attr = opt_in(prefill_attn_mma_kernel<64, 2>, prefill_smem<64, 2>());
-    e = launch(prefill_attn_mma_kernel<64, 2>, prefill_smem<64, 2>(), attr);
-  } else if (!two) {
-    static const cudaError_t attr = opt_in(prefill_attn_mma_kernel<128, 1>, prefill_smem<128, 1>());
-    e = launch(prefill_attn_mma_kernel<128, 1>, prefill_smem<128, 1>(), attr);
-  } else {
-    static const cudaError_t attr = opt_in(prefill_attn_mma_kernel<128, 2>, prefill_smem<128, 2>());
-    e = launch(prefill_attn_mma_kernel<128, 2>, prefill_smem<128, 2>(), attr);
-  }
+  const cudaError_t e =
+      head_dim == 64 ? (two ? launch_mma<64, 2>(a, grid, stream) : launch_mma<64, 1>(a, grid, stream))
+                     : (two ? launch_mma<128, 2>(a, grid, stream) : launch_mma<128, 1>(a, grid, stream));
   FQ_CUDA_RETURN_IF_ERROR(e);
   FQ_CUDA_RETURN_LAUNCH_ERROR();
   return cudaSuccess;
