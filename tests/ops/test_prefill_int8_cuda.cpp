@@ -81,7 +81,9 @@ TEST(PrefillInt8, QuantizeRejectsBadArguments) {
 // odd and small ones (4 x 43: rows of odd length take the plain-load path; 9 x 64, 24 x 24, 86 x 128, 128 x
 // 148; 128 x 192 has room for one X buffer only). Row counts from 1 to more than the resident CTAs (each CTA
 // then loops over several tokens, through both X buffers), a padded row stride and one that is not a multiple
-// of 8 (plain loads). The output is poisoned with 0x40 (no int4 code) and the scales with NaN first.
+// of 8 (plain loads). Each launch form (tokens per step, a cap on the CTAs) must give the same bits, in the
+// natural and the W4A8 GEMM's permuted column order (where K % 128 == 0). The
+// output is poisoned with 0x40 (no int4 code) and the scales with NaN first.
 TEST(PrefillInt8, KronQuantEqualsFusedDecodeKernel) {
   FQ_REQUIRE_CUDA();
   struct Case {
@@ -120,12 +122,6 @@ TEST(PrefillInt8, KronQuantEqualsFusedDecodeKernel) {
         DeviceBuffer<uint8_t> dp(static_cast<size_t>(3 * rows * K / 2));
         ASSERT_EQ(cuda::fused_pack_operand(dA.get(), L, true, dapk.get(), nullptr), cudaSuccess);
         ASSERT_EQ(cuda::fused_pack_operand(dB.get(), R, false, dbpk.get(), nullptr), cudaSuccess);
-        ASSERT_EQ(cudaMemset(dq.get(), 0x40, dq.bytes()), cudaSuccess);
-        ds8.poison();
-        ASSERT_EQ(
-            cuda::kron_quant_i8_multi(dx16.get(), rows, xs, dapk.get(), L, k.with_b ? dbpk.get() : nullptr, R,
-                                      clips, dq.get(), ds8.get(), sstride, nullptr),
-            cudaSuccess);
         cuda::FusedQuantArgs f;
         f.x = dxf.get();
         f.x_stride = xs;
@@ -136,22 +132,49 @@ TEST(PrefillInt8, KronQuantEqualsFusedDecodeKernel) {
         f.clips = clips;
         ASSERT_EQ(cuda::fused_quant_int4(f, rows, K, dp.get(), ds4.get(), nullptr), cudaSuccess);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        const auto q = dq.download();
-        const auto s8 = ds8.download();
         const auto p = dp.download();
         const auto s4 = ds4.download();
         std::vector<int8_t> codes(static_cast<size_t>(3 * rows * K));
         ref::unpack_int4(p.data(), 3 * rows, K, codes.data());
-        for (int c = 0; c < 3; ++c)
-          for (int64_t r = 0; r < rows; ++r) {
-            const float a = s8[static_cast<size_t>(c * sstride + r)],
-                        b = s4[static_cast<size_t>(c * rows + r)];
-            ASSERT_EQ(std::memcmp(&a, &b, sizeof a), 0)
-                << "copy " << c << " row " << r << ": " << a << " vs " << b;
+        // The automatic launch; one and two tokens per step (two wherever one tile of Y per warp covers the
+        // row with at most 28 warps, which every such shape here fits); two with 3 CTAs, each looping over
+        // many steps through both X buffers and ending on a half step at odd row counts.
+        const bool two = ((L + 15) / 16) * ((R + 31) / 32) <= 28;
+        for (const bool perm : {false, true})
+          for (const cuda::KronQuantLaunch launch :
+               {cuda::KronQuantLaunch{0, 0}, cuda::KronQuantLaunch{1, 0}, cuda::KronQuantLaunch{2, 0},
+                cuda::KronQuantLaunch{2, 3}}) {
+            if (perm && (K % 128 != 0 || launch.tokens == 1)) continue;
+            SCOPED_TRACE(testing::Message() << "perm " << perm << " tokens " << launch.tokens
+                                            << " max_blocks " << launch.max_blocks);
+            ASSERT_EQ(cudaMemset(dq.get(), 0x40, dq.bytes()), cudaSuccess);
+            ds8.poison();
+            const cudaError_t e = cuda::kron_quant_i8_multi(
+                dx16.get(), rows, xs, dapk.get(), L, k.with_b ? dbpk.get() : nullptr, R, clips, dq.get(),
+                ds8.get(), sstride, nullptr, perm, launch);
+            if (launch.tokens == 2 && !two) {
+              ASSERT_EQ(e, cudaErrorInvalidValue);
+              continue;
+            }
+            ASSERT_EQ(e, cudaSuccess);
+            ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+            const auto q = dq.download();
+            const auto s8 = ds8.download();
+            for (int c = 0; c < 3; ++c)
+              for (int64_t r = 0; r < rows; ++r) {
+                const float a = s8[static_cast<size_t>(c * sstride + r)],
+                            b = s4[static_cast<size_t>(c * rows + r)];
+                ASSERT_EQ(std::memcmp(&a, &b, sizeof a), 0)
+                    << "copy " << c << " row " << r << ": " << a << " vs " << b;
+              }
+            for (size_t i = 0; i < codes.size(); ++i) {
+              const size_t row = i / static_cast<size_t>(K), col = i % static_cast<size_t>(K),
+                           at = row * static_cast<size_t>(K) +
+                                (perm ? static_cast<size_t>(cuda::wgmma_perm_col(static_cast<int64_t>(col)))
+                                      : col);
+              ASSERT_EQ(q[at], codes[i]) << "element " << col << " of row " << row;
+            }
           }
-        for (size_t i = 0; i < codes.size(); ++i)
-          ASSERT_EQ(q[i], codes[i]) << "element " << i % static_cast<size_t>(K) << " of row "
-                                    << i / static_cast<size_t>(K);
       }
   }
 }

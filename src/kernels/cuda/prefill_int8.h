@@ -34,12 +34,19 @@ cudaError_t quantize_sym_int4_i8_multi(const float* x, int64_t rows, int64_t col
 // kernel's operations and rounding points (w4a4_ops.h: fused_quant_int4 with a plain input), so for the same
 // fp16 row both give the same codes and scales. a_pk / b_pk: fused_pack_operand of A (left) and B (right),
 // 16-byte aligned. kron_quant_i8_fits: whether the device's shared memory holds the operands and one row
-// (else cudaErrorInvalidValue). perm: as quantize_sym_int4_i8_multi's (L * R % 128 == 0).
+// (else cudaErrorInvalidValue). perm: as quantize_sym_int4_i8_multi's (L * R % 128 == 0). launch: how the
+// rows are spread (the results do not depend on it): tokens per step of a CTA (1 or 2; 0 = automatic: 2 for
+// shapes of 17..28 tiles of 16 x 32 where they fit, else 1; cudaErrorInvalidValue where a forced 2 does not
+// fit) and a cap on the CTAs (0: the resident CTAs; tests use it to make each CTA loop over many steps).
+struct KronQuantLaunch {
+  int tokens = 0;
+  int64_t max_blocks = 0;
+};
 bool kron_quant_i8_fits(int64_t L, int64_t R, bool with_b, int device);
 cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_stride, const uint16_t* a_pk,
                                 int64_t L, const uint16_t* b_pk, int64_t R, const SymClips& clips,
                                 int8_t* out, float* scales, int64_t scale_stride, cudaStream_t stream,
-                                bool perm = false);
+                                bool perm = false, KronQuantLaunch launch = {});
 
 // ---- The sm_90a W4A8 GEMM (prefill_wgmma.cu): the int8 route's GEMM without cuBLASLt ---------------------
 // y = epilogue(codes x int4 weights) as the cuBLASLt route computes it (unpack_int4_int8 + s8 GEMM +

@@ -45,6 +45,7 @@ struct KqShape {
   int L = 0, R = 0, Lp = 0, Rp = 0, ld = 0;
   int MT = 0, NT = 0, groups = 0;  // m-tiles, n8-tiles of Y (ceil(R / 8)), groups of 4 n-tiles
   int stages = 0;
+  int tok = 1;  // tokens per step (their X and T tiles side by side)
   bool with_b = false;
   bool wide = false;                                   // 16-byte cp.async rows (R % 8 == 0, x aligned)
   bool even = false;                                   // R even and out 2-byte aligned: 16-bit code stores
@@ -57,7 +58,7 @@ inline int round16(int64_t n) {
   return static_cast<int>((n + 15) / 16 * 16);
 }
 
-KqShape kq_shape(int64_t L, int64_t R, bool with_b, int stages) {
+KqShape kq_shape(int64_t L, int64_t R, bool with_b, int stages, int tok) {
   KqShape s;
   s.L = static_cast<int>(L);
   s.R = static_cast<int>(R);
@@ -68,12 +69,13 @@ KqShape kq_shape(int64_t L, int64_t R, bool with_b, int stages) {
   s.NT = static_cast<int>((R + 7) / 8);
   s.groups = (s.NT + 3) / 4;
   s.stages = stages;
+  s.tok = tok;
   s.with_b = with_b;
   const int64_t tile = 2LL * s.Lp * s.ld;
   s.off_b = 2LL * s.Lp * s.Lp;
   s.off_x = s.off_b + (with_b ? 2LL * s.Rp * s.Rp : 0);
-  s.off_t = s.off_x + stages * tile;
-  s.total = s.off_t + (with_b ? tile : 0);
+  s.off_t = s.off_x + stages * tok * tile;
+  s.total = s.off_t + (with_b ? tok * tile : 0);
   return s;
 }
 
@@ -88,13 +90,26 @@ int64_t smem_limit(int device) {
 
 // Tiles of Y (16 x 32) a CTA holds in registers: 16 warps x 3 (4 spill at 128 registers per thread).
 constexpr int kMaxTasks = 48;
+// With two tokens per step: up to 28 warps of one tile each (72 registers per thread; at 32 warps, 64
+// registers, the two tokens' tiles spill).
+constexpr int kMaxTok2Tasks = 28;
 
-// Two X buffers where they fit, else one; total = 0 where not even one does (or the tiles of Y exceed what
-// a CTA's registers hold).
-KqShape kq_fit(int64_t L, int64_t R, bool with_b, int64_t limit) {
-  for (int st = 2; st >= 1; --st) {
-    const KqShape s = kq_shape(L, R, with_b, st);
-    if (s.total <= limit && s.MT * s.groups <= kMaxTasks) return s;
+// The tokens per step and X buffers of a shape: `tok` tokens per step where their tiles fit (only shapes of
+// at most kMaxTok2Tasks tiles of Y, one per warp: the registers hold tok of them), two X buffers where they
+// fit, else one; total = 0 where not even one token with one buffer fits (or the tiles of Y exceed what a
+// CTA's registers hold). tok 0: the automatic choice.
+KqShape kq_fit(int64_t L, int64_t R, bool with_b, int64_t limit, int tok) {
+  const int64_t tasks = ((L + 15) / 16) * ((R + 31) / 32);
+  for (int tk = 2; tk >= 1; --tk) {
+    // Automatic: two tokens only for shapes of more than 16 tiles, whose CTAs fill an SM alone (the down
+    // input of Llama-3-8B, 28 tiles: 170.7 -> 143.3 us per 2048 rows); the small inputs run several CTAs per
+    // SM and gained nothing (q|k|v 56.6 -> 58.3 us, o 29.7 -> 29.1, gate|up 46.0 -> 46.4; ncu, H100).
+    if ((tok > 0 && tk != tok) || (tok == 0 && tk > 1 && tasks <= 16) || (tk > 1 && tasks > kMaxTok2Tasks))
+      continue;
+    for (int st = 2; st >= 1; --st) {
+      const KqShape s = kq_shape(L, R, with_b, st, tk);
+      if (s.total <= limit && s.MT * s.groups <= kMaxTasks) return s;
+    }
   }
   return KqShape{};
 }
@@ -118,15 +133,18 @@ __device__ __forceinline__ void load_x(const KqShape& s, const __half* __restric
   }
 }
 
-// kTasks tiles of Y per warp, blockDim.x / 32 = ceil(tasks / kTasks) warps (up to 32 with one tile each).
-template <int kTasks, bool kPerm>
-__global__ void __launch_bounds__(kTasks == 1 ? 1024 : 512)
+// kTasks tiles of Y per warp, blockDim.x / 32 = ceil(tasks / kTasks) warps (up to 32 with one tile each);
+// kTok tokens per step (s.tok): a step's tokens are consecutive rows, each with its own X (and T) tile, and
+// every operand fragment a warp reads from shared memory (B in phase 1, A in phase 2) feeds the mmas of all
+// of them, between the same barriers.
+template <int kTasks, int kTok, bool kPerm>
+__global__ void __launch_bounds__(kTasks == 1 ? (kTok == 1 ? 1024 : 32 * kMaxTok2Tasks) : 512)
     kron_quant_i8_kernel(const __half* __restrict__ x, int64_t x_stride, int64_t rows,
                          const __half* __restrict__ a_pk, const __half* __restrict__ b_pk, KqShape s,
                          SymClips clips, int8_t* __restrict__ out, float* __restrict__ scales,
                          int64_t scale_stride) {
   extern __shared__ __align__(16) unsigned char sm[];
-  __shared__ float red[2 * detail::kWarp];
+  __shared__ float red[2 * kTok * detail::kWarp];
   const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32, g = lane / 4,
             tq = lane % 4, nw = static_cast<int>(blockDim.x) / 32;
   const int L = s.L, R = s.R, ld = s.ld, K = L * R;
@@ -135,79 +153,97 @@ __global__ void __launch_bounds__(kTasks == 1 ? 1024 : 512)
   __half* Xs = reinterpret_cast<__half*>(sm + s.off_x);
   __half* Ts = reinterpret_cast<__half*>(sm + s.off_t);
   const int tile = s.Lp * ld;
+  const int64_t steps = (rows + kTok - 1) / kTok;
+  // The rows of step i into X buffer b (those past the last row are not loaded; their tiles are computed on
+  // and never stored).
+  const auto load_step = [&](int64_t i, int b) {
+    for (int u = 0; u < kTok; ++u)
+      if (i * kTok + u < rows) load_x(s, x + (i * kTok + u) * x_stride, Xs + (b * kTok + u) * tile);
+  };
 
-  // Zero the padding the mma phases read, stage the constants and the first token. Per warp one row at a time
+  // Zero the padding the mma phases read, stage the constants and the first step. Per warp one row at a time
   // (no divisions): the X buffers' columns [R, Rp) and rows [L, Lp); T's columns [8 NT, Rp) (phase 2 reads
   // them in tile pairs) and rows [L, Lp). Columns [Rp, ld) are never read. Nothing for the engine's shapes.
-  for (int b = 0; b < s.stages + (s.with_b ? 1 : 0); ++b) {
-    __half* Z = b < s.stages ? Xs + b * tile : Ts;
-    const int c0 = b < s.stages ? R : 8 * s.NT;
+  for (int b = 0; b < (s.stages + (s.with_b ? 1 : 0)) * kTok; ++b) {
+    const bool xb = b < s.stages * kTok;
+    __half* Z = xb ? Xs + b * tile : Ts + (b - s.stages * kTok) * tile;
+    const int c0 = xb ? R : 8 * s.NT;
     for (int l = (c0 < s.Rp ? 0 : L) + warp; l < s.Lp; l += nw)
       for (int c = (l < L ? c0 : 0) + lane; c < s.Rp; c += 32) Z[l * ld + c] = __float2half_rn(0.0f);
   }
   detail::stage_async(sm, a_pk, 2LL * s.Lp * s.Lp);
   if (s.with_b) detail::stage_async(sm + s.off_b, b_pk, 2LL * s.Rp * s.Rp);
-  int64_t t = blockIdx.x;
-  if (t < rows) load_x(s, x + t * x_stride, Xs);
+  int64_t i = blockIdx.x;
+  if (i < steps) load_step(i, 0);
   detail::async_commit();
 
   const int ksR = s.Rp / 16, ksL = s.Lp / 16, tasks = s.MT * s.groups;
-  for (int it = 0; t < rows; ++it, t += gridDim.x) {
-    const int64_t tn = t + gridDim.x;
+  for (int it = 0; i < steps; ++it, i += gridDim.x) {
+    const int64_t in = i + gridDim.x;
     const int st = s.stages == 2 ? it & 1 : 0;
     if (s.stages == 2) {
-      // The other buffer was last read before the previous token's min/max barriers.
-      if (tn < rows) load_x(s, x + tn * x_stride, Xs + (st ^ 1) * tile);
+      // The other buffer was last read before the previous step's min/max barriers.
+      if (in < steps) load_step(in, st ^ 1);
       detail::async_commit();
       detail::async_wait<1>();
     } else {
       detail::async_wait<0>();
     }
     __syncthreads();
-    const __half* X = Xs + st * tile;
+    const __half* X = Xs + st * kTok * tile;
     const __half* T = X;  // no B: T = X
 
     // 1. T = X B (n-tiles < NT; T's columns past them stay zero).
     if (s.with_b) {
       for (int task = warp; task < tasks; task += nw) {
         const int mt = task / s.groups, n0 = (task % s.groups) * 4, nn = min(4, s.NT - n0);
-        float c[4][4] = {};
+        float c[kTok][4][4] = {};
         for (int ks = 0; ks < ksR; ++ks) {
-          uint32_t a[4];
-          detail::ldmatrix_x4(a, X + (mt * 16 + lane % 16) * ld + ks * 16 + (lane / 16) * 8);
+          uint32_t a[kTok][4];
+#pragma unroll
+          for (int u = 0; u < kTok; ++u)
+            detail::ldmatrix_x4(a[u], X + u * tile + (mt * 16 + lane % 16) * ld + ks * 16 + (lane / 16) * 8);
 #pragma unroll
           for (int j = 0; j < 4; ++j)
             if (j < nn) {
               const uint2 b = Bs[((n0 + j) * ksR + ks) * 32 + lane];
-              detail::mma_f16(c[j], a, b.x, b.y);
+#pragma unroll
+              for (int u = 0; u < kTok; ++u) detail::mma_f16(c[u][j], a[u], b.x, b.y);
             }
         }
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-          if (j < nn) {
-            __half* o = Ts + (mt * 16 + g) * ld + (n0 + j) * 8 + 2 * tq;
-            *reinterpret_cast<__half2*>(o) = __floats2half2_rn(c[j][0], c[j][1]);
-            *reinterpret_cast<__half2*>(o + 8 * ld) = __floats2half2_rn(c[j][2], c[j][3]);
-          }
+        for (int u = 0; u < kTok; ++u)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (j < nn) {
+              __half* o = Ts + u * tile + (mt * 16 + g) * ld + (n0 + j) * 8 + 2 * tq;
+              *reinterpret_cast<__half2*>(o) = __floats2half2_rn(c[u][j][0], c[u][j][1]);
+              *reinterpret_cast<__half2*>(o + 8 * ld) = __floats2half2_rn(c[u][j][2], c[u][j][3]);
+            }
       }
       __syncthreads();
       T = Ts;
-      if (s.stages == 1) {  // X is free already: the next token's row loads during phases 2 and 3
-        if (tn < rows) load_x(s, x + tn * x_stride, Xs);
+      if (s.stages == 1) {  // X is free already: the next step's rows load during phases 2 and 3
+        if (in < steps) load_step(in, 0);
         detail::async_commit();
       }
     }
 
-    // 2. Y = A^T T into registers, with the min/max of the valid values.
-    float y[kTasks][4][4];
-    float vmax = 0.0f, vmin = 0.0f;  // 0 is neutral: the scale takes max(., 0) / min(., 0)
+    // 2. Y = A^T T into registers, with the min/max of the valid values per token.
+    float y[kTasks][kTok][4][4];
+    float vmax[kTok], vmin[kTok];
+#pragma unroll
+    for (int u = 0; u < kTok; ++u)
+      vmax[u] = vmin[u] = 0.0f;  // 0 is neutral: the scale takes max(., 0) / min(., 0)
 #pragma unroll
     for (int k = 0; k < kTasks; ++k) {
       const int task = warp + k * nw, mt = task / s.groups, n0 = (task % s.groups) * 4;
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int u = 0; u < kTok; ++u)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) y[k][j][q] = 0.0f;
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) y[k][u][j][q] = 0.0f;
       if (task >= tasks) continue;
       for (int ks = 0; ks < ksL; ++ks) {
         const uint4 av = As[(mt * ksL + ks) * 32 + lane];
@@ -215,26 +251,48 @@ __global__ void __launch_bounds__(kTasks == 1 ? 1024 : 512)
 #pragma unroll
         for (int jp = 0; jp < 2; ++jp)
           if (n0 + 2 * jp < s.NT) {
-            uint32_t b[4];
-            detail::ldmatrix_x4_trans(b, T + (ks * 16 + lane % 16) * ld + (n0 + 2 * jp + lane / 16) * 8);
-            detail::mma_f16(y[k][2 * jp], a, b[0], b[1]);
-            detail::mma_f16(y[k][2 * jp + 1], a, b[2], b[3]);
+#pragma unroll
+            for (int u = 0; u < kTok; ++u) {
+              uint32_t b[4];
+              detail::ldmatrix_x4_trans(
+                  b, T + u * tile + (ks * 16 + lane % 16) * ld + (n0 + 2 * jp + lane / 16) * 8);
+              detail::mma_f16(y[k][u][2 * jp], a, b[0], b[1]);
+              detail::mma_f16(y[k][u][2 * jp + 1], a, b[2], b[3]);
+            }
           }
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const int i = mt * 16 + g + (q >= 2 ? 8 : 0), n = (n0 + j) * 8 + 2 * tq + (q & 1);
-          if (i < L && n < R) {
-            vmax = fmaxf(vmax, y[k][j][q]);
-            vmin = fminf(vmin, y[k][j][q]);
-          }
+          const int r = mt * 16 + g + (q >= 2 ? 8 : 0), n = (n0 + j) * 8 + 2 * tq + (q & 1);
+          if (r < L && n < R)
+#pragma unroll
+            for (int u = 0; u < kTok; ++u) {
+              vmax[u] = fmaxf(vmax[u], y[k][u][j][q]);
+              vmin[u] = fminf(vmin[u], y[k][u][j][q]);
+            }
         }
     }
-    detail::block_minmax(vmax, vmin, red);  // its barriers end every read of X and T for this token
+    // The block's min/max per token (exact: any order). Its barriers end every read of X and T for the step.
+#pragma unroll
+    for (int u = 0; u < kTok; ++u) detail::warp_minmax(vmax[u], vmin[u]);
+    __syncthreads();  // red may still be read by the previous step
+    if (lane == 0)
+#pragma unroll
+      for (int u = 0; u < kTok; ++u) {
+        red[(2 * u) * detail::kWarp + warp] = vmax[u];
+        red[(2 * u + 1) * detail::kWarp + warp] = vmin[u];
+      }
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < kTok; ++u) {
+      vmax[u] = lane < nw ? red[(2 * u) * detail::kWarp + lane] : 0.0f;
+      vmin[u] = lane < nw ? red[(2 * u + 1) * detail::kWarp + lane] : 0.0f;
+      detail::warp_minmax(vmax[u], vmin[u]);
+    }
     if (s.stages == 1 && !s.with_b) {
-      if (tn < rows) load_x(s, x + tn * x_stride, Xs);
+      if (in < steps) load_step(in, 0);
       detail::async_commit();
     }
 
@@ -247,55 +305,60 @@ __global__ void __launch_bounds__(kTasks == 1 ? 1024 : 512)
     // store wins). General form (other shapes): byte stores at wgmma_perm_col, exact rounding per value.
     constexpr int kJ = kPerm ? 32 : 8;
 #pragma unroll
-    for (int cp = 0; cp < 3; ++cp) {
-      if (cp >= clips.n) break;
-      const float scale = detail::sym_int4_scale(vmax, vmin, clips.max[cp], clips.min[cp]),
-                  rinv = __frcp_rn(scale);
-      int8_t* o = out + (cp * rows + t) * K;
-      float dev[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // per n-tile j (independent max chains)
-      if (s.fast) {
+    for (int u = 0; u < kTok; ++u) {
+      const int64_t t = i * kTok + u;
+      if (t >= rows) break;  // block-uniform
 #pragma unroll
-        for (int k = 0; k < kTasks; ++k) {
-          const int task = warp + k * nw, mt = task / s.groups, n0 = (task % s.groups) * 4;
-          if (task >= tasks) break;  // warp-uniform
+      for (int cp = 0; cp < 3; ++cp) {
+        if (cp >= clips.n) break;
+        const float scale = detail::sym_int4_scale(vmax[u], vmin[u], clips.max[cp], clips.min[cp]),
+                    rinv = __frcp_rn(scale);
+        int8_t* o = out + (cp * rows + t) * K;
+        float dev[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // per n-tile j (independent max chains)
+        if (s.fast) {
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int i = mt * 16 + g + 8 * h, base = i * R + n0 * 8 + 2 * tq;
-            if (i >= L) continue;
-            int8_t* ob = o + (kPerm ? wgmma_perm_col_t<int>(base) : base);
+          for (int k = 0; k < kTasks; ++k) {
+            const int task = warp + k * nw, mt = task / s.groups, n0 = (task % s.groups) * 4;
+            if (task >= tasks) break;  // warp-uniform
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              const uint32_t c0 = detail::sym_int4_byte_fast_dev(y[k][j][2 * h], rinv, dev[j]),
-                             c1 = detail::sym_int4_byte_fast_dev(y[k][j][2 * h + 1], rinv, dev[j]);
-              if ((n0 + j) * 8 + 2 * tq < R)
-                *reinterpret_cast<uint16_t*>(ob + j * kJ) =
-                    static_cast<uint16_t>(__byte_perm(c0, c1, 0x0040));
+            for (int h = 0; h < 2; ++h) {
+              const int r = mt * 16 + g + 8 * h, base = r * R + n0 * 8 + 2 * tq;
+              if (r >= L) continue;
+              int8_t* ob = o + (kPerm ? wgmma_perm_col_t<int>(base) : base);
+#pragma unroll
+              for (int j = 0; j < 4; ++j) {
+                const uint32_t c0 = detail::sym_int4_byte_fast_dev(y[k][u][j][2 * h], rinv, dev[j]),
+                               c1 = detail::sym_int4_byte_fast_dev(y[k][u][j][2 * h + 1], rinv, dev[j]);
+                if ((n0 + j) * 8 + 2 * tq < R)
+                  *reinterpret_cast<uint16_t*>(ob + j * kJ) =
+                      static_cast<uint16_t>(__byte_perm(c0, c1, 0x0040));
+              }
             }
           }
         }
-      }
-      if (!s.fast || fmaxf(fmaxf(dev[0], dev[1]), fmaxf(dev[2], dev[3])) > detail::kTieDev) {
+        if (!s.fast || fmaxf(fmaxf(dev[0], dev[1]), fmaxf(dev[2], dev[3])) > detail::kTieDev) {
 #pragma unroll
-        for (int k = 0; k < kTasks; ++k) {
-          const int task = warp + k * nw, mt = task / s.groups, n0 = (task % s.groups) * 4;
-          if (task >= tasks) break;
+          for (int k = 0; k < kTasks; ++k) {
+            const int task = warp + k * nw, mt = task / s.groups, n0 = (task % s.groups) * 4;
+            if (task >= tasks) break;
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int i = mt * 16 + g + 8 * h;
-            if (i >= L) continue;
+            for (int h = 0; h < 2; ++h) {
+              const int r = mt * 16 + g + 8 * h;
+              if (r >= L) continue;
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+              for (int j = 0; j < 4; ++j)
 #pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int n = (n0 + j) * 8 + 2 * tq + e, c = i * R + n;
-                if (n < R)
-                  o[kPerm ? wgmma_perm_col_t<int>(c) : c] = static_cast<int8_t>(
-                      detail::sym_int4_byte_fast(y[k][j][2 * h + e], scale, rinv) & 0xFFu);
-              }
+                for (int e = 0; e < 2; ++e) {
+                  const int n = (n0 + j) * 8 + 2 * tq + e, c = r * R + n;
+                  if (n < R)
+                    o[kPerm ? wgmma_perm_col_t<int>(c) : c] = static_cast<int8_t>(
+                        detail::sym_int4_byte_fast(y[k][u][j][2 * h + e], scale, rinv) & 0xFFu);
+                }
+            }
           }
         }
+        if (tid == 0) scales[cp * scale_stride + t] = scale;
       }
-      if (tid == 0) scales[cp * scale_stride + t] = scale;
     }
   }
   detail::async_wait<0>();
@@ -305,24 +368,25 @@ __global__ void __launch_bounds__(kTasks == 1 ? 1024 : 512)
 
 bool kron_quant_i8_fits(int64_t L, int64_t R, bool with_b, int device) {
   if (L < 1 || R < 1 || L > 4096 || R > 4096) return false;
-  return kq_fit(L, R, with_b, smem_limit(device)).total > 0;
+  return kq_fit(L, R, with_b, smem_limit(device), 1).total > 0;
 }
 
 cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_stride, const uint16_t* a_pk,
                                 int64_t L, const uint16_t* b_pk, int64_t R, const SymClips& clips,
                                 int8_t* out, float* scales, int64_t scale_stride, cudaStream_t stream,
-                                bool perm) {
+                                bool perm, KronQuantLaunch launch) {
   const auto misaligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n != 0; };
   if (rows < 0 || rows > 0x7FFFFFFF || L < 1 || R < 1 || L > 4096 || R > 4096 || (L * R) % 2 != 0 ||
       (perm && (L * R) % 128 != 0) || x_stride < L * R || clips.n < 1 || clips.n > 3 || scale_stride < rows ||
-      (rows > 0 &&
-       (!x || !a_pk || !out || !scales || misaligned(x, 2) || misaligned(a_pk, 16) || misaligned(b_pk, 16))))
+      (rows > 0 && (!x || !a_pk || !out || !scales || misaligned(x, 2) || misaligned(a_pk, 16) ||
+                    misaligned(b_pk, 16))) ||
+      (launch.tokens != 0 && launch.tokens != 1 && launch.tokens != 2) || launch.max_blocks < 0)
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   int device = 0, sms = 0;
   FQ_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  KqShape s = kq_fit(L, R, b_pk != nullptr, smem_limit(device));
+  KqShape s = kq_fit(L, R, b_pk != nullptr, smem_limit(device), launch.tokens);
   if (s.total == 0) return cudaErrorInvalidValue;
   s.wide = R % 8 == 0 && x_stride % 8 == 0 && !misaligned(x, 16);
   s.even = R % 2 == 0 && !misaligned(out, 2);
@@ -333,17 +397,21 @@ cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_strid
   using Kernel = void (*)(const __half*, int64_t, int64_t, const __half*, const __half*, KqShape, SymClips,
                           int8_t*, float*, int64_t);
   // One tile of Y per warp up to 32 tiles (Llama-3-8B's down input: 28 warps; more warps, shorter phases
-  // between the barriers), else three.
+  // between the barriers), else three (one token per step).
   const bool one = tasks <= 32;
-  const Kernel kernel = one ? (perm ? kron_quant_i8_kernel<1, true> : kron_quant_i8_kernel<1, false>)
-                            : (perm ? kron_quant_i8_kernel<3, true> : kron_quant_i8_kernel<3, false>);
+  const Kernel kernel = !one ? (perm ? kron_quant_i8_kernel<3, 1, true> : kron_quant_i8_kernel<3, 1, false>)
+                        : s.tok == 2
+                            ? (perm ? kron_quant_i8_kernel<1, 2, true> : kron_quant_i8_kernel<1, 2, false>)
+                            : (perm ? kron_quant_i8_kernel<1, 1, true> : kron_quant_i8_kernel<1, 1, false>);
   const int threads = 32 * (one ? tasks : (tasks + 2) / 3);
   FQ_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(s.total)));
   int per_sm = 0;
   FQ_CUDA_RETURN_IF_ERROR(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, static_cast<size_t>(s.total)));
-  const int64_t blocks = std::min<int64_t>(rows, static_cast<int64_t>(std::max(per_sm, 1)) * sms);
+  int64_t blocks =
+      std::min<int64_t>((rows + s.tok - 1) / s.tok, static_cast<int64_t>(std::max(per_sm, 1)) * sms);
+  if (launch.max_blocks > 0) blocks = std::min(blocks, launch.max_blocks);
   kernel<<<static_cast<unsigned>(blocks), threads, static_cast<size_t>(s.total), stream>>>(
       reinterpret_cast<const __half*>(x), x_stride, rows, reinterpret_cast<const __half*>(a_pk),
       reinterpret_cast<const __half*>(b_pk), s, clips, out, scales, scale_stride);
