@@ -138,15 +138,17 @@ TEST(PrefillInt8, KronQuantEqualsFusedDecodeKernel) {
         ref::unpack_int4(p.data(), 3 * rows, K, codes.data());
         // The automatic launch; one and two tokens per step (two wherever one tile of Y per warp covers the
         // row with at most 28 warps, which every such shape here fits); two with 3 CTAs, each looping over
-        // many steps through both X buffers and ending on a half step at odd row counts.
+        // many steps through both X buffers and ending on a half step at odd row counts; with the codes
+        // staged in shared memory (on sm_90 where L * R % 16 == 0) and stored directly.
         const bool two = ((L + 15) / 16) * ((R + 31) / 32) <= 28;
+        using Launch = cuda::KronQuantLaunch;
         for (const bool perm : {false, true})
-          for (const cuda::KronQuantLaunch launch :
-               {cuda::KronQuantLaunch{0, 0}, cuda::KronQuantLaunch{1, 0}, cuda::KronQuantLaunch{2, 0},
-                cuda::KronQuantLaunch{2, 3}}) {
+          for (const Launch launch : {Launch{0, 0, false}, Launch{1, 0, false}, Launch{2, 0, false},
+                                      Launch{2, 3, false}, Launch{0, 0, true}, Launch{2, 3, true}}) {
             if (perm && (K % 128 != 0 || launch.tokens == 1)) continue;
-            SCOPED_TRACE(testing::Message() << "perm " << perm << " tokens " << launch.tokens
-                                            << " max_blocks " << launch.max_blocks);
+            SCOPED_TRACE(testing::Message()
+                         << "perm " << perm << " tokens " << launch.tokens << " max_blocks "
+                         << launch.max_blocks << " direct " << launch.direct_stores);
             ASSERT_EQ(cudaMemset(dq.get(), 0x40, dq.bytes()), cudaSuccess);
             ds8.poison();
             const cudaError_t e = cuda::kron_quant_i8_multi(

@@ -41,6 +41,10 @@ cudaError_t quantize_sym_int4_i8_multi(const float* x, int64_t rows, int64_t col
 struct KronQuantLaunch {
   int tokens = 0;
   int64_t max_blocks = 0;
+  // Store the codes from the registers instead of staging each token's codes in shared memory and sending
+  // them with bulk copies (which the kernel does on sm_90 where L * R % 16 == 0, out is 16-byte aligned and
+  // shared memory allows).
+  bool direct_stores = false;
 };
 bool kron_quant_i8_fits(int64_t L, int64_t R, bool with_b, int device);
 cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_stride, const uint16_t* a_pk,

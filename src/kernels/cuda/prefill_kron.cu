@@ -23,9 +23,16 @@
 //     sym_int4_code_fast it was instruction-bound (ncu: 64.6 us for Llama-3-8B's 2048-row q|k|v input, 38M
 //     warp instructions, 62 % SM throughput); per-pair 64-bit permuted addresses and tie branches: 63 us,
 //     31M; this form 56 us, 23M (bench/results/w4a4_engine_notes.md, "Eighth pass").
+//     On sm_90 the codes go to shared memory first (a staging buffer of each token's copies), and after
+//     the next barrier one thread sends each token's copy to global memory with one bulk copy (TMA); the
+//     buffer is written again only after that thread saw the copies' reads done (before the next phase 3's
+//     barriers). Llama-3-8B, 2048 rows, ncu: down input 151.6 -> 136.5 us, the small inputs unchanged
+//     (their 16-bit stores were not what held them back).
 // A warp owns one tile of Y where the input has at most 32 (28 warps for Llama-3-8B's down input: 172 ->
 // 170 us, the 16-warp form with two tiles per warp was as fast before this phase 3 and 185 us after), else
-// three.
+// three. Inputs of 17..28 tiles (CTAs that fill an SM alone) take two tokens per step: each B / A fragment
+// read from shared memory feeds both tokens' mmas, and the barriers are per two tokens (down input 170.7 ->
+// 143.3 us).
 // Every step (the k-steps of each mma sum in order, fp16 rounding of T, fp32 Y, exact min/max, the scale and
 // code functions) is the fused decode kernel's (w4a4_ops.cu), so for the same fp16 X both give the same bits.
 #include <cuda_fp16.h>
@@ -45,20 +52,22 @@ struct KqShape {
   int L = 0, R = 0, Lp = 0, Rp = 0, ld = 0;
   int MT = 0, NT = 0, groups = 0;  // m-tiles, n8-tiles of Y (ceil(R / 8)), groups of 4 n-tiles
   int stages = 0;
-  int tok = 1;  // tokens per step (their X and T tiles side by side)
+  int tok = 1;     // tokens per step (their X and T tiles side by side)
+  int staged = 0;  // copies of codes staged per token in shared memory (0: codes stored directly)
   bool with_b = false;
-  bool wide = false;                                   // 16-byte cp.async rows (R % 8 == 0, x aligned)
-  bool even = false;                                   // R even and out 2-byte aligned: 16-bit code stores
-  int row_shift = -1;                                  // log2(R / 8) where R / 8 is a power of two
-  bool fast = false;                                   // phase 3's fast form (see the kernel)
-  int64_t off_b = 0, off_x = 0, off_t = 0, total = 0;  // bytes (A at 0)
+  bool wide = false;   // 16-byte cp.async rows (R % 8 == 0, x aligned)
+  bool even = false;   // R even and out 2-byte aligned: 16-bit code stores
+  int row_shift = -1;  // log2(R / 8) where R / 8 is a power of two
+  bool fast = false;   // phase 3's fast form (see the kernel)
+  bool full = false;   // L % 16 == 0, R % 32 == 0: every tile fully valid
+  int64_t off_b = 0, off_x = 0, off_t = 0, off_c = 0, total = 0;  // bytes (A at 0)
 };
 
 inline int round16(int64_t n) {
   return static_cast<int>((n + 15) / 16 * 16);
 }
 
-KqShape kq_shape(int64_t L, int64_t R, bool with_b, int stages, int tok) {
+KqShape kq_shape(int64_t L, int64_t R, bool with_b, int stages, int tok, int staged) {
   KqShape s;
   s.L = static_cast<int>(L);
   s.R = static_cast<int>(R);
@@ -70,12 +79,14 @@ KqShape kq_shape(int64_t L, int64_t R, bool with_b, int stages, int tok) {
   s.groups = (s.NT + 3) / 4;
   s.stages = stages;
   s.tok = tok;
+  s.staged = staged;
   s.with_b = with_b;
   const int64_t tile = 2LL * s.Lp * s.ld;
   s.off_b = 2LL * s.Lp * s.Lp;
   s.off_x = s.off_b + (with_b ? 2LL * s.Rp * s.Rp : 0);
   s.off_t = s.off_x + stages * tok * tile;
-  s.total = s.off_t + (with_b ? tok * tile : 0);
+  s.off_c = s.off_t + (with_b ? tok * tile : 0);
+  s.total = s.off_c + static_cast<int64_t>(tok) * staged * L * R;
   return s;
 }
 
@@ -94,11 +105,12 @@ constexpr int kMaxTasks = 48;
 // registers, the two tokens' tiles spill).
 constexpr int kMaxTok2Tasks = 28;
 
-// The tokens per step and X buffers of a shape: `tok` tokens per step where their tiles fit (only shapes of
-// at most kMaxTok2Tasks tiles of Y, one per warp: the registers hold tok of them), two X buffers where they
-// fit, else one; total = 0 where not even one token with one buffer fits (or the tiles of Y exceed what a
-// CTA's registers hold). tok 0: the automatic choice.
-KqShape kq_fit(int64_t L, int64_t R, bool with_b, int64_t limit, int tok) {
+// The tokens per step, code staging and X buffers of a shape: `tok` tokens per step where their tiles fit
+// (only shapes of at most kMaxTok2Tasks tiles of Y, one per warp: the registers hold tok of them), the codes
+// of `staged` copies per token staged in shared memory where they fit (0: never), two X buffers where they
+// fit, else one, in that order of preference; total = 0 where not even one token with one buffer fits (or the
+// tiles of Y exceed what a CTA's registers hold). tok 0: the automatic choice.
+KqShape kq_fit(int64_t L, int64_t R, bool with_b, int64_t limit, int tok, int staged) {
   const int64_t tasks = ((L + 15) / 16) * ((R + 31) / 32);
   for (int tk = 2; tk >= 1; --tk) {
     // Automatic: two tokens only for shapes of more than 16 tiles, whose CTAs fill an SM alone (the down
@@ -106,10 +118,11 @@ KqShape kq_fit(int64_t L, int64_t R, bool with_b, int64_t limit, int tok) {
     // SM and gained nothing (q|k|v 56.6 -> 58.3 us, o 29.7 -> 29.1, gate|up 46.0 -> 46.4; ncu, H100).
     if ((tok > 0 && tk != tok) || (tok == 0 && tk > 1 && tasks <= 16) || (tk > 1 && tasks > kMaxTok2Tasks))
       continue;
-    for (int st = 2; st >= 1; --st) {
-      const KqShape s = kq_shape(L, R, with_b, st, tk);
-      if (s.total <= limit && s.MT * s.groups <= kMaxTasks) return s;
-    }
+    for (int sg = staged; sg >= 0; sg = sg > 0 ? 0 : -1)
+      for (int st = 2; st >= 1; --st) {
+        const KqShape s = kq_shape(L, R, with_b, st, tk, sg);
+        if (s.total <= limit && s.MT * s.groups <= kMaxTasks) return s;
+      }
   }
   return KqShape{};
 }
@@ -120,17 +133,33 @@ __device__ __forceinline__ void load_x(const KqShape& s, const __half* __restric
   if (s.wide) {
     // 16-byte chunks, per_row = R / 8 of them per row; a shift where per_row is a power of two (the engine's
     // shapes) instead of a division.
-    const int per_row = s.R / 8, total = s.L * per_row, sh = s.row_shift;
+    // Chunk i is halves [8 i, 8 i + 8) of the token's row (row l = i / per_row): in X at 8 i + l (ld - R).
+    const int per_row = s.R / 8, total = s.L * per_row, sh = s.row_shift, pad = s.ld - s.R;
+    const unsigned x0 = detail::smem_u32(X);
     for (int i = static_cast<int>(threadIdx.x); i < total; i += static_cast<int>(blockDim.x)) {
-      const int l = sh >= 0 ? i >> sh : i / per_row, c = (sh >= 0 ? i & (per_row - 1) : i % per_row) * 8;
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(detail::smem_u32(X + l * s.ld + c)),
-                   "l"(xr + l * s.R + c));
+      const int l = sh >= 0 ? i >> sh : i / per_row;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                       x0 + 2u * static_cast<unsigned>(8 * i + l * pad)),
+                   "l"(xr + 8 * i));
     }
   } else {
     const int total = s.L * s.R;
     for (int i = static_cast<int>(threadIdx.x); i < total; i += static_cast<int>(blockDim.x))
       X[(i / s.R) * s.ld + i % s.R] = xr[i];
   }
+}
+
+// Staged codes: one thread sends the staged copies of tokens t0 .. t0 + n - 1 (those < rows; copy cp of
+// token t0 + u at Cs + (u * copies + cp) * K) to global memory, one bulk copy per token and copy, after the
+// barrier that follows every thread's phase 3 and proxy fence. Not inlined: it would hold registers across
+// the kernel's loop.
+__device__ __noinline__ void flush_codes(const int8_t* Cs, int8_t* out, int64_t t0, int n, int64_t rows,
+                                         int copies, int K) {
+  for (int u = 0; u < n && t0 + u < rows; ++u)
+    for (int cp = 0; cp < copies; ++cp)
+      detail::bulk_store(out + (cp * rows + t0 + u) * K, Cs + (u * copies + cp) * K,
+                         static_cast<unsigned>(K));
+  detail::bulk_commit();
 }
 
 // kTasks tiles of Y per warp, blockDim.x / 32 = ceil(tasks / kTasks) warps (up to 32 with one tile each);
@@ -152,6 +181,7 @@ __global__ void __launch_bounds__(kTasks == 1 ? (kTok == 1 ? 1024 : 32 * kMaxTok
   const uint2* Bs = reinterpret_cast<const uint2*>(sm + s.off_b);
   __half* Xs = reinterpret_cast<__half*>(sm + s.off_x);
   __half* Ts = reinterpret_cast<__half*>(sm + s.off_t);
+  int8_t* Cs = reinterpret_cast<int8_t*>(sm + s.off_c);
   const int tile = s.Lp * ld;
   const int64_t steps = (rows + kTok - 1) / kTok;
   // The rows of step i into X buffer b (those past the last row are not loaded; their tiles are computed on
@@ -178,7 +208,8 @@ __global__ void __launch_bounds__(kTasks == 1 ? (kTok == 1 ? 1024 : 32 * kMaxTok
   detail::async_commit();
 
   const int ksR = s.Rp / 16, ksL = s.Lp / 16, tasks = s.MT * s.groups;
-  for (int it = 0; i < steps; ++it, i += gridDim.x) {
+  int64_t prev = -1;  // the step whose staged codes are still to be sent
+  for (int it = 0; i < steps; ++it, prev = i, i += gridDim.x) {
     const int64_t in = i + gridDim.x;
     const int st = s.stages == 2 ? it & 1 : 0;
     if (s.stages == 2) {
@@ -190,6 +221,7 @@ __global__ void __launch_bounds__(kTasks == 1 ? (kTok == 1 ? 1024 : 32 * kMaxTok
       detail::async_wait<0>();
     }
     __syncthreads();
+    if (s.staged > 0 && tid == 0 && prev >= 0) flush_codes(Cs, out, prev * kTok, kTok, rows, s.staged, K);
     const __half* X = Xs + st * kTok * tile;
     const __half* T = X;  // no B: T = X
 
@@ -261,6 +293,18 @@ __global__ void __launch_bounds__(kTasks == 1 ? (kTok == 1 ? 1024 : 32 * kMaxTok
             }
           }
       }
+      if (s.full) {  // every value of the tile is valid: no bounds checks
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+#pragma unroll
+            for (int u = 0; u < kTok; ++u) {
+              vmax[u] = fmaxf(vmax[u], y[k][u][j][q]);
+              vmin[u] = fminf(vmin[u], y[k][u][j][q]);
+            }
+        continue;
+      }
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -274,9 +318,11 @@ __global__ void __launch_bounds__(kTasks == 1 ? (kTok == 1 ? 1024 : 32 * kMaxTok
             }
         }
     }
-    // The block's min/max per token (exact: any order). Its barriers end every read of X and T for the step.
+    // The block's min/max per token (exact: any order). Its barriers end every read of X and T for the step,
+    // and (thread 0 waits first) the bulk copies' reads of the staged codes of the previous step.
 #pragma unroll
     for (int u = 0; u < kTok; ++u) detail::warp_minmax(vmax[u], vmin[u]);
+    if (s.staged > 0 && tid == 0) detail::bulk_wait_read<0>();
     __syncthreads();  // red may still be read by the previous step
     if (lane == 0)
 #pragma unroll
@@ -313,7 +359,7 @@ __global__ void __launch_bounds__(kTasks == 1 ? (kTok == 1 ? 1024 : 32 * kMaxTok
         if (cp >= clips.n) break;
         const float scale = detail::sym_int4_scale(vmax[u], vmin[u], clips.max[cp], clips.min[cp]),
                     rinv = __frcp_rn(scale);
-        int8_t* o = out + (cp * rows + t) * K;
+        int8_t* o = s.staged > 0 ? Cs + (u * s.staged + cp) * K : out + (cp * rows + t) * K;
         float dev[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // per n-tile j (independent max chains)
         if (s.fast) {
 #pragma unroll
@@ -360,15 +406,23 @@ __global__ void __launch_bounds__(kTasks == 1 ? (kTok == 1 ? 1024 : 32 * kMaxTok
         if (tid == 0) scales[cp * scale_stride + t] = scale;
       }
     }
+    if (s.staged > 0) detail::bulk_store_fence();
   }
   detail::async_wait<0>();
+  if (s.staged > 0) {
+    __syncthreads();
+    if (tid == 0) {
+      if (prev >= 0) flush_codes(Cs, out, prev * kTok, kTok, rows, s.staged, K);
+      detail::bulk_wait<0>();
+    }
+  }
 }
 
 }  // namespace
 
 bool kron_quant_i8_fits(int64_t L, int64_t R, bool with_b, int device) {
   if (L < 1 || R < 1 || L > 4096 || R > 4096) return false;
-  return kq_fit(L, R, with_b, smem_limit(device), 1).total > 0;
+  return kq_fit(L, R, with_b, smem_limit(device), 1, 0).total > 0;
 }
 
 cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_stride, const uint16_t* a_pk,
@@ -383,14 +437,19 @@ cudaError_t kron_quant_i8_multi(const uint16_t* x, int64_t rows, int64_t x_strid
       (launch.tokens != 0 && launch.tokens != 1 && launch.tokens != 2) || launch.max_blocks < 0)
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  int device = 0, sms = 0;
+  int device = 0, sms = 0, major = 0;
   FQ_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  KqShape s = kq_fit(L, R, b_pk != nullptr, smem_limit(device), launch.tokens);
+  FQ_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  // Staged codes need the bulk copies (sm_90) and 16-byte aligned rows of codes.
+  const int staged =
+      !launch.direct_stores && major >= 9 && (L * R) % 16 == 0 && !misaligned(out, 16) ? clips.n : 0;
+  KqShape s = kq_fit(L, R, b_pk != nullptr, smem_limit(device), launch.tokens, staged);
   if (s.total == 0) return cudaErrorInvalidValue;
   s.wide = R % 8 == 0 && x_stride % 8 == 0 && !misaligned(x, 16);
   s.even = R % 2 == 0 && !misaligned(out, 2);
   s.fast = s.even && (!perm || R % 32 == 0);
+  s.full = L % 16 == 0 && R % 32 == 0;
   for (int sh = 0; sh < 12; ++sh)
     if (R == 8LL << sh) s.row_shift = sh;
   const int tasks = s.MT * s.groups;
