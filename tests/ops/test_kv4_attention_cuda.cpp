@@ -116,6 +116,10 @@ TEST(Kv4AppendCuda, WritesReferenceCodesAtTheirPositions) {
         auto vx =
             test::random_activations(static_cast<size_t>(n * stride), static_cast<uint32_t>(H * 7 + d + 1));
         for (int64_t i = 0; i < d; ++i) kx[static_cast<size_t>(2 * stride + i)] = 0.0f;  // an all-zero head
+        // A V head of exact half-integers over [0, 15) with max 15: scale 1, zero 0, every other value a tie
+        // (round half to even; the fast fp16 kernel must take its exact path for them).
+        for (int64_t i = 0; i < d; ++i)
+          vx[static_cast<size_t>(3 * stride + i)] = i == 0 ? 15.0f : 0.5f * static_cast<float>(i % 30);
         if (dt == DType::F16) {
           test::round_f16(kx);
           test::round_f16(vx);

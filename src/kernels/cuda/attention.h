@@ -38,7 +38,8 @@ struct Kv4Clip {
 // written to slot slot0 + b at position pos + t, where pos = d_pos[b] when d_pos (device int32 [n_seq]) is
 // given, else pos0. With d_pos the positions are only known on the device: a token whose position is outside
 // [0, max_ctx) is not written and *d_overflow (device int32, required with d_pos) is set to 1, so an overflow
-// is never silent. Without d_pos the launcher itself rejects pos0 + n_tok > max_ctx. head_dim even.
+// is never silent. Without d_pos the launcher itself rejects pos0 + n_tok > max_ctx. head_dim even; n_seq <=
+// 65535 and n_tok * n_head_kv < 2^31 (else cudaErrorInvalidValue).
 cudaError_t kv4_append(const Kv4Layer& cache, const void* k, const void* v, DType dtype, int64_t n_seq,
                        int64_t n_tok, int64_t x_stride, int64_t slot0, int64_t pos0, const int32_t* d_pos,
                        int32_t* d_overflow, const Kv4Clip& clip, cudaStream_t stream);

@@ -27,10 +27,10 @@ __device__ __forceinline__ RowAt row_at(const Kv4Layer& c, int64_t n_rows, int64
                                         int64_t slot0, int64_t pos0, const int32_t* d_pos,
                                         int32_t* d_overflow) {
   RowAt a;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / detail::kWarp;
-  if (r >= n_rows) return a;
-  const int64_t H = c.n_head_kv;
-  const int64_t h = r % H, t = (r / H) % n_tok, b = r / (H * n_tok);
+  // blockIdx.z: the sequence b; x: warps over its n_tok * H rows (fewer than 2^31: 32-bit index math).
+  const unsigned r = blockIdx.x * kWarpsPerBlock + threadIdx.x / detail::kWarp, H = c.n_head_kv;
+  if (r >= static_cast<uint64_t>(n_rows)) return a;
+  const int64_t h = r % H, t = r / H, b = blockIdx.z;
   const int64_t pos = (d_pos ? static_cast<int64_t>(d_pos[b]) : pos0) + t;
   if (pos < 0 || pos >= c.max_ctx) {
     if (threadIdx.x % detail::kWarp == 0 && d_overflow) *d_overflow = 1;
@@ -57,7 +57,9 @@ __global__ void kv4_append_kernel(Kv4Layer c, const T* __restrict__ k, const T* 
 // fp16 rows of D = 64, 128 or 256: each lane loads its V = D / 32 consecutive values once (one 4-, 8- or
 // 16-byte load), keeps them for the codes and stores V / 2 code bytes at once; the generic kernel above reads
 // every value twice through 2-byte loads and stores single bytes (per 2048-token Llama-3-8B prefill 0.70 ms,
-// this one 0.52). Same operations per value, so the same codes, scales and zeros.
+// this one 0.52). The codes come from a multiplication by the rounded reciprocal instead of an IEEE division
+// per value, with an exact redo where a value lies next to a half-integer (asym_int4_code_fast_dev): the same
+// codes, scales and zeros.
 template <int D>
 __global__ void kv4_append_f16_kernel(Kv4Layer c, const __half* __restrict__ k, const __half* __restrict__ v,
                                       int64_t n_rows, int64_t n_tok, int64_t x_stride, int64_t slot0,
@@ -87,11 +89,19 @@ __global__ void kv4_append_f16_kernel(Kv4Layer c, const __half* __restrict__ k, 
   float sc, z;
   detail::asym_int4_params(vmax, vmin, is_v ? clip.v_max : clip.k_max, is_v ? clip.v_min : clip.k_min, sc, z);
   const int64_t cell = a.cell;
+  // The codes without divisions; a lane whose values come next to a half-integer redoes them exactly.
+  const float inv = __frcp_rn(sc);
+  float dev = 0.0f;
   Codes o;
 #pragma unroll
   for (int j = 0; j < V / 2; ++j)
-    o.b[j] = static_cast<uint8_t>(detail::asym_int4_code(f[2 * j], sc, z) |
-                                  (detail::asym_int4_code(f[2 * j + 1], sc, z) << 4));
+    o.b[j] = static_cast<uint8_t>(detail::asym_int4_code_fast_dev(f[2 * j], inv, z, dev) |
+                                  (detail::asym_int4_code_fast_dev(f[2 * j + 1], inv, z, dev) << 4));
+  if (dev > detail::kTieDev)
+#pragma unroll
+    for (int j = 0; j < V / 2; ++j)
+      o.b[j] = static_cast<uint8_t>(detail::asym_int4_code(f[2 * j], sc, z) |
+                                    (detail::asym_int4_code(f[2 * j + 1], sc, z) << 4));
   reinterpret_cast<Codes*>((is_v ? c.v : c.k) + cell * (D / 2))[lane] = o;
   if (lane == 0) {
     (is_v ? c.v_scale : c.k_scale)[cell] = sc;
@@ -112,11 +122,12 @@ cudaError_t kv4_append(const Kv4Layer& cache, const void* k, const void* v, DTyp
     return cudaErrorInvalidValue;
   // Host-known positions are checked here; device positions need the overflow flag.
   if (d_pos ? d_overflow == nullptr : (pos0 < 0 || pos0 + n_tok > c.max_ctx)) return cudaErrorInvalidValue;
-  const int64_t n_rows = n_seq * n_tok * c.n_head_kv;
-  if (n_rows == 0) return cudaSuccess;
+  // n_rows: the rows of one sequence (grid z = the sequences).
+  const int64_t n_rows = n_tok * c.n_head_kv;
+  if (n_rows == 0 || n_seq == 0) return cudaSuccess;
+  if (n_rows > 0x7fffffff || n_seq > 65535) return cudaErrorInvalidValue;
   const int64_t blocks = (n_rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
-  const dim3 grid(static_cast<unsigned>(blocks), 2);
+  const dim3 grid(static_cast<unsigned>(blocks), 2, static_cast<unsigned>(n_seq));
   const auto al = [](const void* q, uintptr_t a) { return reinterpret_cast<uintptr_t>(q) % a == 0; };
   const int64_t d = c.head_dim, vb = d / 16;  // a lane's bytes of fp16 input
   if (dtype == DType::F16 && (d == 64 || d == 128 || d == 256) && x_stride % (d / 32) == 0 && al(k, vb) &&

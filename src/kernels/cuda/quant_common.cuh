@@ -80,6 +80,18 @@ __device__ __forceinline__ int asym_int4_code(float x, float scale, float zero) 
   return static_cast<int>(fminf(fmaxf(__fadd_rn(rintf(__fdiv_rn(x, scale)), zero), 0.0f), 15.0f));
 }
 
+// asym_int4_code without the IEEE division: r = x * inv (inv = 1 / scale rounded), clamped to [-16, 16]
+// (every code of a quotient outside is 0 or 15 either way: zero is in [0, 15]), rounded by the magic-number
+// addition. r is within ~2 ulp of x / scale, so the codes differ only where r lies next to a half-integer:
+// dev collects |r - round(r)| and the caller redoes its values exactly where it exceeds kTieDev.
+__device__ __forceinline__ int asym_int4_code_fast_dev(float x, float inv, float zero, float& dev) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  const float r = fminf(fmaxf(__fmul_rn(x, inv), -16.0f), 16.0f);
+  const float q = __fsub_rn(__fadd_rn(r, kMagic), kMagic);
+  dev = fmaxf(dev, fabsf(__fsub_rn(r, q)));
+  return static_cast<int>(fminf(fmaxf(__fadd_rn(q, zero), 0.0f), 15.0f));
+}
+
 __device__ __forceinline__ uint8_t pack2(int lo, int hi) {
   return static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
 }
