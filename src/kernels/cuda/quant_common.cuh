@@ -43,17 +43,21 @@ __device__ __forceinline__ int sym_int4_code_fast(float x, float scale, float in
 // mantissa bits are the code. As in sym_int4_code_fast, the exact division decides within 1e-5 of a
 // half-integer; clamped values are integers and never land there, and next to a clamp bound both roundings
 // clamp to the same code.
+// m = r + 1.5 * 2^23: its low mantissa bits hold round_half_even(r) (|r| < 2^22), m - kRoundMagic is that
+// integer as a float; dev collects |r - round(r)|.
+constexpr float kRoundMagic = 12582912.0f;
+__device__ __forceinline__ float round_magic_dev(float r, float& dev) {
+  const float m = __fadd_rn(r, kRoundMagic);
+  dev = fmaxf(dev, fabsf(__fsub_rn(r, __fsub_rn(m, kRoundMagic))));
+  return m;
+}
 // sym_int4_byte_fast's fast rounding alone. `dev` becomes the max of itself and the rounded value's distance
 // from its integer; where it exceeds kTieDev the exact division must decide (the byte is then not the code).
 // For loops that store first and redo the rare ties after one check (several independent `dev` chains keep
 // the max off the critical path).
 constexpr float kTieDev = 0.5f - 1e-5f;
 __device__ __forceinline__ uint32_t sym_int4_byte_fast_dev(float x, float inv, float& dev) {
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
-  const float r = fminf(fmaxf(__fmul_rn(x, inv), -8.0f), 7.0f);
-  const float m = __fadd_rn(r, kMagic);
-  dev = fmaxf(dev, fabsf(__fsub_rn(r, __fsub_rn(m, kMagic))));
-  return __float_as_uint(m);
+  return __float_as_uint(round_magic_dev(fminf(fmaxf(__fmul_rn(x, inv), -8.0f), 7.0f), dev));
 }
 
 __device__ __forceinline__ uint32_t sym_int4_byte_fast(float x, float scale, float inv) {
@@ -85,10 +89,8 @@ __device__ __forceinline__ int asym_int4_code(float x, float scale, float zero) 
 // addition. r is within ~2 ulp of x / scale, so the codes differ only where r lies next to a half-integer:
 // dev collects |r - round(r)| and the caller redoes its values exactly where it exceeds kTieDev.
 __device__ __forceinline__ int asym_int4_code_fast_dev(float x, float inv, float zero, float& dev) {
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
   const float r = fminf(fmaxf(__fmul_rn(x, inv), -16.0f), 16.0f);
-  const float q = __fsub_rn(__fadd_rn(r, kMagic), kMagic);
-  dev = fmaxf(dev, fabsf(__fsub_rn(r, q)));
+  const float q = __fsub_rn(round_magic_dev(r, dev), kRoundMagic);
   return static_cast<int>(fminf(fmaxf(__fadd_rn(q, zero), 0.0f), 15.0f));
 }
 
