@@ -220,8 +220,8 @@ nlohmann::json run_shape(const Shape& s, int64_t M, size_t l2_bytes, cudaStream_
                       {"M", M},
                       {"N", N},
                       {"K", K},
-                      {"kernel", fq::cuda::qgemm_w4a4_kernel_name(px, dw[0].get(), M, K, false)},
-                      {"kernel_f16", fq::cuda::qgemm_w4a4_kernel_name(px, dw[0].get(), M, K, true)},
+                      {"kernel", fq::cuda::qgemm_w4a4_kernel_name(px, dw[0].get(), M, N, K, false)},
+                      {"kernel_f16", fq::cuda::qgemm_w4a4_kernel_name(px, dw[0].get(), M, N, K, true)},
                       {"us_f16", time_graph(launch_f16, L, reps, stream)},
                       {"check", bad ? "MISMATCH" : "exact"},
                       {"checked_rows", rows.size()},
@@ -259,7 +259,8 @@ nlohmann::json run_shape(const Shape& s, int64_t M, size_t l2_bytes, cudaStream_
 // copies: 32 = the engine's footprint (3.5 GB per step), 3 = a small footprint that still misses L2. The gap
 // between the two is what the weight footprint (TLB reach, DRAM pages) costs; `kind` restricts the graph to
 // one GEMM (-1: all four). Returns median us per layer.
-double time_decode_layers(int64_t M, int distinct, int kind, bool pdl, cudaStream_t stream) {
+double time_decode_layers(int64_t M, int distinct, int kind, bool pdl, fq::cuda::QgemmDecode dec,
+                          cudaStream_t stream) {
   const int64_t E = 4096, F = 14336, QKV = 6144, HD = 4096, layers = 32;
   const int64_t b_qkv = QKV * E / 2, b_o = E * HD / 2, b_gu = 2 * F * E / 2, b_dn = E * F / 2;
   const int64_t per_layer = b_qkv + b_o + b_gu + b_dn;
@@ -294,17 +295,18 @@ double time_decode_layers(int64_t M, int distinct, int kind, bool pdl, cudaStrea
     const uint8_t* w = base + static_cast<int64_t>(l % static_cast<size_t>(distinct)) * per_layer;
     if (kind < 0 || kind == 0)
       FQ_CUDA_CHECK(fq::cuda::qgemm_w4a4_multi_cuda_f16(acts(3, {HD, HD + 1024, QKV}, E), w, w_s, nullptr, yh,
-                                                        M, QKV, E, stream, pdl),
+                                                        M, QKV, E, stream, pdl, dec),
                     "qkv");
     if (kind < 0 || kind == 1)
-      FQ_CUDA_CHECK(fq::cuda::qgemm_w4a4_cuda(q, s, w + b_qkv, w_s, yf, yf, M, E, HD, stream, pdl), "o");
+      FQ_CUDA_CHECK(fq::cuda::qgemm_w4a4_cuda(q, s, w + b_qkv, w_s, yf, yf, M, E, HD, stream, pdl, dec), "o");
     if (kind < 0 || kind == 2)
       FQ_CUDA_CHECK(fq::cuda::qgemm_w4a4_multi_cuda_f16(acts(2, {F, 2 * F}, E), w + b_qkv + b_o, w_s, nullptr,
-                                                        yh, M, 2 * F, E, stream, pdl),
+                                                        yh, M, 2 * F, E, stream, pdl, dec),
                     "gate_up");
     if (kind < 0 || kind == 3)
       FQ_CUDA_CHECK(
-          fq::cuda::qgemm_w4a4_cuda(q, s, w + b_qkv + b_o + b_gu, w_s, yf, yf, M, E, F, stream, pdl), "down");
+          fq::cuda::qgemm_w4a4_cuda(q, s, w + b_qkv + b_o + b_gu, w_s, yf, yf, M, E, F, stream, pdl, dec),
+          "down");
   };
   return time_graph(launch, static_cast<size_t>(layers), 30, stream);
 }
@@ -317,19 +319,22 @@ nlohmann::json decode_layers_report(cudaStream_t stream) {
   for (int64_t M : {1, 16})
     for (bool pdl : {false, true})
       for (int kind = -1; kind < 4; ++kind)
-        for (int distinct : {3, 32}) {
-          const double us = time_decode_layers(M, distinct, kind, pdl, stream);
-          const double b = kind < 0 ? bytes[0] + bytes[1] + bytes[2] + bytes[3] : bytes[kind];
-          out.push_back({{"M", M},
-                         {"pdl", pdl},
-                         {"gemm", names[kind < 0 ? 4 : kind]},
-                         {"distinct_layers", distinct},
-                         {"us", us},
-                         {"weight_TBps", b / (us * 1e-6) / 1e12}});
-          std::fprintf(stderr, "decode layers M=%lld pdl=%d %s distinct=%d: %.2f us (%.2f TB/s)\n",
-                       static_cast<long long>(M), pdl ? 1 : 0, names[kind < 0 ? 4 : kind], distinct, us,
-                       b / (us * 1e-6) / 1e12);
-        }
+        for (int distinct : {3, 32})
+          for (auto dec : {fq::cuda::QgemmDecode::kAuto, fq::cuda::QgemmDecode::kRegisters}) {
+            const double us = time_decode_layers(M, distinct, kind, pdl, dec, stream);
+            const double b = kind < 0 ? bytes[0] + bytes[1] + bytes[2] + bytes[3] : bytes[kind];
+            out.push_back({{"M", M},
+                           {"pdl", pdl},
+                           {"gemm", names[kind < 0 ? 4 : kind]},
+                           {"distinct_layers", distinct},
+                           {"decode", dec == fq::cuda::QgemmDecode::kAuto ? "auto" : "registers"},
+                           {"us", us},
+                           {"weight_TBps", b / (us * 1e-6) / 1e12}});
+            std::fprintf(stderr, "decode layers M=%lld pdl=%d %s distinct=%d %s: %.2f us (%.2f TB/s)\n",
+                         static_cast<long long>(M), pdl ? 1 : 0, names[kind < 0 ? 4 : kind], distinct,
+                         dec == fq::cuda::QgemmDecode::kAuto ? "auto" : "registers", us,
+                         b / (us * 1e-6) / 1e12);
+          }
   return out;
 }
 

@@ -1,7 +1,7 @@
 // `flatquant bench --random llama-3-8b|qwen2.5-7b|HF_DIR | --model HF_DIR --engine fp16 [--batch 1,16]
 //                  [--prefill 2048] [--decode 256] [--repeat 3] [--profile] [--no-graphs] [--no-gemv]
 //                  [--head-int8]
-//                  [--int8-prefill-rows 128] [--int8-acc-mb 256] [--fused-split 0]
+//                  [--int8-prefill-rows 128] [--int8-acc-mb 256] [--fused-split 0] [--no-staged-decode-gemm]
 //                  [--json]`
 // Inference speed of the CUDA engine (docs/runtime.md): per batch size, the prefill of `prefill` tokens per
 // sequence (ms, median of `repeat` runs after a warm-up) and `decode` greedy tokens after it, one CUDA-graph
@@ -37,7 +37,7 @@ struct Options {
   std::string random, model, engine = "fp16", batches = "1,16";
   int64_t prefill = 2048, decode = 256, repeat = 3;
   int64_t int8_prefill_rows = runtime::EngineOptions{}.int8_prefill_rows;
-  bool no_fused_prefill_transform = false, no_wgmma_prefill = false;
+  bool no_fused_prefill_transform = false, no_wgmma_prefill = false, no_staged_decode_gemm = false;
   int64_t int8_acc_mb = runtime::EngineOptions{}.int8_acc_mb;
   int64_t fused_split = 0, wgmma_cluster = 0;
   uint64_t seed = 0;
@@ -133,6 +133,7 @@ int run(const Options& o) {
   eo.int8_prefill_rows = o.int8_prefill_rows;
   eo.fused_prefill_transform = !o.no_fused_prefill_transform;
   eo.wgmma_prefill = !o.no_wgmma_prefill;
+  eo.staged_decode_gemm = !o.no_staged_decode_gemm;
   eo.wgmma_cluster = o.wgmma_cluster;
   eo.int8_acc_mb = o.int8_acc_mb;
   eo.fused_split = o.fused_split;
@@ -293,6 +294,7 @@ int run(const Options& o) {
   j["wgmma_gemms"] = info.wgmma_gemms;  // of int8_gemms, those on our sm_90a kernel
   j["wgmma_prefill"] = !o.no_wgmma_prefill;
   j["wgmma_cluster"] = o.wgmma_cluster;
+  j["staged_decode_gemm"] = !o.no_staged_decode_gemm;
   j["config"] = {{"n_layer", cfg.n_layer},     {"n_embd", cfg.n_embd},       {"n_head", cfg.n_head},
                  {"n_head_kv", cfg.n_head_kv}, {"head_dim", cfg.head_dim},   {"n_ff", cfg.n_ff},
                  {"n_vocab", cfg.n_vocab},     {"attn_bias", cfg.attn_bias}, {"rope", cfg.rope_scaling.type}};
@@ -352,9 +354,13 @@ Runner register_bench(CLI::App& app) {
       "--no-fused-prefill-transform", o->no_fused_prefill_transform,
       "W4A4KV4 int8 prefill route: the Kronecker transform as two cuBLAS GEMMs and a separate quantizer "
       "(default: one fused kernel, EngineOptions::fused_prefill_transform)");
-  sub->add_flag("--no-wgmma-prefill", o->no_wgmma_prefill,
-                "W4A4KV4 int8 prefill route: cuBLASLt s8 GEMMs (weights unpacked per call, int32 sums, epilogue "
-                "kernels) instead of our sm_90a wgmma kernel (EngineOptions::wgmma_prefill)");
+  sub->add_flag(
+      "--no-wgmma-prefill", o->no_wgmma_prefill,
+      "W4A4KV4 int8 prefill route: cuBLASLt s8 GEMMs (weights unpacked per call, int32 sums, epilogue "
+      "kernels) instead of our sm_90a wgmma kernel (EngineOptions::wgmma_prefill)");
+  sub->add_flag("--no-staged-decode-gemm", o->no_staged_decode_gemm,
+                "W4A4KV4 decode GEMMs: the weights streamed into registers instead of shared memory by bulk "
+                "copies (EngineOptions::staged_decode_gemm)");
   sub->add_option("--wgmma-cluster", o->wgmma_cluster,
                   "CTAs per cluster sharing each tile of codes in that kernel: 0 automatic, 1, 2 or 4 "
                   "(EngineOptions::wgmma_cluster)")

@@ -1341,6 +1341,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   // Few rows: the fused kernels and the decode GEMMs are programmatic dependent launches (sm_90): each launch
   // overlaps the previous kernel's tail, and the fused kernels load their constants before they wait.
   const bool pdl = few && prop.major >= 9;
+  const cuda::QgemmDecode qdec =
+      o.staged_decode_gemm ? cuda::QgemmDecode::kAuto : cuda::QgemmDecode::kRegisters;
   // Few rows (decode): one fused kernel per input (prologue + transform + quantized copies).
   auto fused = [&](cuda::FusedQuantArgs f, const KronDev& k, int64_t K, const cuda::SymClips& clips) {
     f.a_pk = k.Apk;
@@ -1400,7 +1402,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   } else {
     op("qkv_gemm", [&] {
       ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(3, {HD, HD + KV * D, QKV}, E), w.wqkv, w.sqkv, nullptr, big,
-                                         rows, QKV, E, stream, pdl),
+                                         rows, QKV, E, stream, pdl, qdec),
          "q/k/v W4A4 GEMM");
     });
   }
@@ -1493,7 +1495,8 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     s8_gemm(rows, {E}, HD, w.wo, w.so, x, true, "o_gemm");
   else
     op("o_gemm", [&] {
-      ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wo, w.so, x, x, rows, E, HD, stream, pdl), "o_proj W4A4 GEMM");
+      ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wo, w.so, x, x, rows, E, HD, stream, pdl, qdec),
+         "o_proj W4A4 GEMM");
     });
 
   // ---- MLP
@@ -1506,7 +1509,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   } else {
     op("gate_up_gemm", [&] {
       ck(cuda::qgemm_w4a4_multi_cuda_f16(acts(2, {F, 2 * F}, E), w.wgu, w.sgu, nullptr, big, rows, 2 * F, E,
-                                         stream, pdl),
+                                         stream, pdl, qdec),
          "gate/up W4A4 GEMM");
     });
   }
@@ -1531,7 +1534,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
     s8_gemm(rows, {E}, F, w.wdown, w.sdown, x, true, "down_gemm");
   else
     op("down_gemm", [&] {
-      ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream, pdl),
+      ck(cuda::qgemm_w4a4_cuda(xq, sxq, w.wdown, w.sdown, x, x, rows, E, F, stream, pdl, qdec),
          "down_proj W4A4 GEMM");
     });
 }

@@ -59,6 +59,10 @@ struct EngineOptions {
   // W4A4KV4 decode: CTAs (a thread-block cluster) per token of the fused transform + quantize kernel, 1, 2, 4
   // or 8; 0: automatic (cuda::fused_quant_int4).
   int64_t fused_split = 0;
+  // W4A4KV4 decode GEMMs (M <= cuda::kQgemmStagedMaxM, sm_90): the weights through shared memory by bulk
+  // copies, up to 96 KB per block requested before the PDL wait (cuda::QgemmDecode::kAuto); off: streamed
+  // into registers (kRegisters). Same bits.
+  bool staged_decode_gemm = true;
   int device = 0;
 };
 

@@ -2,8 +2,9 @@
 // ref::qgemm_w4a4: the integer sums are exact and the epilogue is the same sequence of IEEE fp32 operations,
 // so the outputs must match BIT FOR BIT (fp32; fp16 = the reference value rounded to nearest even). Outputs
 // are poisoned with 0xFF first (NaN in fp32 and fp16): an element the kernel does not write fails. Each case
-// also checks which kernel ran, so that every path (the mma decode kernel at M <= 16, the prefill kernel,
-// the fallback) is covered on purpose.
+// also checks which kernel ran, so that every path (the mma decode kernel at M <= 64 with the weights in
+// registers, its staged variant at M <= 16 with the weights through shared memory, the prefill kernel, the
+// fallback) is covered on purpose.
 #ifdef FLATQUANT_WITH_CUDA
 #include <gtest/gtest.h>
 
@@ -53,11 +54,20 @@ struct Case {
   int64_t M, N, K;
   const char* kernel;  // expected qgemm_w4a4_kernel_name (the same for the fp32 and fp16 entry points)
   int offset = 0;      // byte offset of qx and qw from an aligned allocation (misalignment -> fallback)
+  cuda::QgemmDecode decode = cuda::QgemmDecode::kAuto;
 };
 
-// The kernel expected for a token count on the tensor-core paths.
-const char* small_m_kernel(int64_t) {
-  return "decode";
+bool sm90() {
+  int device = 0, major = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         major >= 9;
+}
+
+// The kernel expected for a token count on the tensor-core paths (automatic choice); "" = either decode
+// variant (the staged one where the grid fits in one wave: DecodeAutomaticChoice checks that rule).
+const char* small_m_kernel(int64_t M) {
+  return M <= cuda::kQgemmStagedMaxM && sm90() ? "" : "decode";
 }
 
 // The reference integer sums, rows split over threads (each row is one independent ref call).
@@ -73,7 +83,7 @@ std::vector<int32_t> ref_acc(const std::vector<uint8_t>& qx, const std::vector<u
 
 // One shape: fp32 without residual, fp32 with an in-place residual, fp16 with an fp16 residual.
 void check_case(const Case& c, uint32_t seed) {
-  const auto [M, N, K, kernel, offset] = c;
+  const auto [M, N, K, kernel, offset, decode] = c;
   const int64_t kb = K / 2;
   auto qx = random_packed(static_cast<size_t>(M * kb), seed);
   auto qw = random_packed(static_cast<size_t>(N * kb), seed + 1);
@@ -118,28 +128,34 @@ void check_case(const Case& c, uint32_t seed) {
   DeviceBuffer<float> dsx(sx), dsw(sw), dy(n_out);
   DeviceBuffer<uint16_t> dh(n_out);
 
-  const std::string name = cuda::qgemm_w4a4_kernel_name(px, pw, M, K, false);
-  const std::string name16 = cuda::qgemm_w4a4_kernel_name(px, pw, M, K, true);
+  const std::string name = cuda::qgemm_w4a4_kernel_name(px, pw, M, N, K, false, decode);
+  const std::string name16 = cuda::qgemm_w4a4_kernel_name(px, pw, M, N, K, true, decode);
   const std::string ctx = "M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) +
                           " kernel " + name + (offset ? " offset" : "");
-  EXPECT_EQ(name, kernel) << ctx;
+  if (*kernel)
+    EXPECT_EQ(name, kernel) << ctx;
+  else
+    EXPECT_TRUE(name == "decode" || name == "decode_staged") << ctx;
   EXPECT_EQ(name16, name) << ctx;
 
-  ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), nullptr, dy.get(), M, N, K, nullptr),
-            cudaSuccess)
+  ASSERT_EQ(
+      cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), nullptr, dy.get(), M, N, K, nullptr, false, decode),
+      cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda");
   EXPECT_EQ(first_mismatch(dy.download(), want, acc, N), "") << ctx;
 
   dy.upload(res);  // residual in place: y = y + x w^T
-  ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), dy.get(), dy.get(), M, N, K, nullptr),
+  ASSERT_EQ(cuda::qgemm_w4a4_cuda(px, dsx.get(), pw, dsw.get(), dy.get(), dy.get(), M, N, K, nullptr, false,
+                                  decode),
             cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda (residual)");
   EXPECT_EQ(first_mismatch(dy.download(), want_res, acc, N), "") << ctx << " (residual in place)";
 
   DeviceBuffer<uint16_t> dr16(res16);
-  ASSERT_EQ(cuda::qgemm_w4a4_cuda_f16(px, dsx.get(), pw, dsw.get(), dr16.get(), dh.get(), M, N, K, nullptr),
+  ASSERT_EQ(cuda::qgemm_w4a4_cuda_f16(px, dsx.get(), pw, dsw.get(), dr16.get(), dh.get(), M, N, K, nullptr,
+                                      false, decode),
             cudaSuccess)
       << ctx;
   FQ_CUDA_CHECK(cudaDeviceSynchronize(), "qgemm_w4a4_cuda_f16");
@@ -159,6 +175,47 @@ TEST(QgemmCuda, DecodeEveryTokenCount) {
     check_case({M, 1024, 4096, small_m_kernel(M)}, seed += 10);
     check_case({M, 200, 14336 + 32, small_m_kernel(M)}, seed += 10);
   }
+}
+
+// The automatic choice at batch 1 on sm_90: the staged kernel where every row group is resident at once
+// (Llama-3-8B's o: 256 groups), the register kernel for more (gate|up: 1792 groups), never above
+// kQgemmStagedMaxM tokens.
+TEST(QgemmCuda, DecodeAutomaticChoice) {
+  FQ_REQUIRE_CUDA();
+  if (!sm90()) GTEST_SKIP() << "the staged decode kernel needs sm_90";
+  const void* p = reinterpret_cast<const void*>(256);  // aligned; only the address is looked at
+  EXPECT_STREQ(cuda::qgemm_w4a4_kernel_name(p, p, 1, 4096, 4096, false), "decode_staged");
+  EXPECT_STREQ(cuda::qgemm_w4a4_kernel_name(p, p, 1, 28672, 4096, false), "decode");
+  EXPECT_STREQ(cuda::qgemm_w4a4_kernel_name(p, p, cuda::kQgemmStagedMaxM + 1, 4096, 4096, false), "decode");
+  EXPECT_STREQ(cuda::qgemm_w4a4_kernel_name(p, p, 1, 4096, 4096, false, cuda::QgemmDecode::kRegisters),
+               "decode");
+}
+
+// Both decode variants forced, where the automatic choice would take the other one: the register kernel at
+// M <= 16, the staged one (sm_90) with one stage per warp (K 96 .. 4096, warps without steps at K = 96), two
+// (K = 8192), four through a ring of three (K = 14336 + 32, 18944), unaligned tails, and more row groups
+// than resident blocks (N = 9000: each block loops over several groups, its ring running across them).
+TEST(QgemmCuda, DecodeVariantsForced) {
+  FQ_REQUIRE_CUDA();
+  uint32_t seed = 3000;
+  const std::vector<std::array<int64_t, 2>> nk = {{1, 32},           {43, 96},    {148, 1056},
+                                                  {1024, 4096},      {64, 8192},  {77, 3584},
+                                                  {200, 14336 + 32}, {96, 18944}, {9000, 96}};
+  for (int64_t M : {1, 2, 8})
+    for (const auto& [N, K] : nk) {
+      check_case({M, N, K, "decode", 0, cuda::QgemmDecode::kRegisters}, seed += 10);
+      if (sm90()) check_case({M, N, K, "decode_staged", 0, cuda::QgemmDecode::kStaged}, seed += 10);
+    }
+  // The staged kernel takes at most kQgemmStagedMaxM tokens and aligned operands: anything else is refused,
+  // not run.
+  alignas(16) static uint8_t b[64];
+  static float f[64];
+  EXPECT_EQ(cuda::qgemm_w4a4_cuda(b, f, b, f, nullptr, f, cuda::kQgemmStagedMaxM + 1, 1, 32, nullptr, false,
+                                  cuda::QgemmDecode::kStaged),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(
+      cuda::qgemm_w4a4_cuda(b + 1, f, b, f, nullptr, f, 1, 1, 32, nullptr, false, cuda::QgemmDecode::kStaged),
+      cudaErrorInvalidValue);
 }
 
 TEST(QgemmCuda, DecodeModelShapes) {

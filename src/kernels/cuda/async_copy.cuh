@@ -244,6 +244,67 @@ __device__ __forceinline__ void st_async_u32(void* dst, uint32_t v, uint64_t* ba
 #endif
 }
 
+// Bulk loads from global into this CTA's shared memory (sm_90: the TMA engine), counted on an mbarrier of
+// this CTA: one thread initializes the barrier (mbar_init, `count` arrivals per phase) before any copy names
+// it; per phase, one thread announces the bytes (mbar_expect_tx, which is also its arrival; mbar_arrive is a
+// plain arrival, for barriers that count threads) and any threads issue the copies (bulk_load: both addresses
+// 16-byte aligned, bytes a multiple of 16, at most 2^20 - 1 per phase); mbar_wait_cta(bar, parity) returns
+// once that phase completed, the bytes then visible to the waiting thread. No-ops below sm_90, where callers
+// must not take this path.
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "mbarrier.init.shared::cta.b64 [%0], %1;\n"
+      "fence.mbarrier_init.release.cluster;\n" ::"r"(smem_u32(bar)),
+      "r"(count)
+      : "memory");
+#else
+  (void)bar, (void)count;
+#endif
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+               : "memory");
+#else
+  (void)bar, (void)bytes;
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+#else
+  (void)bar;
+#endif
+}
+__device__ __forceinline__ void bulk_load(void* sdst, const void* gsrc, unsigned bytes, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+          smem_u32(sdst)),
+      "l"(gsrc), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+#else
+  (void)sdst, (void)gsrc, (void)bytes, (void)bar;
+#endif
+}
+__device__ __forceinline__ void mbar_wait_cta(uint64_t* bar, unsigned parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  unsigned done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+#else
+  (void)bar, (void)parity;
+#endif
+}
+
 // A 16-byte load of data read exactly once (streamed weights): kept out of L1 so that reused data stays
 // there.
 __device__ __forceinline__ uint4 load_stream(const void* p) {

@@ -402,6 +402,159 @@ cudaError_t launch_decode_v(const QgemmActs& acts, const uint8_t* qw, const floa
   return cudaSuccess;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Decode with the weights staged in shared memory (sm_90, M <= 8): the warps, steps, fragments and
+// reduction of qgemm_decode_kernel (one block per group of 16 weight rows, K split over 8 warps), but each
+// warp's share of the 16 rows arrives by bulk copies (TMA: one per row and stage of kStageSteps 64-byte
+// steps) into a ring of up to kStagedDepth stages of its own, each counted on one mbarrier. Why: at batch 1
+// the kernel before a GEMM (the fused transform + quantize, ~8 us on 8 SMs) leaves the GPU's bandwidth idle;
+// a PDL-launched block requests its first stages before pdl_wait(), so the blocks resident then stream up to
+// 96 KB each into shared memory (the whole q|k|v and o weights of Llama-3-8B, 12 of down's 14 steps) where
+// the register kernel holds 16 KB. Lane (g, t) reads its 16 bytes of rows g and g + 8 from the stage (two-way
+// bank conflicts: shared-memory bandwidth is ~10x an SM's share of HBM). After its last stage a warp's
+// reduction partials overwrite its own first stage. Measured alternatives
+// (bench/results/w4a4_engine_notes.md, eleventh pass): persistent blocks whose ring runs across row groups,
+// and whole-row copies of up to 32 KB, streamed more slowly.
+constexpr int kStageSteps = 4;
+constexpr int kStageRowBytes = 64 * kStageSteps;      // bytes of one weight row per stage
+constexpr int kWarpStageBytes = 16 * kStageRowBytes;  // one warp's stage: 16 rows
+constexpr int kStagedWarps = 8;
+constexpr int kStagedDepth = 3;  // stages in flight per warp, at most
+
+template <int NT, typename T>
+__global__ void __launch_bounds__(kStagedWarps * 32, 4)
+    qgemm_decode_staged_kernel(QgemmActs acts, const uint8_t* __restrict__ qw, const float* __restrict__ sw,
+                               const T* residual, T* y, int M, int N, int64_t ldy, int64_t row_bytes, int D) {
+  constexpr int W = kStagedWarps, kTok = 16;
+  static_assert(NT <= 2 && 16 * kTok == W * 32, "one (row, token) output per thread");
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int n_base = static_cast<int>(blockIdx.x) * 16;
+  detail::pdl_trigger();
+  const int64_t chunks = row_bytes / 16;
+  const int64_t steps = (chunks + 3) / 4;
+  const int64_t s_begin = warp * steps / W, s_end = (warp + 1) * steps / W;
+  const int64_t k_begin = s_begin * 64, k_end = min(s_end * 64, row_bytes);  // the warp's bytes of a row
+  const int stages = static_cast<int>((s_end - s_begin + kStageSteps - 1) / kStageSteps);
+  // Shared memory: the warps' rings, then their barriers.
+  uint8_t* const ring = smem + static_cast<int64_t>(warp) * D * kWarpStageBytes;
+  uint64_t* const bars =
+      reinterpret_cast<uint64_t*>(smem + static_cast<int64_t>(W) * D * kWarpStageBytes) + warp * D;
+  // Lane r < 16 copies weight row n_base + r (rows past N re-read row N - 1; never stored).
+  const uint8_t* src = qw + static_cast<int64_t>(min(n_base + (lane & 15), N - 1)) * row_bytes;
+  const auto request = [&](int i) {  // stage i into slot i % D
+    const int64_t k0 = k_begin + static_cast<int64_t>(i) * kStageRowBytes;
+    const unsigned bytes = static_cast<unsigned>(min(static_cast<int64_t>(kStageRowBytes), k_end - k0));
+    uint64_t* bar = bars + i % D;
+    if (lane == 0) detail::mbar_expect_tx(bar, 16 * bytes);
+    if (lane < 16)
+      detail::bulk_load(ring + (i % D) * kWarpStageBytes + lane * kStageRowBytes, src + k0, bytes, bar);
+  };
+  if (lane == 0)
+    for (int d = 0; d < D; ++d) detail::mbar_init(bars + d, 1);
+  __syncwarp();
+  for (int i = 0; i < min(D, stages); ++i) request(i);
+
+  const int r_out = tid / kTok, m_out = tid % kTok;  // this thread's output
+  const float sw_o = n_base + r_out < N ? sw[n_base + r_out] : 0.0f;
+  const int seg = (acts.n > 1 && n_base >= acts.end[0]) + (acts.n > 2 && n_base >= acts.end[1]);
+  const uint8_t* __restrict__ qx = seg == 0 ? acts.qx[0] : (seg == 1 ? acts.qx[1] : acts.qx[2]);
+  const float* __restrict__ sx = seg == 0 ? acts.sx[0] : (seg == 1 ? acts.sx[1] : acts.sx[2]);
+  detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
+
+  const float sx_o = m_out < M ? sx[m_out] : 0.0f;
+  const uint8_t* xr[NT];
+  bool xok[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    xok[j] = g + 8 * j < M;
+    xr[j] = qx + static_cast<int64_t>(xok[j] ? g + 8 * j : 0) * row_bytes + 16 * t;
+  }
+  int acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[j][c] = 0;
+
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int i = 0; i < stages; ++i) {
+    const int64_t s0 = s_begin + static_cast<int64_t>(i) * kStageSteps;
+    detail::mbar_wait_cta(bars + i % D, static_cast<unsigned>(i / D) & 1u);
+    const uint8_t* st = ring + (i % D) * kWarpStageBytes + 16 * t;
+#pragma unroll
+    for (int u = 0; u < kStageSteps; ++u) {
+      const int64_t c = (s0 + u) * 4 + t;
+      const bool ok = s0 + u < s_end && c < chunks;
+      uint4 xv[NT];
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+        xv[j] = ok && xok[j] ? __ldg(reinterpret_cast<const uint4*>(xr[j] + (c - t) * 16)) : zero;
+      const uint4 wa = ok ? *reinterpret_cast<const uint4*>(st + g * kStageRowBytes + 64 * u) : zero;
+      const uint4 wb = ok ? *reinterpret_cast<const uint4*>(st + (g + 8) * kStageRowBytes + 64 * u) : zero;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint32_t a0 = word(wa, q), a1 = word(wb, q);
+        const uint32_t fa[4] = {lo16(a0), lo16(a1), hi16(a0), hi16(a1)};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const uint32_t b = word(xv[j], q);
+          mma_s8(acc[j], fa, lo16(b), hi16(b));
+        }
+      }
+    }
+    __syncwarp();  // every lane's reads of the slot are done before it is refilled
+    if (i + D < stages) request(i + D);
+  }
+
+  // C fragment -> the warp's partials [16 rows][kTok tokens], over its own first stage (all its copies
+  // landed).
+  int* red = reinterpret_cast<int*>(ring);
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    red[g * kTok + 8 * j + 2 * t] = acc[j][0];
+    red[g * kTok + 8 * j + 2 * t + 1] = acc[j][1];
+    red[(g + 8) * kTok + 8 * j + 2 * t] = acc[j][2];
+    red[(g + 8) * kTok + 8 * j + 2 * t + 1] = acc[j][3];
+  }
+  __syncthreads();
+  if (m_out < M && n_base + r_out < N) {
+    int v = 0;
+#pragma unroll
+    for (int w = 0; w < W; ++w)
+      v += reinterpret_cast<const int*>(smem +
+                                        static_cast<int64_t>(w) * D * kWarpStageBytes)[r_out * kTok + m_out];
+    const int64_t i = static_cast<int64_t>(m_out) * ldy + n_base + r_out;
+    y[i] = from_f32<T>(epilogue(v >> 8, sx_o, sw_o, residual, i));
+  }
+}
+
+// Stages in flight per warp: all of a warp's share up to kStagedDepth (32 KB per block per stage: Llama-3-8B
+// down's 3 of 4 stages, 2 blocks per SM, all its 256 blocks resident at once).
+int staged_depth(int64_t K) {
+  const int64_t steps = (K / 2 / 16 + 3) / 4;
+  const int64_t per_warp = (steps + kStagedWarps - 1) / kStagedWarps;
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(kStagedDepth, (per_warp + kStageSteps - 1) / kStageSteps)));
+}
+
+template <typename T>
+cudaError_t launch_decode_staged(const QgemmActs& acts, const uint8_t* qw, const float* sw, const T* residual,
+                                 T* y, int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream,
+                                 bool pdl) {
+  const int64_t groups = (N + 15) / 16;
+  if (groups > 0x7fffffff || M > kQgemmStagedMaxM) return cudaErrorInvalidValue;
+  const int D = staged_depth(K);
+  const size_t smem = static_cast<size_t>(kStagedWarps) * D * (kWarpStageBytes + sizeof(uint64_t));
+  const auto kernel = qgemm_decode_staged_kernel<1, T>;  // one token tile (M <= 8; measured slower at 16)
+  FQ_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const detail::Launch l(dim3(static_cast<unsigned>(groups)), dim3(kStagedWarps * 32), smem, stream, pdl);
+  FQ_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&l.cfg, kernel, acts, qw, sw, residual, y, static_cast<int>(M),
+                                             static_cast<int>(N), ldy, K / 2, D));
+  return cudaSuccess;
+}
+
 // The dispatched configuration: 8 warps, 2 steps per iteration, >= 4 blocks per SM (64 registers), the first
 // weights before the PDL wait at M <= 8 only (measured: faster at M = 1, slower at M = 16). M = 17..32: four
 // token tiles, >= 2 blocks per SM (the tiles' activation registers do not fit in 64); M = 33..64: eight, one
@@ -416,6 +569,14 @@ cudaError_t launch_decode(const QgemmActs& acts, const uint8_t* qw, const float*
   if (M <= 32)
     return launch_decode_v<8, 2, 4, false, 2, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
   return launch_decode_v<8, 1, 8, false, 2, T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
+}
+
+template <typename T>
+cudaError_t launch_any_decode(const QgemmActs& acts, const uint8_t* qw, const float* sw, const T* residual,
+                              T* y, int64_t M, int64_t N, int64_t ldy, int64_t K, cudaStream_t stream,
+                              bool pdl, bool staged) {
+  return staged ? launch_decode_staged<T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl)
+                : launch_decode<T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -447,24 +608,61 @@ __global__ void qgemm_fallback_kernel(const uint8_t* __restrict__ qx, const floa
 // ms/step, at 48 18.7, slower than the FP16 engine); the 128x128 prefill tile (2 blocks per SM) beat 128x256,
 // 256x128, 64x256 and 8-warp 128x128 on every measured shape.
 
-enum class Kind { kDecode, kPrefill, kFallback };
+enum class Kind { kDecode, kStaged, kPrefill, kFallback, kInvalid };
 
-Kind choose(const void* qx, const void* qw, int64_t M, int64_t K) {
+// The staged decode kernel needs sm_90 (bulk copies, mbarriers); 0 where the device cannot be queried.
+int device_major() {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+    return 0;
+  return major;
+}
+
+// Row groups of the staged kernel resident at once for this K (its blocks of one wave); 0 if unknown.
+int64_t staged_wave(int64_t K) {
+  const size_t smem =
+      static_cast<size_t>(kStagedWarps) * staged_depth(K) * (kWarpStageBytes + sizeof(uint64_t));
+  const auto kernel = qgemm_decode_staged_kernel<1, float>;  // every instance: 64 registers, the same smem
+  int device = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
+          cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kStagedWarps * 32, smem) != cudaSuccess)
+    return 0;
+  return static_cast<int64_t>(per_sm) * sms;
+}
+
+// kAuto takes the staged kernel where its prefetch pays (measured, bench/results/w4a4_engine_notes.md,
+// eleventh pass): at most kQgemmStagedMaxM tokens and every row group resident at once (Llama-3-8B's q|k|v,
+// o and down at batch 1; gate|up's 1792 groups stream faster through registers).
+Kind choose(const void* qx, const void* qw, int64_t M, int64_t N, int64_t K, QgemmDecode decode) {
   const bool aligned = reinterpret_cast<uintptr_t>(qx) % 16 == 0 && reinterpret_cast<uintptr_t>(qw) % 16 == 0;
-  if (K % 32 != 0 || !aligned) return Kind::kFallback;
-  if (M <= kQgemmDecodeMaxM) return Kind::kDecode;
-  return Kind::kPrefill;
+  const bool small = K % 32 == 0 && aligned && M <= kQgemmDecodeMaxM;
+  if (!small)
+    return decode == QgemmDecode::kStaged ? Kind::kInvalid
+           : K % 32 != 0 || !aligned      ? Kind::kFallback
+                                          : Kind::kPrefill;
+  const bool staged = M <= kQgemmStagedMaxM && device_major() >= 9;
+  if (decode == QgemmDecode::kStaged) return staged ? Kind::kStaged : Kind::kInvalid;
+  if (decode == QgemmDecode::kAuto && staged && (N + 15) / 16 <= staged_wave(K)) return Kind::kStaged;
+  return Kind::kDecode;
 }
 
 // y rows have stride ldy >= N (a column range of a wider output when ldy > N; residual likewise).
 template <typename T>
 cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw, const T* residual,
-                T* y, int64_t M, int64_t N, int64_t K, int64_t ldy, cudaStream_t stream, bool pdl) {
+                T* y, int64_t M, int64_t N, int64_t K, int64_t ldy, cudaStream_t stream, bool pdl,
+                QgemmDecode decode) {
   if (M < 1 || N < 1 || K < 2 || K % 2 != 0 || K > kQgemmMaxK || ldy < N) return cudaErrorInvalidValue;
   if (M > 0x7fffffff || N > 0x7fffffff) return cudaErrorInvalidValue;
   if (!qx || !sx || !qw || !sw || !y) return cudaErrorInvalidValue;
   const int64_t row_bytes = K / 2;
-  switch (choose(qx, qw, M, K)) {
+  const Kind kind = choose(qx, qw, M, N, K, decode);
+  switch (kind) {
+    case Kind::kInvalid:
+      return cudaErrorInvalidValue;
     case Kind::kFallback: {
       const int64_t blocks = (M * N + 255) / 256;
       if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
@@ -472,12 +670,14 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
                                                                                   M, N, ldy, row_bytes);
       break;
     }
-    case Kind::kDecode: {
+    case Kind::kDecode:
+    case Kind::kStaged: {
       QgemmActs acts;
       acts.qx[0] = qx;
       acts.sx[0] = sx;
       acts.end[0] = N;
-      return launch_decode<T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl);
+      return launch_any_decode<T>(acts, qw, sw, residual, y, M, N, ldy, K, stream, pdl,
+                                  kind == Kind::kStaged);
     }
     case Kind::kPrefill: {
       // Paired accesses need an even N and 2-element alignment of y, residual and sw.
@@ -499,7 +699,7 @@ cudaError_t run(const uint8_t* qx, const float* sx, const uint8_t* qw, const flo
 // (its row groups), else one launch per segment into the column range of y.
 template <typename T>
 cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, const T* residual, T* y,
-                      int64_t M, int64_t N, int64_t K, cudaStream_t stream, bool pdl) {
+                      int64_t M, int64_t N, int64_t K, cudaStream_t stream, bool pdl, QgemmDecode decode) {
   if (a.n < 1 || a.n > 3 || a.end[a.n - 1] != N || M < 1 || N < 1 || K < 2 || K % 2 != 0)
     return cudaErrorInvalidValue;
   bool one_launch = M <= kQgemmDecodeMaxM && K % 32 == 0 && K <= kQgemmMaxK && N <= 0x7fffffff &&
@@ -510,14 +710,18 @@ cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, co
     one_launch = one_launch && reinterpret_cast<uintptr_t>(a.qx[s]) % 16 == 0 && a.end[s] % 16 == 0;
     start = a.end[s];
   }
-  if (a.n == 1) return run<T>(a.qx[0], a.sx[0], qw, sw, residual, y, M, N, K, N, stream, pdl);
-  if (one_launch) return launch_decode<T>(a, qw, sw, residual, y, M, N, N, K, stream, pdl);
+  if (a.n == 1) return run<T>(a.qx[0], a.sx[0], qw, sw, residual, y, M, N, K, N, stream, pdl, decode);
+  if (one_launch) {
+    const Kind kind = choose(a.qx[0], qw, M, N, K, decode);
+    if (kind == Kind::kInvalid) return cudaErrorInvalidValue;
+    return launch_any_decode<T>(a, qw, sw, residual, y, M, N, N, K, stream, pdl, kind == Kind::kStaged);
+  }
   start = 0;
   for (int s = 0; s < a.n; ++s) {
     const int64_t ns = a.end[s] - start;
     FQ_CUDA_RETURN_IF_ERROR(run<T>(a.qx[s], a.sx[s], qw + start * (K / 2), sw + start,
-                                   residual ? residual + start : nullptr, y + start, M, ns, K, N, stream,
-                                   pdl));
+                                   residual ? residual + start : nullptr, y + start, M, ns, K, N, stream, pdl,
+                                   decode));
     start = a.end[s];
   }
   return cudaSuccess;
@@ -527,22 +731,27 @@ cudaError_t run_multi(const QgemmActs& a, const uint8_t* qw, const float* sw, co
 
 cudaError_t qgemm_w4a4_multi_cuda(const QgemmActs& acts, const uint8_t* qw, const float* sw,
                                   const float* residual, float* y, int64_t M, int64_t N, int64_t K,
-                                  cudaStream_t stream, bool pdl) {
-  return run_multi<float>(acts, qw, sw, residual, y, M, N, K, stream, pdl);
+                                  cudaStream_t stream, bool pdl, QgemmDecode decode) {
+  return run_multi<float>(acts, qw, sw, residual, y, M, N, K, stream, pdl, decode);
 }
 
 cudaError_t qgemm_w4a4_multi_cuda_f16(const QgemmActs& acts, const uint8_t* qw, const float* sw,
                                       const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
-                                      cudaStream_t stream, bool pdl) {
+                                      cudaStream_t stream, bool pdl, QgemmDecode decode) {
   return run_multi<__half>(acts, qw, sw, reinterpret_cast<const __half*>(residual),
-                           reinterpret_cast<__half*>(y), M, N, K, stream, pdl);
+                           reinterpret_cast<__half*>(y), M, N, K, stream, pdl, decode);
 }
 
-const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t K, bool f16_out) {
+const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, int64_t N, int64_t K,
+                                   bool f16_out, QgemmDecode decode) {
   (void)f16_out;
-  switch (choose(qx, qw, M, K)) {
+  switch (choose(qx, qw, M, N, K, decode)) {
     case Kind::kDecode:
       return "decode";
+    case Kind::kStaged:
+      return "decode_staged";
+    case Kind::kInvalid:
+      return "invalid";
     case Kind::kPrefill:
       return "prefill";
     default:
@@ -552,15 +761,15 @@ const char* qgemm_w4a4_kernel_name(const void* qx, const void* qw, int64_t M, in
 
 cudaError_t qgemm_w4a4_cuda(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                             const float* residual, float* y, int64_t M, int64_t N, int64_t K,
-                            cudaStream_t stream, bool pdl) {
-  return run<float>(qx, sx, qw, sw, residual, y, M, N, K, N, stream, pdl);
+                            cudaStream_t stream, bool pdl, QgemmDecode decode) {
+  return run<float>(qx, sx, qw, sw, residual, y, M, N, K, N, stream, pdl, decode);
 }
 
 cudaError_t qgemm_w4a4_cuda_f16(const uint8_t* qx, const float* sx, const uint8_t* qw, const float* sw,
                                 const uint16_t* residual, uint16_t* y, int64_t M, int64_t N, int64_t K,
-                                cudaStream_t stream, bool pdl) {
+                                cudaStream_t stream, bool pdl, QgemmDecode decode) {
   return run<__half>(qx, sx, qw, sw, reinterpret_cast<const __half*>(residual), reinterpret_cast<__half*>(y),
-                     M, N, K, N, stream, pdl);
+                     M, N, K, N, stream, pdl, decode);
 }
 
 }  // namespace fq::cuda
