@@ -193,23 +193,38 @@ __device__ __forceinline__ void mbar_init_expect(uint64_t* bar, unsigned bytes) 
   (void)bytes;
 #endif
 }
-// Waits for phase `parity` of the barrier; the values pushed into this CTA are then visible.
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+// Waits for phase `parity` of the mbarrier at shared-memory address `bar`. kCluster: acquire at cluster
+// scope, so that the values other CTAs of the cluster pushed into this CTA are visible; else the default CTA
+// scope (bulk copies into this CTA, arrivals of its own threads).
+template <bool kCluster>
+__device__ __forceinline__ void mbar_wait_at(uint32_t bar, unsigned parity) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   unsigned done = 0;
   do {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
-        : "memory");
+    if constexpr (kCluster)
+      asm volatile(
+          "{\n.reg .pred p;\n"
+          "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+          "selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(bar), "r"(parity)
+          : "memory");
+    else
+      asm volatile(
+          "{\n.reg .pred p;\n"
+          "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+          "selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(bar), "r"(parity)
+          : "memory");
   } while (!done);
 #else
-  (void)bar;
-  (void)parity;
+  (void)bar, (void)parity;
 #endif
+}
+// Waits for phase `parity` of the barrier; the values pushed into this CTA are then visible.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+  mbar_wait_at<true>(smem_u32(bar), parity);
 }
 // The address of `p` (this CTA's shared memory) in the cluster's CTA `rank`, as a shared::cluster address.
 __device__ __forceinline__ unsigned cluster_addr(const void* p, int rank) {
@@ -251,31 +266,40 @@ __device__ __forceinline__ void st_async_u32(void* dst, uint32_t v, uint64_t* ba
 // 16-byte aligned, bytes a multiple of 16, at most 2^20 - 1 per phase); mbar_wait_cta(bar, parity) returns
 // once that phase completed, the bytes then visible to the waiting thread. No-ops below sm_90, where callers
 // must not take this path.
-__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+// The barrier arguments are shared-memory addresses (smem_u32), or pointers to the barrier.
+__device__ __forceinline__ void mbar_init(uint32_t bar, unsigned count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile(
       "mbarrier.init.shared::cta.b64 [%0], %1;\n"
-      "fence.mbarrier_init.release.cluster;\n" ::"r"(smem_u32(bar)),
+      "fence.mbarrier_init.release.cluster;\n" ::"r"(bar),
       "r"(count)
       : "memory");
 #else
   (void)bar, (void)count;
 #endif
 }
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, unsigned bytes) {
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, unsigned bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
-               : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 #else
   (void)bar, (void)bytes;
 #endif
 }
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 #else
   (void)bar;
 #endif
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+  mbar_init(smem_u32(bar), count);
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, unsigned bytes) {
+  mbar_expect_tx(smem_u32(bar), bytes);
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  mbar_arrive(smem_u32(bar));
 }
 __device__ __forceinline__ void bulk_load(void* sdst, const void* gsrc, unsigned bytes, uint64_t* bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -289,20 +313,7 @@ __device__ __forceinline__ void bulk_load(void* sdst, const void* gsrc, unsigned
 #endif
 }
 __device__ __forceinline__ void mbar_wait_cta(uint64_t* bar, unsigned parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  unsigned done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
-#else
-  (void)bar, (void)parity;
-#endif
+  mbar_wait_at<false>(smem_u32(bar), parity);
 }
 
 // A 16-byte load of data read exactly once (streamed weights): kept out of L1 so that reused data stays

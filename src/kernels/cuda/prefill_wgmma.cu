@@ -47,43 +47,6 @@ constexpr int kStageBytes = 2 * kBTile + 2 * kATile;  // B0 | B1 | A (up to 256 
 constexpr int kSmemBytes = kStages * kStageBytes + 1024 + 2 * kStages * 8;
 
 // ---- PTX wrappers (sm_90a) ------------------------------------------------------------------------------
-__device__ __forceinline__ void bar_init(uint32_t bar, unsigned count) {
-#if FQ_WGMMA
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-#else
-  (void)bar, (void)count;
-#endif
-}
-__device__ __forceinline__ void bar_expect(uint32_t bar, unsigned bytes) {
-#if FQ_WGMMA
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-#else
-  (void)bar, (void)bytes;
-#endif
-}
-__device__ __forceinline__ void bar_arrive(uint32_t bar) {
-#if FQ_WGMMA
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-#else
-  (void)bar;
-#endif
-}
-__device__ __forceinline__ void bar_wait(uint32_t bar, unsigned parity) {
-#if FQ_WGMMA
-  unsigned done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-#else
-  (void)bar, (void)parity;
-#endif
-}
 // TMA: the box at (c0 = inner coordinate, c1 = row) of `map` into shared memory at dst, counted on bar.
 __device__ __forceinline__ void tma_2d(uint32_t dst, const CUtensorMap& map, int c0, int c1, uint32_t bar) {
 #if FQ_WGMMA
@@ -292,10 +255,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const unsigned rank = C > 1 ? cluster_rank() : 0u;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      bar_init(full0 + 8 * s, 1);
-      bar_init(empty0 + 8 * s, 8 * C);  // one arrive per consumer warp of every CTA that writes the stage
+      detail::mbar_init(full0 + 8 * s, 1);
+      // One arrive per consumer warp of every CTA that writes the stage. (mbar_init fences each init for
+      // the cluster.)
+      detail::mbar_init(empty0 + 8 * s, 8 * C);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   if (C > 1)
     cluster_barrier();  // the peers' barriers are initialized before any multicast or remote arrive
@@ -321,9 +285,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int xrow = kSwiGLU ? u.m0 : u.seg * p.rows + u.m0;
         for (int kt = 0; kt < KT; ++kt, ++it) {
           const int s = it % kStages;
-          if (it >= kStages) bar_wait(empty0 + 8 * s, ((it / kStages) - 1) & 1);
+          if (it >= kStages) detail::mbar_wait_at<false>(empty0 + 8 * s, ((it / kStages) - 1) & 1);
           const uint32_t st = base + s * kStageBytes, fb = full0 + 8 * s;
-          bar_expect(fb, kSwiGLU ? 2 * kBTile + 2 * kATile : 2 * kBTile + kATile);
+          detail::mbar_expect_tx(fb, kSwiGLU ? 2 * kBTile + 2 * kATile : 2 * kBTile + kATile);
           tma_2d(st + 2 * kBTile, tw, kt * 64, u.c0, fb);
           if (kSwiGLU) {
             tma_2d(st + 2 * kBTile + kATile, tw, kt * 64, static_cast<int>(p.F) + u.c0, fb);
@@ -350,7 +314,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // A consumed stage is free once every CTA that writes into it (the whole cluster: multicast) has heard.
   auto release = [&](uint32_t bar) {
     if (C == 1) {
-      bar_arrive(bar);
+      detail::mbar_arrive(bar);
     } else {
       for (int q = 0; q < C; ++q) bar_arrive_cluster(bar, static_cast<unsigned>(q));
     }
@@ -367,7 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (kSwiGLU) {
       for (int kt = 0; kt < KT; ++kt) {
         const int it = it0 + kt, s = it % kStages;
-        bar_wait(full0 + 8 * s, (it / kStages) & 1);
+        detail::mbar_wait_at<false>(full0 + 8 * s, (it / kStages) & 1);
         const uint8_t* st = sbase + s * kStageBytes;
         uint64_t d0[4], d1[4];
         descs(base + s * kStageBytes, d0);
@@ -392,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     } else {
       auto step = [&](int kt, uint32_t(&a)[16]) {
         const int it = it0 + kt, s = it % kStages;
-        bar_wait(full0 + 8 * s, (it / kStages) & 1);
+        detail::mbar_wait_at<false>(full0 + 8 * s, (it / kStages) & 1);
         uint64_t d0[4], d1[4];  // B0 (tokens 0..127), B1 (128..255)
         descs(base + s * kStageBytes, d0);
         descs(base + s * kStageBytes + kBTile, d1);
