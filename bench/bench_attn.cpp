@@ -151,7 +151,7 @@ nlohmann::json bench_decode(int64_t batch, int64_t L, const cudaDeviceProp& prop
   DevPtr dq = dev_upload(q16),
          dlen = dev_upload(std::vector<int32_t>(static_cast<size_t>(batch), static_cast<int32_t>(L)));
   DevPtr dout = dev_alloc(q.size() * sizeof(float)), dflag = dev_upload(std::vector<int32_t>{0});
-  auto plan = fq::cuda::decode_attention_plan(batch, kHeads, H, L, prop.multiProcessorCount);
+  auto plan = fq::cuda::decode_attention_plan(batch, kHeads, H, L, prop.multiProcessorCount, d);
   plan.cuda_cores = cuda_cores;
   DevPtr ws = dev_alloc(fq::cuda::decode_attention_workspace_bytes(batch, kHeads, d, plan));
   auto launch = [&](size_t i) {

@@ -999,9 +999,10 @@ void CudaEngine::Impl::plan_memory_quant(const Artifact* a) {
   }
   size_t attn_bytes = 0;
   for (int64_t b = 1; b <= o.max_batch; ++b)
-    attn_bytes = std::max(
-        attn_bytes, cuda::decode_attention_workspace_bytes(
-                        b, H, D, cuda::decode_attention_plan(b, H, KV, o.max_ctx, prop.multiProcessorCount)));
+    attn_bytes =
+        std::max(attn_bytes,
+                 cuda::decode_attention_workspace_bytes(
+                     b, H, D, cuda::decode_attention_plan(b, H, KV, o.max_ctx, prop.multiProcessorCount, D)));
   plan_workspace(attn_bytes);
 }
 
@@ -1459,7 +1460,7 @@ void CudaEngine::Impl::qlayer_body(int64_t il, int64_t rows, bool decode, int64_
   const bool o_fused = few && w.om.fused, attn16 = w.om.L && !o_fused;
   if (decode) {
     const cuda::DecodeAttnPlan dp =
-        cuda::decode_attention_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount);
+        cuda::decode_attention_plan(batch, H, KV, o.max_ctx, prop.multiProcessorCount, D);
     op("decode_attention", [&] {
       ck(cuda::decode_attention(c, big, DType::F16, QKV, batch, H, in_len(),
                                 attn16 ? static_cast<void*>(hb) : tf, attn16 ? DType::F16 : DType::F32, dp,

@@ -255,7 +255,7 @@ void run_decode_case(const DecodeCase& c, DType q_dt, DType out_dt, int forced_s
   int n_sm = 0;
   FQ_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0), "sm count");
   const int32_t max_len = *std::max_element(c.len.begin(), c.len.end());
-  cuda::DecodeAttnPlan plan = cuda::decode_attention_plan(B, c.n_head, c.H, max_len, n_sm);
+  cuda::DecodeAttnPlan plan = cuda::decode_attention_plan(B, c.n_head, c.H, max_len, n_sm, d);
   if (forced_split > 0) plan.n_split = forced_split;
   plan.cuda_cores = cuda_cores;
   DeviceBuffer<uint8_t> ws(std::max<size_t>(1, cuda::decode_attention_workspace_bytes(B, c.n_head, d, plan)));
@@ -330,7 +330,7 @@ TEST(DecodeAttnCuda, ExtremeValueScales) {
     auto q = test::random_activations(static_cast<size_t>(2 * n_head * d), 5, 4.0f);
     const auto want = ref_decode(img, q, n_head, len);
     for (bool cc : {false, true}) {
-      cuda::DecodeAttnPlan plan = cuda::decode_attention_plan(2, n_head, H, ctx, 132);
+      cuda::DecodeAttnPlan plan = cuda::decode_attention_plan(2, n_head, H, ctx, 132, d);
       plan.cuda_cores = cc;
       DeviceBuffer<uint8_t> ws(
           std::max<size_t>(1, cuda::decode_attention_workspace_bytes(2, n_head, d, plan)));
@@ -389,26 +389,33 @@ TEST(DecodeAttnCuda, LengthBeyondCacheIsFlagged) {
 
 TEST(DecodeAttnCuda, PlanCoversLongContextsAndRejectsBadShapes) {
   // Host-only: plan arithmetic and argument checks.
-  const auto p = cuda::decode_attention_plan(1, 32, 8, 8192, 132);
+  const auto p = cuda::decode_attention_plan(1, 32, 8, 8192, 132, 128);
   EXPECT_GT(p.n_split, 1) << "batch 1 must split the sequence";
   EXPECT_EQ(p.heads_per_cta, 4);
-  EXPECT_EQ(cuda::decode_attention_plan(16, 28, 4, 2048, 132).heads_per_cta, 7);
-  EXPECT_EQ(cuda::decode_attention_plan(2, 16, 1, 64, 132).heads_per_cta, 8);
-  // One wave of 3 CTAs per SM: Llama-3-8B heads (32/8) at batch 16 on 132 SMs: 128 CTAs per split, 3 splits.
-  EXPECT_EQ(cuda::decode_attention_plan(16, 32, 8, 2048, 132).n_split, 3);
-  EXPECT_EQ(cuda::decode_attention_plan(16, 32, 8, 8192, 132).n_split, 3);
-  EXPECT_EQ(cuda::decode_attention_plan(1, 32, 8, 2048, 132).n_split, 16);
-  // No split is empty at max_len (the kernels round a split up to whole 128-key tiles): 1 x 8192 would be 49
-  // splits of 256 keys, of which 32 hold keys.
-  EXPECT_EQ(cuda::decode_attention_plan(1, 32, 8, 8192, 132).n_split, 32);
-  for (int64_t batch : {1, 2, 3, 5, 16, 64})
-    for (int64_t len : {1, 100, 129, 1000, 2048, 2300, 5000, 8192, 100000}) {
-      const auto pl = cuda::decode_attention_plan(batch, 32, 8, len, 132);
-      const int64_t n = pl.n_split, per = ((len + n - 1) / n + 127) / 128 * 128;
-      EXPECT_GE(n, 1);
-      EXPECT_LE(batch * 8 * n, std::max<int64_t>(3 * 132, batch * 8)) << "more CTAs than one wave";
-      EXPECT_LT((n - 1) * per, len) << "batch " << batch << " len " << len << ": empty split " << n - 1;
-    }
+  EXPECT_EQ(cuda::decode_attention_plan(16, 28, 4, 2048, 132, 128).heads_per_cta, 7);
+  EXPECT_EQ(cuda::decode_attention_plan(2, 16, 1, 64, 132, 128).heads_per_cta, 8);
+  // The tensor-core kernel: at most one CTA per SM. Llama-3-8B heads (32/8) at batch 16 on 132 SMs: 128
+  // CTAs, no split; at batch 1, 8 CTAs per split: 16 splits.
+  EXPECT_EQ(cuda::decode_attention_plan(16, 32, 8, 2048, 132, 128).n_split, 1);
+  EXPECT_EQ(cuda::decode_attention_plan(16, 32, 8, 8192, 132, 128).n_split, 1);
+  EXPECT_EQ(cuda::decode_attention_plan(4, 32, 8, 2048, 132, 128).n_split, 4);
+  EXPECT_EQ(cuda::decode_attention_plan(1, 32, 8, 2048, 132, 128).n_split, 16);
+  EXPECT_EQ(cuda::decode_attention_plan(1, 32, 8, 8192, 132, 64).n_split, 16);
+  // The CUDA-core kernel (other head_dims): one wave of 3 CTAs per SM. No split is empty at max_len (the
+  // kernels round a split up to whole 128-key tiles): 1 x 8192 would be 49 splits of 256 keys, of which 32
+  // hold keys.
+  EXPECT_EQ(cuda::decode_attention_plan(16, 32, 8, 2048, 132, 96).n_split, 3);
+  EXPECT_EQ(cuda::decode_attention_plan(1, 32, 8, 8192, 132, 96).n_split, 32);
+  for (int64_t d : {8, 96, 128})
+    for (int64_t batch : {1, 2, 3, 5, 16, 64})
+      for (int64_t len : {1, 100, 129, 1000, 2048, 2300, 5000, 8192, 100000}) {
+        const auto pl = cuda::decode_attention_plan(batch, 32, 8, len, 132, d);
+        const int64_t n = pl.n_split, per = ((len + n - 1) / n + 127) / 128 * 128;
+        const int64_t wave = (d == 128 ? 1 : 3) * 132;
+        EXPECT_GE(n, 1);
+        EXPECT_LE(batch * 8 * n, std::max<int64_t>(wave, batch * 8)) << "more CTAs than one wave";
+        EXPECT_LT((n - 1) * per, len) << "batch " << batch << " len " << len << ": empty split " << n - 1;
+      }
   cuda::Kv4Layer l;
   l.n_slots = 1;
   l.max_ctx = 16;

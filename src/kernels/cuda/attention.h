@@ -63,7 +63,7 @@ struct DecodeAttnPlan {
   bool cuda_cores = false;
 };
 DecodeAttnPlan decode_attention_plan(int64_t batch, int64_t n_head, int64_t n_head_kv, int64_t max_len,
-                                     int n_sm);
+                                     int n_sm, int64_t head_dim);
 size_t decode_attention_workspace_bytes(int64_t batch, int64_t n_head, int64_t head_dim,
                                         const DecodeAttnPlan& plan);
 cudaError_t decode_attention(const Kv4Layer& cache, const void* q, DType q_dtype, int64_t q_stride,

@@ -754,21 +754,25 @@ cudaError_t dispatch_d(const Kv4Layer& c, const void* q, bool q_f16, int64_t q_s
 }  // namespace
 
 DecodeAttnPlan decode_attention_plan(int64_t batch, int64_t n_head, int64_t n_head_kv, int64_t max_len,
-                                     int n_sm) {
+                                     int n_sm, int64_t head_dim) {
   DecodeAttnPlan p;
   if (batch < 1 || n_head_kv < 1 || n_head < n_head_kv) return p;
   const int64_t G = n_head / n_head_kv;
   p.heads_per_cta = static_cast<int>(std::min<int64_t>(G, kMaxHeadsPerCta));
   const int64_t n_chunk = (G + p.heads_per_cta - 1) / p.heads_per_cta;
   const int64_t base = batch * n_head_kv * n_chunk;
-  // One full wave: the tensor-core kernel keeps kMmaCtasPerSm = 3 CTAs per SM resident (165 registers and
-  // 60 KB of shared memory at head_dim 128; the register-staged version had 210 and 2), and a partial last
-  // wave cost as much as a full one (measured with 2 per SM: batch 16 x 8192 at 5 splits / 640 CTAs took
-  // 125 us, at 2 splits / 256 CTAs 99 us), so take the largest split count whose CTAs fit one wave (with more
-  // CTAs than a wave: no split). Llama-3-8B shapes at batch 16 (128 (sequence, kv head) pairs) now get 3
-  // splits instead of 2. A split shorter than one tile is pure overhead. (The CUDA-core kernel, used for the
-  // other head_dims, shares the plan.)
-  const int64_t wave = kMmaCtasPerSm * static_cast<int64_t>(std::max(n_sm, 1));
+  // The largest split count whose CTAs fit one wave (with more CTAs than a wave: no split); a split shorter
+  // than one tile is pure overhead. A wave:
+  //  - the tensor-core kernel (head_dim 64 / 128): one CTA per SM, although 3 fit (165 registers, 60 KB of
+  //    shared memory at head_dim 128). Fewer, longer splits won wherever the split sweep measured them
+  //    (bench_attn, H100, us per launch including the combine; bench/results/attn_h100_2026-11-24_pipe.json):
+  //    batch 16 x 2048 keys 1 split 24.6 vs 3 splits 29.6 (no partials, no combine, no start-up of extra
+  //    CTAs), batch 1 x 8192 16 splits 13.7 vs 32 15.6, batch 1 x 2048 16 vs 8 within 3 %, batch 16 x 8192
+  //    1..4 splits within 1 %. (Until 2026-11-25: 3 CTAs per SM, i.e. 3 splits at batch 16.)
+  //  - the CUDA-core kernel (other head_dims): 3 CTAs per SM (kMmaCtasPerSm); it is issue-bound and
+  //    gains from every resident CTA (batch 16 x 2048: 1 split 105 us, 3 splits 57).
+  const bool mma = head_dim == 64 || head_dim == 128;
+  const int64_t wave = (mma ? 1 : kMmaCtasPerSm) * static_cast<int64_t>(std::max(n_sm, 1));
   int64_t n = std::max<int64_t>(1, wave / base);
   n = std::min(n, std::max<int64_t>(1, (max_len + kMinKeysPerSplit - 1) / kMinKeysPerSplit));
   // The kernels round a split up to whole tiles, so some counts leave the last splits empty at max_len
