@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: per-kernel device time of one W4A4KV4 decode step (CUDA graph, boost clocks, warm
-# caches) under ncu, Llama-3-8B shapes, batch ${BATCH:-1}, after a 2048-token prefill. Builds build-dev first
+# caches) under ncu, Llama-3-8B shapes, batch ${BATCH:-1}, after a 2048-token prefill; ${EXTRA} goes to the bench
+# command (e.g. --no-fused-team). Builds build-dev first
 # when needed. Prints one line per kernel (name, us, SM and DRAM throughput as % of peak) and the sums.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -14,10 +15,10 @@ fi
 # Kernels of the decode path only (RoPE and KV4 append also run in prefill: the summary starts at the first
 # fused_quant kernel, and one step ends at the LM head's gemv_f16).
 ncu --clock-control none --cache-control none \
-  --kernel-name regex:"fused_quant|qgemm_decode|qgemv|decode_attn|decode_combine|rope|kv4_append|gemv_f16" \
+  --kernel-name regex:"fused_quant|fused_team|qgemm_decode|qgemv|decode_attn|decode_combine|rope|kv4_append|gemv_f16" \
   --launch-count ${COUNT:-700} \
   --metrics gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed \
-  --csv $B bench --random llama-3-8b --engine w4a4kv4 --batch ${BATCH:-1} --prefill 2048 --decode 2 --repeat 1 \
+  --csv $B bench --random llama-3-8b --engine w4a4kv4 --batch ${BATCH:-1} --prefill 2048 --decode 2 --repeat 1 ${EXTRA:-} \
   > "$OUT/ncu_decode.csv" 2> "$OUT/ncu_decode.err"
 python3 - "$OUT/ncu_decode.csv" <<'PY'
 import csv, sys, collections, re
@@ -28,7 +29,7 @@ k = collections.OrderedDict()
 for r in rows:
     k.setdefault(r[ii], {"name": (re.findall(r"\w+_kernel", r[ki]) or [r[ki][:40]])[0]})[r[mi]] = float(r[vi].replace(",", ""))
 ks = list(k.values())
-first = next(i for i, v in enumerate(ks) if v["name"] == "fused_quant_kernel")
+first = next(i for i, v in enumerate(ks) if v["name"] in ("fused_quant_kernel", "fused_team_kernel"))
 end = next((i for i in range(first, len(ks)) if ks[i]["name"] == "gemv_f16_kernel"), len(ks) - 1)
 ks = ks[first:end + 1]
 tot = collections.defaultdict(lambda: [0, 0.0])

@@ -50,13 +50,24 @@ TEST(W4A4Ops, FusedQuantMatchesReferenceChain) {
     int64_t K;
   };
   const std::vector<Case> cases = {
-      {cuda::FusedIn::kRmsNorm, 64, 64, true, 4096},   {cuda::FusedIn::kRmsNorm, 56, 64, true, 3584},
-      {cuda::FusedIn::kSwiGLU, 112, 128, true, 14336}, {cuda::FusedIn::kSwiGLU, 4, 43, true, 172},
-      {cuda::FusedIn::kPlain, 32, 128, false, 4096},   {cuda::FusedIn::kPlain, 9, 64, false, 576},
-      {cuda::FusedIn::kRmsNorm, 0, 0, false, 24},      {cuda::FusedIn::kSwiGLU, 128, 148, true, 18944},
-      {cuda::FusedIn::kRmsNorm, 24, 24, true, 576},    {cuda::FusedIn::kPlain, 86, 128, true, 11008},
-      {cuda::FusedIn::kPlain, 0, 0, false, 4096},      {cuda::FusedIn::kSwiGLU, 160, 160, true, 25600},
-      {cuda::FusedIn::kSwiGLU, 6, 43, false, 258},     {cuda::FusedIn::kPlain, 0, 0, false, 4100}};
+      {cuda::FusedIn::kRmsNorm, 64, 64, true, 4096},
+      {cuda::FusedIn::kRmsNorm, 56, 64, true, 3584},
+      {cuda::FusedIn::kSwiGLU, 112, 128, true, 14336},
+      {cuda::FusedIn::kSwiGLU, 4, 43, true, 172},
+      {cuda::FusedIn::kPlain, 32, 128, false, 4096},
+      {cuda::FusedIn::kPlain, 9, 64, false, 576},
+      {cuda::FusedIn::kRmsNorm, 0, 0, false, 24},
+      {cuda::FusedIn::kSwiGLU, 128, 148, true, 18944},
+      {cuda::FusedIn::kRmsNorm, 24, 24, true, 576},
+      {cuda::FusedIn::kPlain, 86, 128, true, 11008},
+      {cuda::FusedIn::kPlain, 0, 0, false, 4096},
+      {cuda::FusedIn::kSwiGLU, 160, 160, true, 25600},
+      {cuda::FusedIn::kSwiGLU, 6, 43, false, 258},
+      {cuda::FusedIn::kPlain, 0, 0, false, 4100},
+      // Even R that is not a multiple of 8 (byte stores), padded L; Qwen2.5-7B's head mix.
+      {cuda::FusedIn::kSwiGLU, 20, 50, true, 1000},
+      {cuda::FusedIn::kRmsNorm, 30, 6, true, 180},
+      {cuda::FusedIn::kPlain, 28, 128, false, 3584}};
   int device = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   const auto h = [](double v) { return static_cast<double>(f16_to_f32(f32_to_f16(static_cast<float>(v)))); };
