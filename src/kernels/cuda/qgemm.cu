@@ -273,6 +273,31 @@ __device__ __forceinline__ void decode_load_w(uint4 (&wa)[U], uint4 (&wb)[U], co
   }
 }
 
+// The activation copy (codes, scales) of the block whose 16 output rows start at n_base (segment boundaries
+// are multiples of 16); selected with constant indices so that the parameter struct is not copied to local
+// memory.
+__device__ __forceinline__ void decode_acts(const QgemmActs& acts, int n_base, const uint8_t*& qx,
+                                            const float*& sx) {
+  const int seg = (acts.n > 1 && n_base >= acts.end[0]) + (acts.n > 2 && n_base >= acts.end[1]);
+  qx = seg == 0 ? acts.qx[0] : (seg == 1 ? acts.qx[1] : acts.qx[2]);
+  sx = seg == 0 ? acts.sx[0] : (seg == 1 ? acts.sx[1] : acts.sx[2]);
+}
+
+// Lane (g, t)'s code rows of tokens g + 8 j (j < NT; tokens past M read row 0 and are masked by xok), at its
+// 16-byte column t, and the zeroed int32 accumulators of its NT token tiles.
+template <int NT>
+__device__ __forceinline__ void decode_token_rows(const uint8_t* qx, int64_t row_bytes, int M, int g, int t,
+                                                  const uint8_t* (&xr)[NT], bool (&xok)[NT],
+                                                  int (&acc)[NT][4]) {
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    xok[j] = g + 8 * j < M;
+    xr[j] = qx + static_cast<int64_t>(xok[j] ? g + 8 * j : 0) * row_bytes + 16 * t;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[j][c] = 0;
+  }
+}
+
 // W warps per block (one row group, K split W ways), U steps per loop iteration, NT token tiles of 8.
 // HOIST: the first U steps of weights are requested BEFORE the PDL wait (they are constants), so that a
 // block resident early streams them while the producer of the activations still runs. MINB: minimum blocks
@@ -304,11 +329,9 @@ __global__ void __launch_bounds__(W * 32, MINB)
     const int r = (tid + e * kThreads) / kTok;
     sw_e[e] = n_base + r < N ? sw[n_base + r] : 0.0f;
   }
-  // The activation copy of this block's 16 output rows (segment boundaries are multiples of 16); selected
-  // with constant indices so that the parameter struct is not copied to local memory.
-  const int seg = (acts.n > 1 && n_base >= acts.end[0]) + (acts.n > 2 && n_base >= acts.end[1]);
-  const uint8_t* __restrict__ qx = seg == 0 ? acts.qx[0] : (seg == 1 ? acts.qx[1] : acts.qx[2]);
-  const float* __restrict__ sx = seg == 0 ? acts.sx[0] : (seg == 1 ? acts.sx[1] : acts.sx[2]);
+  const uint8_t* qx;
+  const float* sx;
+  decode_acts(acts, n_base, qx, sx);
   detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
 
   // The epilogue's activation scales, fetched now so that their latency hides under the weight stream.
@@ -320,17 +343,8 @@ __global__ void __launch_bounds__(W * 32, MINB)
   }
   const uint8_t* xr[NT];
   bool xok[NT];
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    xok[j] = g + 8 * j < M;
-    xr[j] = qx + static_cast<int64_t>(xok[j] ? g + 8 * j : 0) * row_bytes + 16 * t;
-  }
-
   int acc[NT][4];
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) acc[j][c] = 0;
+  decode_token_rows(qx, row_bytes, M, g, t, xr, xok, acc);
 
   const uint4 zero = make_uint4(0, 0, 0, 0);
   for (int64_t s = s_begin; s < s_end; s += U) {
@@ -458,24 +472,16 @@ __global__ void __launch_bounds__(kStagedWarps * 32, 4)
 
   const int r_out = tid / kTok, m_out = tid % kTok;  // this thread's output
   const float sw_o = n_base + r_out < N ? sw[n_base + r_out] : 0.0f;
-  const int seg = (acts.n > 1 && n_base >= acts.end[0]) + (acts.n > 2 && n_base >= acts.end[1]);
-  const uint8_t* __restrict__ qx = seg == 0 ? acts.qx[0] : (seg == 1 ? acts.qx[1] : acts.qx[2]);
-  const float* __restrict__ sx = seg == 0 ? acts.sx[0] : (seg == 1 ? acts.sx[1] : acts.sx[2]);
+  const uint8_t* qx;
+  const float* sx;
+  decode_acts(acts, n_base, qx, sx);
   detail::pdl_wait();  // (PDL launches) everything below may read the previous kernel's output
 
   const float sx_o = m_out < M ? sx[m_out] : 0.0f;
   const uint8_t* xr[NT];
   bool xok[NT];
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    xok[j] = g + 8 * j < M;
-    xr[j] = qx + static_cast<int64_t>(xok[j] ? g + 8 * j : 0) * row_bytes + 16 * t;
-  }
   int acc[NT][4];
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int c = 0; c < 4; ++c) acc[j][c] = 0;
+  decode_token_rows(qx, row_bytes, M, g, t, xr, xok, acc);
 
   const uint4 zero = make_uint4(0, 0, 0, 0);
   for (int i = 0; i < stages; ++i) {
