@@ -15,7 +15,7 @@ fi
 # Kernels of the decode path only (RoPE and KV4 append also run in prefill: the summary starts at the first
 # fused_quant kernel, and one step ends at the LM head's gemv_f16).
 ncu --clock-control none --cache-control none \
-  --kernel-name regex:"fused_quant|fused_team|qgemm_decode|qgemv|decode_attn|decode_combine|rope|kv4_append|gemv_f16" \
+  --kernel-name regex:"fused_quant|qgemm_decode|qgemv|decode_attn|decode_combine|rope|kv4_append|gemv_f16" \
   --launch-count ${COUNT:-700} \
   --metrics gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed \
   --csv $B bench --random llama-3-8b --engine w4a4kv4 --batch ${BATCH:-1} --prefill 2048 --decode 2 --repeat 1 ${EXTRA:-} \
@@ -29,7 +29,7 @@ k = collections.OrderedDict()
 for r in rows:
     k.setdefault(r[ii], {"name": (re.findall(r"\w+_kernel", r[ki]) or [r[ki][:40]])[0]})[r[mi]] = float(r[vi].replace(",", ""))
 ks = list(k.values())
-first = next(i for i, v in enumerate(ks) if v["name"] in ("fused_quant_kernel", "fused_team_kernel"))
+first = next(i for i, v in enumerate(ks) if v["name"] == "fused_quant_kernel")
 end = next((i for i in range(first, len(ks)) if ks[i]["name"] == "gemv_f16_kernel"), len(ks) - 1)
 ks = ks[first:end + 1]
 tot = collections.defaultdict(lambda: [0, 0.0])
