@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: per-kernel device time of one W4A4KV4 decode step (CUDA graph, boost clocks, warm
 # caches) under ncu, Llama-3-8B shapes, batch ${BATCH:-1}, after a 2048-token prefill; ${EXTRA} goes to the bench
-# command (e.g. --no-fused-team). Builds build-dev first
-# when needed. Prints one line per kernel (name, us, SM and DRAM throughput as % of peak) and the sums.
+# command (e.g. --fused-split 4). Builds build-dev first when needed. Prints one line per kernel (name, us, SM
+# and DRAM throughput as % of peak) and the sums.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
