@@ -273,6 +273,16 @@ __device__ __forceinline__ void decode_load_w(uint4 (&wa)[U], uint4 (&wb)[U], co
   }
 }
 
+// A warp's share of a row's K steps (4 chunks of 16 bytes each, 64 bytes): [s_begin, s_end) of `steps`, the
+// W warps of a block splitting them evenly.
+struct DecodeSteps {
+  int64_t chunks, s_begin, s_end;
+};
+__device__ __forceinline__ DecodeSteps decode_steps(int64_t row_bytes, int warp, int W) {
+  const int64_t chunks = row_bytes / 16, steps = (chunks + 3) / 4;
+  return {chunks, warp * steps / W, (warp + 1) * steps / W};
+}
+
 // The activation copy (codes, scales) of the block whose 16 output rows start at n_base (segment boundaries
 // are multiples of 16); selected with constant indices so that the parameter struct is not copied to local
 // memory.
@@ -315,9 +325,7 @@ __global__ void __launch_bounds__(W * 32, MINB)
   const int g = lane >> 2, t = lane & 3;
   const int n_base = static_cast<int>(blockIdx.x) * 16;
   detail::pdl_trigger();
-  const int64_t chunks = row_bytes / 16;
-  const int64_t steps = (chunks + 3) / 4;
-  const int64_t s_begin = warp * steps / W, s_end = (warp + 1) * steps / W;
+  const auto [chunks, s_begin, s_end] = decode_steps(row_bytes, warp, W);
   // Rows past N re-read row N-1 (no divergence in the loads); their results are never stored.
   const uint8_t* w0 = qw + static_cast<int64_t>(min(n_base + g, N - 1)) * row_bytes + 16 * t;
   const uint8_t* w1 = qw + static_cast<int64_t>(min(n_base + g + 8, N - 1)) * row_bytes + 16 * t;
@@ -446,9 +454,7 @@ __global__ void __launch_bounds__(kStagedWarps * 32, 4)
   const int g = lane >> 2, t = lane & 3;
   const int n_base = static_cast<int>(blockIdx.x) * 16;
   detail::pdl_trigger();
-  const int64_t chunks = row_bytes / 16;
-  const int64_t steps = (chunks + 3) / 4;
-  const int64_t s_begin = warp * steps / W, s_end = (warp + 1) * steps / W;
+  const auto [chunks, s_begin, s_end] = decode_steps(row_bytes, warp, W);
   const int64_t k_begin = s_begin * 64, k_end = min(s_end * 64, row_bytes);  // the warp's bytes of a row
   const int stages = static_cast<int>((s_end - s_begin + kStageSteps - 1) / kStageSteps);
   // Shared memory: the warps' rings, then their barriers.
