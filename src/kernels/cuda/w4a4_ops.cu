@@ -44,9 +44,12 @@ namespace {
 constexpr int kFusedMaxSplit = 8;  // the portable cluster size
 
 // Threads per CTA: one CTA per token takes 1024 (measured: bs 16 decode 5.71 -> 5.50 ms vs 512); a cluster
-// member has 1/C of the work, where fewer threads make the many barriers cheaper.
+// member 512. Measured (H100, Llama-3-8B graph decode, twice in one call each; C = 8 at bs 1 and 4, 2 at
+// bs 16): 256 threads at C >= 4 (until 2026-11-25) 3.01-3.04 / 3.25-3.26 / 4.29-4.33 ms, 512 2.93-2.94 /
+// 3.11-3.14 / 4.28-4.34, 1024 3.05-3.06 / 3.27-3.28 / 4.29; 1024 at C = 2 was slower at bs 16 (4.36-4.42).
+// The phases are chains of dependent instructions: twice the warps halve each warp's share of a rank's work.
 constexpr int fused_threads(int C) {
-  return C == 1 ? 1024 : C == 2 ? 512 : 256;
+  return C == 1 ? 1024 : 512;
 }
 
 struct FusedShape {
@@ -810,9 +813,7 @@ FusedKernelFn fused_kernel_for(FusedIn in, bool with_b) {
 }
 
 FusedKernelFn fused_kernel(int threads, FusedIn in, bool with_b) {
-  return threads == 1024  ? fused_kernel_for<1024>(in, with_b)
-         : threads == 512 ? fused_kernel_for<512>(in, with_b)
-                          : fused_kernel_for<256>(in, with_b);
+  return threads == 1024 ? fused_kernel_for<1024>(in, with_b) : fused_kernel_for<512>(in, with_b);
 }
 }  // namespace
 
