@@ -780,18 +780,19 @@ bool fused_shape_ok(int64_t L, int64_t R, int64_t K) {
 }
 
 // CTAs per token. split > 0: that many (any rank may be left without work); 0: the portable cluster size,
-// halved while a rank would have no n-tile of Y (L = 0: fewer than 512 values) or the grid would exceed two
-// CTAs per SM (then whole SMs per token stop paying: the tokens already fill the GPU). 1 where the device has
+// halved while a rank would have no n-tile of Y (L = 0: fewer than 512 values) or the grid would exceed half
+// the SMs (then whole SMs per token stop paying: the tokens already fill the GPU). 1 where the device has
 // no clusters (all splits give the same bits).
 int fused_split(int split, bool clusters, int sms, int64_t rows, int64_t L, int64_t R, int64_t K) {
   if (!clusters) return 1;
   if (split > 0) return split;
   const int64_t units = L > 0 ? (R + 7) / 8 : K / 512;
   int C = kFusedMaxSplit;
-  // At most ~a quarter of the SMs: every CTA stages the whole packed operands, so more CTAs per token cost L2
-  // traffic (measured, Llama-3-8B decode: bs 1 C = 8 3.36 ms < C = 4 3.45 < C = 1 3.91; bs 16 C = 2 4.37 ms,
-  // C = 4 4.38, C = 8 4.67, C = 1 4.56).
-  while (C > 1 && (C > units || rows * C > std::max(sms / 4, 8))) C /= 2;
+  // At most ~half of the SMs: every CTA stages the whole packed operands, so more CTAs per token cost L2
+  // traffic. Measured, Llama-3-8B graph decode with 512-thread cluster CTAs (H100, ms/step, C = 1 / 2 / 4 /
+  // 8): bs 8 3.87 / 3.50 / 3.30 / 3.32, bs 16 - / 4.30-4.33 / 4.23 / 4.83-4.85, bs 32 6.34 / 5.80 / 6.36 /
+  // 7.13; bs 1 and 4 take 8. (A quarter of the SMs until 2026-11-25, with 256-thread CTAs at C >= 4.)
+  while (C > 1 && (C > units || rows * C > std::max(sms / 2, 8))) C /= 2;
   return C;
 }
 

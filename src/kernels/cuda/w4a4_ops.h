@@ -39,7 +39,7 @@ cudaError_t quantize_sym_int4_multi(const float* x, int64_t rows, int64_t cols, 
 // to the rank that owns their column (distributed shared memory, st.async counted on the owner's mbarrier),
 // then Y = A^T T, the min/max and the packed bytes for its columns; the ranks push their min/max pairs to each
 // other the same way. `split` picks C (1, 2, 4 or 8;
-// 0: automatic, up to 8 CTAs per token while the grid stays within a quarter of the SMs, raised where one
+// 0: automatic, up to 8 CTAs per token while the grid stays within half of the SMs, raised where one
 // CTA's share would not fit); every C gives the same bits. The transform matrices come pre-packed by
 // fused_pack_operand: zero-padded to multiples of 16 and stored in mma fragment order, so that a warp loads
 // each fragment with one coalesced load (A as the left operand of A^T T, B as the right operand of X B).
